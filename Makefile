@@ -1,0 +1,34 @@
+# mmserve's two commands: `make demo` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: demo test install dev lint bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+install: $(BIN)/python
+	$(BIN)/pip install -q -e .
+
+dev: $(BIN)/python
+	$(BIN)/pip install -q -e '.[dev]'
+
+demo: install
+	$(BIN)/python -m models
+
+test: dev
+	$(BIN)/python -m tests.services ensure-redis
+	$(BIN)/python -m pytest
+
+lint: dev
+	$(BIN)/ruff check .
+	$(BIN)/mypy serving workers batch models
+
+bench: dev
+	$(BIN)/python benchmarks/predictor.py
+
+clean:
+	rm -rf $(VENV) .mmserve .pytest_cache

@@ -1,0 +1,1 @@
+"""The pyarrow batch runner: plan -> partitions -> parts -> manifest (issue 5)."""

@@ -1,0 +1,110 @@
+"""Tables to and from bytes: CSV, JSON records, JSON lines, parquet and Arrow IPC.
+
+The protocol codecs of the HTTP routes (V1, V2, SageMaker) build on these; the CLI picks
+one by file extension.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.ipc as ipc
+import pyarrow.json as pajson
+import pyarrow.parquet as pq
+
+from serving.errors import InputError, UnsupportedFormat
+
+CSV = "text/csv"
+JSON = "application/json"
+JSONL = "application/jsonlines"
+PARQUET = "application/x-parquet"
+ARROW = "application/vnd.apache.arrow.stream"
+
+MEDIA_TYPES = [CSV, JSON, JSONL, PARQUET, ARROW]
+_SUFFIXES = {
+    ".csv": CSV,
+    ".json": JSON,
+    ".jsonl": JSONL,
+    ".ndjson": JSONL,
+    ".parquet": PARQUET,
+    ".pq": PARQUET,
+    ".arrow": ARROW,
+    ".arrows": ARROW,
+}
+
+
+class DecodeError(InputError):
+    def __init__(self, media_type: str, reason: str) -> None:
+        super().__init__(f"cannot read the {media_type} body: {reason}")
+
+
+def media_type_of(path: Path) -> str:
+    try:
+        return _SUFFIXES[path.suffix.lower()]
+    except KeyError:
+        raise UnsupportedFormat(path.suffix or path.name, sorted(_SUFFIXES)) from None
+
+
+def decode(data: bytes, media_type: str) -> pa.Table:
+    """The rows in ``data``, read as ``media_type``."""
+    if not data:
+        raise DecodeError(media_type, "the body is empty")
+    try:
+        if media_type == CSV:
+            return pacsv.read_csv(pa.BufferReader(data))
+        if media_type == JSONL:
+            return pajson.read_json(pa.BufferReader(data))
+        if media_type == JSON:
+            return _records(json.loads(data))
+        if media_type == PARQUET:
+            return pq.read_table(pa.BufferReader(data))
+        if media_type == ARROW:
+            return ipc.open_stream(data).read_all()
+    except (pa.ArrowException, ValueError, TypeError) as err:
+        raise DecodeError(media_type, str(err).splitlines()[0]) from None
+    raise UnsupportedFormat(media_type, MEDIA_TYPES)
+
+
+def encode(table: pa.Table, media_type: str) -> bytes:
+    """``table`` as bytes of ``media_type``."""
+    if media_type == CSV:
+        sink = io.BytesIO()
+        pacsv.write_csv(table, sink)
+        return sink.getvalue()
+    if media_type in (JSON, JSONL):
+        rows = table.to_pylist()
+        if media_type == JSON:
+            return json.dumps(rows).encode()
+        return "".join(json.dumps(row) + "\n" for row in rows).encode()
+    if media_type == PARQUET:
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink)
+        return sink.getvalue().to_pybytes()
+    if media_type == ARROW:
+        sink = pa.BufferOutputStream()
+        with ipc.new_stream(sink, table.schema) as writer:
+            writer.write_table(table)
+        return sink.getvalue().to_pybytes()
+    raise UnsupportedFormat(media_type, MEDIA_TYPES)
+
+
+def read_file(path: Path) -> pa.Table:
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise DecodeError(str(path), err.strerror or str(err)) from None
+    return decode(data, media_type_of(path))
+
+
+def write_file(table: pa.Table, path: Path) -> None:
+    path.write_bytes(encode(table, media_type_of(path)))
+
+
+def _records(document: object) -> pa.Table:
+    if not isinstance(document, list) or not all(isinstance(r, dict) for r in document):
+        raise ValueError("expected a JSON array of objects, one per row")
+    return pa.Table.from_pylist(document)

@@ -1,0 +1,198 @@
+"""Every failure mmserve reports, each carrying the HTTP status it maps to.
+
+All modes share this tree: HTTP turns it into a status code, an async job records it,
+the batch runner writes it into rejects, the stream consumer dead-letters it.
+
+    MMServeError (500)
+    ├── InvalidName (400)               a model name, alias or store key that is refused
+    ├── InvalidReference (400)          a model reference that does not parse
+    ├── NotFound (404)
+    │   ├── ObjectNotFound              no object at a store key
+    │   ├── ModelNotFound
+    │   ├── VersionNotFound
+    │   └── AliasNotFound
+    ├── Conflict (409)
+    │   ├── AlreadyExists               an exclusive store write found the key taken
+    │   ├── ConcurrentUpdate            a compare-and-swap kept losing
+    │   ├── NotApproved                 a protected alias aimed at an unapproved version
+    │   └── AliasInUse                  rejecting a version a protected alias points at
+    ├── Forbidden (403)
+    │   └── UntrustedArtifact           pickle without trust, or skops types not trusted
+    ├── InputError (422)                a request's rows do not fit the model
+    │   ├── MissingColumn
+    │   ├── UnexpectedColumns
+    │   ├── WrongType
+    │   ├── NullValue
+    │   └── UnsupportedFormat (415)
+    ├── IntegrityError (500)
+    │   └── TamperedArtifact            the artifact's sha256 differs from the registered one
+    ├── ModelError (500)                the model itself raised
+    └── StoreUnavailable (503, retryable)
+"""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+
+
+class MMServeError(Exception):
+    """Base of every mmserve error; ``status`` is the HTTP status it maps to."""
+
+    status: HTTPStatus = HTTPStatus.INTERNAL_SERVER_ERROR
+    retryable: bool = False
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidName(MMServeError):
+    status = HTTPStatus.BAD_REQUEST
+
+    def __init__(self, kind: str, value: str, rule: str) -> None:
+        super().__init__(f"invalid {kind} {value!r}: {rule}")
+        self.kind, self.value = kind, value
+
+
+class InvalidReference(MMServeError):
+    status = HTTPStatus.BAD_REQUEST
+
+    def __init__(self, ref: str) -> None:
+        super().__init__(
+            f"invalid model reference {ref!r}: expected 'name', 'name:<version>' or 'name@<alias>'"
+        )
+        self.ref = ref
+
+
+class NotFound(MMServeError):
+    status = HTTPStatus.NOT_FOUND
+
+
+class ObjectNotFound(NotFound):
+    def __init__(self, key: str) -> None:
+        super().__init__(f"no object at key {key!r}")
+        self.key = key
+
+
+class ModelNotFound(NotFound):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"model {name!r} is not registered")
+        self.name = name
+
+
+class VersionNotFound(NotFound):
+    def __init__(self, name: str, version: int) -> None:
+        super().__init__(f"model {name!r} has no version {version}")
+        self.name, self.version = name, version
+
+
+class AliasNotFound(NotFound):
+    def __init__(self, name: str, alias: str) -> None:
+        super().__init__(f"model {name!r} has no alias {alias!r}")
+        self.name, self.alias = name, alias
+
+
+class Conflict(MMServeError):
+    status = HTTPStatus.CONFLICT
+
+
+class AlreadyExists(Conflict):
+    def __init__(self, key: str) -> None:
+        super().__init__(f"an object already exists at key {key!r}")
+        self.key = key
+
+
+class ConcurrentUpdate(Conflict):
+    retryable = True
+
+    def __init__(self, key: str, attempts: int) -> None:
+        super().__init__(f"{key!r} kept changing under {attempts} concurrent updates; try again")
+        self.key = key
+
+
+class NotApproved(Conflict):
+    def __init__(self, ref: str, approval: str, alias: str) -> None:
+        super().__init__(
+            f"{ref} is {approval}, not approved: alias {alias!r} only points at approved "
+            f"versions (approve it first, or force)"
+        )
+        self.ref, self.approval, self.alias = ref, approval, alias
+
+
+class AliasInUse(Conflict):
+    def __init__(self, ref: str, alias: str) -> None:
+        super().__init__(f"{ref} is the target of alias {alias!r}: move the alias first, or force")
+        self.ref, self.alias = ref, alias
+
+
+class Forbidden(MMServeError):
+    status = HTTPStatus.FORBIDDEN
+
+
+class UntrustedArtifact(Forbidden):
+    def __init__(self, what: str, remedy: str) -> None:
+        super().__init__(f"refusing to load {what}: {remedy}")
+
+
+class InputError(MMServeError):
+    status = HTTPStatus.UNPROCESSABLE_ENTITY
+
+
+class MissingColumn(InputError):
+    def __init__(self, column: str) -> None:
+        super().__init__(f"missing column {column!r}")
+        self.column = column
+
+
+class UnexpectedColumns(InputError):
+    def __init__(self, columns: list[str]) -> None:
+        super().__init__(f"unexpected columns {columns!r}: the model does not take them")
+        self.columns = columns
+
+
+class WrongType(InputError):
+    def __init__(self, column: str, expected: str, actual: str) -> None:
+        super().__init__(f"column {column!r} must be {expected}, got {actual}")
+        self.column, self.expected, self.actual = column, expected, actual
+
+
+class NullValue(InputError):
+    def __init__(self, column: str, row: int, what: str = "null") -> None:
+        super().__init__(f"column {column!r} has a {what} value at row {row}")
+        self.column, self.row = column, row
+
+
+class UnsupportedFormat(InputError):
+    status = HTTPStatus.UNSUPPORTED_MEDIA_TYPE
+
+    def __init__(self, fmt: str, supported: list[str]) -> None:
+        super().__init__(f"unsupported format {fmt!r}; use one of {', '.join(supported)}")
+        self.fmt = fmt
+
+
+class IntegrityError(MMServeError):
+    pass
+
+
+class TamperedArtifact(IntegrityError):
+    def __init__(self, key: str, expected: str, actual: str) -> None:
+        super().__init__(
+            f"artifact {key!r} fails its integrity check: sha256 is {actual}, "
+            f"registered as {expected}"
+        )
+        self.key = key
+
+
+class ModelError(MMServeError):
+    def __init__(self, ref: str, err: BaseException) -> None:
+        super().__init__(f"model {ref} failed: {type(err).__name__}: {err}")
+        self.ref = ref
+
+
+class StoreUnavailable(MMServeError):
+    status = HTTPStatus.SERVICE_UNAVAILABLE
+    retryable = True
+
+    def __init__(self, url: str, err: BaseException) -> None:
+        super().__init__(f"object store {url} is unavailable: {err}")
+        self.url = url

@@ -1,0 +1,321 @@
+"""The model registry: versions, aliases, approval, integrity-checked loading, the cache.
+
+Store layout (the store is the source of truth; nothing else holds registry state)::
+
+    registry/<name>/<version>/.claim          exclusive marker: who owns the number
+    registry/<name>/<version>/model.<ext>     the artifact (skops, or trusted pickle)
+    registry/<name>/<version>/model.json      metadata; a version exists once this does
+    registry/<name>/aliases.json              {alias: version}
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal, TypeAlias
+
+import pandas as pd
+import pyarrow as pa
+
+from serving import flavors
+from serving.cache import ModelCache
+from serving.codecs import read_file
+from serving.errors import (
+    AliasInUse,
+    AliasNotFound,
+    AlreadyExists,
+    ModelNotFound,
+    NotApproved,
+    ObjectNotFound,
+    TamperedArtifact,
+    UntrustedArtifact,
+    VersionNotFound,
+)
+from serving.metadata import (
+    Approval,
+    Method,
+    ModelVersion,
+    infer_inputs,
+    infer_outputs,
+    infer_task,
+    library_versions,
+)
+from serving.predictor import Predictor
+from serving.refs import ModelRef, validate_name
+from serving.settings import RegistrySettings, Settings
+from serving.store import Store
+
+InputExample: TypeAlias = pa.Table | pd.DataFrame | str | Path
+
+
+class Registry:
+    """Registered models in a :class:`Store`, and a cache of the ones loaded."""
+
+    def __init__(
+        self,
+        store: Store,
+        settings: RegistrySettings | None = None,
+        cache: ModelCache | None = None,
+    ):
+        self.store = store
+        self.settings = settings or RegistrySettings()
+        self.cache = cache or ModelCache()
+
+    @classmethod
+    def from_settings(cls, settings: Settings | None = None) -> Registry:
+        settings = settings or Settings()
+        cache = ModelCache(settings.cache.max_models, int(settings.cache.max_memory_mb * 2**20))
+        return cls(Store.from_url(settings.store_url, settings.aws), settings.registry, cache)
+
+    # -- registering ---------------------------------------------------------------------
+
+    def register(
+        self,
+        model: Any,
+        name: str,
+        *,
+        alias: str | None = None,
+        input_example: InputExample | None = None,
+        schema: Mapping[str, str] | None = None,
+        method: Method | None = None,
+        flavor: flavors.Flavor = "sklearn-skops",
+        trust_pickle: bool = False,
+        trusted_types: Iterable[str] = (),
+        description: str = "",
+        tags: Mapping[str, str] | None = None,
+        approval: Approval | None = None,
+        extra_columns: Literal["ignore", "reject"] = "ignore",
+        row_block: int = 8,
+        force: bool = False,
+    ) -> ModelVersion:
+        """Register an estimator, or an artifact file (``.skops``; ``.joblib``/``.pkl`` only
+        with ``trust_pickle``), as the next version of ``name``."""
+        validate_name(name)
+        approval = approval or self.settings.default_approval
+        if alias is not None:
+            self._check_alias_target(
+                f"{name}:<new>", validate_name(alias, "alias"), approval, force
+            )
+        if isinstance(model, str | Path):
+            data, flavor, estimator, trusted = _read_artifact(
+                Path(model), trust_pickle, trusted_types
+            )
+        else:
+            if flavor == "sklearn-pickle":
+                flavors.check_trusted("a pickle artifact", b"", flavor, [], trust_pickle)
+            data, estimator = flavors.dump(model, flavor), model
+            trusted = flavors.untrusted_types(data) if flavor == "sklearn-skops" else []
+        example = _as_table(input_example)
+        task, default_method = infer_task(estimator)
+        method = method or default_method
+        mv = ModelVersion(
+            name=name,
+            version=0,  # claimed below, once the model has proved it loads and predicts
+            flavor=flavor,
+            artifact=f"model.{flavors.EXTENSIONS[flavor]}",
+            sha256=hashlib.sha256(data).hexdigest(),
+            size_bytes=len(data),
+            task=task,
+            method=method,
+            inputs=infer_inputs(estimator, example, dict(schema) if schema else None),
+            outputs=infer_outputs(estimator, task, method, _output_width(estimator)),
+            classes=_classes(estimator) if task == "classifier" else None,
+            row_block=row_block,
+            extra_columns=extra_columns,
+            trusted_types=trusted,
+            trust_pickle=flavor == "sklearn-pickle",
+            libraries=library_versions(),
+            created=datetime.now(UTC),
+            description=description,
+            tags=dict(tags or {}),
+            approval=approval,
+        )
+        if example is not None:  # fail at registration, not at the first request
+            Predictor(mv, estimator).predict(example.slice(0, 16))
+        version = self._claim_version(name)
+        mv = mv.model_copy(update={"version": version, "created": datetime.now(UTC)})
+        self.store.write(self._key(name, version, mv.artifact), data)
+        self.store.write(
+            self._key(name, version, "model.json"), mv.model_dump_json(indent=2).encode()
+        )
+        if alias is not None:
+            self.set_alias(name, alias, version, force=force)
+        return mv
+
+    def _claim_version(self, name: str) -> int:
+        """The next free version number, owned exclusively even against other processes."""
+        taken = {
+            int(k.split("/")[0]) for k in self.store.walk(f"registry/{name}") if k[0].isdigit()
+        }
+        version = max(taken, default=0) + 1
+        while True:
+            try:
+                self.store.create(self._key(name, version, ".claim"), b"")
+                return version
+            except AlreadyExists:
+                version += 1
+
+    # -- reading -------------------------------------------------------------------------
+
+    def models(self) -> list[str]:
+        return [n for n in self.store.list("registry") if self.version_numbers(n)]
+
+    def version_numbers(self, name: str) -> list[int]:
+        keys = self.store.walk(f"registry/{validate_name(name)}")
+        return sorted(
+            int(k.split("/")[0]) for k in keys if k.endswith("/model.json") and k[0].isdigit()
+        )
+
+    def versions(self, name: str) -> list[ModelVersion]:
+        return [self._read_version(name, v) for v in self.version_numbers(name)]
+
+    def get(self, ref: str) -> ModelVersion:
+        """The metadata of the version ``ref`` resolves to."""
+        return self._read_version(*self.resolve(ref))
+
+    def aliases(self, name: str) -> dict[str, int]:
+        try:
+            return dict(json.loads(self.store.read(f"registry/{validate_name(name)}/aliases.json")))
+        except ObjectNotFound:
+            return {}
+
+    def resolve(self, ref: str) -> tuple[str, int]:
+        """``(name, version)`` for ``name``, ``name:3`` or ``name@alias``."""
+        r = ModelRef.parse(ref)
+        if r.version is not None:
+            if self.cache.entry((r.name, r.version)) is None and not self.store.exists(
+                self._key(r.name, r.version, "model.json")
+            ):
+                self._require_model(r.name)
+                raise VersionNotFound(r.name, r.version)
+            return r.name, r.version
+        aliases = self.aliases(r.name)
+        if r.alias is not None:
+            if r.alias not in aliases:
+                self._require_model(r.name)
+                raise AliasNotFound(r.name, r.alias)
+            return r.name, aliases[r.alias]
+        if "production" in aliases:
+            return r.name, aliases["production"]
+        return r.name, self._require_model(r.name)[-1]
+
+    # -- changing ------------------------------------------------------------------------
+
+    def set_alias(self, name: str, alias: str, version: int, *, force: bool = False) -> None:
+        validate_name(alias, "alias")
+        mv = self._read_version(name, version)
+        self._check_alias_target(mv.ref, alias, mv.approval, force)
+        self._update_aliases(name, lambda aliases: {**aliases, alias: version})
+
+    def remove_alias(self, name: str, alias: str) -> None:
+        if alias not in self.aliases(name):
+            raise AliasNotFound(name, alias)
+        self._update_aliases(name, lambda aliases: {k: v for k, v in aliases.items() if k != alias})
+
+    def set_approval(self, ref: str, approval: Approval, *, force: bool = False) -> ModelVersion:
+        """Approve or reject a version (SageMaker's model-package approval status)."""
+        name, version = self.resolve(ref)
+        if approval != "approved" and not force:
+            for alias, target in self.aliases(name).items():
+                if target == version and alias in self.settings.protected_aliases:
+                    raise AliasInUse(f"{name}:{version}", alias)
+
+        def change(current: bytes | None) -> bytes:
+            if current is None:
+                raise VersionNotFound(name, version)
+            mv = ModelVersion.model_validate_json(current)
+            return mv.model_copy(update={"approval": approval}).model_dump_json(indent=2).encode()
+
+        data = self.store.update(self._key(name, version, "model.json"), change)
+        return ModelVersion.model_validate_json(data)
+
+    # -- loading -------------------------------------------------------------------------
+
+    def load(self, ref: str) -> Predictor:
+        """The predictor for ``ref``: cached, or loaded from the store and integrity-checked."""
+        name, version = self.resolve(ref)
+        return self.cache.get_or_load((name, version), lambda: self._load(name, version))
+
+    def _load(self, name: str, version: int) -> tuple[Predictor, int]:
+        mv = self._read_version(name, version)
+        key = self._key(name, version, mv.artifact)
+        data = self.store.read(key)
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != mv.sha256:
+            raise TamperedArtifact(key, mv.sha256, actual)
+        model = flavors.load(data, mv.flavor, mv.trusted_types, mv.trust_pickle, mv.ref)
+        return Predictor(mv, model), mv.size_bytes
+
+    # -- helpers -------------------------------------------------------------------------
+
+    @staticmethod
+    def _key(name: str, version: int, leaf: str) -> str:
+        return f"registry/{name}/{version}/{leaf}"
+
+    def _read_version(self, name: str, version: int) -> ModelVersion:
+        try:
+            return ModelVersion.model_validate_json(
+                self.store.read(self._key(validate_name(name), version, "model.json"))
+            )
+        except ObjectNotFound:
+            self._require_model(name)
+            raise VersionNotFound(name, version) from None
+
+    def _require_model(self, name: str) -> list[int]:
+        versions = self.version_numbers(name)
+        if not versions:
+            raise ModelNotFound(name)
+        return versions
+
+    def _check_alias_target(self, ref: str, alias: str, approval: str, force: bool) -> None:
+        if alias in self.settings.protected_aliases and approval != "approved" and not force:
+            raise NotApproved(ref, approval, alias)
+
+    def _update_aliases(self, name: str, change: Any) -> None:
+        def apply(current: bytes | None) -> bytes:
+            aliases = json.loads(current) if current else {}
+            return json.dumps(change(aliases), indent=2, sort_keys=True).encode()
+
+        self.store.update(f"registry/{name}/aliases.json", apply)
+
+
+def _read_artifact(
+    path: Path, trust_pickle: bool, trusted_types: Iterable[str]
+) -> tuple[bytes, flavors.Flavor, Any, list[str]]:
+    flavor = flavors.flavor_of_file(path.name)
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise UntrustedArtifact(str(path), f"cannot read it: {err.strerror}") from None
+    trusted = sorted(set(trusted_types)) if flavor == "sklearn-skops" else []
+    estimator = flavors.load(data, flavor, trusted, trust_pickle, str(path))
+    recorded = flavors.untrusted_types(data) if flavor == "sklearn-skops" else []
+    return data, flavor, estimator, recorded
+
+
+def _as_table(example: InputExample | None) -> pa.Table | None:
+    if example is None or isinstance(example, pa.Table):
+        return example
+    if isinstance(example, pd.DataFrame):
+        return pa.Table.from_pandas(example, preserve_index=False)
+    return read_file(Path(example))
+
+
+def _final_step(model: Any) -> Any:
+    steps = getattr(model, "steps", None)
+    return steps[-1][1] if steps else model
+
+
+def _output_width(model: Any) -> int | None:
+    final = _final_step(model)
+    if getattr(final, "n_outputs_", None):
+        return int(final.n_outputs_)
+    coef = getattr(final, "coef_", None)
+    return int(coef.shape[0]) if coef is not None and coef.ndim == 2 else None
+
+
+def _classes(model: Any) -> list[Any]:
+    return [c.item() if hasattr(c, "item") else c for c in model.classes_]

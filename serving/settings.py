@@ -1,0 +1,64 @@
+"""Every knob of mmserve, read once from ``MMSERVE_*`` (and the standard ``AWS_*``) variables.
+
+The CLI or an app factory builds one :class:`Settings` and passes it (or the part a
+component needs) down; nothing else reads the environment.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import AliasChoices, BaseModel, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class AwsSettings(BaseSettings):
+    """S3 access for ``s3://`` store URLs, under the standard AWS variable names."""
+
+    model_config = SettingsConfigDict(env_prefix="AWS_", extra="ignore")
+
+    endpoint_url: str | None = None
+    """An S3-compatible server (MinIO, moto, Ceph...) instead of AWS itself."""
+    access_key_id: SecretStr | None = None
+    """Access key; unset means the default AWS credential chain."""
+    secret_access_key: SecretStr | None = None
+    """Secret key paired with the access key."""
+    region: str = Field(
+        "us-east-1", validation_alias=AliasChoices("AWS_REGION", "AWS_DEFAULT_REGION")
+    )
+    """Region of the bucket."""
+
+
+class CacheSettings(BaseModel):
+    """Bounds of the in-memory cache of loaded models."""
+
+    max_models: int = Field(32, ge=1)
+    """Most models kept loaded at once."""
+    max_memory_mb: float = Field(4096, gt=0)
+    """Most memory (estimated from artifact sizes) kept by loaded models."""
+
+
+class RegistrySettings(BaseModel):
+    """Policies of the model registry."""
+
+    default_approval: Literal["approved", "pending"] = "approved"
+    """Approval status of a newly registered version; teams with a review step use ``pending``."""
+    protected_aliases: list[str] = ["production"]
+    """Aliases that may only point at approved versions (unless forced)."""
+
+
+class Settings(BaseSettings):
+    """All of mmserve's settings. Nested groups use ``__``: ``MMSERVE_CACHE__MAX_MODELS=8``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="MMSERVE_", env_nested_delimiter="__", extra="ignore"
+    )
+
+    store_url: str = "./.mmserve"
+    """Object store root: a local path, ``file://...`` or ``s3://bucket/prefix``."""
+    cache: CacheSettings = CacheSettings()
+    """Loaded-model cache bounds."""
+    registry: RegistrySettings = RegistrySettings()
+    """Registry policies."""
+    aws: AwsSettings = Field(default_factory=AwsSettings)
+    """S3 endpoint and credentials (``AWS_*`` variables)."""

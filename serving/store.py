@@ -1,0 +1,282 @@
+"""The S3-style object store: keys under one root URL, backed by ``pyarrow.fs``.
+
+``Store.from_url`` takes a local path, ``file://...`` or ``s3://bucket/prefix``. Every
+write is atomic: a reader sees the old object or the new one, never a part. Two writes
+need more than that and get it from the backend itself: :meth:`Store.create` (exclusive,
+``If-None-Match: *`` on S3, ``link(2)`` on disk) and :meth:`Store.update` (compare and
+swap, ``If-Match`` on S3, ``flock(2)`` on disk).
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import fcntl
+import hashlib
+import os
+import random
+import re
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+
+from serving.errors import (
+    AlreadyExists,
+    ConcurrentUpdate,
+    InvalidName,
+    ObjectNotFound,
+    StoreUnavailable,
+)
+from serving.settings import AwsSettings
+
+_KEY_SEGMENT = re.compile(r"^[A-Za-z0-9._=@+-]{1,255}$")
+_TMP_PREFIX = ".tmp-"
+
+
+def validate_key(key: str) -> str:
+    """Refuse keys that could escape the store root or confuse a backend."""
+    if not key or len(key) > 1024:
+        raise InvalidName("key", key, "must be 1 to 1024 characters")
+    for segment in key.split("/"):
+        if segment in ("", ".", "..") or not _KEY_SEGMENT.match(segment):
+            raise InvalidName(
+                "key", key, "segments are letters, digits and ._=@+- (no empty, '.' or '..')"
+            )
+    return key
+
+
+class Store:
+    """Objects under one root: read, write, create, update, stream, list, delete."""
+
+    def __init__(self, url: str, fs: pafs.FileSystem, root: str, *, aws: AwsSettings | None = None):
+        self.url = url
+        self._fs = fs
+        self._root = root.rstrip("/")
+        self._aws = aws
+        self._s3_client: Any = None
+
+    @classmethod
+    def from_url(cls, url: str, aws: AwsSettings | None = None) -> Store:
+        """A store at ``url``: a local path, ``file://path`` or ``s3://bucket/prefix``."""
+        parsed = urlparse(url)
+        if parsed.scheme == "s3":
+            aws = aws or AwsSettings()
+            if not parsed.netloc:
+                raise InvalidName("store URL", url, "s3 URLs name a bucket: s3://bucket/prefix")
+            fs = pafs.S3FileSystem(
+                endpoint_override=aws.endpoint_url,
+                access_key=_secret(aws.access_key_id),
+                secret_key=_secret(aws.secret_access_key),
+                region=aws.region,
+            )
+            return cls(url, fs, f"{parsed.netloc}{parsed.path}", aws=aws)
+        if parsed.scheme not in ("", "file"):
+            raise InvalidName("store URL", url, "use a path, file://path or s3://bucket/prefix")
+        path = Path(parsed.path if parsed.scheme == "file" else url).expanduser().resolve()
+        path.mkdir(parents=True, exist_ok=True)
+        return cls(url, pafs.LocalFileSystem(), str(path))
+
+    @property
+    def is_local(self) -> bool:
+        return isinstance(self._fs, pafs.LocalFileSystem)
+
+    @property
+    def filesystem(self) -> pafs.FileSystem:
+        """The pyarrow filesystem, for datasets; pair it with :meth:`path`."""
+        return self._fs
+
+    def path(self, key: str) -> str:
+        """The filesystem path of ``key`` (validated)."""
+        return f"{self._root}/{validate_key(key)}"
+
+    # -- reading -------------------------------------------------------------------------
+
+    def read(self, key: str) -> bytes:
+        with self._errors(key), self._fs.open_input_stream(self.path(key)) as f:
+            return bytes(f.readall())
+
+    def open_input(self, key: str) -> pa.NativeFile:
+        """A seekable stream of a (possibly large) object, read as it is consumed."""
+        with self._errors(key):
+            return self._fs.open_input_file(self.path(key))
+
+    def exists(self, key: str) -> bool:
+        with self._errors(key):
+            return self._fs.get_file_info(self.path(key)).type != pafs.FileType.NotFound
+
+    def list(self, prefix: str = "") -> builtins.list[str]:
+        """Names directly under ``prefix`` (objects and sub-prefixes), sorted."""
+        base = self.path(prefix) if prefix else self._root
+        with self._errors(prefix):
+            infos = self._fs.get_file_info(pafs.FileSelector(base, allow_not_found=True))
+        names = (info.path[len(base) + 1 :] for info in infos)
+        return sorted(n for n in names if n and not n.startswith((_TMP_PREFIX, ".locks")))
+
+    def walk(self, prefix: str) -> builtins.list[str]:
+        """Every object key below ``prefix``, relative to it, sorted (one listing call)."""
+        base = self.path(prefix)
+        with self._errors(prefix):
+            selector = pafs.FileSelector(base, recursive=True, allow_not_found=True)
+            infos = self._fs.get_file_info(selector)
+        keys = (i.path[len(base) + 1 :] for i in infos if i.type == pafs.FileType.File)
+        return sorted(k for k in keys if not any(p.startswith(_TMP_PREFIX) for p in k.split("/")))
+
+    # -- writing -------------------------------------------------------------------------
+
+    def write(self, key: str, data: bytes) -> None:
+        """Write ``data`` atomically: the object appears whole or not at all."""
+        with self.open_output(key) as out:
+            out.write(data)
+
+    @contextlib.contextmanager
+    def open_output(self, key: str) -> Iterator[pa.NativeFile]:
+        """Stream a (possibly large) object; it appears at ``key`` only if the block succeeds."""
+        path = self.path(key)
+        # On disk: write beside, then rename. On S3 an upload becomes visible only when it
+        # completes, so the final key is written directly and a failed upload is removed.
+        target = self._temp_path(path) if self.is_local else path
+        with self._errors(key):
+            if self.is_local:
+                self._fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+            out = self._fs.open_output_stream(target)
+        try:
+            yield out
+            with self._errors(key):
+                out.close()
+                if self.is_local:
+                    self._fs.move(target, path)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                out.close()
+                self._fs.delete_file(target)
+            raise
+
+    def create(self, key: str, data: bytes) -> None:
+        """Write ``data`` at ``key`` only if nothing is there; else :class:`AlreadyExists`."""
+        path = self.path(key)
+        if not self.is_local:
+            bucket, s3_key = path.split("/", 1)
+            self._s3_put(key, Bucket=bucket, Key=s3_key, Body=data, IfNoneMatch="*")
+            return
+        tmp = self._temp_path(path)
+        with self._errors(key):
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(tmp, "wb") as f:
+                f.write(data)
+            try:
+                os.link(tmp, path)  # atomic, and fails if the name is taken
+            except FileExistsError:
+                raise AlreadyExists(key) from None
+            finally:
+                os.unlink(tmp)
+
+    def update(
+        self, key: str, change: Callable[[bytes | None], bytes], attempts: int = 20
+    ) -> bytes:
+        """Replace the object at ``key`` with ``change(current)`` (``None`` if absent), atomically
+        against concurrent updates from any process; returns what was written."""
+        if self.is_local:
+            with self._locked(key):
+                try:
+                    current: bytes | None = self.read(key)
+                except ObjectNotFound:
+                    current = None
+                new = change(current)
+                self.write(key, new)
+                return new
+        bucket, s3_key = self.path(key).split("/", 1)
+        for attempt in range(attempts):
+            current, etag = self._s3_get(key, bucket, s3_key)
+            new = change(current)
+            condition = {"IfMatch": etag} if etag else {"IfNoneMatch": "*"}
+            try:
+                self._s3_put(key, Bucket=bucket, Key=s3_key, Body=new, **condition)
+                return new
+            except AlreadyExists:
+                time.sleep(random.uniform(0, 0.01 * 2 ** min(attempt, 6)))
+        raise ConcurrentUpdate(key, attempts)
+
+    def delete(self, key: str) -> None:
+        """Remove the object at ``key``; removing an absent object is not an error."""
+        with contextlib.suppress(ObjectNotFound), self._errors(key):
+            self._fs.delete_file(self.path(key))
+
+    # -- helpers -------------------------------------------------------------------------
+
+    @staticmethod
+    def _temp_path(path: str) -> str:
+        head, _, tail = path.rpartition("/")
+        return f"{head}/{_TMP_PREFIX}{uuid.uuid4().hex}-{tail}"
+
+    @contextlib.contextmanager
+    def _errors(self, key: str) -> Iterator[None]:
+        """Turn the filesystem's errors into mmserve's."""
+        try:
+            yield
+        except FileNotFoundError as err:
+            raise ObjectNotFound(key) from err
+        except OSError as err:
+            raise StoreUnavailable(self.url, err) from err
+
+    @contextlib.contextmanager
+    def _locked(self, key: str) -> Iterator[None]:
+        lock_dir = Path(self._root, ".locks")
+        lock_dir.mkdir(exist_ok=True)
+        name = hashlib.sha256(key.encode()).hexdigest()[:32]
+        with open(lock_dir / name, "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    def _s3(self) -> Any:
+        """A boto3 client for the conditional requests pyarrow does not expose."""
+        if self._s3_client is None:
+            import boto3
+
+            aws = self._aws or AwsSettings()
+            self._s3_client = boto3.client(
+                "s3",
+                endpoint_url=aws.endpoint_url,
+                aws_access_key_id=_secret(aws.access_key_id),
+                aws_secret_access_key=_secret(aws.secret_access_key),
+                region_name=aws.region,
+            )
+        return self._s3_client
+
+    def _s3_put(self, key: str, **request: Any) -> None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self._s3().put_object(**request)
+        except ClientError as err:
+            code = err.response.get("Error", {}).get("Code", "")
+            if code in ("PreconditionFailed", "ConditionalRequestConflict"):
+                raise AlreadyExists(key) from None
+            raise StoreUnavailable(self.url, err) from err
+        except BotoCoreError as err:
+            raise StoreUnavailable(self.url, err) from err
+
+    def _s3_get(self, key: str, bucket: str, s3_key: str) -> tuple[bytes | None, str | None]:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            response = self._s3().get_object(Bucket=bucket, Key=s3_key)
+            return response["Body"].read(), response["ETag"]
+        except ClientError as err:
+            if err.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                return None, None
+            raise StoreUnavailable(self.url, err) from err
+        except BotoCoreError as err:
+            raise StoreUnavailable(self.url, err) from err
+
+
+def _secret(value: Any) -> str | None:
+    return value.get_secret_value() if value is not None else None

@@ -1,0 +1,77 @@
+"""Tiny models and data for the tests, trained deterministically."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+from sklearn.compose import ColumnTransformer
+from sklearn.ensemble import RandomForestClassifier
+from sklearn.linear_model import LinearRegression, LogisticRegression
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+FEATURES = [f"f{i}" for i in range(5)]
+
+
+def numeric_data(rows: int = 400, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(rows, len(FEATURES)))
+    y = (x[:, 0] + 0.5 * x[:, 1] + rng.normal(scale=0.5, size=rows) > 0).astype(np.int64)
+    return x, y
+
+
+def numeric_table(x: np.ndarray) -> pa.Table:
+    return pa.table({name: x[:, i] for i, name in enumerate(FEATURES)})
+
+
+def logistic() -> LogisticRegression:
+    x, y = numeric_data()
+    return LogisticRegression().fit(x, y)
+
+
+def forest() -> RandomForestClassifier:
+    x, y = numeric_data()
+    return RandomForestClassifier(n_estimators=20, max_depth=5, random_state=0).fit(x, y)
+
+
+def regressor() -> LinearRegression:
+    x, y = numeric_data()
+    return LinearRegression().fit(x, x @ np.arange(1.0, 6.0) + y)
+
+
+def mixed_frame(rows: int = 300, seed: int = 1) -> tuple[pd.DataFrame, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    frame = pd.DataFrame(
+        {
+            "age": rng.integers(18, 80, rows).astype(np.float64),
+            "income": rng.normal(50_000, 15_000, rows),
+            "plan": rng.choice(["basic", "plus", "pro"], rows),
+            "region": rng.choice(["north", "south"], rows),
+        }
+    )
+    y = ((frame["plan"] == "pro") | (frame["income"] > 60_000)).astype(np.int64).to_numpy()
+    return frame, y
+
+
+def mixed_pipeline() -> Pipeline:
+    frame, y = mixed_frame()
+    prep = ColumnTransformer(
+        [
+            ("num", StandardScaler(), ["age", "income"]),
+            ("cat", OneHotEncoder(handle_unknown="ignore"), ["plan", "region"]),
+        ]
+    )
+    return Pipeline([("prep", prep), ("clf", LogisticRegression())]).fit(frame, y)
+
+
+def negating_pipeline() -> Pipeline:
+    """A model whose skops artifact holds a type skops does not trust by default."""
+    import operator
+
+    from sklearn.preprocessing import FunctionTransformer
+
+    x, y = numeric_data()
+    return Pipeline(
+        [("neg", FunctionTransformer(operator.neg)), ("clf", LogisticRegression())]
+    ).fit(x, y)

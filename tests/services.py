@@ -1,0 +1,108 @@
+"""Real services for the tests: a Redis that answers, and moto's S3 server over HTTP.
+
+``python -m tests.services ensure-redis`` is what ``make test`` runs first.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from urllib.parse import urlparse
+from urllib.request import urlopen
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/15"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _answers(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def _wait(check, what: str, seconds: float = 20) -> None:
+    deadline = time.monotonic() + seconds
+    while not check():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what} did not come up within {seconds:.0f} s")
+        time.sleep(0.05)
+
+
+def ensure_redis(url: str | None = None) -> str:
+    """Make ``url`` (default ``MMSERVE_TEST_REDIS_URL``) answer, starting redis-server if needed."""
+    url = url or os.environ.get("MMSERVE_TEST_REDIS_URL", DEFAULT_REDIS_URL)
+    parsed = urlparse(url)
+    host, port = parsed.hostname or "127.0.0.1", parsed.port or 6379
+    if _answers(host, port):
+        return url
+    if host not in ("127.0.0.1", "localhost"):
+        raise RuntimeError(f"Redis at {url} does not answer, and it is not local to start")
+    if shutil.which("redis-server") is None:
+        subprocess.run(["apt-get", "install", "-y", "-q", "redis-server"], check=True)
+    subprocess.run(
+        [
+            "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            host,
+            "--daemonize",
+            "yes",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ],
+        check=True,
+    )
+    _wait(lambda: _answers(host, port), f"redis-server on port {port}")
+    return url
+
+
+@contextmanager
+def moto_s3_server() -> Iterator[str]:
+    """moto's S3-compatible server on a free loopback port; yields its endpoint URL."""
+    port = free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+    def up() -> bool:
+        try:
+            with urlopen(f"{endpoint}/moto-api/", timeout=1):
+                return True
+        except OSError:
+            return proc.poll() is not None  # stop waiting if it died
+
+    try:
+        _wait(up, "moto S3 server")
+        if proc.poll() is not None:
+            raise RuntimeError("moto S3 server exited at start")
+        yield endpoint
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["ensure-redis"]:
+        print(f"redis answers at {ensure_redis()}")
+    else:
+        sys.exit("usage: python -m tests.services ensure-redis")

@@ -1,0 +1,214 @@
+"""The one predict path: exact answers, schema checks, errors that name the column."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+from sklearn.base import BaseEstimator, ClassifierMixin
+
+from serving.errors import MissingColumn, ModelError, NullValue, UnexpectedColumns, WrongType
+from serving.registry import Registry
+from serving.store import Store
+from tests import fixtures
+
+
+@pytest.fixture
+def local_registry(tmp_path) -> Registry:
+    return Registry(Store.from_url(str(tmp_path / "store")))
+
+
+@pytest.mark.parametrize("make", [fixtures.logistic, fixtures.forest])
+def test_classifier_answers_equal_sklearn_exactly(local_registry: Registry, make) -> None:
+    model = make()
+    local_registry.register(model, "m")
+    x, _ = fixtures.numeric_data(1000, seed=7)
+    out = local_registry.load("m").predict(fixtures.numeric_table(x))
+    proba = model.predict_proba(x)
+    assert out.column_names == ["label", "proba_0", "proba_1"]
+    np.testing.assert_array_equal(out["proba_0"].to_numpy(), proba[:, 0])
+    np.testing.assert_array_equal(out["proba_1"].to_numpy(), proba[:, 1])
+    np.testing.assert_array_equal(out["label"].to_numpy(), model.predict(x))
+
+
+def test_regressor_answers_equal_sklearn_exactly(local_registry: Registry) -> None:
+    model = fixtures.regressor()
+    local_registry.register(model, "price")
+    x, _ = fixtures.numeric_data(999, seed=3)
+    out = local_registry.load("price").predict(fixtures.numeric_table(x))
+    assert out.column_names == ["prediction"]
+    np.testing.assert_array_equal(out["prediction"].to_numpy(), model.predict(x))
+
+
+def test_mixed_pipeline_answers_equal_sklearn_exactly(local_registry: Registry) -> None:
+    model = fixtures.mixed_pipeline()
+    frame, _ = fixtures.mixed_frame(500, seed=9)
+    local_registry.register(model, "mixed", input_example=frame.head(3))
+    shuffled = frame[["region", "income", "plan", "age"]]  # columns are matched by name
+    out = local_registry.load("mixed").predict(pa.Table.from_pandas(shuffled, preserve_index=False))
+    np.testing.assert_array_equal(out["proba_1"].to_numpy(), model.predict_proba(frame)[:, 1])
+    np.testing.assert_array_equal(out["label"].to_numpy(), model.predict(frame))
+
+
+@pytest.mark.parametrize("make", [fixtures.logistic, fixtures.regressor])
+def test_a_rows_answer_does_not_depend_on_its_batch(local_registry: Registry, make) -> None:
+    local_registry.register(make(), "m")
+    predictor = local_registry.load("m")
+    x, _ = fixtures.numeric_data(203, seed=5)
+    whole = predictor.predict(fixtures.numeric_table(x))
+    for start, size in [(0, 1), (17, 1), (40, 3), (100, 9), (5, 64)]:
+        part = predictor.predict(fixtures.numeric_table(x[start : start + size]))
+        assert part.equals(whole.slice(start, size)), (start, size)
+
+
+def test_input_is_selected_and_cast_by_name(local_registry: Registry) -> None:
+    model = fixtures.logistic()
+    local_registry.register(model, "m")
+    x, _ = fixtures.numeric_data(20)
+    columns = {name: x[:, i] for i, name in reversed(list(enumerate(fixtures.FEATURES)))}
+    columns["f2"] = np.round(x[:, 2] * 4).astype(np.int64)  # an int column for a double feature
+    columns["note"] = ["ignored"] * 20
+    out = local_registry.load("m").predict(pa.table(columns))
+    expected = x.copy()
+    expected[:, 2] = np.round(x[:, 2] * 4)
+    np.testing.assert_array_equal(out["proba_1"].to_numpy(), model.predict_proba(expected)[:, 1])
+
+
+def test_id_columns_pass_through_untouched(local_registry: Registry) -> None:
+    local_registry.register(fixtures.logistic(), "m")
+    x, _ = fixtures.numeric_data(4)
+    table = fixtures.numeric_table(x).append_column("customer_id", pa.array(["a", "b", "c", "d"]))
+    out = local_registry.load("m").predict(table, passthrough=["customer_id"])
+    assert out.column_names == ["customer_id", "label", "proba_0", "proba_1"]
+    assert out["customer_id"].to_pylist() == ["a", "b", "c", "d"]
+
+
+def test_empty_input_gives_empty_typed_output(local_registry: Registry) -> None:
+    local_registry.register(fixtures.logistic(), "m")
+    x, _ = fixtures.numeric_data(1)
+    out = local_registry.load("m").predict(fixtures.numeric_table(x).slice(0, 0))
+    assert out.num_rows == 0
+    assert out.schema == pa.schema(
+        [("label", pa.int64()), ("proba_0", pa.float64()), ("proba_1", pa.float64())]
+    )
+
+
+def _table(**overrides: Any) -> pa.Table:
+    x, _ = fixtures.numeric_data(5)
+    columns: dict[str, Any] = {name: x[:, i] for i, name in enumerate(fixtures.FEATURES)}
+    columns.update(overrides)
+    return pa.table({k: v for k, v in columns.items() if v is not None})
+
+
+@pytest.mark.parametrize(
+    ("table", "error", "message"),
+    [
+        (_table(f3=None), MissingColumn, "missing column 'f3'"),
+        (_table(f1=["a", "b", "c", "d", "e"]), WrongType, "column 'f1' must be double, got string"),
+        (_table(f0=[1.0, None, 2.0, 3.0, 4.0]), NullValue, "column 'f0' has a null value at row 1"),
+        (
+            _table(f4=[1.0, 2.0, 3.0, float("nan"), 4.0]),
+            NullValue,
+            "column 'f4' has a NaN value at row 3",
+        ),
+        (
+            _table(f2=[1.0, float("inf"), 2.0, 3.0, 4.0]),
+            NullValue,
+            "column 'f2' has a infinite value at row 1",
+        ),
+    ],
+)
+def test_bad_input_names_the_column(local_registry: Registry, table, error, message) -> None:
+    local_registry.register(fixtures.logistic(), "m")
+    with pytest.raises(error) as info:
+        local_registry.load("m").predict(table)
+    assert info.value.message == message
+    assert info.value.status == 422
+
+
+def test_bad_categorical_input_names_the_column(local_registry: Registry) -> None:
+    frame, _ = fixtures.mixed_frame(5)
+    local_registry.register(fixtures.mixed_pipeline(), "mixed", input_example=frame)
+    bad = frame.assign(income=[1.0, 2.0, np.nan, 4.0, 5.0])
+    with pytest.raises(NullValue) as info:
+        local_registry.load("mixed").predict(pa.Table.from_pandas(bad, preserve_index=False))
+    assert info.value.message == "column 'income' has a null value at row 2"  # pandas NaN -> null
+
+
+def test_extra_columns_can_be_rejected(local_registry: Registry) -> None:
+    local_registry.register(fixtures.logistic(), "m", extra_columns="reject")
+    with pytest.raises(UnexpectedColumns) as info:
+        local_registry.load("m").predict(_table(zeta=[1] * 5, alpha=[2] * 5))
+    assert (
+        info.value.message == "unexpected columns ['alpha', 'zeta']: the model does not take them"
+    )
+
+
+def test_nullable_features_pass_nan_to_the_model(local_registry: Registry) -> None:
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    x, y = fixtures.numeric_data()
+    x[::7, 0] = np.nan
+    model = HistGradientBoostingClassifier(max_iter=10, random_state=0).fit(x, y)
+    local_registry.register(model, "hgb", input_example=fixtures.numeric_table(x))
+    out = local_registry.load("hgb").predict(_table(f0=[None, 1.0, float("nan"), 0.0, 2.0]))
+    expected_x = _table(f0=[np.nan, 1.0, np.nan, 0.0, 2.0]).to_pandas().to_numpy()
+    np.testing.assert_array_equal(out["proba_1"].to_numpy(), model.predict_proba(expected_x)[:, 1])
+
+
+class ErrorModel(ClassifierMixin, BaseEstimator):
+    """Fits like a classifier, then raises when asked to predict."""
+
+    def fit(self, x: Any, y: Any) -> ErrorModel:
+        self.classes_ = np.unique(y)
+        self.n_features_in_ = np.asarray(x).shape[1]
+        return self
+
+    def predict_proba(self, x: Any) -> np.ndarray:
+        raise RuntimeError("weights are corrupt")
+
+
+def test_a_model_that_raises_is_a_model_error(local_registry: Registry) -> None:
+    x, y = fixtures.numeric_data(10)
+    local_registry.register(
+        ErrorModel().fit(x, y), "broken", flavor="sklearn-pickle", trust_pickle=True
+    )
+    with pytest.raises(ModelError) as info:
+        local_registry.load("broken").predict(fixtures.numeric_table(x))
+    assert info.value.message == "model broken:1 failed: RuntimeError: weights are corrupt"
+    assert info.value.status == 500
+
+
+def test_predict_method_can_be_chosen_at_registration(local_registry: Registry) -> None:
+    model = fixtures.forest()
+    mv = local_registry.register(model, "labels", method="predict")
+    assert mv.outputs == ["label"]
+    x, _ = fixtures.numeric_data(30, seed=2)
+    out = local_registry.load("labels").predict(fixtures.numeric_table(x))
+    assert out.column_names == ["label"]
+    np.testing.assert_array_equal(out["label"].to_numpy(), model.predict(x))
+
+
+def test_string_labels_keep_their_type(local_registry: Registry) -> None:
+    x, y = fixtures.numeric_data()
+    from sklearn.linear_model import LogisticRegression
+
+    model = LogisticRegression().fit(x, np.where(y == 1, "churn", "stay"))
+    mv = local_registry.register(model, "named")
+    assert mv.outputs == ["label", "proba_churn", "proba_stay"]
+    out = local_registry.load("named").predict(fixtures.numeric_table(x[:6]))
+    assert out["label"].type == pa.string()
+    assert out["label"].to_pylist() == model.predict(x[:6]).tolist()
+
+
+def test_frame_models_get_a_frame(local_registry: Registry) -> None:
+    frame = pd.DataFrame(fixtures.numeric_data(50)[0], columns=fixtures.FEATURES)
+    from sklearn.linear_model import LogisticRegression
+
+    model = LogisticRegression().fit(frame, (frame["f0"] > 0).astype(int))
+    local_registry.register(model, "framed")
+    out = local_registry.load("framed").predict(pa.Table.from_pandas(frame, preserve_index=False))
+    np.testing.assert_array_equal(out["proba_1"].to_numpy(), model.predict_proba(frame)[:, 1])

@@ -1,0 +1,1 @@
+"""Celery workers: async-job tasks, batch partitions, the streaming consumer (issues 4-6)."""
