@@ -57,10 +57,12 @@ class ModelCache:
             started = time.perf_counter()
             try:
                 value, size = load()
+                self._put(key, Entry(value, size, time.perf_counter() - started))
             finally:
+                # Only once the value is in (or the load failed): a thread arriving before
+                # this must find the key lock, not make a new one and load again.
                 with self._lock:
                     self._loading.pop(key, None)
-            self._put(key, Entry(value, size, time.perf_counter() - started))
             return value
 
     def _put(self, key: Hashable, entry: Entry) -> None:

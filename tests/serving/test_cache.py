@@ -51,6 +51,26 @@ def test_concurrent_requests_for_one_key_load_it_once() -> None:
     assert entry is not None and entry.load_seconds >= 0.2 and entry.hits == 7
 
 
+def test_a_request_arriving_while_the_value_is_stored_does_not_load_again() -> None:
+    class SlowToStore(ModelCache):
+        def _put(self, key, entry) -> None:  # type: ignore[no-untyped-def]
+            time.sleep(0.2)
+            super()._put(key, entry)
+
+    cache, calls = SlowToStore(), []
+
+    def load() -> tuple[str, int]:
+        calls.append(1)
+        return "model", 1
+
+    first = threading.Thread(target=cache.get_or_load, args=("k", load))
+    first.start()
+    time.sleep(0.1)
+    assert cache.get_or_load("k", load) == "model"
+    first.join()
+    assert len(calls) == 1
+
+
 def test_a_failed_load_is_not_cached() -> None:
     cache = ModelCache()
 

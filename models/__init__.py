@@ -1,0 +1,42 @@
+"""Demo models: small recipes that train and register scikit-learn models on synthetic or
+scikit-learn-bundled data (no downloads).
+
+Each recipe is a module with the same small interface (:class:`Recipe`); ``python -m
+models`` (``make demo``) registers them all and serves them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import pyarrow as pa
+
+from models import churn, fraud, house_prices
+from serving.metadata import ModelVersion
+from serving.registry import Registry
+
+
+class Recipe(Protocol):
+    """What a recipe module provides."""
+
+    NAME: str
+    """The registered model name."""
+    ID_COLUMN: str
+    """The column that identifies a row; passed through, never a feature."""
+    FEATURES: list[str]
+    """The model's input columns, in the order it was fitted with."""
+
+    def sample(self, rows: int, seed: int = 0) -> pa.Table:
+        """Rows that look like real input: the id column, then the features."""
+        ...
+
+    def train(self) -> tuple[Any, pa.Table]:
+        """The fitted estimator (deterministic) and an input example."""
+        ...
+
+    def register(self, registry: Registry, alias: str = "production") -> ModelVersion:
+        """Train and register the next version of ``NAME``."""
+        ...
+
+
+RECIPES: tuple[Recipe, ...] = (churn, fraud, house_prices)

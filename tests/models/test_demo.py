@@ -1,0 +1,141 @@
+"""The demo recipes, registered through the real registry (local folder and S3) and served."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+
+from models import RECIPES, Recipe, churn
+from serving.registry import Registry
+from serving.store import Store
+
+ROOT = Path(__file__).resolve().parents[2]
+OUTPUTS = {
+    "churn": ["label", "proba_0", "proba_1"],
+    "fraud": ["label", "proba_0", "proba_1"],
+    "house_prices": ["prediction"],
+}
+# A multiple of the registered row block, so the predictor calls the model on exactly the
+# rows the direct sklearn call below sees.
+ROWS = 16
+
+each_recipe = pytest.mark.parametrize("recipe", RECIPES, ids=[r.NAME for r in RECIPES])
+
+
+_trained: dict[str, Any] = {}
+
+
+def trained(recipe: Recipe) -> Any:
+    """A second, independent training run: equal answers also pin that training is deterministic."""
+    if recipe.NAME not in _trained:
+        _trained[recipe.NAME] = recipe.train()[0]
+    return _trained[recipe.NAME]
+
+
+def expected(model: Any, frame: pd.DataFrame) -> dict[str, np.ndarray]:
+    """The output columns, computed by calling the estimator directly."""
+    if not hasattr(model, "predict_proba"):
+        return {"prediction": model.predict(frame)}
+    proba = model.predict_proba(frame)
+    columns = {f"proba_{c}": proba[:, i] for i, c in enumerate(model.classes_)}
+    return {"label": model.predict(frame), **columns}
+
+
+def assert_scored_exactly(scored: pa.Table, rows: pa.Table, recipe: Recipe) -> None:
+    want = expected(trained(recipe), rows.select(recipe.FEATURES).to_pandas())
+    assert scored.column_names == [recipe.ID_COLUMN, *want]
+    assert scored[recipe.ID_COLUMN].equals(rows[recipe.ID_COLUMN])
+    for name, values in want.items():
+        assert np.array_equal(scored[name].to_numpy(), values), name
+
+
+@each_recipe
+def test_each_recipe_registers_version_1_as_production(registry: Registry, recipe: Recipe) -> None:
+    mv = recipe.register(registry)
+    assert (mv.name, mv.version, mv.ref) == (recipe.NAME, 1, f"{recipe.NAME}:1")
+    assert registry.aliases(recipe.NAME) == {"production": 1}
+    assert registry.resolve(f"{recipe.NAME}@production") == (recipe.NAME, 1)
+    assert mv.outputs == OUTPUTS[recipe.NAME]
+    assert mv.tags["recipe"] == f"models.{recipe.NAME}"
+    assert mv.flavor == "sklearn-skops" and mv.approval == "approved"
+
+
+@each_recipe
+def test_the_id_column_is_not_a_model_input(registry: Registry, recipe: Recipe) -> None:
+    mv = recipe.register(registry)
+    assert [f.name for f in mv.inputs] == recipe.FEATURES
+    assert recipe.sample(3, seed=0).column_names == [recipe.ID_COLUMN, *recipe.FEATURES]
+
+
+@each_recipe
+def test_served_predictions_equal_the_estimator_exactly(registry: Registry, recipe: Recipe) -> None:
+    recipe.register(registry)
+    rows = recipe.sample(ROWS, seed=7)
+    predictor = registry.load(f"{recipe.NAME}@production")
+    scored = predictor.predict(rows, passthrough=[recipe.ID_COLUMN])
+    assert_scored_exactly(scored, rows, recipe)
+
+
+@each_recipe
+def test_a_row_alone_is_scored_as_in_a_batch(registry: Registry, recipe: Recipe) -> None:
+    recipe.register(registry)
+    predictor = registry.load(f"{recipe.NAME}@production")
+    rows = recipe.sample(5, seed=11)
+    batch = predictor.predict(rows, passthrough=[recipe.ID_COLUMN])
+    alone = [predictor.predict(rows.slice(i, 1), passthrough=[recipe.ID_COLUMN]) for i in range(5)]
+    assert pa.concat_tables(alone).equals(batch)
+
+
+def test_churn_scores_a_payment_method_it_never_saw(registry: Registry) -> None:
+    churn.register(registry)
+    rows = churn.sample(ROWS, seed=3)
+    unseen = pa.array(["crypto"] * ROWS)
+    rows = rows.set_column(rows.schema.get_field_index("payment_method"), "payment_method", unseen)
+    scored = registry.load("churn").predict(rows, passthrough=["customer_id"])
+    assert_scored_exactly(scored, rows, churn)
+
+
+@each_recipe
+def test_samples_are_reproducible_with_unique_ids(recipe: Recipe) -> None:
+    rows = recipe.sample(50, seed=3)
+    assert rows.equals(recipe.sample(50, seed=3))
+    assert not rows.equals(recipe.sample(50, seed=4))
+    assert pc.count_distinct(rows[recipe.ID_COLUMN]).as_py() == 50
+
+
+@each_recipe
+def test_training_returns_an_example_of_feature_columns_only(recipe: Recipe) -> None:
+    _, example = recipe.train()
+    assert example.column_names == recipe.FEATURES
+    assert example.num_rows > 0
+
+
+def run_demo(store_url: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MMSERVE_")}
+    env.update(MMSERVE_STORE_URL=store_url, COLUMNS="100")
+    return subprocess.run(
+        [sys.executable, "-W", "error", "-m", "models"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+    )
+
+
+def test_python_m_models_registers_and_serves_every_model(tmp_path: Path) -> None:
+    store_url = str(tmp_path / "store")
+    first, second = run_demo(store_url), run_demo(store_url)
+    for run, version in ((first, 1), (second, 2)):
+        assert (run.returncode, run.stderr) == (0, "")
+        for recipe in RECIPES:
+            assert f"{recipe.NAME}@production -> {recipe.NAME}:{version}, loaded in" in run.stdout
+        assert "done: 3 models registered, 15 rows scored in" in run.stdout
+    registry = Registry(Store.from_url(store_url))
+    assert registry.models() == sorted(r.NAME for r in RECIPES)
+    assert all(registry.aliases(r.NAME) == {"production": 2} for r in RECIPES)
