@@ -72,7 +72,7 @@ def register(
     tag: Annotated[list[str], typer.Option(help="key=value; repeat.")] = [],  # noqa: B006
     approval: Annotated[
         Literal["approved", "pending"] | None,
-        typer.Option(help="Status of the new version (default: MMSERVE_REGISTRY__DEFAULT_APPROVAL)."),
+        typer.Option(help="New version status (default: MMSERVE_REGISTRY__DEFAULT_APPROVAL)."),
     ] = None,
     force: Annotated[
         bool, typer.Option(help="Point a protected alias at an unapproved version.")

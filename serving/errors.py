@@ -157,8 +157,8 @@ class WrongType(InputError):
 
 
 class NullValue(InputError):
-    def __init__(self, column: str, row: int, what: str = "null") -> None:
-        super().__init__(f"column {column!r} has a {what} value at row {row}")
+    def __init__(self, column: str, row: int, what: str = "a null") -> None:
+        super().__init__(f"column {column!r} has {what} value at row {row}")
         self.column, self.row = column, row
 
 

@@ -23,7 +23,8 @@ def test_every_format_round_trips(media_type: str) -> None:
         (
             codecs.JSON,
             b"{not json",
-            "cannot read the application/json body: Expecting property name enclosed in double quotes: line 1 column 2 (char 1)",
+            "cannot read the application/json body: "
+            "Expecting property name enclosed in double quotes: line 1 column 2 (char 1)",
         ),
         (
             codecs.JSON,
