@@ -19,12 +19,15 @@ from serving.registry import Registry
 class Recipe(Protocol):
     """What a recipe module provides."""
 
+    __name__: str
     NAME: str
     """The registered model name."""
     ID_COLUMN: str
     """The column that identifies a row; passed through, never a feature."""
     FEATURES: list[str]
     """The model's input columns, in the order it was fitted with."""
+    DESCRIPTION: str
+    TAGS: dict[str, str]
 
     def sample(self, rows: int, seed: int = 0) -> pa.Table:
         """Rows that look like real input: the id column, then the features."""
@@ -34,9 +37,18 @@ class Recipe(Protocol):
         """The fitted estimator (deterministic) and an input example."""
         ...
 
-    def register(self, registry: Registry, alias: str = "production") -> ModelVersion:
-        """Train and register the next version of ``NAME``."""
-        ...
-
 
 RECIPES: tuple[Recipe, ...] = (churn, fraud, house_prices)
+
+
+def register(recipe: Recipe, registry: Registry, alias: str = "production") -> ModelVersion:
+    """Train ``recipe`` and register it as the next version of its model, under ``alias``."""
+    model, example = recipe.train()
+    return registry.register(
+        model,
+        recipe.NAME,
+        alias=alias,
+        input_example=example,
+        description=recipe.DESCRIPTION,
+        tags={"recipe": recipe.__name__, **recipe.TAGS},
+    )

@@ -13,7 +13,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from models import RECIPES, Recipe
+from models import RECIPES, Recipe, register
 from serving.errors import MMServeError
 from serving.registry import Registry
 from serving.settings import Settings
@@ -31,7 +31,7 @@ def register_models(console: Console, registry: Registry) -> str:
     table = Table("model", "alias", "task", "inputs", "outputs", "trained + stored")
     for recipe in RECIPES:
         started = time.perf_counter()
-        mv = recipe.register(registry, alias=ALIAS)
+        mv = register(recipe, registry, alias=ALIAS)
         seconds = time.perf_counter() - started
         outputs = ", ".join(mv.outputs)
         table.add_row(mv.ref, ALIAS, mv.task, str(len(mv.inputs)), outputs, f"{seconds:.2f} s")

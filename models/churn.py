@@ -14,14 +14,13 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
-from serving.metadata import ModelVersion
-from serving.registry import Registry
-
 NAME = "churn"
 ID_COLUMN = "customer_id"
 NUMERIC = ["tenure_months", "monthly_charges", "support_calls"]
 CATEGORICAL = ["contract", "payment_method"]
 FEATURES = [*NUMERIC, *CATEGORICAL]
+DESCRIPTION = "Churn classifier on synthetic customers (label 1 = churns)."
+TAGS = {"data": "synthetic", "label": "1=churn"}
 CONTRACTS = ["month-to-month", "one-year", "two-year"]
 PAYMENTS = ["bank-transfer", "credit-card", "electronic-check", "mailed-check"]
 TRAIN_ROWS = 2000
@@ -36,25 +35,14 @@ def train() -> tuple[Pipeline, pa.Table]:
     """The fitted pipeline and an input example (feature columns only)."""
     customers, churned = _customers(TRAIN_ROWS, seed=0)
     features = customers.select(FEATURES)
-    prep = ColumnTransformer([
-        ("numeric", StandardScaler(), NUMERIC),
-        ("categorical", OneHotEncoder(handle_unknown="ignore"), CATEGORICAL),
-    ])
+    prep = ColumnTransformer(
+        [
+            ("numeric", StandardScaler(), NUMERIC),
+            ("categorical", OneHotEncoder(handle_unknown="ignore"), CATEGORICAL),
+        ]
+    )
     model = Pipeline([("prep", prep), ("classify", LogisticRegression())])
     return model.fit(features.to_pandas(), churned), features.slice(0, 16)
-
-
-def register(registry: Registry, alias: str = "production") -> ModelVersion:
-    """Train the churn model and register it as the next version of ``churn``."""
-    model, example = train()
-    return registry.register(
-        model,
-        NAME,
-        alias=alias,
-        input_example=example,
-        description="Churn classifier on synthetic customers (label 1 = churns).",
-        tags={"recipe": __name__, "data": "synthetic", "label": "1=churn"},
-    )
 
 
 def _customers(rows: int, seed: int) -> tuple[pa.Table, np.ndarray]:
@@ -75,12 +63,14 @@ def _customers(rows: int, seed: int) -> tuple[pa.Table, np.ndarray]:
         + 0.6 * (payment == "electronic-check")
     )
     churned = (rng.random(rows) < 1.0 / (1.0 + np.exp(-logit))).astype(np.int64)
-    table = pa.table({
-        ID_COLUMN: [f"C{i:06d}" for i in ids],
-        "tenure_months": tenure,
-        "monthly_charges": charges,
-        "support_calls": calls,
-        "contract": contract.tolist(),
-        "payment_method": payment.tolist(),
-    })
+    table = pa.table(
+        {
+            ID_COLUMN: [f"C{i:06d}" for i in ids],
+            "tenure_months": tenure,
+            "monthly_charges": charges,
+            "support_calls": calls,
+            "contract": contract.tolist(),
+            "payment_method": payment.tolist(),
+        }
+    )
     return table, churned

@@ -15,12 +15,14 @@ import pyarrow as pa
 from sklearn.datasets import load_breast_cancer
 from sklearn.ensemble import RandomForestClassifier
 
-from serving.metadata import ModelVersion
-from serving.registry import Registry
-
 NAME = "fraud"
 ID_COLUMN = "txn_id"
 FEATURES = [str(name).replace(" ", "_") for name in load_breast_cancer().feature_names]
+DESCRIPTION = (
+    "Fraud classifier; stand-in data: scikit-learn's breast-cancer set "
+    "(label 1 = malignant, playing 'fraud')."
+)
+TAGS = {"data": "sklearn-breast-cancer", "label": "1=fraud"}
 
 
 def sample(rows: int, seed: int = 0) -> pa.Table:
@@ -37,20 +39,6 @@ def train() -> tuple[RandomForestClassifier, pa.Table]:
     features, fraud = _dataset()
     model = RandomForestClassifier(n_estimators=100, max_depth=8, random_state=0)
     return model.fit(features.to_pandas(), fraud), features.slice(0, 16)
-
-
-def register(registry: Registry, alias: str = "production") -> ModelVersion:
-    """Train the fraud model and register it as the next version of ``fraud``."""
-    model, example = train()
-    return registry.register(
-        model,
-        NAME,
-        alias=alias,
-        input_example=example,
-        description="Fraud classifier; stand-in data: scikit-learn's breast-cancer set "
-        "(label 1 = malignant, playing 'fraud').",
-        tags={"recipe": __name__, "data": "sklearn-breast-cancer", "label": "1=fraud"},
-    )
 
 
 @functools.cache

@@ -11,12 +11,11 @@ import numpy as np
 import pyarrow as pa
 from sklearn.ensemble import GradientBoostingRegressor
 
-from serving.metadata import ModelVersion
-from serving.registry import Registry
-
 NAME = "house_prices"
 ID_COLUMN = "listing_id"
 FEATURES = ["sqft", "bedrooms", "bathrooms", "age_years", "distance_km"]
+DESCRIPTION = "House-price regressor on synthetic listings (prediction in dollars)."
+TAGS = {"data": "synthetic", "unit": "USD"}
 TRAIN_ROWS = 2000
 
 
@@ -33,19 +32,6 @@ def train() -> tuple[GradientBoostingRegressor, pa.Table]:
         n_estimators=150, max_depth=3, learning_rate=0.1, random_state=0
     )
     return model.fit(features.to_pandas(), price), features.slice(0, 16)
-
-
-def register(registry: Registry, alias: str = "production") -> ModelVersion:
-    """Train the house-price model and register it as the next version of ``house_prices``."""
-    model, example = train()
-    return registry.register(
-        model,
-        NAME,
-        alias=alias,
-        input_example=example,
-        description="House-price regressor on synthetic listings (prediction in dollars).",
-        tags={"recipe": __name__, "data": "synthetic", "unit": "USD"},
-    )
 
 
 def _houses(rows: int, seed: int) -> tuple[pa.Table, np.ndarray]:
@@ -66,12 +52,14 @@ def _houses(rows: int, seed: int) -> tuple[pa.Table, np.ndarray]:
         + rng.normal(0, 20_000, rows)
     )
     ids = rng.choice(1_000_000, size=rows, replace=False)
-    table = pa.table({
-        ID_COLUMN: [f"L{i:06d}" for i in ids],
-        "sqft": sqft,
-        "bedrooms": bedrooms,
-        "bathrooms": bathrooms,
-        "age_years": age,
-        "distance_km": distance,
-    })
+    table = pa.table(
+        {
+            ID_COLUMN: [f"L{i:06d}" for i in ids],
+            "sqft": sqft,
+            "bedrooms": bedrooms,
+            "bathrooms": bathrooms,
+            "age_years": age,
+            "distance_km": distance,
+        }
+    )
     return table, price

@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from models import RECIPES, Recipe, churn
+from models import RECIPES, Recipe, churn, register
 from serving.registry import Registry
 from serving.store import Store
 
@@ -60,7 +60,7 @@ def assert_scored_exactly(scored: pa.Table, rows: pa.Table, recipe: Recipe) -> N
 
 @each_recipe
 def test_each_recipe_registers_version_1_as_production(registry: Registry, recipe: Recipe) -> None:
-    mv = recipe.register(registry)
+    mv = register(recipe, registry)
     assert (mv.name, mv.version, mv.ref) == (recipe.NAME, 1, f"{recipe.NAME}:1")
     assert registry.aliases(recipe.NAME) == {"production": 1}
     assert registry.resolve(f"{recipe.NAME}@production") == (recipe.NAME, 1)
@@ -71,14 +71,14 @@ def test_each_recipe_registers_version_1_as_production(registry: Registry, recip
 
 @each_recipe
 def test_the_id_column_is_not_a_model_input(registry: Registry, recipe: Recipe) -> None:
-    mv = recipe.register(registry)
+    mv = register(recipe, registry)
     assert [f.name for f in mv.inputs] == recipe.FEATURES
     assert recipe.sample(3, seed=0).column_names == [recipe.ID_COLUMN, *recipe.FEATURES]
 
 
 @each_recipe
 def test_served_predictions_equal_the_estimator_exactly(registry: Registry, recipe: Recipe) -> None:
-    recipe.register(registry)
+    register(recipe, registry)
     rows = recipe.sample(ROWS, seed=7)
     predictor = registry.load(f"{recipe.NAME}@production")
     scored = predictor.predict(rows, passthrough=[recipe.ID_COLUMN])
@@ -87,7 +87,7 @@ def test_served_predictions_equal_the_estimator_exactly(registry: Registry, reci
 
 @each_recipe
 def test_a_row_alone_is_scored_as_in_a_batch(registry: Registry, recipe: Recipe) -> None:
-    recipe.register(registry)
+    register(recipe, registry)
     predictor = registry.load(f"{recipe.NAME}@production")
     rows = recipe.sample(5, seed=11)
     batch = predictor.predict(rows, passthrough=[recipe.ID_COLUMN])
@@ -96,7 +96,7 @@ def test_a_row_alone_is_scored_as_in_a_batch(registry: Registry, recipe: Recipe)
 
 
 def test_churn_scores_a_payment_method_it_never_saw(registry: Registry) -> None:
-    churn.register(registry)
+    register(churn, registry)
     rows = churn.sample(ROWS, seed=3)
     unseen = pa.array(["crypto"] * ROWS)
     rows = rows.set_column(rows.schema.get_field_index("payment_method"), "payment_method", unseen)
@@ -124,7 +124,11 @@ def run_demo(store_url: str) -> subprocess.CompletedProcess[str]:
     env.update(MMSERVE_STORE_URL=store_url, COLUMNS="100")
     return subprocess.run(
         [sys.executable, "-W", "error", "-m", "models"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 
