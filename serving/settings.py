@@ -6,6 +6,7 @@ component needs) down; nothing else reads the environment.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import AliasChoices, BaseModel, Field, SecretStr
@@ -56,9 +57,26 @@ class Settings(BaseSettings):
 
     store_url: str = "./.mmserve"
     """Object store root: a local path, ``file://...`` or ``s3://bucket/prefix``."""
+    broker_url: str | None = None
+    """Celery broker (Redis); unset runs the async queue inside the server process."""
+    redis_url: str | None = None
+    """Redis for streaming and indexes; defaults to the broker URL."""
+    admin_token: SecretStr | None = None
+    """Bearer token for management routes; unset turns management routes off."""
+    endpoints: Path | None = None
+    """Endpoints YAML file (variants, shadow, serverless)."""
+    max_payload_bytes: int = Field(6 * 1024 * 1024, gt=0)
+    """Real-time request body limit."""
+    request_timeout_s: float = Field(60.0, gt=0)
+    """Real-time request timeout."""
     cache: CacheSettings = CacheSettings()
     """Loaded-model cache bounds."""
     registry: RegistrySettings = RegistrySettings()
     """Registry policies."""
     aws: AwsSettings = Field(default_factory=AwsSettings)
     """S3 endpoint and credentials (``AWS_*`` variables)."""
+
+    @property
+    def redis(self) -> str | None:
+        """The Redis to use for streams and indexes: ``redis_url``, else the broker's."""
+        return self.redis_url or self.broker_url

@@ -131,30 +131,36 @@ class Store:
 
     def write(self, key: str, data: bytes) -> None:
         """Write ``data`` atomically: the object appears whole or not at all."""
-        with self.open_output(key) as out:
+        if self.is_local:
+            with self.open_output(key) as out:
+                out.write(data)
+            return
+        # One S3 upload becomes visible only when it completes: atomic as it is.
+        with self._errors(key), self._fs.open_output_stream(self.path(key)) as out:
             out.write(data)
 
     @contextlib.contextmanager
     def open_output(self, key: str) -> Iterator[pa.NativeFile]:
-        """Stream a (possibly large) object; it appears at ``key`` only if the block succeeds."""
+        """Stream a (possibly large) object; it appears at ``key`` only if the block succeeds.
+
+        It is written under a hidden temporary key and moved into place: an S3 upload
+        cannot be abandoned through pyarrow (closing one, even on error, completes it).
+        """
         path = self.path(key)
-        # On disk: write beside, then rename. On S3 an upload becomes visible only when it
-        # completes, so the final key is written directly and a failed upload is removed.
-        target = self._temp_path(path) if self.is_local else path
+        temp = self._temp_path(path)
         with self._errors(key):
             if self.is_local:
                 self._fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-            out = self._fs.open_output_stream(target)
+            out = self._fs.open_output_stream(temp)
         try:
             yield out
             with self._errors(key):
                 out.close()
-                if self.is_local:
-                    self._fs.move(target, path)
+                self._fs.move(temp, path)
         except BaseException:
             with contextlib.suppress(Exception):
                 out.close()
-                self._fs.delete_file(target)
+                self._fs.delete_file(temp)
             raise
 
     def create(self, key: str, data: bytes) -> None:

@@ -12,6 +12,15 @@ def test_defaults() -> None:
     settings = Settings()
     assert settings.store_url == "./.mmserve"
     assert (settings.cache.max_models, settings.registry.default_approval) == (32, "approved")
+    assert (settings.broker_url, settings.redis, settings.admin_token) == (None, None, None)
+    assert (settings.max_payload_bytes, settings.request_timeout_s) == (6 * 1024 * 1024, 60.0)
+
+
+def test_redis_defaults_to_the_broker(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MMSERVE_BROKER_URL", "redis://127.0.0.1:6379/0")
+    assert Settings().redis == "redis://127.0.0.1:6379/0"
+    monkeypatch.setenv("MMSERVE_REDIS_URL", "redis://127.0.0.1:6379/3")
+    assert Settings().redis == "redis://127.0.0.1:6379/3"
 
 
 def test_environment_overrides(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
@@ -36,4 +45,8 @@ def test_environment_overrides(monkeypatch: pytest.MonkeyPatch, tmp_path) -> Non
 def test_invalid_values_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MMSERVE_CACHE__MAX_MODELS", "0")
     with pytest.raises(ValueError, match="max_models"):
+        Settings()
+    monkeypatch.delenv("MMSERVE_CACHE__MAX_MODELS")
+    monkeypatch.setenv("MMSERVE_MAX_PAYLOAD_BYTES", "lots")
+    with pytest.raises(ValueError, match="max_payload_bytes"):
         Settings()
