@@ -68,6 +68,9 @@ def register(
         Path | None,
         typer.Option(help="Rows (csv/json/parquet) to infer and check the input schema."),
     ] = None,
+    nullable: Annotated[
+        list[str], typer.Option(help="A feature that may be null/NaN (the model copes); repeat.")
+    ] = [],  # noqa: B006
     description: Annotated[str, typer.Option()] = "",
     tag: Annotated[list[str], typer.Option(help="key=value; repeat.")] = [],  # noqa: B006
     approval: Annotated[
@@ -87,6 +90,7 @@ def register(
         trust_pickle=trust_pickle,
         trusted_types=trust_type,
         input_example=input_example,
+        nullable=nullable,
         description=description,
         tags=tags,
         approval=approval,

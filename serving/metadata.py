@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import platform
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Any, Literal
 
@@ -78,39 +79,46 @@ def arrow_type(name: str) -> pa.DataType:
 
 
 def infer_inputs(
-    model: Any, example: pa.Table | None, schema: dict[str, str] | None
+    model: Any,
+    example: pa.Table | None,
+    schema: dict[str, str] | None,
+    nullable: Iterable[str] = (),
 ) -> list[Feature]:
     """The input schema, in the order the model was fitted with.
 
     From an explicit ``schema`` ({name: dtype}), else an input example's columns and types,
     else the model's ``feature_names_in_`` (as float64), else ``f0..f<n-1>`` positional.
+    Features in ``nullable``, or missing somewhere in the example, may be null or NaN.
     """
+    count = getattr(model, "n_features_in_", None)
     names = list(getattr(model, "feature_names_in_", []))
     if schema is not None:
         types = dict(schema)
     elif example is not None:
         types = {field.name: str(field.type) for field in example.schema}
     else:
-        count = getattr(model, "n_features_in_", None)
         names = names or [f"f{i}" for i in range(count or 0)]
-        if not names:
-            raise InvalidName(
-                "input schema",
-                "",
-                "the model records no features; pass an input example or a schema",
-            )
         types = dict.fromkeys(names, "double")
-    for name in names:
-        if name not in types:
-            raise MissingColumn(name)
-    nullable = (
-        set() if example is None else {n for n in example.column_names if _has_missing(example[n])}
+    names = names or list(types)
+    if not names:
+        raise InvalidName("input schema", "", "the model records no features; pass an example")
+    if count is not None and len(names) != count:
+        reason = f"the model takes {count} features, the schema names {len(names)}"
+        raise InvalidName("input schema", ", ".join(names), reason)
+    missing = set(nullable) | (
+        set() if example is None else {n for n in names if _has_missing(example, n)}
     )
-    return [Feature(name=n, dtype=types[n], nullable=n in nullable) for n in (names or list(types))]
+    for name in [*names, *missing]:
+        if name not in types or name not in names:
+            raise MissingColumn(name)
+    return [Feature(name=n, dtype=types[n], nullable=n in missing) for n in names]
 
 
-def _has_missing(column: pa.ChunkedArray) -> bool:
+def _has_missing(example: pa.Table, name: str) -> bool:
     """Nulls, or NaN in a float column: the example shows the model copes with missing values."""
+    if name not in example.column_names:
+        return False
+    column = example[name]
     if column.null_count:
         return True
     return pa.types.is_floating(column.type) and bool(pc.any(pc.is_nan(column)).as_py())

@@ -11,6 +11,7 @@ import textwrap
 
 import joblib
 import numpy as np
+import pyarrow as pa
 import pytest
 import skops.io as sio
 
@@ -19,6 +20,7 @@ from serving.errors import (
     AliasNotFound,
     InvalidName,
     InvalidReference,
+    MissingColumn,
     ModelNotFound,
     NotApproved,
     TamperedArtifact,
@@ -89,6 +91,33 @@ def test_mixed_pipeline_schema_comes_from_the_example(registry: Registry) -> Non
         ("plan", "string"),
         ("region", "string"),
     ]
+
+
+def test_explicit_schema_and_nullable_features(registry: Registry) -> None:
+    schema = {name: "float32" for name in fixtures.FEATURES}
+    mv = registry.register(fixtures.logistic(), "m", schema=schema, nullable=["f3"])
+    assert [(f.name, f.dtype, f.nullable) for f in mv.inputs] == [
+        (n, "float", n == "f3") for n in fixtures.FEATURES
+    ]
+
+
+def test_a_schema_that_does_not_fit_the_model_is_refused(registry: Registry) -> None:
+    x, _ = fixtures.numeric_data(4)
+    example = fixtures.numeric_table(x).append_column("customer_id", codecs_ids(4))
+    with pytest.raises(InvalidName) as info:
+        registry.register(fixtures.logistic(), "m", input_example=example)
+    assert info.value.message == (
+        "invalid input schema 'f0, f1, f2, f3, f4, customer_id': "
+        "the model takes 5 features, the schema names 6"
+    )
+    with pytest.raises(MissingColumn) as missing:
+        registry.register(fixtures.logistic(), "m", nullable=["nope"])
+    assert missing.value.message == "missing column 'nope'"
+    assert registry.models() == []
+
+
+def codecs_ids(rows: int) -> pa.Array:
+    return pa.array([f"c{i}" for i in range(rows)])
 
 
 @pytest.mark.parametrize(
