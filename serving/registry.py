@@ -100,15 +100,7 @@ class Registry:
             self._check_alias_target(
                 f"{name}:<new>", validate_name(alias, "alias"), approval, force
             )
-        if isinstance(model, str | Path):
-            data, flavor, estimator, trusted = _read_artifact(
-                Path(model), trust_pickle, trusted_types
-            )
-        else:
-            if flavor == "sklearn-pickle":
-                flavors.check_trusted("a pickle artifact", b"", flavor, [], trust_pickle)
-            data, estimator = flavors.dump(model, flavor), model
-            trusted = flavors.untrusted_types(data) if flavor == "sklearn-skops" else []
+        data, flavor, estimator, trusted = _artifact(model, flavor, trust_pickle, trusted_types)
         example = _as_table(input_example)
         task, default_method = infer_task(estimator)
         method = method or default_method
@@ -283,9 +275,18 @@ class Registry:
         self.store.update(f"registry/{name}/aliases.json", apply)
 
 
-def _read_artifact(
-    path: Path, trust_pickle: bool, trusted_types: Iterable[str]
+def _artifact(
+    model: Any, flavor: flavors.Flavor, trust_pickle: bool, trusted_types: Iterable[str]
 ) -> tuple[bytes, flavors.Flavor, Any, list[str]]:
+    """``(artifact bytes, flavor, estimator, types to trust on load)`` for an estimator, or
+    for an artifact file, which is loaded only as far as it was explicitly trusted."""
+    if not isinstance(model, str | Path):
+        if flavor == "sklearn-pickle":
+            flavors.check_trusted("a pickle artifact", b"", flavor, [], trust_pickle)
+        data = flavors.dump(model, flavor)
+        # The estimator came from the registering process itself: its types are trusted.
+        return data, flavor, model, _skops_types(data, flavor)
+    path = Path(model)
     flavor = flavors.flavor_of_file(path.name)
     try:
         data = path.read_bytes()
@@ -293,8 +294,11 @@ def _read_artifact(
         raise UntrustedArtifact(str(path), f"cannot read it: {err.strerror}") from None
     trusted = sorted(set(trusted_types)) if flavor == "sklearn-skops" else []
     estimator = flavors.load(data, flavor, trusted, trust_pickle, str(path))
-    recorded = flavors.untrusted_types(data) if flavor == "sklearn-skops" else []
-    return data, flavor, estimator, recorded
+    return data, flavor, estimator, _skops_types(data, flavor)
+
+
+def _skops_types(data: bytes, flavor: flavors.Flavor) -> list[str]:
+    return flavors.untrusted_types(data) if flavor == "sklearn-skops" else []
 
 
 def _as_table(example: InputExample | None) -> pa.Table | None:
