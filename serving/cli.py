@@ -203,5 +203,28 @@ def predict(
     out.print(table)
 
 
+@app.command("serve")
+def serve(
+    host: Annotated[
+        str, typer.Option(help="Interface to bind; 0.0.0.0 exposes the server.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8080,
+    workers: Annotated[int, typer.Option(help="Server processes.")] = 1,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+) -> None:
+    """Serve every registered model over HTTP (V1 and health routes; settings from MMSERVE_*)."""
+    import uvicorn
+
+    uvicorn.run(
+        "serving.http:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level=log_level,
+        access_log=False,
+    )
+
+
 def _when(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%d %H:%M:%S")

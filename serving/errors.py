@@ -18,6 +18,7 @@ the batch runner writes it into rejects, the stream consumer dead-letters it.
     │   └── AliasInUse                  rejecting a version a protected alias points at
     ├── Forbidden (403)
     │   └── UntrustedArtifact           pickle without trust, or skops types not trusted
+    ├── PayloadTooLarge (413)           a request body over the configured limit
     ├── InputError (422)                a request's rows do not fit the model
     │   ├── MissingColumn
     │   ├── UnexpectedColumns
@@ -132,6 +133,14 @@ class Forbidden(MMServeError):
 class UntrustedArtifact(Forbidden):
     def __init__(self, what: str, remedy: str) -> None:
         super().__init__(f"refusing to load {what}: {remedy}")
+
+
+class PayloadTooLarge(MMServeError):
+    status = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"the request body exceeds the limit of {limit} bytes")
+        self.limit = limit
 
 
 class InputError(MMServeError):

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.compose import ColumnTransformer
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.linear_model import LinearRegression, LogisticRegression
@@ -75,3 +78,15 @@ def negating_pipeline() -> Pipeline:
     return Pipeline(
         [("neg", FunctionTransformer(operator.neg)), ("clf", LogisticRegression())]
     ).fit(x, y)
+
+
+class ErrorModel(ClassifierMixin, BaseEstimator):
+    """Fits like a classifier, then raises when asked to predict (registered as a pickle)."""
+
+    def fit(self, x: Any, y: Any) -> ErrorModel:
+        self.classes_ = np.unique(y)
+        self.n_features_in_ = np.asarray(x).shape[1]
+        return self
+
+    def predict_proba(self, x: Any) -> np.ndarray:
+        raise RuntimeError("weights are corrupt")

@@ -101,6 +101,34 @@ def moto_s3_server() -> Iterator[str]:
         proc.wait(10)
 
 
+@contextmanager
+def mmserve_server(env: dict[str, str], *args: str) -> Iterator[str]:
+    """A real ``mmserve serve`` process on a free port; yields its base URL."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    mmserve = os.path.join(os.path.dirname(sys.executable), "mmserve")
+    proc = subprocess.Popen(
+        [mmserve, "serve", "--port", str(port), "--log-level", "warning", *args],
+        env={**os.environ, **env},
+    )
+
+    def up() -> bool:
+        try:
+            with urlopen(f"{base}/v2/health/live", timeout=1):
+                return True
+        except OSError:
+            return proc.poll() is not None
+
+    try:
+        _wait(up, "mmserve serve", seconds=60)
+        if proc.poll() is not None:
+            raise RuntimeError(f"mmserve serve exited with {proc.returncode}")
+        yield base
+    finally:
+        proc.terminate()
+        proc.wait(20)
+
+
 if __name__ == "__main__":
     if sys.argv[1:] == ["ensure-redis"]:
         print(f"redis answers at {ensure_redis()}")

@@ -13,7 +13,6 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pytest
-from sklearn.base import BaseEstimator, ClassifierMixin
 
 from serving.errors import MissingColumn, ModelError, NullValue, UnexpectedColumns, WrongType
 from serving.registry import Registry
@@ -199,22 +198,10 @@ def test_nullable_features_pass_nan_to_the_model(local_registry: Registry) -> No
     np.testing.assert_array_equal(out["proba_1"].to_numpy(), model.predict_proba(expected_x)[:, 1])
 
 
-class ErrorModel(ClassifierMixin, BaseEstimator):
-    """Fits like a classifier, then raises when asked to predict."""
-
-    def fit(self, x: Any, y: Any) -> ErrorModel:
-        self.classes_ = np.unique(y)
-        self.n_features_in_ = np.asarray(x).shape[1]
-        return self
-
-    def predict_proba(self, x: Any) -> np.ndarray:
-        raise RuntimeError("weights are corrupt")
-
-
 def test_a_model_that_raises_is_a_model_error(local_registry: Registry) -> None:
     x, y = fixtures.numeric_data(10)
     local_registry.register(
-        ErrorModel().fit(x, y), "broken", flavor="sklearn-pickle", trust_pickle=True
+        fixtures.ErrorModel().fit(x, y), "broken", flavor="sklearn-pickle", trust_pickle=True
     )
     with pytest.raises(ModelError) as info:
         local_registry.load("broken").predict(fixtures.numeric_table(x))

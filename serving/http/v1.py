@@ -1,0 +1,61 @@
+"""Native / KServe V1 routes: predict by model reference, list and describe models.
+
+Bodies are JSON (``{"instances": ...}`` or ``{"inputs": ...}``) or Arrow IPC streams; the
+answer is JSON, or Arrow IPC when the ``Accept`` header asks for it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from serving import codecs
+from serving.codecs import v1
+from serving.errors import UnsupportedFormat
+from serving.http._body import read_body, score
+from serving.registry import Registry
+
+router = APIRouter(tags=["v1"])
+_ACCEPTED = ["application/json", codecs.ARROW]
+
+
+@router.post("/v1/models/{ref}:predict")
+@router.post("/v1/models/{ref}/predict")
+async def predict(ref: str, request: Request) -> Response:
+    """Score the rows in the body with the model ``ref`` (``name``, ``name:3``, ``name@alias``)."""
+    media_type = request.headers.get("content-type", "application/json").split(";")[0].strip()
+    if media_type not in _ACCEPTED:
+        raise UnsupportedFormat(media_type, _ACCEPTED)
+    body = await read_body(request)
+    if media_type == codecs.ARROW:
+        predictor, out = await score(request, ref, lambda _: codecs.decode(body, codecs.ARROW))
+    else:
+        predictor, out = await score(request, ref, lambda features: v1.decode(body, features))
+    version = predictor.version
+    if codecs.ARROW in request.headers.get("accept", ""):
+        return Response(codecs.encode(out, codecs.ARROW), media_type=codecs.ARROW)
+    return JSONResponse(v1.encode(out, version.name, version.version))
+
+
+@router.get("/v1/models")
+async def list_models(request: Request) -> dict[str, Any]:
+    registry: Registry = request.app.state.registry
+
+    def listing() -> list[dict[str, Any]]:
+        return [
+            {"name": n, "versions": registry.version_numbers(n), "aliases": registry.aliases(n)}
+            for n in registry.models()
+        ]
+
+    return {"models": await run_in_threadpool(listing)}
+
+
+@router.get("/v1/models/{ref}")
+async def describe(ref: str, request: Request) -> dict[str, Any]:
+    registry: Registry = request.app.state.registry
+    mv = await run_in_threadpool(registry.get, ref)
+    loaded = registry.cache.entry((mv.name, mv.version)) is not None
+    return {**mv.model_dump(mode="json"), "ready": loaded}
