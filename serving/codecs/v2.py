@@ -1,0 +1,222 @@
+"""The Open Inference Protocol (V2, as KServe, Triton and MLServer speak it), including the
+binary tensor data extension that standard V2 clients use by default.
+
+A request's tensors become a table in one of two shapes: one ``[N, K]`` tensor holding the
+K features in registered order (Triton/MLServer style), or one ``[N]``/``[N, 1]`` tensor per
+feature, named after it. Each output column goes back as one ``[N]`` tensor.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+from pydantic import BaseModel, ValidationError
+
+from serving.codecs import DecodeError
+from serving.errors import InputError
+
+_NUMPY = {
+    "BOOL": np.bool_, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32,
+    "UINT64": np.uint64, "INT8": np.int8, "INT16": np.int16, "INT32": np.int32,
+    "INT64": np.int64, "FP16": np.float16, "FP32": np.float32, "FP64": np.float64,
+}  # fmt: skip
+_ARROW_TO_V2 = {
+    pa.bool_(): "BOOL", pa.int8(): "INT8", pa.int16(): "INT16", pa.int32(): "INT32",
+    pa.int64(): "INT64", pa.uint8(): "UINT8", pa.uint16(): "UINT16", pa.uint32(): "UINT32",
+    pa.uint64(): "UINT64", pa.float16(): "FP16", pa.float32(): "FP32", pa.float64(): "FP64",
+    pa.string(): "BYTES", pa.large_string(): "BYTES",
+}  # fmt: skip
+MEDIA_TYPE = "application/json"
+BINARY_MEDIA_TYPE = "application/octet-stream"
+HEADER_LENGTH = "inference-header-content-length"
+
+
+class TensorIn(BaseModel):
+    name: str
+    shape: list[int]
+    datatype: str
+    parameters: dict[str, Any] = {}
+    data: Any = None
+
+
+class OutputRequest(BaseModel):
+    name: str
+    parameters: dict[str, Any] = {}
+
+
+class InferenceRequest(BaseModel):
+    id: str | None = None
+    parameters: dict[str, Any] = {}
+    inputs: list[TensorIn]
+    outputs: list[OutputRequest] | None = None
+
+
+class TensorError(InputError):
+    def __init__(self, tensor: str, problem: str) -> None:
+        super().__init__(f"input tensor {tensor!r}: {problem}")
+        self.tensor = tensor
+
+
+@dataclass
+class Decoded:
+    request: InferenceRequest
+    columns: dict[str, np.ndarray]
+
+
+def decode(body: bytes, header_length: str | None) -> Decoded:
+    """Parse a V2 request: the JSON header, then (binary extension) the tensors' bytes."""
+    split = _header_length(header_length, len(body))
+    try:
+        request = InferenceRequest.model_validate_json(body[:split])
+    except ValidationError as err:
+        problem = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in err.errors()
+        )
+        raise DecodeError(MEDIA_TYPE, problem) from None
+    if not request.inputs:
+        raise DecodeError(MEDIA_TYPE, "inputs: at least one input tensor is required")
+    binary, offset, arrays = body[split:], 0, {}
+    for tensor in request.inputs:
+        size = tensor.parameters.get("binary_data_size")
+        if size is not None:
+            chunk = binary[offset : offset + int(size)]
+            if len(chunk) != int(size):
+                raise TensorError(tensor.name, f"binary_data_size {size} runs past the body")
+            offset += int(size)
+            arrays[tensor.name] = _from_bytes(tensor, chunk)
+        else:
+            arrays[tensor.name] = _from_json(tensor)
+    return Decoded(request, arrays)
+
+
+def to_table(decoded: Decoded, features: list[str]) -> pa.Table:
+    tensors = decoded.request.inputs
+    if len(tensors) == 1 and len(tensors[0].shape) == 2 and tensors[0].shape[1] != 1:
+        matrix = decoded.columns[tensors[0].name]
+        if matrix.shape[1] != len(features):
+            raise TensorError(
+                tensors[0].name,
+                f"has {matrix.shape[1]} columns; the model takes {len(features)} "
+                f"({', '.join(features)})",
+            )
+        return pa.table([matrix[:, i] for i in range(len(features))], names=features)
+    rows = {decoded.columns[t.name].shape[0] for t in tensors}
+    if len(rows) > 1:
+        raise DecodeError(MEDIA_TYPE, "input tensors have different numbers of rows")
+    return pa.table({t.name: decoded.columns[t.name].reshape(-1) for t in tensors})
+
+
+def encode(
+    table: pa.Table, request: InferenceRequest, name: str, version: int
+) -> tuple[bytes, dict[str, str]]:
+    """The response body and its extra headers; binary when the request asked for it."""
+    wanted = [o.name for o in request.outputs] if request.outputs else table.column_names
+    unknown = [n for n in wanted if n not in table.column_names]
+    if unknown:
+        raise InputError(f"unknown outputs {unknown}; the model gives {table.column_names}")
+    binary_default = bool(request.parameters.get("binary_data_output", False))
+    asked = {o.name: o.parameters.get("binary_data", binary_default) for o in request.outputs or []}
+    outputs, blobs = [], []
+    for column_name in wanted:
+        column = table.column(column_name)
+        tensor: dict[str, Any] = {
+            "name": column_name,
+            "shape": [table.num_rows],
+            "datatype": _ARROW_TO_V2.get(column.type, "BYTES"),
+        }
+        if asked.get(column_name, binary_default):
+            blob = _to_bytes(column)
+            tensor["parameters"] = {"binary_data_size": len(blob)}
+            blobs.append(blob)
+        else:
+            tensor["data"] = column.to_pylist()
+        outputs.append(tensor)
+    document: dict[str, Any] = {
+        "model_name": name,
+        "model_version": str(version),
+        "outputs": outputs,
+    }
+    if request.id is not None:
+        document["id"] = request.id
+    header = json.dumps(document, separators=(",", ":")).encode()
+    if not blobs:
+        return header, {"content-type": MEDIA_TYPE}
+    return header + b"".join(blobs), {
+        "content-type": BINARY_MEDIA_TYPE,
+        HEADER_LENGTH: str(len(header)),
+    }
+
+
+def _header_length(value: str | None, body_size: int) -> int:
+    if value is None:
+        return body_size
+    if not value.isdigit() or int(value) > body_size:
+        raise DecodeError(
+            MEDIA_TYPE, f"Inference-Header-Content-Length {value!r} does not fit the body"
+        )
+    return int(value)
+
+
+def _elements(tensor: TensorIn) -> int:
+    if any(d < 0 for d in tensor.shape) or not tensor.shape:
+        raise TensorError(tensor.name, f"shape {tensor.shape} must be non-negative dimensions")
+    return int(np.prod(tensor.shape))
+
+
+def _dtype(tensor: TensorIn) -> Any:
+    if tensor.datatype == "BYTES":
+        return object
+    try:
+        return _NUMPY[tensor.datatype]
+    except KeyError:
+        raise TensorError(tensor.name, f"unknown datatype {tensor.datatype!r}") from None
+
+
+def _from_json(tensor: TensorIn) -> np.ndarray:
+    if tensor.data is None:
+        raise TensorError(tensor.name, "has neither data nor binary_data_size")
+    try:
+        flat = np.asarray(tensor.data, dtype=_dtype(tensor)).reshape(-1)
+    except (ValueError, TypeError, OverflowError):
+        raise TensorError(tensor.name, f"data are not all {tensor.datatype}") from None
+    return _shaped(tensor, flat)
+
+
+def _from_bytes(tensor: TensorIn, chunk: bytes) -> np.ndarray:
+    if tensor.datatype != "BYTES":
+        dtype = np.dtype(_dtype(tensor)).newbyteorder("<")
+        if len(chunk) % dtype.itemsize:
+            raise TensorError(
+                tensor.name, f"{len(chunk)} bytes is not a whole number of {tensor.datatype}"
+            )
+        return _shaped(tensor, np.frombuffer(chunk, dtype=dtype))
+    items, offset = [], 0
+    while offset < len(chunk):  # each element: 4-byte little-endian length, then the bytes
+        if offset + 4 > len(chunk):
+            raise TensorError(tensor.name, "truncated BYTES element")
+        (length,) = struct.unpack_from("<I", chunk, offset)
+        items.append(chunk[offset + 4 : offset + 4 + length].decode("utf-8", "replace"))
+        offset += 4 + length
+    return _shaped(tensor, np.asarray(items, dtype=object))
+
+
+def _shaped(tensor: TensorIn, flat: np.ndarray) -> np.ndarray:
+    expected = _elements(tensor)
+    if flat.size != expected:
+        raise TensorError(
+            tensor.name, f"has {flat.size} values; shape {tensor.shape} needs {expected}"
+        )
+    return flat.reshape(tensor.shape if len(tensor.shape) > 1 else (-1,))
+
+
+def _to_bytes(column: pa.ChunkedArray) -> bytes:
+    if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+        raw = [value.encode() for value in column.to_pylist()]
+        return b"".join(struct.pack("<I", len(item)) + item for item in raw)
+    little_endian = np.dtype(column.type.to_pandas_dtype()).newbyteorder("<")
+    return np.asarray(column.to_numpy(), dtype=little_endian).tobytes()

@@ -1,0 +1,75 @@
+"""Open Inference Protocol (V2) routes: model metadata, readiness and inference."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from starlette.concurrency import run_in_threadpool
+
+from serving.codecs import v2
+from serving.http._body import read_body, score
+from serving.metadata import ModelVersion
+from serving.registry import Registry
+
+router = APIRouter(tags=["v2"])
+
+
+def _ref(name: str, version: str | None) -> str:
+    return f"{name}:{version}" if version is not None else name
+
+
+@router.get("/v2/models/{name}")
+@router.get("/v2/models/{name}/versions/{version}")
+async def model_metadata(name: str, request: Request, version: str | None = None) -> dict[str, Any]:
+    registry: Registry = request.app.state.registry
+    mv = await run_in_threadpool(registry.get, _ref(name, version))
+    versions = await run_in_threadpool(registry.version_numbers, mv.name)
+    return _metadata(mv, versions)
+
+
+@router.get("/v2/models/{name}/ready")
+@router.get("/v2/models/{name}/versions/{version}/ready")
+async def model_ready(name: str, request: Request, version: str | None = None) -> dict[str, Any]:
+    """Ready when the reference resolves: models load on first use (multi-model endpoint)."""
+    registry: Registry = request.app.state.registry
+    await run_in_threadpool(registry.resolve, _ref(name, version))
+    return {"name": name, "ready": True}
+
+
+@router.post("/v2/models/{name}/infer")
+@router.post("/v2/models/{name}/versions/{version}/infer")
+async def infer(name: str, request: Request, version: str | None = None) -> Response:
+    body = await read_body(request)
+    decoded = v2.decode(body, request.headers.get(v2.HEADER_LENGTH))
+    predictor, out = await score(
+        request, _ref(name, version), lambda features: v2.to_table(decoded, features)
+    )
+    content, headers = v2.encode(
+        out, decoded.request, predictor.version.name, predictor.version.version
+    )
+    return Response(content, headers=headers)
+
+
+def _metadata(mv: ModelVersion, versions: list[int]) -> dict[str, Any]:
+    def tensor(name: str, datatype: str) -> dict[str, Any]:
+        return {"name": name, "datatype": datatype, "shape": [-1]}
+
+    return {
+        "name": mv.name,
+        "versions": [str(v) for v in versions],
+        "platform": mv.flavor,
+        "inputs": [tensor(f.name, _V2_TYPES.get(f.dtype, "BYTES")) for f in mv.inputs],
+        "outputs": [
+            tensor(
+                o,
+                "INT64"
+                if o == "label" and mv.classes and isinstance(mv.classes[0], int)
+                else "FP64",
+            )
+            for o in mv.outputs
+        ],
+    }
+
+
+_V2_TYPES = {"double": "FP64", "float": "FP32", "int64": "INT64", "int32": "INT32", "bool": "BOOL"}

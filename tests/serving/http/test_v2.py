@@ -1,0 +1,152 @@
+"""Open Inference Protocol (V2) over HTTP: spec-shaped JSON, and a standard V2 client."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import tritonclient.http as triton
+
+from tests import fixtures
+from tests.serving.http.conftest import Server
+
+
+@pytest.fixture(scope="module")
+def client(server: Server) -> triton.InferenceServerClient:
+    return triton.InferenceServerClient(server.url.removeprefix("http://"))
+
+
+def test_a_request_as_the_spec_shows_it(server: Server) -> None:
+    x, _ = fixtures.numeric_data(3, seed=12)
+    request = {
+        "id": "42",
+        "inputs": [
+            {"name": "input0", "shape": [3, 5], "datatype": "FP64", "data": x.ravel().tolist()}
+        ],
+        "outputs": [{"name": "proba_1"}, {"name": "label"}],
+    }
+    response = server.client.post("/v2/models/lr/infer", content=json.dumps(request))
+    assert response.status_code == 200
+    body = response.json()
+    expected = server.registry.load("lr").predict(fixtures.numeric_table(x))
+    assert (body["model_name"], body["model_version"], body["id"]) == ("lr", "1", "42")
+    assert body["outputs"] == [
+        {
+            "name": "proba_1",
+            "shape": [3],
+            "datatype": "FP64",
+            "data": expected["proba_1"].to_pylist(),
+        },
+        {"name": "label", "shape": [3], "datatype": "INT64", "data": expected["label"].to_pylist()},
+    ]
+
+
+def test_versioned_route_and_nested_data(server: Server) -> None:
+    x, _ = fixtures.numeric_data(2, seed=13)
+    request = {"inputs": [{"name": "x", "shape": [2, 5], "datatype": "FP64", "data": x.tolist()}]}
+    body = server.client.post("/v2/models/lr/versions/2/infer", content=json.dumps(request)).json()
+    assert body["model_version"] == "2"
+    expected = server.registry.load("lr:2").predict(fixtures.numeric_table(x))
+    assert [o["name"] for o in body["outputs"]] == ["label", "proba_0", "proba_1"]
+    assert body["outputs"][2]["data"] == expected["proba_1"].to_pylist()
+
+
+def test_a_standard_client_with_its_binary_defaults(server: Server, client) -> None:  # type: ignore[no-untyped-def]
+    assert client.is_server_live() and client.is_model_ready("lr")
+    x, _ = fixtures.numeric_data(40, seed=14)
+    tensor = triton.InferInput("input__0", list(x.shape), "FP64")
+    tensor.set_data_from_numpy(x)  # binary_data=True by default
+    result = client.infer("lr", [tensor])  # no outputs named: all come back binary
+    expected = server.registry.load("lr").predict(fixtures.numeric_table(x))
+    np.testing.assert_array_equal(result.as_numpy("proba_1"), expected["proba_1"].to_numpy())
+    np.testing.assert_array_equal(result.as_numpy("label"), expected["label"].to_numpy())
+
+
+def test_a_standard_client_with_named_tensors_and_strings(server: Server, client) -> None:  # type: ignore[no-untyped-def]
+    frame, _ = fixtures.mixed_frame(7, seed=15)
+    inputs = []
+    for name, datatype in [
+        ("age", "FP64"),
+        ("income", "FP64"),
+        ("plan", "BYTES"),
+        ("region", "BYTES"),
+    ]:
+        values = frame[name].to_numpy(dtype=object if datatype == "BYTES" else np.float64)
+        tensor = triton.InferInput(name, [len(frame)], datatype)
+        tensor.set_data_from_numpy(values, binary_data=name != "income")  # mixed JSON and binary
+        inputs.append(tensor)
+    outputs = [
+        triton.InferRequestedOutput("proba_1", binary_data=False),
+        triton.InferRequestedOutput("label"),
+    ]
+    result = client.infer("mixed", inputs, outputs=outputs)
+    expected = server.registry.load("mixed").predict(pa.Table.from_pandas(frame))
+    np.testing.assert_array_equal(result.as_numpy("proba_1"), expected["proba_1"].to_numpy())
+    np.testing.assert_array_equal(result.as_numpy("label"), expected["label"].to_numpy())
+
+
+def test_model_metadata(server: Server, client) -> None:  # type: ignore[no-untyped-def]
+    metadata = client.get_model_metadata("lr")
+    assert metadata["name"] == "lr" and metadata["versions"] == ["1", "2"]
+    assert [i["name"] for i in metadata["inputs"]] == fixtures.FEATURES
+    assert server.client.get("/v2/models/lr/versions/2").json()["outputs"][1]["name"] == "proba_0"
+    assert server.client.get("/v2/models/ghost/ready").status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("request_body", "status", "error"),
+    [
+        (
+            {"inputs": [{"name": "x", "shape": [1, 3], "datatype": "FP64", "data": [1, 2, 3]}]},
+            422,
+            "input tensor 'x': has 3 columns; the model takes 5 (f0, f1, f2, f3, f4)",
+        ),
+        (
+            {"inputs": [{"name": "x", "shape": [2, 5], "datatype": "FP64", "data": [1, 2, 3]}]},
+            422,
+            "input tensor 'x': has 3 values; shape [2, 5] needs 10",
+        ),
+        (
+            {"inputs": [{"name": "x", "shape": [1, 5], "datatype": "FP128", "data": [1] * 5}]},
+            422,
+            "input tensor 'x': unknown datatype 'FP128'",
+        ),
+        (
+            {"inputs": [{"name": "x", "shape": [1, 5], "datatype": "INT64", "data": ["a"] * 5}]},
+            422,
+            "input tensor 'x': data are not all INT64",
+        ),
+        (
+            {"inputs": [{"name": "x", "shape": [1, 5], "datatype": "FP64"}]},
+            422,
+            "input tensor 'x': has neither data nor binary_data_size",
+        ),
+        (
+            {"inputs": [{"name": "x", "datatype": "FP64", "data": [1]}]},
+            422,
+            "cannot read the application/json body: inputs.0.shape: Field required",
+        ),
+        (
+            {
+                "inputs": [{"name": "x", "shape": [1, 5], "datatype": "FP64", "data": [1] * 5}],
+                "outputs": [{"name": "score"}],
+            },
+            422,
+            "unknown outputs ['score']; the model gives ['label', 'proba_0', 'proba_1']",
+        ),
+    ],
+)
+def test_bad_v2_requests_name_the_problem(server: Server, request_body, status, error) -> None:
+    response = server.client.post("/v2/models/lr/infer", content=json.dumps(request_body))
+    assert (response.status_code, response.json()) == (status, {"error": error})
+
+
+def test_unknown_model_is_404_in_v2_error_shape(server: Server) -> None:
+    body = {"inputs": [{"name": "x", "shape": [1, 5], "datatype": "FP64", "data": [1] * 5}]}
+    response = server.client.post("/v2/models/ghost/infer", content=json.dumps(body))
+    assert (response.status_code, response.json()) == (
+        404,
+        {"error": "model 'ghost' is not registered"},
+    )
