@@ -12,7 +12,7 @@ from starlette.exceptions import HTTPException
 
 import serving
 from serving.errors import MMServeError, ModelError
-from serving.http import health, v1, v2
+from serving.http import health, sagemaker, v1, v2
 from serving.registry import Registry
 from serving.settings import Settings
 
@@ -28,6 +28,7 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
     app.include_router(health.router)
     app.include_router(v1.router)
     app.include_router(v2.router)
+    app.include_router(sagemaker.router)
     _add_error_handlers(app)
     return app
 

@@ -1,0 +1,61 @@
+"""SageMaker's inference container contract: ``GET /ping`` (in health) and
+``POST /invocations``, with ``X-Amzn-SageMaker-Target-Model`` for multi-model endpoints.
+
+Errors follow SageMaker's codes: 400 for a request that does not fit, 424 when the model
+itself failed, 404 for an unknown model, 415 for a format it does not take.
+"""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from serving.codecs import sagemaker
+from serving.errors import InputError, InvalidName, MMServeError, ModelError
+from serving.http._body import read_body, score
+from serving.registry import Registry
+
+router = APIRouter(tags=["sagemaker"])
+TARGET_MODEL = "x-amzn-sagemaker-target-model"
+
+
+@router.post("/invocations")
+async def invocations(request: Request) -> Response:
+    try:
+        kind = sagemaker.media_type(request.headers.get("content-type"), sagemaker.ACCEPTED[0])
+        answer = sagemaker.media_type(request.headers.get("accept"), kind)
+        body = await read_body(request)
+        ref = await _target(request)
+        predictor, out = await score(request, ref, lambda f: sagemaker.decode(body, kind, f))
+    except MMServeError as err:
+        return JSONResponse({"error": err.message}, status_code=_status(err))
+    return Response(
+        sagemaker.encode(out, answer),
+        media_type=answer,
+        headers={"x-mmserve-model": predictor.ref},
+    )
+
+
+async def _target(request: Request) -> str:
+    """The model the request names, else the only registered model."""
+    target = request.headers.get(TARGET_MODEL)
+    if target:
+        return target.removesuffix(".tar.gz")  # SageMaker MME names artifacts model.tar.gz
+    registry: Registry = request.app.state.registry
+    models = await run_in_threadpool(registry.models)
+    if len(models) != 1:
+        raise InvalidName(
+            "target model", "", f"name one of {models} in X-Amzn-SageMaker-Target-Model"
+        )
+    return models[0]
+
+
+def _status(err: MMServeError) -> int:
+    if isinstance(err, ModelError):
+        return HTTPStatus.FAILED_DEPENDENCY  # 424: SageMaker's "the model failed"
+    if isinstance(err, InputError) and err.status == HTTPStatus.UNPROCESSABLE_ENTITY:
+        return HTTPStatus.BAD_REQUEST
+    return err.status
