@@ -93,7 +93,8 @@ def test_the_target_model_header_picks_the_model(server: Server) -> None:
             "text/csv",
             "lr",
             400,
-            "cannot read the text/csv body: rows have 2 values; the model takes 5 (f0, f1, f2, f3, f4), "
+            "cannot read the text/csv body: "
+            "rows have 2 values; the model takes 5 (f0, f1, f2, f3, f4), "
             "or send a header row naming them",
         ),
         (b"1,2,3,4,x\n", "text/csv", "lr", 400, "column 'f4' must be double, got string"),
@@ -111,7 +112,8 @@ def test_the_target_model_header_picks_the_model(server: Server) -> None:
             "application/x-python-pickle",
             "lr",
             415,
-            "unsupported format 'application/x-python-pickle'; use one of text/csv, application/json, "
+            "unsupported format 'application/x-python-pickle'; "
+            "use one of text/csv, application/json, "
             "application/jsonlines, application/x-parquet, application/vnd.apache.arrow.stream",
         ),
     ],
