@@ -41,7 +41,8 @@ async def model_ready(name: str, request: Request, version: str | None = None) -
 @router.post("/v2/models/{name}/versions/{version}/infer")
 async def infer(name: str, request: Request, version: str | None = None) -> Response:
     body = await read_body(request)
-    decoded = v2.decode(body, request.headers.get(v2.HEADER_LENGTH))
+    # Parsing a large body is CPU work: off the event loop, like the prediction.
+    decoded = await run_in_threadpool(v2.decode, body, request.headers.get(v2.HEADER_LENGTH))
     predictor, out = await score(
         request, _ref(name, version), lambda features: v2.to_table(decoded, features)
     )
