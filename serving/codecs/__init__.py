@@ -42,6 +42,17 @@ class DecodeError(InputError):
         super().__init__(f"cannot read the {media_type} body: {reason}")
 
 
+def media_type(header: str | None, default: str, accepted: list[str]) -> str:
+    """The media type a Content-Type/Accept header names (``default`` if none or ``*/*``),
+    refused with 415 unless it is one of ``accepted``."""
+    value = (header or "").split(";")[0].strip().lower()
+    if value in ("", "*/*"):
+        return default
+    if value not in accepted:
+        raise UnsupportedFormat(value, accepted)
+    return value
+
+
 def media_type_of(path: Path) -> str:
     try:
         return _SUFFIXES[path.suffix.lower()]

@@ -13,18 +13,8 @@ import pyarrow.csv as pacsv
 
 from serving import codecs
 from serving.codecs import v1
-from serving.errors import UnsupportedFormat
 
 ACCEPTED = [codecs.CSV, codecs.JSON, codecs.JSONL, codecs.PARQUET, codecs.ARROW]
-
-
-def media_type(header: str | None, default: str) -> str:
-    value = (header or "").split(";")[0].strip().lower()
-    if value in ("", "*/*"):
-        return default
-    if value not in ACCEPTED:
-        raise UnsupportedFormat(value, ACCEPTED)
-    return value
 
 
 def decode(body: bytes, kind: str, features: list[str]) -> pa.Table:
@@ -36,8 +26,8 @@ def decode(body: bytes, kind: str, features: list[str]) -> pa.Table:
         return _json(body, features)
     if kind == codecs.JSONL:
         lines = [line for line in body.splitlines() if line.strip()]
-        if lines and lines[0].lstrip().startswith(b"["):  # positional rows, one per line
-            return v1.decode(b'{"instances": [' + b",".join(lines) + b"]}", features)
+        if lines[0].lstrip().startswith(b"["):  # positional rows, one per line
+            return v1.rows_to_table([_parse(line) for line in lines], features)
         return codecs.decode(body, codecs.JSONL)
     return codecs.decode(body, kind)
 
@@ -72,7 +62,13 @@ def _csv(body: bytes, features: list[str]) -> pa.Table:
 
 
 def _json(body: bytes, features: list[str]) -> pa.Table:
-    stripped = body.lstrip()
-    if stripped.startswith(b"["):  # a bare list: records, or positional rows
-        return v1.decode(b'{"instances": ' + body + b"}", features)
+    if body.lstrip().startswith(b"["):  # a bare list: records, or positional rows
+        return v1.rows_to_table(_parse(body), features)
     return v1.decode(body, features)
+
+
+def _parse(text: bytes) -> object:
+    try:
+        return json.loads(text)
+    except (ValueError, UnicodeDecodeError) as err:
+        raise codecs.DecodeError(codecs.JSON, str(err)) from None

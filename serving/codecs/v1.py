@@ -30,6 +30,11 @@ def decode(body: bytes, features: list[str]) -> pa.Table:
     rows = document.get("instances", document.get("inputs"))
     if isinstance(rows, dict):
         return _columns(rows)
+    return rows_to_table(rows, features)
+
+
+def rows_to_table(rows: Any, features: list[str]) -> pa.Table:
+    """Instances (all objects by feature name, or all lists in ``features`` order) as a table."""
     if not isinstance(rows, list) or not rows:
         raise DecodeError("application/json", f"{_SHAPE}, with at least one row")
     if all(isinstance(row, dict) for row in rows):

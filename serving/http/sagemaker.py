@@ -13,7 +13,8 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from serving.codecs import sagemaker
+from serving import codecs
+from serving.codecs import media_type, sagemaker
 from serving.errors import InputError, InvalidName, MMServeError, ModelError
 from serving.http._body import read_body, score
 from serving.registry import Registry
@@ -25,8 +26,8 @@ TARGET_MODEL = "x-amzn-sagemaker-target-model"
 @router.post("/invocations")
 async def invocations(request: Request) -> Response:
     try:
-        kind = sagemaker.media_type(request.headers.get("content-type"), sagemaker.ACCEPTED[0])
-        answer = sagemaker.media_type(request.headers.get("accept"), kind)
+        kind = media_type(request.headers.get("content-type"), codecs.CSV, sagemaker.ACCEPTED)
+        answer = media_type(request.headers.get("accept"), kind, sagemaker.ACCEPTED)
         body = await read_body(request)
         ref = await _target(request)
         predictor, out = await score(request, ref, lambda f: sagemaker.decode(body, kind, f))

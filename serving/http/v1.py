@@ -14,23 +14,20 @@ from starlette.concurrency import run_in_threadpool
 
 from serving import codecs
 from serving.codecs import v1
-from serving.errors import UnsupportedFormat
 from serving.http._body import read_body, score
 from serving.registry import Registry
 
 router = APIRouter(tags=["v1"])
-_ACCEPTED = ["application/json", codecs.ARROW]
+_ACCEPTED = [codecs.JSON, codecs.ARROW]
 
 
 @router.post("/v1/models/{ref}:predict")
 @router.post("/v1/models/{ref}/predict")
 async def predict(ref: str, request: Request) -> Response:
     """Score the rows in the body with the model ``ref`` (``name``, ``name:3``, ``name@alias``)."""
-    media_type = request.headers.get("content-type", "application/json").split(";")[0].strip()
-    if media_type not in _ACCEPTED:
-        raise UnsupportedFormat(media_type, _ACCEPTED)
+    kind = codecs.media_type(request.headers.get("content-type"), codecs.JSON, _ACCEPTED)
     body = await read_body(request)
-    if media_type == codecs.ARROW:
+    if kind == codecs.ARROW:
         predictor, out = await score(request, ref, lambda _: codecs.decode(body, codecs.ARROW))
     else:
         predictor, out = await score(request, ref, lambda features: v1.decode(body, features))

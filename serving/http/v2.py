@@ -61,16 +61,15 @@ def _metadata(mv: ModelVersion, versions: list[int]) -> dict[str, Any]:
         "versions": [str(v) for v in versions],
         "platform": mv.flavor,
         "inputs": [tensor(f.name, _V2_TYPES.get(f.dtype, "BYTES")) for f in mv.inputs],
-        "outputs": [
-            tensor(
-                o,
-                "INT64"
-                if o == "label" and mv.classes and isinstance(mv.classes[0], int)
-                else "FP64",
-            )
-            for o in mv.outputs
-        ],
+        "outputs": [tensor(o, _output_datatype(mv, o)) for o in mv.outputs],
     }
+
+
+def _output_datatype(mv: ModelVersion, output: str) -> str:
+    if output != "label":
+        return "FP64"  # the predictor widens every float output to float64
+    first = (mv.classes or [""])[0]
+    return "BOOL" if isinstance(first, bool) else "INT64" if isinstance(first, int) else "BYTES"
 
 
 _V2_TYPES = {"double": "FP64", "float": "FP32", "int64": "INT64", "int32": "INT32", "bool": "BOOL"}
