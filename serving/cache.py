@@ -1,4 +1,7 @@
-"""Loaded models, kept in an LRU bounded by count and by estimated memory."""
+"""Loaded models, kept in an LRU bounded by count and by estimated memory.
+
+Keys are ``(name, version)`` in the registry; any hashable works.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +11,8 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any
+
+from serving.errors import ModelTooLarge
 
 
 @dataclass
@@ -24,7 +29,8 @@ class Entry:
 
 class ModelCache:
     """Thread-safe LRU. Loads of one key happen once however many threads ask at the same
-    time; loads of different keys run in parallel."""
+    time; loads of different keys run in parallel. A value bigger than ``max_bytes`` on its
+    own is refused (:class:`ModelTooLarge`) rather than kept over the bound."""
 
     def __init__(self, max_items: int = 32, max_bytes: int = 4 << 30):
         self.max_items = max_items
@@ -44,7 +50,8 @@ class ModelCache:
             return entry.value
 
     def get_or_load(self, key: Hashable, load: Callable[[], tuple[Any, int]]) -> Any:
-        """The cached value, or ``load()``'s ``(value, estimated size in bytes)`` kept."""
+        """The cached value, or ``load()``'s ``(value, estimated size in bytes)`` kept; raises
+        :class:`ModelTooLarge` (and keeps nothing) when that size exceeds ``max_bytes``."""
         value = self.get(key)
         if value is not None:
             return value
@@ -66,16 +73,25 @@ class ModelCache:
             return value
 
     def _put(self, key: Hashable, entry: Entry) -> None:
+        if entry.size_bytes > self.max_bytes:
+            # Checked before anything is evicted: a model that can never fit must not empty
+            # the cache of the ones that do.
+            raise ModelTooLarge(_label(key), entry.size_bytes, self.max_bytes)
         with self._lock:
             self._entries[key] = entry
             self._entries.move_to_end(key)
             while len(self._entries) > 1 and (
-                len(self._entries) > self.max_items or self.used_bytes > self.max_bytes
+                len(self._entries) > self.max_items or self._used_bytes() > self.max_bytes
             ):
                 self._entries.popitem(last=False)
 
     @property
     def used_bytes(self) -> int:
+        """Estimated memory of the values kept."""
+        with self._lock:
+            return self._used_bytes()
+
+    def _used_bytes(self) -> int:
         return sum(e.size_bytes for e in self._entries.values())
 
     def entry(self, key: Hashable) -> Entry | None:
@@ -90,6 +106,14 @@ class ModelCache:
         with self._lock:
             return self._entries.pop(key, None) is not None
 
+    def discard_where(self, match: Callable[[Hashable], bool]) -> list[Hashable]:
+        """Drop every entry whose key ``match``es, at once; returns their keys."""
+        with self._lock:
+            keys = [k for k in self._entries if match(k)]
+            for key in keys:
+                del self._entries[key]
+        return keys
+
     def evict_idle(
         self, idle_seconds: float, keep: Callable[[Hashable], bool] = lambda _: False
     ) -> list[Hashable]:
@@ -100,3 +124,10 @@ class ModelCache:
             for key in idle:
                 del self._entries[key]
         return idle
+
+
+def _label(key: Hashable) -> str:
+    """A registry key ``(name, version)`` as the reference ``name:version``."""
+    if isinstance(key, tuple) and len(key) == 2:
+        return f"{key[0]}:{key[1]}"
+    return str(key)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from collections.abc import Callable
 from datetime import datetime
@@ -210,11 +211,19 @@ def serve(
     ] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 8080,
     workers: Annotated[int, typer.Option(help="Server processes.")] = 1,
-    log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+    serverless: Annotated[
+        bool, typer.Option(help="Unload idle models (MMSERVE_SERVERLESS__IDLE_TTL_S).")
+    ] = False,
+    log_level: Annotated[str, typer.Option(help="Log level.")] = "info",
+    access_log: Annotated[bool, typer.Option(help="Log every request, as JSON lines.")] = False,
 ) -> None:
-    """Serve every registered model over HTTP (V1 and health routes; settings from MMSERVE_*)."""
+    """Serve every registered model over HTTP: V1, V2 and SageMaker routes, health, metrics."""
     import uvicorn
 
+    from serving import logs
+
+    if serverless:  # read by the Settings each server process builds
+        os.environ["MMSERVE_SERVERLESS__ENABLED"] = "true"
     uvicorn.run(
         "serving.http:create_app",
         factory=True,
@@ -222,6 +231,7 @@ def serve(
         port=port,
         workers=workers,
         log_level=log_level,
+        log_config=logs.config(log_level, access_log),
         access_log=False,
     )
 

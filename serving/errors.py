@@ -10,14 +10,18 @@ the batch runner writes it into rejects, the stream consumer dead-letters it.
     │   ├── ObjectNotFound              no object at a store key
     │   ├── ModelNotFound
     │   ├── VersionNotFound
-    │   └── AliasNotFound
+    │   ├── AliasNotFound
+    │   └── ModelNotLoaded              a multi-model endpoint name that is not loaded
     ├── Conflict (409)
     │   ├── AlreadyExists               an exclusive store write found the key taken
     │   ├── ConcurrentUpdate            a compare-and-swap kept losing
     │   ├── NotApproved                 a protected alias aimed at an unapproved version
-    │   └── AliasInUse                  rejecting a version a protected alias points at
+    │   ├── AliasInUse                  rejecting a version a protected alias points at
+    │   └── ModelAlreadyLoaded          loading a multi-model endpoint name twice
+    ├── Unauthorized (401)              a missing or wrong admin token or API key
     ├── Forbidden (403)
-    │   └── UntrustedArtifact           pickle without trust, or skops types not trusted
+    │   ├── UntrustedArtifact           pickle without trust, or skops types not trusted
+    │   └── ManagementDisabled          management routes while no admin token is set
     ├── PayloadTooLarge (413)           a request body over the configured limit
     ├── InputError (422)                a request's rows do not fit the model
     │   ├── MissingColumn
@@ -28,6 +32,10 @@ the batch runner writes it into rejects, the stream consumer dead-letters it.
     ├── IntegrityError (500)
     │   └── TamperedArtifact            the artifact's sha256 differs from the registered one
     ├── ModelError (500)                the model itself raised
+    ├── Overloaded (429, retryable)     a model's or the server's in-flight limit reached
+    ├── ModelLoading (503, retryable)   the model did not finish loading in time
+    ├── RequestTimeout (504)            a request ran past the configured timeout
+    ├── ModelTooLarge (507)             a model bigger than the whole model cache
     └── StoreUnavailable (503, retryable)
 """
 
@@ -41,6 +49,8 @@ class MMServeError(Exception):
 
     status: HTTPStatus = HTTPStatus.INTERNAL_SERVER_ERROR
     retryable: bool = False
+    retry_after: int | None = None
+    """Seconds a client should wait before trying again (the ``Retry-After`` header)."""
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -93,6 +103,12 @@ class AliasNotFound(NotFound):
         self.name, self.alias = name, alias
 
 
+class ModelNotLoaded(NotFound):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"model {name!r} is not loaded")
+        self.name = name
+
+
 class Conflict(MMServeError):
     status = HTTPStatus.CONFLICT
 
@@ -126,6 +142,20 @@ class AliasInUse(Conflict):
         self.ref, self.alias = ref, alias
 
 
+class ModelAlreadyLoaded(Conflict):
+    def __init__(self, name: str, ref: str) -> None:
+        super().__init__(f"model {name!r} is already loaded (as {ref}); unload it first")
+        self.name, self.ref = name, ref
+
+
+class Unauthorized(MMServeError):
+    status = HTTPStatus.UNAUTHORIZED
+
+    def __init__(self, credential: str, how: str) -> None:
+        super().__init__(f"missing or wrong {credential}: send {how}")
+        self.credential = credential
+
+
 class Forbidden(MMServeError):
     status = HTTPStatus.FORBIDDEN
 
@@ -133,6 +163,12 @@ class Forbidden(MMServeError):
 class UntrustedArtifact(Forbidden):
     def __init__(self, what: str, remedy: str) -> None:
         super().__init__(f"refusing to load {what}: {remedy}")
+
+
+class ManagementDisabled(Forbidden):
+    def __init__(self, variable: str) -> None:
+        super().__init__(f"management routes are off: set {variable} to turn them on")
+        self.variable = variable
 
 
 class PayloadTooLarge(MMServeError):
@@ -198,6 +234,46 @@ class ModelError(MMServeError):
         self.ref = ref
 
 
+class Overloaded(MMServeError):
+    status = HTTPStatus.TOO_MANY_REQUESTS
+    retryable = True
+    retry_after = 1
+
+    def __init__(self, what: str, limit: int) -> None:
+        super().__init__(f"{what} already has {limit} requests in flight, its limit; retry later")
+        self.what, self.limit = what, limit
+
+
+class ModelLoading(MMServeError):
+    status = HTTPStatus.SERVICE_UNAVAILABLE
+    retryable = True
+    retry_after = 1
+
+    def __init__(self, ref: str, waited: float) -> None:
+        super().__init__(f"model {ref} is still loading after {waited:g} s; retry shortly")
+        self.ref = ref
+
+
+class RequestTimeout(MMServeError):
+    status = HTTPStatus.GATEWAY_TIMEOUT
+    retryable = True
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"the request took longer than the {seconds:g} s limit")
+        self.seconds = seconds
+
+
+class ModelTooLarge(MMServeError):
+    status = HTTPStatus.INSUFFICIENT_STORAGE
+
+    def __init__(self, ref: str, size_bytes: int, max_bytes: int) -> None:
+        super().__init__(
+            f"model {ref} needs ~{_size(size_bytes)} but the model cache holds at most "
+            f"{_size(max_bytes)} (MMSERVE_CACHE__MAX_MEMORY_MB)"
+        )
+        self.ref, self.size_bytes, self.max_bytes = ref, size_bytes, max_bytes
+
+
 class StoreUnavailable(MMServeError):
     status = HTTPStatus.SERVICE_UNAVAILABLE
     retryable = True
@@ -205,3 +281,12 @@ class StoreUnavailable(MMServeError):
     def __init__(self, url: str, err: BaseException) -> None:
         super().__init__(f"object store {url} is unavailable: {err}")
         self.url = url
+
+
+def _size(n: int) -> str:
+    """``n`` bytes for people: ``512 bytes``, ``5.3 KB``, ``12.0 MB``."""
+    if n < 1024:
+        return f"{n} bytes"
+    if n < 2**20:
+        return f"{n / 1024:.1f} KB"
+    return f"{n / 2**20:.1f} MB"

@@ -7,6 +7,7 @@ Every mode (HTTP, async jobs, batch, streaming) decodes its rows into a table an
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -25,6 +26,17 @@ from serving.metadata import ModelVersion
 # From this size on the model's matrix is built column by column (see Predictor._matrix):
 # below it Arrow's to_tensor is faster, above it (out of L2 cache) 1.4x slower.
 _COLUMNWISE_BYTES = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """One request's rows, checked and in model form, waiting for :meth:`Predictor.run`:
+    a padded matrix (numeric models) or the checked feature table."""
+
+    rows: int
+    x: Any
+    passthrough: Sequence[str] = ()
+    kept: Sequence[pa.ChunkedArray] = ()
 
 
 class Predictor:
@@ -58,20 +70,47 @@ class Predictor:
 
     def predict(self, table: pa.Table, passthrough: Sequence[str] = ()) -> pa.Table:
         """Score every row of ``table``; ``passthrough`` columns are copied to the front."""
-        x = self._fast_input(table)
-        features = table if x is not None else self._features(table, passthrough)
+        return self.run([self.prepare(table, passthrough)])[0]
+
+    def prepare(self, table: pa.Table, passthrough: Sequence[str] = ()) -> Prepared:
+        """Check ``table`` against the input schema and turn it into model input: every input
+        error is raised here, naming the request's own column and row."""
         kept = [self._column(table, name) for name in passthrough]
-        rows = features.num_rows
+        x = self._fast_input(table)
+        if x is not None:
+            return Prepared(table.num_rows, x, passthrough, kept)
+        features = self._features(table, passthrough)
+        if features.num_rows == 0:
+            return Prepared(0, None, passthrough, kept)
+        if self._wants_frame or not self._numeric:
+            self._check_finite_arrow(features)
+            return Prepared(features.num_rows, features, passthrough, kept)
+        x = self._matrix(features)
+        self._check_finite_numpy(x)  # padding only repeats the last row: same first bad row
+        return Prepared(features.num_rows, x, passthrough, kept)
+
+    def run(self, batch: Sequence[Prepared]) -> list[pa.Table]:
+        """Score prepared requests in ONE model call and split the answers back, in order.
+        Rows are padded to a multiple of ``row_block``, so a row's answer does not depend on
+        the other rows it shares the call with."""
+        rows = sum(p.rows for p in batch)
         if rows == 0:
             outputs = self._empty_outputs()
         else:
-            model_input = x if x is not None else self._model_input(features)
+            model_input = self._join([p for p in batch if p.rows])
             raw = self._invoke(self._call, model_input)
             labels = (
                 self._invoke(self.model.predict, model_input) if self._label_by_predict else None
             )
             outputs = self._outputs(raw, rows, labels)
-        return pa.table([*kept, *outputs.values()], names=[*passthrough, *outputs])
+        answers, start = [], 0
+        for p in batch:
+            columns = list(outputs.values())
+            if len(batch) > 1:
+                columns = [c.slice(start, p.rows) for c in columns]
+            answers.append(pa.table([*p.kept, *columns], names=[*p.passthrough, *outputs]))
+            start += p.rows
+        return answers
 
     # -- input ---------------------------------------------------------------------------
 
@@ -97,19 +136,21 @@ class Predictor:
             columns.append(column)
         return pa.table(columns, names=self._names)
 
-    def _model_input(self, features: pa.Table) -> Any:
+    def _join(self, batch: Sequence[Prepared]) -> Any:
+        """One model input for the whole batch, padded to a multiple of ``row_block``."""
+        if isinstance(batch[0].x, np.ndarray):
+            if len(batch) == 1:
+                return batch[0].x  # already padded
+            x = np.concatenate([p.x[: p.rows] for p in batch])
+            return _pad(x, self.version.row_block)
+        features = pa.concat_tables([p.x for p in batch])
         rows = features.num_rows
         pad = -rows % self.version.row_block
-        if self._wants_frame or not self._numeric:
-            self._check_finite_arrow(features)
-            if pad:
-                features = pa.concat_tables([features, features.take([rows - 1] * pad)])
-            if self._wants_frame:
-                return features.to_pandas()
-            return np.column_stack([c.to_numpy(zero_copy_only=False) for c in features.columns])
-        x = self._matrix(features)
-        self._check_finite_numpy(x)  # padding only repeats the last row: same first bad row
-        return x
+        if pad:
+            features = pa.concat_tables([features, features.take([rows - 1] * pad)])
+        if self._wants_frame:
+            return features.to_pandas()
+        return np.column_stack([c.to_numpy(zero_copy_only=False) for c in features.columns])
 
     def _fast_input(self, table: pa.Table) -> np.ndarray | None:
         """The model input of a table that has exactly the registered float columns and no
@@ -127,11 +168,7 @@ class Predictor:
         padded = rows + (-rows % self.version.row_block)
         if self._dtype is None or rows * width * self._dtype.itemsize < _COLUMNWISE_BYTES:
             x = features.combine_chunks().to_batches()[0].to_tensor(null_to_nan=True).to_numpy()
-            if padded == rows:
-                return x
-            out = np.empty((padded, width), x.dtype)
-            out[:rows], out[rows:] = x, x[-1]
-            return out
+            return _pad(x, self.version.row_block)
         # Large tables: copy each column into one column-major buffer (sequential copies),
         # then transpose it once; faster than Arrow's row-major to_tensor, same values.
         by_column = np.empty((width, padded), self._dtype)
@@ -185,6 +222,17 @@ class Predictor:
             name: pa.array([], label_type if name == "label" else pa.float64())
             for name in self.version.outputs
         }
+
+
+def _pad(x: np.ndarray, block: int) -> np.ndarray:
+    """``x`` with its last row repeated up to a multiple of ``block`` rows."""
+    rows = len(x)
+    pad = -rows % block
+    if not pad:
+        return x
+    out = np.empty((rows + pad, *x.shape[1:]), x.dtype)
+    out[:rows], out[rows:] = x, x[-1]
+    return out
 
 
 def _float_dtype(types: list[pa.DataType]) -> np.dtype | None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -63,6 +64,7 @@ class Registry:
         self.store = store
         self.settings = settings or RegistrySettings()
         self.cache = cache or ModelCache()
+        self._resolved: dict[str, tuple[float, tuple[str, int]]] = {}  # ref -> (until, answer)
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None) -> Registry:
@@ -134,6 +136,7 @@ class Registry:
         self.store.write(
             self._key(name, version, "model.json"), mv.model_dump_json(indent=2).encode()
         )
+        self._resolved.clear()  # a bare name may now mean this version
         if alias is not None:
             self.set_alias(name, alias, version, force=force)
         return mv
@@ -176,7 +179,26 @@ class Registry:
             return {}
 
     def resolve(self, ref: str) -> tuple[str, int]:
-        """``(name, version)`` for ``name``, ``name:3`` or ``name@alias``."""
+        """``(name, version)`` for ``name``, ``name:3`` or ``name@alias``. Answers are kept
+        ``alias_ttl_s``: a server resolves on every request, and an alias moved by another
+        process is seen within that time (at once when moved through this registry)."""
+        known = self.resolved(ref)
+        if known is not None:
+            return known
+        answer = self._resolve(ref)
+        if self.settings.alias_ttl_s > 0:
+            self._resolved[ref] = (time.monotonic() + self.settings.alias_ttl_s, answer)
+        return answer
+
+    def resolved(self, ref: str) -> tuple[str, int] | None:
+        """What ``ref`` resolved to within the last ``alias_ttl_s``, without touching the
+        store (so the event loop may ask); ``None`` when that is not known."""
+        known = self._resolved.get(ref)
+        if known is None or known[0] < time.monotonic():
+            return None
+        return known[1]
+
+    def _resolve(self, ref: str) -> tuple[str, int]:
         r = ModelRef.parse(ref)
         if r.version is not None:
             if self.cache.entry((r.name, r.version)) is None and not self.store.exists(
@@ -202,11 +224,13 @@ class Registry:
         mv = self._read_version(name, version)
         self._check_alias_target(mv.ref, alias, mv.approval, force)
         self._update_aliases(name, lambda aliases: {**aliases, alias: version})
+        self._resolved.clear()
 
     def remove_alias(self, name: str, alias: str) -> None:
         if alias not in self.aliases(name):
             raise AliasNotFound(name, alias)
         self._update_aliases(name, lambda aliases: {k: v for k, v in aliases.items() if k != alias})
+        self._resolved.clear()
 
     def set_approval(self, ref: str, approval: Approval, *, force: bool = False) -> ModelVersion:
         """Approve or reject a version (SageMaker's model-package approval status)."""

@@ -46,6 +46,39 @@ class RegistrySettings(BaseModel):
     """Approval status of a newly registered version; teams with a review step use ``pending``."""
     protected_aliases: list[str] = ["production"]
     """Aliases that may only point at approved versions (unless forced)."""
+    alias_ttl_s: float = Field(2.0, ge=0)
+    """How long a resolved reference (``churn``, ``churn@staging``) is reused before the store
+    is asked again; 0 asks every time."""
+
+
+class ModelServing(BaseModel):
+    """How the real-time server treats one model; ``Settings.serving`` holds the defaults and
+    ``Settings.models`` the per-model overrides."""
+
+    batching: bool = True
+    """Join concurrent requests for the model into one model call."""
+    max_batch_size: int = Field(64, ge=1)
+    """Most requests joined into one call."""
+    max_wait_ms: float = Field(0.0, ge=0)
+    """How long a batch formed under load waits to fill up before its call; 0 joins what
+    queued while the previous call ran. An idle model never waits."""
+    max_concurrency: int = Field(256, ge=1)
+    """Most in-flight requests for the model; more get 429 with Retry-After."""
+    idle_ttl_s: float | None = Field(None, gt=0)
+    """Serverless: unload the model after this long unused (None: the server's default)."""
+    provisioned: bool = False
+    """Serverless: keep the model loaded (warm) however long it is idle."""
+
+
+class ServerlessSettings(BaseModel):
+    """Scale to zero: idle models unload, the next request is a (measured) cold start."""
+
+    enabled: bool = False
+    """Unload idle models (``mmserve serve --serverless``)."""
+    idle_ttl_s: float = Field(300.0, gt=0)
+    """Default time a model may stay unused before it is unloaded."""
+    max_concurrency: int | None = Field(None, ge=1)
+    """Most in-flight predict requests on the whole server; more get 429 (None: no cap)."""
 
 
 class Settings(BaseSettings):
@@ -65,16 +98,34 @@ class Settings(BaseSettings):
     """Bearer token for management routes; unset turns management routes off."""
     endpoints: Path | None = None
     """Endpoints YAML file (variants, shadow, serverless)."""
+    api_key: SecretStr | None = None
+    """Key that predict routes require (``Authorization: Bearer`` or ``X-API-Key``); unset: open."""
     max_payload_bytes: int = Field(6 * 1024 * 1024, gt=0)
     """Real-time request body limit."""
     request_timeout_s: float = Field(60.0, gt=0)
     """Real-time request timeout."""
+    model_load_wait_s: float = Field(30.0, gt=0)
+    """How long a request waits for its model to finish loading before a 503 with Retry-After."""
+    serving: ModelServing = ModelServing()
+    """Batching, concurrency and idle policy of every model, unless ``models`` says otherwise."""
+    models: dict[str, ModelServing] = {}
+    """Per-model overrides of ``serving``, as JSON:
+    ``MMSERVE_MODELS='{"rf": {"max_batch_size": 128}}'``."""
+    serverless: ServerlessSettings = ServerlessSettings()
+    """Scale-to-zero policy."""
     cache: CacheSettings = CacheSettings()
     """Loaded-model cache bounds."""
     registry: RegistrySettings = RegistrySettings()
     """Registry policies."""
     aws: AwsSettings = Field(default_factory=AwsSettings)
     """S3 endpoint and credentials (``AWS_*`` variables)."""
+
+    def serving_of(self, name: str) -> ModelServing:
+        """The policy of model ``name``: its overrides over the defaults."""
+        override = self.models.get(name)
+        if override is None:
+            return self.serving
+        return self.serving.model_copy(update=override.model_dump(exclude_unset=True))
 
     @property
     def redis(self) -> str | None:

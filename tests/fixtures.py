@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import numpy as np
@@ -90,3 +91,33 @@ class ErrorModel(ClassifierMixin, BaseEstimator):
 
     def predict_proba(self, x: Any) -> np.ndarray:
         raise RuntimeError("weights are corrupt")
+
+
+class SlowModel(ClassifierMixin, BaseEstimator):
+    """Takes ``seconds`` per call however many rows it gets, like a model whose per-call
+    cost dominates; answers ``proba_1 = sigmoid(f0)`` (registered as a pickle)."""
+
+    def __init__(self, seconds: float = 0.3):
+        self.seconds = seconds
+
+    def fit(self, x: Any, y: Any) -> SlowModel:
+        self.classes_ = np.unique(y)
+        self.n_features_in_ = np.asarray(x).shape[1]
+        return self
+
+    def predict_proba(self, x: Any) -> np.ndarray:
+        time.sleep(self.seconds)
+        p = 1 / (1 + np.exp(-np.asarray(x)[:, 0]))
+        return np.column_stack([1 - p, p])
+
+
+class SlowLoadingModel(SlowModel):
+    """Takes ``load_seconds`` to unpickle, like a large artifact."""
+
+    def __init__(self, seconds: float = 0.0, load_seconds: float = 2.0):
+        super().__init__(seconds)
+        self.load_seconds = load_seconds
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        time.sleep(state["load_seconds"])
+        self.__dict__.update(state)

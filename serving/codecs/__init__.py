@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.ipc as ipc
 import pyarrow.json as pajson
@@ -35,6 +37,9 @@ _SUFFIXES = {
     ".arrow": ARROW,
     ".arrows": ARROW,
 }
+
+
+_OBJECT_FIRST = re.compile(rb"\s*\{")
 
 
 class DecodeError(InputError):
@@ -68,15 +73,17 @@ def decode(data: bytes, media_type: str) -> pa.Table:
         if media_type == CSV:
             return pacsv.read_csv(pa.BufferReader(data))
         if media_type == JSONL:
-            return pajson.read_json(pa.BufferReader(data))
+            return _json_lines(data)
         if media_type == JSON:
             return _records(json.loads(data))
         if media_type == PARQUET:
             return pq.read_table(pa.BufferReader(data))
         if media_type == ARROW:
             return ipc.open_stream(data).read_all()
-    except (pa.ArrowException, ValueError, TypeError) as err:
-        raise DecodeError(media_type, str(err).splitlines()[0]) from None
+    # A truncated Arrow or parquet body fails as an OSError (a read past its end); JSON nested
+    # deeper than Python's stack, as a RecursionError.
+    except (pa.ArrowException, OSError, ValueError, TypeError, RecursionError) as err:
+        raise DecodeError(media_type, reason(err)) from None
     raise UnsupportedFormat(media_type, MEDIA_TYPES)
 
 
@@ -87,7 +94,7 @@ def encode(table: pa.Table, media_type: str) -> bytes:
         pacsv.write_csv(table, sink)
         return sink.getvalue()
     if media_type in (JSON, JSONL):
-        rows = table.to_pylist()
+        rows = json_safe(table).to_pylist()
         if media_type == JSON:
             return json.dumps(rows).encode()
         return "".join(json.dumps(row) + "\n" for row in rows).encode()
@@ -103,6 +110,18 @@ def encode(table: pa.Table, media_type: str) -> bytes:
     raise UnsupportedFormat(media_type, MEDIA_TYPES)
 
 
+def json_safe(table: pa.Table) -> pa.Table:
+    """``table`` with NaN and infinities as nulls: JSON has no spelling for them (a model
+    fed extreme values can answer NaN; Python would write the invalid token ``NaN``)."""
+    for index, field in enumerate(table.schema):
+        if pa.types.is_floating(field.type):
+            column = table.column(index)
+            finite = pc.is_finite(column)
+            if not pc.all(finite).as_py():
+                table = table.set_column(index, field, pc.if_else(finite, column, None))
+    return table
+
+
 def read_file(path: Path) -> pa.Table:
     try:
         data = path.read_bytes()
@@ -113,6 +132,20 @@ def read_file(path: Path) -> pa.Table:
 
 def write_file(table: pa.Table, path: Path) -> None:
     path.write_bytes(encode(table, media_type_of(path)))
+
+
+def reason(err: BaseException) -> str:
+    """The first line of ``err``'s message (pyarrow's run to several), or its type if none."""
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else type(err).__name__
+
+
+def _json_lines(data: bytes) -> pa.Table:
+    # pyarrow's reader (26.0) kills the process, a segfault, when the first row is null:
+    # let it see an object first.
+    if not _OBJECT_FIRST.match(data):
+        raise ValueError("expected one JSON object per line, starting on the first line")
+    return pajson.read_json(pa.BufferReader(data))
 
 
 def _records(document: object) -> pa.Table:

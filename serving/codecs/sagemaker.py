@@ -34,7 +34,7 @@ def decode(body: bytes, kind: str, features: list[str]) -> pa.Table:
 
 def encode(table: pa.Table, kind: str) -> bytes:
     if kind == codecs.JSON:
-        return json.dumps({"predictions": table.to_pylist()}).encode()
+        return json.dumps({"predictions": codecs.json_safe(table).to_pylist()}).encode()
     if kind == codecs.CSV:  # SageMaker convention: values only, one line per row
         sink = io.BytesIO()
         pacsv.write_csv(table, sink, pacsv.WriteOptions(include_header=False))
@@ -58,7 +58,7 @@ def _csv(body: bytes, features: list[str]) -> pa.Table:
         options = pacsv.ReadOptions(column_names=features)
         return pacsv.read_csv(pa.BufferReader(body), read_options=options)
     except pa.ArrowInvalid as err:
-        raise codecs.DecodeError(codecs.CSV, str(err).splitlines()[0]) from None
+        raise codecs.DecodeError(codecs.CSV, codecs.reason(err)) from None
 
 
 def _json(body: bytes, features: list[str]) -> pa.Table:
@@ -70,5 +70,5 @@ def _json(body: bytes, features: list[str]) -> pa.Table:
 def _parse(text: bytes) -> object:
     try:
         return json.loads(text)
-    except (ValueError, UnicodeDecodeError) as err:
+    except (ValueError, RecursionError) as err:  # RecursionError: nested past the stack
         raise codecs.DecodeError(codecs.JSON, str(err)) from None

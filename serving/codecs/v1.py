@@ -13,9 +13,10 @@ from typing import Any
 
 import pyarrow as pa
 
-from serving.codecs import DecodeError
+from serving.codecs import DecodeError, json_safe
 from serving.errors import WrongType
 
+_JSON = "application/json"
 _SHAPE = "expected {'instances': [...]} or {'inputs': {column: [values]}}"
 
 
@@ -23,10 +24,10 @@ def decode(body: bytes, features: list[str]) -> pa.Table:
     """The rows of a V1 request body; positional instances take ``features`` as names."""
     try:
         document = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as err:
-        raise DecodeError("application/json", str(err)) from None
+    except (ValueError, RecursionError) as err:  # RecursionError: nested past the stack
+        raise DecodeError(_JSON, str(err)) from None
     if not isinstance(document, dict):
-        raise DecodeError("application/json", _SHAPE)
+        raise DecodeError(_JSON, _SHAPE)
     rows = document.get("instances", document.get("inputs"))
     if isinstance(rows, dict):
         return _columns(rows)
@@ -36,16 +37,16 @@ def decode(body: bytes, features: list[str]) -> pa.Table:
 def rows_to_table(rows: Any, features: list[str]) -> pa.Table:
     """Instances (all objects by feature name, or all lists in ``features`` order) as a table."""
     if not isinstance(rows, list) or not rows:
-        raise DecodeError("application/json", f"{_SHAPE}, with at least one row")
+        raise DecodeError(_JSON, f"{_SHAPE}, with at least one row")
     if all(isinstance(row, dict) for row in rows):
         return _columns({name: [row.get(name) for row in rows] for name in _keys(rows)})
     if all(isinstance(row, list) for row in rows):
         return _positional(rows, features)
-    raise DecodeError("application/json", "instances must all be objects or all be lists")
+    raise DecodeError(_JSON, "instances must all be objects or all be lists")
 
 
 def encode(table: pa.Table, name: str, version: int) -> dict[str, Any]:
-    return {"predictions": table.to_pylist(), "model": name, "version": version}
+    return {"predictions": json_safe(table).to_pylist(), "model": name, "version": version}
 
 
 def _keys(rows: list[dict[str, Any]]) -> list[str]:
@@ -56,7 +57,7 @@ def _positional(rows: list[list[Any]], features: list[str]) -> pa.Table:
     for index, row in enumerate(rows):
         if len(row) != len(features):
             raise DecodeError(
-                "application/json",
+                _JSON,
                 f"instance {index} has {len(row)} values; the model takes {len(features)} "
                 f"({', '.join(features)})",
             )
@@ -67,14 +68,29 @@ def _columns(columns: dict[str, Any]) -> pa.Table:
     arrays, lengths = {}, set()
     for name, values in columns.items():
         if not isinstance(values, list):
-            raise DecodeError("application/json", f"column {name!r} must be a list of values")
-        try:
-            arrays[name] = pa.array(values)
-        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError):
-            raise WrongType(
-                name, "one type (numbers, strings or booleans)", "mixed values"
-            ) from None
+            raise DecodeError(_JSON, f"column {name!r} must be a list of values")
+        arrays[name] = _array(name, values)
         lengths.add(len(values))
     if len(lengths) > 1:
-        raise DecodeError("application/json", "columns have different lengths")
+        raise DecodeError(_JSON, "columns have different lengths")
     return pa.table(arrays)
+
+
+def _array(name: str, values: list[Any]) -> pa.Array:
+    # JSON can escape a lone surrogate ("\ud800"), which is no character: Arrow refuses it.
+    if not _is_text(name):
+        raise DecodeError(_JSON, f"column name {name!r} is not valid Unicode text")
+    try:
+        return pa.array(values)
+    except UnicodeEncodeError:
+        raise DecodeError(_JSON, f"column {name!r} has text that is not valid Unicode") from None
+    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError):
+        raise WrongType(name, "one type (numbers, strings or booleans)", "mixed values") from None
+
+
+def _is_text(value: str) -> bool:
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True

@@ -9,6 +9,7 @@ feature, named after it. Each output column goes back as one ``[N]`` tensor.
 from __future__ import annotations
 
 import json
+import math
 import struct
 from dataclasses import dataclass
 from typing import Any
@@ -17,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 from pydantic import BaseModel, ValidationError
 
-from serving.codecs import DecodeError
+from serving.codecs import DecodeError, json_safe
 from serving.errors import InputError
 
 _NUMPY = {
@@ -25,6 +26,8 @@ _NUMPY = {
     "UINT64": np.uint64, "INT8": np.int8, "INT16": np.int16, "INT32": np.int32,
     "INT64": np.int64, "FP16": np.float16, "FP32": np.float32, "FP64": np.float64,
 }  # fmt: skip
+DATATYPES = [*_NUMPY, "BYTES"]
+"""Every tensor datatype the codec reads, in the Open Inference Protocol's order."""
 _ARROW_TO_V2 = {
     pa.bool_(): "BOOL", pa.int8(): "INT8", pa.int16(): "INT16", pa.int32(): "INT32",
     pa.int64(): "INT64", pa.uint8(): "UINT8", pa.uint16(): "UINT16", pa.uint32(): "UINT32",
@@ -82,12 +85,12 @@ def decode(body: bytes, header_length: str | None) -> Decoded:
         raise DecodeError(MEDIA_TYPE, "inputs: at least one input tensor is required")
     binary, offset, arrays = body[split:], 0, {}
     for tensor in request.inputs:
-        size = tensor.parameters.get("binary_data_size")
+        size = _binary_size(tensor)
         if size is not None:
-            chunk = binary[offset : offset + int(size)]
-            if len(chunk) != int(size):
+            chunk = binary[offset : offset + size]
+            if len(chunk) != size:
                 raise TensorError(tensor.name, f"binary_data_size {size} runs past the body")
-            offset += int(size)
+            offset += size
             arrays[tensor.name] = _from_bytes(tensor, chunk)
         else:
             arrays[tensor.name] = _from_json(tensor)
@@ -105,10 +108,17 @@ def to_table(decoded: Decoded, features: list[str]) -> pa.Table:
                 f"({', '.join(features)})",
             )
         return pa.table([matrix[:, i] for i in range(len(features))], names=features)
+    for tensor in tensors:
+        if len(tensor.shape) > 2 or tensor.shape[1:] not in ([], [1]):
+            raise TensorError(
+                tensor.name,
+                f"shape {tensor.shape}: a tensor per feature is [N] or [N, 1] "
+                "(or send one [N, K] tensor of all the features)",
+            )
     rows = {decoded.columns[t.name].shape[0] for t in tensors}
     if len(rows) > 1:
         raise DecodeError(MEDIA_TYPE, "input tensors have different numbers of rows")
-    return pa.table({t.name: decoded.columns[t.name].reshape(-1) for t in tensors})
+    return pa.table({t.name: _arrow(t, decoded.columns[t.name].reshape(-1)) for t in tensors})
 
 
 def encode(
@@ -121,7 +131,7 @@ def encode(
         raise InputError(f"unknown outputs {unknown}; the model gives {table.column_names}")
     binary_default = bool(request.parameters.get("binary_data_output", False))
     asked = {o.name: o.parameters.get("binary_data", binary_default) for o in request.outputs or []}
-    outputs, blobs = [], []
+    outputs, blobs, listed = [], [], json_safe(table)
     for column_name in wanted:
         column = table.column(column_name)
         tensor: dict[str, Any] = {
@@ -134,7 +144,7 @@ def encode(
             tensor["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
         else:
-            tensor["data"] = column.to_pylist()
+            tensor["data"] = listed.column(column_name).to_pylist()
         outputs.append(tensor)
     document: dict[str, Any] = {
         "model_name": name,
@@ -155,17 +165,25 @@ def encode(
 def _header_length(value: str | None, body_size: int) -> int:
     if value is None:
         return body_size
-    if not value.isdigit() or int(value) > body_size:
+    # isdigit() alone takes "²", which int() refuses.
+    if not (value.isascii() and value.isdigit()) or int(value) > body_size:
         raise DecodeError(
             MEDIA_TYPE, f"Inference-Header-Content-Length {value!r} does not fit the body"
         )
     return int(value)
 
 
+def _binary_size(tensor: TensorIn) -> int | None:
+    size = tensor.parameters.get("binary_data_size")
+    if size is not None and (type(size) is not int or size < 0):
+        raise TensorError(tensor.name, f"binary_data_size {size!r} is not a byte count")
+    return size
+
+
 def _elements(tensor: TensorIn) -> int:
     if any(d < 0 for d in tensor.shape) or not tensor.shape:
         raise TensorError(tensor.name, f"shape {tensor.shape} must be non-negative dimensions")
-    return int(np.prod(tensor.shape))
+    return math.prod(tensor.shape)  # exact: numpy's product wraps around past 2**63
 
 
 def _dtype(tensor: TensorIn) -> Any:
@@ -180,6 +198,8 @@ def _dtype(tensor: TensorIn) -> Any:
 def _from_json(tensor: TensorIn) -> np.ndarray:
     if tensor.data is None:
         raise TensorError(tensor.name, "has neither data nor binary_data_size")
+    if tensor.datatype == "BYTES" and not _all_strings(tensor.data):
+        raise TensorError(tensor.name, "data are not all BYTES (strings, in JSON)")
     try:
         flat = np.asarray(tensor.data, dtype=_dtype(tensor)).reshape(-1)
     except (ValueError, TypeError, OverflowError):
@@ -203,6 +223,19 @@ def _from_bytes(tensor: TensorIn, chunk: bytes) -> np.ndarray:
         items.append(chunk[offset + 4 : offset + 4 + length].decode("utf-8", "replace"))
         offset += 4 + length
     return _shaped(tensor, np.asarray(items, dtype=object))
+
+
+def _all_strings(data: Any) -> bool:
+    if isinstance(data, list):
+        return all(_all_strings(item) for item in data)
+    return isinstance(data, str)
+
+
+def _arrow(tensor: TensorIn, values: np.ndarray) -> pa.Array:
+    try:
+        return pa.array(values)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, UnicodeEncodeError):
+        raise TensorError(tensor.name, f"data are not all {tensor.datatype}") from None
 
 
 def _shaped(tensor: TensorIn, flat: np.ndarray) -> np.ndarray:

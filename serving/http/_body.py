@@ -1,4 +1,4 @@
-"""Reading request bodies within the configured limit, and scoring off the event loop."""
+"""Reading request bodies within the configured limit, and handing them to the data plane."""
 
 from __future__ import annotations
 
@@ -6,12 +6,11 @@ from collections.abc import Callable
 
 import pyarrow as pa
 from fastapi import Request
-from starlette.concurrency import run_in_threadpool
 
 from serving.codecs import DecodeError
 from serving.errors import PayloadTooLarge
+from serving.http._dataplane import DataPlane
 from serving.predictor import Predictor
-from serving.registry import Registry
 
 
 async def read_body(request: Request) -> bytes:
@@ -20,7 +19,7 @@ async def read_body(request: Request) -> bytes:
     limit: int = request.app.state.settings.max_payload_bytes
     declared = request.headers.get("content-length")
     if declared is not None:
-        if not declared.isdigit():
+        if not (declared.isascii() and declared.isdigit()):
             raise DecodeError("request", f"Content-Length {declared!r} is not a byte count")
         if int(declared) > limit:
             raise PayloadTooLarge(limit)
@@ -34,14 +33,14 @@ async def read_body(request: Request) -> bytes:
 
 
 async def score(
-    request: Request, ref: str, decode: Callable[[list[str]], pa.Table]
+    request: Request, ref: str, decode: Callable[[list[str]], pa.Table], body_bytes: int
 ) -> tuple[Predictor, pa.Table]:
-    """Load ``ref``, decode the rows (given its feature names) and predict, in a worker
-    thread: loading reads the store and predicting is CPU work, neither for the event loop."""
-    registry: Registry = request.app.state.registry
-
-    def run() -> tuple[Predictor, pa.Table]:
-        predictor = registry.load(ref)
-        return predictor, predictor.predict(decode([f.name for f in predictor.version.inputs]))
-
-    return await run_in_threadpool(run)
+    """Score the rows ``decode(feature names)`` gives with the model ``ref``, through the
+    data plane (load on first use, limits, micro-batching). What it learns about the
+    request (model, cold start) goes to ``request.state`` for headers, metrics and logs."""
+    dataplane: DataPlane = request.app.state.dataplane
+    scored = await dataplane.predict(ref, decode, body_bytes)
+    version = scored.predictor.version
+    request.state.model = (version.name, version.version)
+    request.state.load_seconds = scored.load_seconds
+    return scored.predictor, scored.table

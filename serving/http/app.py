@@ -2,35 +2,60 @@
 
 from __future__ import annotations
 
-import logging
-import uuid
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 import serving
-from serving.errors import MMServeError, ModelError
-from serving.http import health, sagemaker, v1, v2
+from serving.errors import MMServeError
+from serving.http import health, repository, sagemaker, v1, v2
+from serving.http._auth import require_api_key
+from serving.http._dataplane import DataPlane
+from serving.http._errors import error_response, log_failure
+from serving.http._metrics import Metrics
+from serving.http._middleware import RequestContext
 from serving.registry import Registry
 from serving.settings import Settings
-
-log = logging.getLogger("mmserve.http")
 
 
 def create_app(settings: Settings | None = None, registry: Registry | None = None) -> FastAPI:
     """The application; with no arguments, settings come from the environment."""
     settings = settings or Settings()
-    app = FastAPI(title="mmserve", version=serving.__version__)
+    registry = registry or Registry.from_settings(settings)
+    metrics = Metrics(loaded_models=lambda: len(registry.cache.keys()))
+    dataplane = DataPlane(registry, settings, metrics)
+    app = FastAPI(title="mmserve", version=serving.__version__, lifespan=_lifespan)
     app.state.settings = settings
-    app.state.registry = registry or Registry.from_settings(settings)
+    app.state.registry = registry
+    app.state.metrics = metrics
+    app.state.dataplane = dataplane
+    app.add_middleware(RequestContext, metrics=metrics)
     app.include_router(health.router)
-    app.include_router(v1.router)
-    app.include_router(v2.router)
-    app.include_router(sagemaker.router)
+    keyed = [Depends(require_api_key)]  # MMSERVE_API_KEY, when set; health stays open
+    app.include_router(v1.router, dependencies=keyed)
+    app.include_router(v2.router, dependencies=keyed)
+    app.include_router(sagemaker.router, dependencies=keyed)
+    app.include_router(repository.router)  # guards each of its routes itself
     _add_error_handlers(app)
     return app
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Warm the provisioned models and, when serverless, unload idle ones, in the background."""
+    dataplane: DataPlane = app.state.dataplane
+    tasks = [
+        asyncio.create_task(dataplane.provision()),
+        asyncio.create_task(dataplane.unload_idle_forever()),
+    ]
+    yield
+    for task in tasks:
+        task.cancel()
 
 
 def _add_error_handlers(app: FastAPI) -> None:
@@ -38,10 +63,7 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(MMServeError)
     async def mmserve_error(request: Request, err: MMServeError) -> JSONResponse:
-        body = {"error": err.message}
-        if isinstance(err, ModelError):
-            body["error_id"] = _log_failure(request, err)
-        return JSONResponse(body, status_code=err.status)
+        return error_response(request, err, err.status)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, err: RequestValidationError) -> JSONResponse:
@@ -56,13 +78,8 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, err: Exception) -> JSONResponse:
-        error_id = _log_failure(request, err)
+        request.app.state.metrics.errors.labels(type(err).__name__).inc()
         return JSONResponse(
-            {"error": "internal error; see the server log", "error_id": error_id}, status_code=500
+            {"error": "internal error; see the server log", "error_id": log_failure(request, err)},
+            status_code=500,
         )
-
-
-def _log_failure(request: Request, err: BaseException) -> str:
-    error_id = uuid.uuid4().hex
-    log.error("error %s on %s %s", error_id, request.method, request.url.path, exc_info=err)
-    return error_id

@@ -2,7 +2,8 @@
 ``POST /invocations``, with ``X-Amzn-SageMaker-Target-Model`` for multi-model endpoints.
 
 Errors follow SageMaker's codes: 400 for a request that does not fit, 424 when the model
-itself failed, 404 for an unknown model, 415 for a format it does not take.
+itself failed, 404 for an unknown model, 415 for a format it does not take, 503 (with
+Retry-After) when the model or the server is at its concurrency limit.
 """
 
 from __future__ import annotations
@@ -10,29 +11,37 @@ from __future__ import annotations
 from http import HTTPStatus
 
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from serving import codecs
 from serving.codecs import media_type, sagemaker
-from serving.errors import InputError, InvalidName, MMServeError, ModelError
+from serving.errors import InputError, InvalidName, MMServeError, ModelError, Overloaded
+from serving.http import _openapi
 from serving.http._body import read_body, score
+from serving.http._errors import error_response
 from serving.registry import Registry
 
 router = APIRouter(tags=["sagemaker"])
 TARGET_MODEL = "x-amzn-sagemaker-target-model"
 
 
-@router.post("/invocations")
+@router.post(
+    "/invocations",
+    summary="Invoke (SageMaker)",
+    openapi_extra=_openapi.SAGEMAKER_INVOCATIONS,
+    responses=_openapi.SAGEMAKER_RESPONSES,
+)
 async def invocations(request: Request) -> Response:
     try:
         kind = media_type(request.headers.get("content-type"), codecs.CSV, sagemaker.ACCEPTED)
         answer = media_type(request.headers.get("accept"), kind, sagemaker.ACCEPTED)
         body = await read_body(request)
         ref = await _target(request)
-        predictor, out = await score(request, ref, lambda f: sagemaker.decode(body, kind, f))
+        predictor, out = await score(
+            request, ref, lambda f: sagemaker.decode(body, kind, f), len(body)
+        )
     except MMServeError as err:
-        return JSONResponse({"error": err.message}, status_code=_status(err))
+        return error_response(request, err, _status(err))
     return Response(
         sagemaker.encode(out, answer),
         media_type=answer,
@@ -59,4 +68,6 @@ def _status(err: MMServeError) -> int:
         return HTTPStatus.FAILED_DEPENDENCY  # 424: SageMaker's "the model failed"
     if isinstance(err, InputError) and err.status == HTTPStatus.UNPROCESSABLE_ENTITY:
         return HTTPStatus.BAD_REQUEST
+    if isinstance(err, Overloaded):
+        return HTTPStatus.SERVICE_UNAVAILABLE  # 503: SageMaker's "overloaded", Retry-After kept
     return err.status

@@ -14,6 +14,7 @@ from starlette.concurrency import run_in_threadpool
 
 from serving import codecs
 from serving.codecs import v1
+from serving.http import _openapi
 from serving.http._body import read_body, score
 from serving.registry import Registry
 
@@ -21,16 +22,32 @@ router = APIRouter(tags=["v1"])
 _ACCEPTED = [codecs.JSON, codecs.ARROW]
 
 
-@router.post("/v1/models/{ref}:predict")
-@router.post("/v1/models/{ref}/predict")
+@router.post(
+    "/v1/models/{ref}:predict",
+    summary="Predict (native / KServe V1)",
+    operation_id="v1_predict_colon",
+    openapi_extra=_openapi.V1_PREDICT,
+    responses=_openapi.V1_RESPONSES,
+)
+@router.post(
+    "/v1/models/{ref}/predict",
+    summary="Predict (native / KServe V1)",
+    operation_id="v1_predict_slash",
+    openapi_extra=_openapi.V1_PREDICT,
+    responses=_openapi.V1_RESPONSES,
+)
 async def predict(ref: str, request: Request) -> Response:
     """Score the rows in the body with the model ``ref`` (``name``, ``name:3``, ``name@alias``)."""
     kind = codecs.media_type(request.headers.get("content-type"), codecs.JSON, _ACCEPTED)
     body = await read_body(request)
     if kind == codecs.ARROW:
-        predictor, out = await score(request, ref, lambda _: codecs.decode(body, codecs.ARROW))
+        predictor, out = await score(
+            request, ref, lambda _: codecs.decode(body, codecs.ARROW), len(body)
+        )
     else:
-        predictor, out = await score(request, ref, lambda features: v1.decode(body, features))
+        predictor, out = await score(
+            request, ref, lambda features: v1.decode(body, features), len(body)
+        )
     version = predictor.version
     if codecs.ARROW in request.headers.get("accept", ""):
         return Response(codecs.encode(out, codecs.ARROW), media_type=codecs.ARROW)

@@ -5,10 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from serving.codecs import v2
+from serving.http import _openapi
 from serving.http._body import read_body, score
+from serving.http._dataplane import off_loop_if_large
 from serving.metadata import ModelVersion
 from serving.registry import Registry
 
@@ -30,21 +33,34 @@ async def model_metadata(name: str, request: Request, version: str | None = None
 
 @router.get("/v2/models/{name}/ready")
 @router.get("/v2/models/{name}/versions/{version}/ready")
-async def model_ready(name: str, request: Request, version: str | None = None) -> dict[str, Any]:
-    """Ready when the reference resolves: models load on first use (multi-model endpoint)."""
+async def model_ready(name: str, request: Request, version: str | None = None) -> JSONResponse:
+    """200 when the model is loaded; 503 (``"ready": false``) while it is not, e.g. before
+    its first request or after an idle unload: an infer request would then load it."""
     registry: Registry = request.app.state.registry
-    await run_in_threadpool(registry.resolve, _ref(name, version))
-    return {"name": name, "ready": True}
+    key = await run_in_threadpool(registry.resolve, _ref(name, version))
+    ready = registry.cache.entry(key) is not None
+    return JSONResponse({"name": name, "ready": ready}, status_code=200 if ready else 503)
 
 
-@router.post("/v2/models/{name}/infer")
-@router.post("/v2/models/{name}/versions/{version}/infer")
+@router.post(
+    "/v2/models/{name}/infer",
+    summary="Infer (Open Inference Protocol)",
+    openapi_extra=_openapi.V2_INFER,
+    responses=_openapi.V2_RESPONSES,
+)
+@router.post(
+    "/v2/models/{name}/versions/{version}/infer",
+    summary="Infer with a version (Open Inference Protocol)",
+    openapi_extra=_openapi.V2_INFER,
+    responses=_openapi.V2_RESPONSES,
+)
 async def infer(name: str, request: Request, version: str | None = None) -> Response:
     body = await read_body(request)
-    # Parsing a large body is CPU work: off the event loop, like the prediction.
-    decoded = await run_in_threadpool(v2.decode, body, request.headers.get(v2.HEADER_LENGTH))
+    decoded = await off_loop_if_large(
+        len(body), v2.decode, body, request.headers.get(v2.HEADER_LENGTH)
+    )
     predictor, out = await score(
-        request, _ref(name, version), lambda features: v2.to_table(decoded, features)
+        request, _ref(name, version), lambda features: v2.to_table(decoded, features), len(body)
     )
     content, headers = v2.encode(
         out, decoded.request, predictor.version.name, predictor.version.version

@@ -8,6 +8,7 @@ import time
 import pytest
 
 from serving.cache import ModelCache
+from serving.errors import ModelTooLarge
 
 
 def test_least_recently_used_goes_first_when_full() -> None:
@@ -90,3 +91,67 @@ def test_idle_entries_are_evicted_unless_kept() -> None:
     cache.get("warm")
     evicted = cache.evict_idle(0.04, keep=lambda key: key == "provisioned")
     assert (evicted, cache.keys()) == (["idle"], ["provisioned", "warm"])
+
+
+def test_a_model_bigger_than_the_whole_bound_is_refused_and_evicts_nothing() -> None:
+    cache = ModelCache(max_items=10, max_bytes=2**20)
+    cache.get_or_load(("small", 1), lambda: ("S", 2**19))
+    with pytest.raises(ModelTooLarge) as refused:
+        cache.get_or_load(("lr", 1), lambda: ("L", 12 * 2**20 + 1))
+    assert refused.value.message == (
+        "model lr:1 needs ~12.0 MB but the model cache holds at most 1.0 MB "
+        "(MMSERVE_CACHE__MAX_MEMORY_MB)"
+    )
+    assert refused.value.status == 507
+    assert (cache.keys(), cache.used_bytes) == ([("small", 1)], 2**19)
+
+
+def test_sizes_in_the_refusal_read_in_bytes_kb_or_mb() -> None:
+    cache = ModelCache(max_bytes=1048)
+    with pytest.raises(ModelTooLarge, match=r"^model k needs ~5\.5 KB .* at most 1\.0 KB "):
+        cache.get_or_load("k", lambda: ("v", 5632))
+    with pytest.raises(ModelTooLarge, match=r"needs ~900 bytes .* at most 800 bytes"):
+        ModelCache(max_bytes=800).get_or_load("k", lambda: ("v", 900))
+
+
+def test_a_refused_key_can_load_again_once_it_fits() -> None:
+    cache = ModelCache(max_bytes=100)
+    with pytest.raises(ModelTooLarge):
+        cache.get_or_load("k", lambda: ("big", 101))
+    assert cache.get_or_load("k", lambda: ("fits", 100)) == "fits"
+    assert cache.entry("k") is not None
+
+
+def test_a_model_exactly_the_bound_is_kept_alone() -> None:
+    cache = ModelCache(max_bytes=100)
+    cache.get_or_load("a", lambda: ("A", 40))
+    cache.get_or_load("b", lambda: ("B", 100))
+    assert (cache.keys(), cache.used_bytes) == (["b"], 100)
+
+
+def test_discard_where_drops_every_matching_key() -> None:
+    cache = ModelCache()
+    for key in (("lr", 1), ("lr", 2), ("price", 1)):
+        cache.get_or_load(key, lambda: (object(), 1))
+    dropped = cache.discard_where(lambda key: key[0] == "lr")  # type: ignore[index]
+    assert (dropped, cache.keys()) == ([("lr", 1), ("lr", 2)], [("price", 1)])
+
+
+def test_concurrent_loads_and_reads_of_used_bytes_stay_consistent() -> None:
+    cache = ModelCache(max_items=4, max_bytes=1000)
+    errors: list[BaseException] = []
+
+    def churn(worker: int) -> None:
+        try:
+            for i in range(300):
+                cache.get_or_load((worker, i % 7), lambda: ("v", 100))
+                assert cache.used_bytes <= 1000
+        except BaseException as err:  # collected: a thread's failure must fail the test
+            errors.append(err)
+
+    threads = [threading.Thread(target=churn, args=(w,)) for w in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and len(cache.keys()) <= 4 and cache.used_bytes <= 400

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 import pyarrow as pa
 import pytest
 
 from serving import codecs
+from serving.codecs import sagemaker, v1, v2
 from serving.errors import InputError, UnsupportedFormat
 
 TABLE = pa.table({"id": ["a", "b"], "x": [1.5, -2.0], "n": [3, 4]})
@@ -68,3 +72,128 @@ def test_files_by_extension(tmp_path) -> None:
         path = tmp_path / f"rows{suffix}"
         codecs.write_file(TABLE, path)
         assert codecs.read_file(path).equals(TABLE)
+
+
+# -- bodies that once got a 5xx (found by tests/serving/http/test_schemathesis.py and fuzzing)
+
+
+@pytest.mark.parametrize("media_type", [codecs.ARROW, codecs.PARQUET])
+def test_a_truncated_arrow_or_parquet_body_is_an_input_error(media_type: str) -> None:
+    body = codecs.encode(TABLE, media_type)[:-10]  # pyarrow raised a bare OSError
+    with pytest.raises(InputError, match=f"^cannot read the {media_type} body: "):
+        codecs.decode(body, media_type)
+
+
+@pytest.mark.parametrize("body", [b"null", b"null\n{}", b'\n  [1, 2]\n{"x": 1}'])
+def test_json_lines_must_start_with_an_object(body: bytes) -> None:
+    # pyarrow's JSON reader segfaults on a first row of null: it killed the server process.
+    with pytest.raises(InputError) as info:
+        codecs.decode(body, codecs.JSONL)
+    assert info.value.message == (
+        "cannot read the application/jsonlines body: "
+        "expected one JSON object per line, starting on the first line"
+    )
+
+
+def test_json_nested_past_the_stack_is_an_input_error() -> None:
+    deep = b"[" * 100_000 + b"]" * 100_000  # json.loads raised RecursionError
+    with pytest.raises(InputError, match="maximum recursion depth exceeded"):
+        codecs.decode(deep, codecs.JSON)
+    with pytest.raises(InputError, match="maximum recursion depth exceeded"):
+        v1.decode(b'{"instances": ' + deep + b"}", ["x"])
+    with pytest.raises(InputError, match="maximum recursion depth exceeded"):
+        sagemaker.decode(deep, codecs.JSON, ["x"])
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (
+            rb'{"inputs": {"\ud800": [1.0]}}',
+            "cannot read the application/json body: column name '\\ud800' is not valid Unicode "
+            "text",
+        ),
+        (
+            rb'{"instances": [{"plan": "\udfff"}]}',
+            "cannot read the application/json body: column 'plan' has text that is not valid "
+            "Unicode",
+        ),
+    ],
+)
+def test_v1_text_that_is_not_unicode_is_an_input_error(body: bytes, message: str) -> None:
+    with pytest.raises(InputError) as info:  # JSON escapes lone surrogates; Arrow refused them
+        v1.decode(body, ["plan"])
+    assert info.value.message == message
+
+
+def _v2(*tensors: dict[str, Any]) -> bytes:
+    return json.dumps({"inputs": list(tensors)}).encode()
+
+
+@pytest.mark.parametrize("size", [[8], "8", -1, 1.5, True])
+def test_v2_binary_data_size_must_be_a_byte_count(size: object) -> None:
+    tensor = {"name": "x", "shape": [1], "datatype": "FP64"}
+    body = _v2({**tensor, "parameters": {"binary_data_size": size}})
+    with pytest.raises(InputError) as info:  # int() of it raised, or took 1.5 and True
+        v2.decode(body + b"\0" * 8, str(len(body)))
+    assert info.value.message == f"input tensor 'x': binary_data_size {size!r} is not a byte count"
+
+
+def test_v2_header_length_must_be_ascii_digits() -> None:
+    with pytest.raises(InputError, match="Inference-Header-Content-Length '²' does not fit"):
+        v2.decode(_v2({"name": "x", "shape": [1], "datatype": "FP64", "data": [1.0]}), "²")
+
+
+def test_v2_a_huge_shape_is_an_input_error() -> None:
+    body = _v2({"name": "x", "shape": [2**40, 2**40], "datatype": "FP64", "data": []})
+    with pytest.raises(InputError) as info:  # numpy's product wrapped around to 0
+        v2.decode(body, None)
+    assert info.value.message == (
+        f"input tensor 'x': has 0 values; shape [{2**40}, {2**40}] needs {2**80}"
+    )
+
+
+def test_v2_tensors_per_feature_are_one_column_each() -> None:
+    decoded = v2.decode(
+        _v2(
+            {"name": "a", "shape": [2, 3], "datatype": "FP64", "data": [1.0] * 6},
+            {"name": "b", "shape": [2], "datatype": "FP64", "data": [1.0] * 2},
+        ),
+        None,
+    )
+    with pytest.raises(InputError) as info:  # pyarrow refused columns of 6 and 2 rows
+        v2.to_table(decoded, ["a", "b"])
+    assert info.value.message == (
+        "input tensor 'a': shape [2, 3]: a tensor per feature is [N] or [N, 1] "
+        "(or send one [N, K] tensor of all the features)"
+    )
+
+
+def test_v2_bytes_tensors_hold_strings() -> None:
+    body = _v2({"name": "plan", "shape": [2], "datatype": "BYTES", "data": [1, "pro"]})
+    with pytest.raises(InputError) as info:  # pyarrow refused the mixed column
+        v2.decode(body, None)
+    assert info.value.message == "input tensor 'plan': data are not all BYTES (strings, in JSON)"
+
+
+def test_nan_and_infinite_outputs_are_null_in_json() -> None:
+    # Starlette's JSONResponse refuses NaN (a 500); json.dumps wrote the invalid token NaN.
+    out = pa.table({"label": [1, 0, 1], "prediction": [float("nan"), 2.5, float("-inf")]})
+    rows = [{"label": 1, "prediction": None}, {"label": 0, "prediction": 2.5}]
+    rows.append({"label": 1, "prediction": None})
+    strict = {"parse_constant": _refuse}
+    assert v1.encode(out, "m", 1)["predictions"] == rows
+    assert json.loads(sagemaker.encode(out, codecs.JSON), **strict) == {"predictions": rows}
+    assert json.loads(codecs.encode(out, codecs.JSON), **strict) == rows
+    request = v2.InferenceRequest.model_validate({"inputs": []})
+    body, _ = v2.encode(out, request, "m", 1)
+    assert json.loads(body, **strict)["outputs"][1]["data"] == [None, 2.5, None]
+
+
+def _refuse(token: str) -> None:
+    raise AssertionError(f"{token} is not JSON")
+
+
+def test_a_reason_is_never_empty() -> None:
+    assert codecs.reason(ValueError("first\nsecond")) == "first"
+    assert codecs.reason(OSError()) == "OSError"

@@ -239,3 +239,31 @@ def test_frame_models_get_a_frame(local_registry: Registry) -> None:
     local_registry.register(model, "framed")
     out = local_registry.load("framed").predict(pa.Table.from_pandas(frame, preserve_index=False))
     np.testing.assert_array_equal(out["proba_1"].to_numpy(), model.predict_proba(frame)[:, 1])
+
+
+@pytest.mark.parametrize("kind", ["numeric", "mixed"])
+def test_one_call_for_many_requests_splits_back_exactly(local_registry: Registry, kind) -> None:
+    if kind == "numeric":
+        local_registry.register(fixtures.logistic(), "m")
+        x, _ = fixtures.numeric_data(23, seed=5)
+        table = fixtures.numeric_table(x)
+    else:
+        frame, _ = fixtures.mixed_frame(23, seed=5)
+        local_registry.register(fixtures.mixed_pipeline(), "m", input_example=frame.head(3))
+        table = pa.Table.from_pandas(frame, preserve_index=False)
+    predictor = local_registry.load("m")
+    requests = [table.slice(0, 1), table.slice(1, 9), table.slice(10, 0), table.slice(10, 13)]
+    answers = predictor.run([predictor.prepare(r) for r in requests])
+    assert [a.num_rows for a in answers] == [1, 9, 0, 13]
+    for request, answer in zip(requests, answers, strict=True):
+        assert answer.equals(predictor.predict(request))
+
+
+def test_a_bad_request_is_refused_before_it_joins_a_batch(local_registry: Registry) -> None:
+    local_registry.register(fixtures.logistic(), "m")
+    predictor = local_registry.load("m")
+    x, _ = fixtures.numeric_data(4, seed=5)
+    x[2, 1] = np.nan
+    with pytest.raises(NullValue) as caught:
+        predictor.prepare(fixtures.numeric_table(x))
+    assert caught.value.message == "column 'f1' has a NaN value at row 2"

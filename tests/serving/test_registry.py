@@ -321,3 +321,18 @@ def test_concurrent_registration_never_reuses_a_version(store: Store, tmp_path) 
     assert all(p.returncode == 0 for p in procs)
     assert sorted(versions) == list(range(1, 19))
     assert Registry(store).version_numbers("race") == list(range(1, 19))
+
+
+def test_resolved_references_are_reused_for_the_alias_ttl(tmp_path) -> None:
+    store = Store.from_url(str(tmp_path))
+    server = Registry(store, RegistrySettings(alias_ttl_s=60))
+    other = Registry(store)  # another process, e.g. the CLI
+    other.register(fixtures.logistic(), "m", alias="production")
+    other.register(fixtures.logistic(), "m")
+    assert server.resolved("m") is None  # never asked: not known without the store
+    assert server.resolve("m") == ("m", 1)
+    other.set_alias("m", "production", 2)
+    assert (server.resolve("m"), server.resolved("m")) == (("m", 1), ("m", 1))  # within the TTL
+    server.set_alias("m", "production", 2)  # through this registry: seen at once
+    assert server.resolve("m") == ("m", 2)
+    assert Registry(store, RegistrySettings(alias_ttl_s=0)).resolve("m") == ("m", 2)

@@ -193,3 +193,10 @@ def test_models_are_listed_and_described(server: Server) -> None:
 def test_unknown_routes_are_json_404(server: Server) -> None:
     response = server.client.get("/v1/nothing/here")
     assert (response.status_code, response.json()) == (404, {"error": "Not Found"})
+
+
+def test_a_nan_prediction_is_null_not_a_500(server: Server) -> None:
+    # Extreme (finite) inputs overflow the regressor to NaN, which JSONResponse refused.
+    row = [1e308, -1e308, 1e308, -1e308, 1e308]
+    response = post(server, "/v1/models/price:predict", {"instances": [row]})
+    assert (response.status_code, response.json()["predictions"]) == (200, [{"prediction": None}])

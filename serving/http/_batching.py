@@ -1,0 +1,109 @@
+"""Adaptive micro-batching: concurrent requests for one model joined into one model call.
+
+This is the one place where async requests are gathered into one synchronous call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+Run = Callable[[Sequence[Any]], list[Any]]
+
+
+@dataclass
+class _Pending:
+    run: Run
+    item: Any
+    future: asyncio.Future[Any]
+    queued: float = field(default_factory=time.perf_counter)
+
+
+class MicroBatcher(Generic[T, R]):
+    """Joins the items submitted for one model into calls of ``run(items) -> answers``.
+
+    An item that finds no call running is dispatched at once: an idle model pays nothing
+    for batching. Items that arrive while a call runs queue up, and the next call takes them
+    all (up to ``max_batch_size``; with ``max_wait_s``, after waiting that long at most for a
+    full batch). So batches grow with the load by themselves. Calls run one at a time, in a
+    worker thread.
+
+    Items are joined only with items of the same ``run`` (the same loaded model), so a
+    model reloaded meanwhile never answers for the one the request was checked against.
+    """
+
+    def __init__(
+        self,
+        max_batch_size: int = 64,
+        max_wait_s: float = 0.0,
+        on_call: Callable[[int, list[float]], None] | None = None,
+    ):
+        self.max_batch_size = max_batch_size
+        self.max_wait_s = max_wait_s
+        self._on_call = on_call  # (batch size, each item's seconds in the queue)
+        self._queue: deque[_Pending] = deque()
+        self._full = asyncio.Event()
+        self._draining: asyncio.Task[None] | None = None
+
+    async def submit(self, run: Callable[[Sequence[T]], list[R]], item: T) -> R:
+        """``run([item, ...])``'s answer for ``item``, from a call it may share."""
+        pending = _Pending(run, item, asyncio.get_running_loop().create_future())
+        self._queue.append(pending)
+        if self._draining is None:
+            self._draining = asyncio.create_task(self._drain())
+        elif len(self._queue) >= self.max_batch_size:
+            self._full.set()
+        return await pending.future  # type: ignore[no-any-return]
+
+    async def _drain(self) -> None:
+        try:
+            under_load = False  # the first call was asked for by an idle model: no wait
+            while self._queue:
+                if under_load and self.max_wait_s and len(self._queue) < self.max_batch_size:
+                    await self._wait_for_more()
+                under_load = True
+                batch = self._take()
+                if batch:
+                    await self._call(batch)
+        finally:
+            self._draining = None
+
+    async def _wait_for_more(self) -> None:
+        self._full.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._full.wait(), self.max_wait_s)
+
+    def _take(self) -> list[_Pending]:
+        """The next batch: queued items of one ``run``, skipping requests given up on."""
+        batch: list[_Pending] = []
+        while self._queue and len(batch) < self.max_batch_size:
+            if batch and self._queue[0].run != batch[0].run:  # bound methods: equal, not same
+                break
+            pending = self._queue.popleft()
+            if not pending.future.done():  # done: cancelled (timed out, client gone)
+                batch.append(pending)
+        return batch
+
+    async def _call(self, batch: list[_Pending]) -> None:
+        started = time.perf_counter()
+        if self._on_call is not None:
+            self._on_call(len(batch), [started - p.queued for p in batch])
+        loop = asyncio.get_running_loop()
+        try:
+            answers = await loop.run_in_executor(None, batch[0].run, [p.item for p in batch])
+        except Exception as err:
+            for pending in batch:
+                if not pending.future.done():
+                    pending.future.set_exception(err)
+            return
+        for pending, answer in zip(batch, answers, strict=True):
+            if not pending.future.done():
+                pending.future.set_result(answer)

@@ -1,0 +1,220 @@
+"""The data plane: what every predict route hands its rows to.
+
+It finds the model (loading it on first use, a cold start), admits the request under the
+concurrency limits, checks the rows against the model's schema, joins them into a
+micro-batch and hands back the request's own answer, all within the request timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, TypeAlias, TypeVar, cast
+
+import pyarrow as pa
+
+from serving.errors import ModelLoading, Overloaded, RequestTimeout
+from serving.http._batching import MicroBatcher
+from serving.http._metrics import Metrics
+from serving.predictor import Predictor, Prepared
+from serving.refs import ModelRef
+from serving.registry import Registry
+from serving.settings import ModelServing, Settings
+
+T = TypeVar("T")
+Key: TypeAlias = tuple[str, int]
+Decode: TypeAlias = Callable[[list[str]], pa.Table]
+
+# Bodies up to this size are decoded and checked on the event loop: a thread hop would
+# cost more than the work. Larger ones are decoded in a worker thread.
+_INLINE_BYTES = 32 * 1024
+
+
+async def off_loop_if_large(body_bytes: int, fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)``: on the event loop for a small body, in a worker thread for a large one."""
+    if body_bytes <= _INLINE_BYTES:
+        return fn(*args)
+    return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
+
+
+@dataclass(frozen=True, slots=True)
+class Scored:
+    predictor: Predictor
+    table: pa.Table
+    load_seconds: float | None  # set when this request waited for its model to load
+
+
+class DataPlane:
+    """Models on demand, limits, micro-batches: the one path of the HTTP predict routes."""
+
+    def __init__(self, registry: Registry, settings: Settings, metrics: Metrics):
+        self.registry = registry
+        self.settings = settings
+        self.metrics = metrics
+        self._batchers: dict[Key, MicroBatcher[Prepared, pa.Table]] = {}
+        self._policies: dict[str, ModelServing] = {}
+        self._in_flight: defaultdict[str, int] = defaultdict(int)
+        self._total_in_flight = 0
+        self._loads: dict[str, asyncio.Future[tuple[Predictor, float | None]]] = {}
+        self.provisioned = not any(p.provisioned for p in settings.models.values())
+
+    async def predict(self, ref: str, decode: Decode, body_bytes: int) -> Scored:
+        """Score the rows ``decode(feature names)`` gives with the model ``ref``."""
+        name = ModelRef.parse(ref).name
+        policy = self.policy(name)
+        with self._admitted(name, policy):
+            try:
+                async with asyncio.timeout(self.settings.request_timeout_s):
+                    predictor, load_seconds = await self.predictor(ref)
+                    prepared = await self._prepare(predictor, decode, body_bytes)
+                    table = await self._run(predictor, policy, prepared)
+            except TimeoutError:
+                raise RequestTimeout(self.settings.request_timeout_s) from None
+        return Scored(predictor, table, load_seconds)
+
+    def policy(self, name: str) -> ModelServing:
+        policy = self._policies.get(name)
+        if policy is None:
+            policy = self._policies[name] = self.settings.serving_of(name)
+        return policy
+
+    # -- the model -----------------------------------------------------------------------
+
+    async def predictor(self, ref: str) -> tuple[Predictor, float | None]:
+        """The loaded model and, if this request had to wait for it to load, the load time.
+
+        A loaded model is found without leaving the event loop. Otherwise one load per
+        reference runs in a worker thread however many requests wait for it; a request that
+        waits longer than ``model_load_wait_s`` gets 503 with Retry-After (the load goes on).
+        """
+        key = self.registry.resolved(ref)
+        if key is not None:
+            predictor = self.registry.cache.get(key)
+            if predictor is not None:
+                return predictor, None
+        load = self._loads.get(ref)
+        if load is None:
+            loop = asyncio.get_running_loop()
+            load = self._loads[ref] = asyncio.ensure_future(
+                loop.run_in_executor(None, self._load, ref)
+            )
+            load.add_done_callback(lambda done: self._load_done(ref, done))
+        wait = self.settings.model_load_wait_s
+        try:
+            return await asyncio.wait_for(asyncio.shield(load), wait)
+        except TimeoutError:
+            if load.done():
+                raise
+            raise ModelLoading(ref, wait) from None
+
+    def _load(self, ref: str) -> tuple[Predictor, float | None]:
+        key = self.registry.resolve(ref)
+        if self.registry.cache.entry(key) is not None:
+            return self.registry.load(ref), None
+        predictor = self.registry.load(ref)
+        entry = self.registry.cache.entry(key)
+        seconds = entry.load_seconds if entry is not None else 0.0
+        labels = (key[0], str(key[1]))
+        self.metrics.cold_starts.labels(*labels).inc()
+        self.metrics.load_seconds.labels(*labels).observe(seconds)
+        return predictor, seconds
+
+    def _load_done(self, ref: str, load: asyncio.Future[tuple[Predictor, float | None]]) -> None:
+        self._loads.pop(ref, None)
+        if not load.cancelled():
+            load.exception()  # retrieved, even if every waiter gave up (no asyncio warning)
+
+    async def provision(self) -> None:
+        """Load the models marked ``provisioned`` (warm before their first request)."""
+        loop = asyncio.get_running_loop()
+        for name, policy in self.settings.models.items():
+            if policy.provisioned:
+                await loop.run_in_executor(None, self.registry.load, name)
+        self.provisioned = True
+
+    async def unload_idle_forever(self) -> None:
+        """Serverless: look for idle models a few times per TTL, for as long as the server
+        runs (returns at once when no model has an idle TTL)."""
+        ttls = [self.idle_ttl(name) for name in [*self.settings.models, ""]]
+        shortest = min((t for t in ttls if t is not None), default=None)
+        if shortest is None:
+            return
+        while True:
+            await asyncio.sleep(min(max(shortest / 4, 0.05), 5.0))
+            self.unload_idle()
+
+    def unload_idle(self) -> list[Key]:
+        """Unload the models unused for longer than their idle TTL (serverless); provisioned
+        models stay. Returns the unloaded keys."""
+        now, unloaded = time.monotonic(), []
+        for key in cast(list[Key], self.registry.cache.keys()):
+            ttl = self.idle_ttl(key[0])
+            entry = self.registry.cache.entry(key)
+            if ttl is None or entry is None or now - entry.last_used <= ttl:
+                continue
+            if self.registry.cache.discard(key):
+                self._batchers.pop(key, None)
+                unloaded.append(key)
+        return unloaded
+
+    def idle_ttl(self, name: str) -> float | None:
+        """How long ``name`` may stay unused before it unloads; ``None``: it stays."""
+        policy = self.policy(name)
+        if policy.provisioned:
+            return None
+        if policy.idle_ttl_s is not None:
+            return policy.idle_ttl_s
+        return self.settings.serverless.idle_ttl_s if self.settings.serverless.enabled else None
+
+    # -- the request ---------------------------------------------------------------------
+
+    @contextmanager
+    def _admitted(self, name: str, policy: ModelServing) -> Iterator[None]:
+        cap = self.settings.serverless.max_concurrency
+        if cap is not None and self._total_in_flight >= cap:
+            raise Overloaded("the server", cap)
+        if self._in_flight[name] >= policy.max_concurrency:
+            raise Overloaded(f"model {name!r}", policy.max_concurrency)
+        self._in_flight[name] += 1
+        self._total_in_flight += 1
+        try:
+            yield
+        finally:
+            self._in_flight[name] -= 1
+            self._total_in_flight -= 1
+
+    async def _prepare(self, predictor: Predictor, decode: Decode, body_bytes: int) -> Prepared:
+        def prepare() -> Prepared:
+            return predictor.prepare(decode([f.name for f in predictor.version.inputs]))
+
+        return await off_loop_if_large(body_bytes, prepare)
+
+    async def _run(
+        self, predictor: Predictor, policy: ModelServing, prepared: Prepared
+    ) -> pa.Table:
+        if not policy.batching:
+            loop = asyncio.get_running_loop()
+            return (await loop.run_in_executor(None, predictor.run, [prepared]))[0]
+        key = (predictor.version.name, predictor.version.version)
+        batcher = self._batchers.get(key)
+        if batcher is None:
+            batcher = self._batchers[key] = MicroBatcher(
+                policy.max_batch_size, policy.max_wait_ms / 1000, self._observer(key)
+            )
+        return await batcher.submit(predictor.run, prepared)
+
+    def _observer(self, key: Key) -> Callable[[int, list[float]], None]:
+        labels = (key[0], str(key[1]))
+        sizes = self.metrics.batch_size.labels(*labels)
+        waits = self.metrics.queue_wait.labels(*labels)
+
+        def observe(size: int, queued: list[float]) -> None:
+            sizes.observe(size)
+            for seconds in queued:
+                waits.observe(seconds)
+
+        return observe

@@ -1,0 +1,95 @@
+"""Prometheus metrics of the real-time server, served at ``GET /metrics``.
+
+Each app has its own collector registry (tests build several apps in one process). With
+``uvicorn --workers N`` each process counts its own; set ``PROMETHEUS_MULTIPROC_DIR`` to a
+writable directory to have ``/metrics`` add every process up (prometheus-client's
+multiprocess mode).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+class Metrics:
+    """The server's counters, histograms and gauges."""
+
+    def __init__(self, loaded_models: Callable[[], int]):
+        self.registry = CollectorRegistry()
+        model = ["model", "version"]
+        self.requests = Counter(
+            "mmserve_requests",
+            "Requests answered, by route, model, version and status code.",
+            ["route", *model, "code"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "mmserve_request_seconds",
+            "Time from request to response, by route, model and version.",
+            ["route", *model],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.batch_size = Histogram(
+            "mmserve_batch_size",
+            "Requests joined into one model call by the micro-batcher.",
+            model,
+            buckets=BATCH_BUCKETS,
+            registry=self.registry,
+        )
+        self.queue_wait = Histogram(
+            "mmserve_queue_wait_seconds",
+            "Time a request waited for its model call to start.",
+            model,
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.cold_starts = Counter(
+            "mmserve_cold_starts",
+            "Models loaded because a request needed them.",
+            model,
+            registry=self.registry,
+        )
+        self.load_seconds = Histogram(
+            "mmserve_model_load_seconds",
+            "Time to load a model from the store.",
+            model,
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.errors = Counter(
+            "mmserve_errors",
+            "Failed requests, by kind of error.",
+            ["kind"],
+            registry=self.registry,
+        )
+        loaded = Gauge(
+            "mmserve_models_loaded",
+            "Models loaded in memory.",
+            registry=self.registry,
+            multiprocess_mode="livesum",
+        )
+        loaded.set_function(loaded_models)
+
+    def render(self) -> bytes:
+        if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+            return generate_latest(registry)
+        return generate_latest(self.registry)

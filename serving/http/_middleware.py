@@ -1,0 +1,92 @@
+"""What every request gets: an id (``X-Request-ID``), metrics, a structured access log,
+and the cold-start headers of a request that waited for its model to load.
+
+A plain ASGI middleware: Starlette's ``BaseHTTPMiddleware`` would cost more per request
+than the rest of this module.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from serving.http._metrics import Metrics
+
+REQUEST_ID = "x-request-id"
+COLD_START = "x-mmserve-cold-start"
+LOAD_SECONDS = "x-mmserve-load-seconds"
+_VALID_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+access_log = logging.getLogger("mmserve.access")
+
+
+class RequestContext:
+    """Request id, timing, per-route metrics and the access log around the app."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics):
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        request_id = _request_id(scope)
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        status = 500  # if the app fails before it answers
+
+        async def send_with_headers(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = message.setdefault("headers", [])
+                headers.append((REQUEST_ID.encode(), request_id.encode()))
+                load_seconds = state.get("load_seconds")
+                if load_seconds is not None:
+                    headers.append((COLD_START.encode(), b"true"))
+                    headers.append((LOAD_SECONDS.encode(), f"{load_seconds:.6f}".encode()))
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_headers)
+        finally:
+            self._record(scope, state, status, time.perf_counter() - started)
+
+    def _record(self, scope: Scope, state: dict[str, Any], status: int, seconds: float) -> None:
+        route = getattr(scope.get("route"), "path", "unmatched")
+        model, version = state.get("model", ("", ""))
+        self.metrics.requests.labels(route, model, version, status).inc()
+        if model:
+            self.metrics.latency.labels(route, model, version).observe(seconds)
+        if access_log.isEnabledFor(logging.INFO):
+            fields = {
+                "request_id": state["request_id"],
+                "method": scope["method"],
+                "path": scope["path"],
+                "route": route,
+                "status": status,
+                "ms": round(seconds * 1000, 3),
+                "model": model or None,
+                "version": version or None,
+                "cold_start": state.get("load_seconds") is not None,
+            }
+            access_log.info(
+                "%s %s %s", scope["method"], scope["path"], status, extra={"fields": fields}
+            )
+
+
+def _request_id(scope: Scope) -> str:
+    """The caller's ``X-Request-ID`` if it is a sane token, else a new one."""
+    for name, value in scope["headers"]:
+        if name == b"x-request-id":
+            text = value.decode("latin-1")
+            if _VALID_ID.match(text):
+                return text
+    return uuid.uuid4().hex
