@@ -14,6 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from serving.codecs import Matrix, Rows
 from serving.errors import (
     MissingColumn,
     ModelError,
@@ -68,13 +69,22 @@ class Predictor:
     def ref(self) -> str:
         return self.version.ref
 
-    def predict(self, table: pa.Table, passthrough: Sequence[str] = ()) -> pa.Table:
-        """Score every row of ``table``; ``passthrough`` columns are copied to the front."""
-        return self.run([self.prepare(table, passthrough)])[0]
+    def predict(self, rows: Rows, passthrough: Sequence[str] = ()) -> pa.Table:
+        """Score every row of ``rows`` (a table, or a :class:`~serving.codecs.Matrix` of its
+        columns); ``passthrough`` columns of a table are copied to the front."""
+        return self.run([self.prepare(rows, passthrough)])[0]
 
-    def prepare(self, table: pa.Table, passthrough: Sequence[str] = ()) -> Prepared:
-        """Check ``table`` against the input schema and turn it into model input: every input
-        error is raised here, naming the request's own column and row."""
+    def prepare(self, rows: Rows, passthrough: Sequence[str] = ()) -> Prepared:
+        """Check ``rows`` against the input schema and turn them into model input: every
+        input error is raised here, naming the request's own column and row."""
+        if isinstance(rows, Matrix):
+            x = self._matrix_input(rows)
+            if x is not None:
+                return Prepared(len(rows.values), x)
+            rows = rows.table()  # the checked path, which names what is wrong
+        return self._prepare_table(rows, passthrough)
+
+    def _prepare_table(self, table: pa.Table, passthrough: Sequence[str]) -> Prepared:
         kept = [self._column(table, name) for name in passthrough]
         x = self._fast_input(table)
         if x is not None:
@@ -103,14 +113,13 @@ class Predictor:
                 self._invoke(self.model.predict, model_input) if self._label_by_predict else None
             )
             outputs = self._outputs(raw, rows, labels)
-        answers, start = [], 0
-        for p in batch:
-            columns = list(outputs.values())
-            if len(batch) > 1:
-                columns = [c.slice(start, p.rows) for c in columns]
-            answers.append(pa.table([*p.kept, *columns], names=[*p.passthrough, *outputs]))
-            start += p.rows
-        return answers
+        if len(batch) == 1:
+            p = batch[0]
+            return [pa.table([*p.kept, *outputs.values()], names=[*p.passthrough, *outputs])]
+        whole = pa.table(outputs)
+        offsets = np.cumsum([0, *(p.rows for p in batch)])
+        answers = [whole.slice(start, p.rows) for p, start in zip(batch, offsets, strict=False)]
+        return [_with_kept(p, answer) for p, answer in zip(batch, answers, strict=True)]
 
     # -- input ---------------------------------------------------------------------------
 
@@ -151,6 +160,23 @@ class Predictor:
         if self._wants_frame:
             return features.to_pandas()
         return np.column_stack([c.to_numpy(zero_copy_only=False) for c in features.columns])
+
+    def _matrix_input(self, rows: Matrix) -> np.ndarray | None:
+        """The model input of a float matrix whose columns are exactly the features, for a
+        model of float inputs, with every value finite: the matrix itself, in the model's
+        dtype and padded (what the table path builds from the same values). ``None``
+        otherwise, for the table path."""
+        values = rows.values
+        if (
+            self._dtype is None
+            or values.ndim != 2
+            or values.dtype.kind != "f"
+            or len(values) == 0
+            or list(rows.names) != self._names
+        ):
+            return None
+        x = _pad(np.ascontiguousarray(values, dtype=self._dtype), self.version.row_block)
+        return x if np.isfinite(x).all() else None
 
     def _fast_input(self, table: pa.Table) -> np.ndarray | None:
         """The model input of a table that has exactly the registered float columns and no
@@ -222,6 +248,14 @@ class Predictor:
             name: pa.array([], label_type if name == "label" else pa.float64())
             for name in self.version.outputs
         }
+
+
+def _with_kept(p: Prepared, answer: pa.Table) -> pa.Table:
+    """``answer`` behind the request's passthrough columns (a slice alone when it has none:
+    one slice per request is what a large micro-batch can afford)."""
+    if not p.passthrough:
+        return answer
+    return pa.table([*p.kept, *answer.columns], names=[*p.passthrough, *answer.column_names])
 
 
 def _pad(x: np.ndarray, block: int) -> np.ndarray:

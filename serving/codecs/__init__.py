@@ -9,8 +9,12 @@ from __future__ import annotations
 import io
 import json
 import re
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeAlias
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
@@ -27,6 +31,28 @@ PARQUET = "application/x-parquet"
 ARROW = "application/vnd.apache.arrow.stream"
 
 MEDIA_TYPES = [CSV, JSON, JSONL, PARQUET, ARROW]
+
+
+@dataclass(frozen=True, slots=True)
+class Matrix:
+    """Rows that arrived as one float matrix, columns in the model's feature order: JSON
+    rows of numbers, a V2 ``[N, K]`` tensor. The predictor takes it as it takes a table of
+    the same columns, and with the same answers; it only skips building Arrow columns that
+    it would stack back into this matrix (the cost of a one-row request)."""
+
+    values: np.ndarray
+    names: Sequence[str]
+
+    def table(self) -> pa.Table:
+        """The same rows as a table (columns sliced from one column-major copy)."""
+        rows = len(self.values)
+        flat = pa.array(self.values.ravel(order="F"))
+        columns = [flat.slice(j * rows, rows) for j in range(len(self.names))]
+        return pa.Table.from_arrays(columns, names=list(self.names))
+
+
+Rows: TypeAlias = pa.Table | Matrix
+"""What decoders hand the predictor."""
 _SUFFIXES = {
     ".csv": CSV,
     ".json": JSON,

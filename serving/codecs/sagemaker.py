@@ -17,7 +17,7 @@ from serving.codecs import v1
 ACCEPTED = [codecs.CSV, codecs.JSON, codecs.JSONL, codecs.PARQUET, codecs.ARROW]
 
 
-def decode(body: bytes, kind: str, features: list[str]) -> pa.Table:
+def decode(body: bytes, kind: str, features: list[str]) -> codecs.Rows:
     if not body.strip():
         raise codecs.DecodeError(kind, "the body is empty")
     if kind == codecs.CSV:
@@ -27,7 +27,7 @@ def decode(body: bytes, kind: str, features: list[str]) -> pa.Table:
     if kind == codecs.JSONL:
         lines = [line for line in body.splitlines() if line.strip()]
         if lines[0].lstrip().startswith(b"["):  # positional rows, one per line
-            return v1.rows_to_table([_parse(line) for line in lines], features)
+            return v1.rows_of([_parse(line) for line in lines], features)
         return codecs.decode(body, codecs.JSONL)
     return codecs.decode(body, kind)
 
@@ -61,9 +61,9 @@ def _csv(body: bytes, features: list[str]) -> pa.Table:
         raise codecs.DecodeError(codecs.CSV, codecs.reason(err)) from None
 
 
-def _json(body: bytes, features: list[str]) -> pa.Table:
+def _json(body: bytes, features: list[str]) -> codecs.Rows:
     if body.lstrip().startswith(b"["):  # a bare list: records, or positional rows
-        return v1.rows_to_table(_parse(body), features)
+        return v1.rows_of(_parse(body), features)
     return v1.decode(body, features)
 
 

@@ -11,16 +11,17 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
-from serving.codecs import DecodeError, json_safe
+from serving.codecs import DecodeError, Matrix, Rows, json_safe
 from serving.errors import WrongType
 
 _JSON = "application/json"
 _SHAPE = "expected {'instances': [...]} or {'inputs': {column: [values]}}"
 
 
-def decode(body: bytes, features: list[str]) -> pa.Table:
+def decode(body: bytes, features: list[str]) -> Rows:
     """The rows of a V1 request body; positional instances take ``features`` as names."""
     try:
         document = json.loads(body)
@@ -31,10 +32,10 @@ def decode(body: bytes, features: list[str]) -> pa.Table:
     rows = document.get("instances", document.get("inputs"))
     if isinstance(rows, dict):
         return _columns(rows)
-    return rows_to_table(rows, features)
+    return rows_of(rows, features)
 
 
-def rows_to_table(rows: Any, features: list[str]) -> pa.Table:
+def rows_of(rows: Any, features: list[str]) -> Rows:
     """Instances (all objects by feature name, or all lists in ``features`` order) as a table."""
     if not isinstance(rows, list) or not rows:
         raise DecodeError(_JSON, f"{_SHAPE}, with at least one row")
@@ -45,15 +46,22 @@ def rows_to_table(rows: Any, features: list[str]) -> pa.Table:
     raise DecodeError(_JSON, "instances must all be objects or all be lists")
 
 
-def encode(table: pa.Table, name: str, version: int) -> dict[str, Any]:
-    return {"predictions": json_safe(table).to_pylist(), "model": name, "version": version}
+def encode(table: pa.Table, name: str, version: int) -> bytes:
+    """``{"predictions": [row, ...], "model": name, "version": n}``; NaN and infinities
+    (which JSON cannot spell) as null."""
+    answer = {"predictions": table.to_pylist(), "model": name, "version": version}
+    try:
+        return json.dumps(answer, allow_nan=False, separators=(",", ":")).encode()
+    except ValueError:  # rare: a model answered NaN or inf
+        answer["predictions"] = json_safe(table).to_pylist()
+        return json.dumps(answer, separators=(",", ":")).encode()
 
 
 def _keys(rows: list[dict[str, Any]]) -> list[str]:
     return list(dict.fromkeys(key for row in rows for key in row))
 
 
-def _positional(rows: list[list[Any]], features: list[str]) -> pa.Table:
+def _positional(rows: list[list[Any]], features: list[str]) -> Rows:
     for index, row in enumerate(rows):
         if len(row) != len(features):
             raise DecodeError(
@@ -61,7 +69,22 @@ def _positional(rows: list[list[Any]], features: list[str]) -> pa.Table:
                 f"instance {index} has {len(row)} values; the model takes {len(features)} "
                 f"({', '.join(features)})",
             )
+    numbers = _numbers(rows)
+    if numbers is not None:
+        return Matrix(numbers, features)
     return _columns(dict(zip(features, map(list, zip(*rows, strict=True)), strict=True)))
+
+
+def _numbers(rows: list[list[Any]]) -> np.ndarray | None:
+    """The rows as one float64 matrix, when every value is a JSON number that float64 holds
+    exactly (the common case, worth a fast path); ``None`` sends the rest column by column."""
+    kinds = {type(value) for row in rows for value in row}
+    if not kinds or not kinds <= {float, int}:
+        return None  # strings, booleans, nulls, nested values: typed per column
+    matrix = np.array(rows, dtype=np.float64)
+    if int in kinds and not (np.abs(matrix) < 2.0**53).all():
+        return None  # integers past 2**53 would lose digits as floats
+    return matrix
 
 
 def _columns(columns: dict[str, Any]) -> pa.Table:

@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 from pydantic import BaseModel, ValidationError
 
-from serving.codecs import DecodeError, json_safe
+from serving.codecs import DecodeError, Matrix, Rows, json_safe
 from serving.errors import InputError
 
 _NUMPY = {
@@ -97,7 +97,7 @@ def decode(body: bytes, header_length: str | None) -> Decoded:
     return Decoded(request, arrays)
 
 
-def to_table(decoded: Decoded, features: list[str]) -> pa.Table:
+def to_rows(decoded: Decoded, features: list[str]) -> Rows:
     tensors = decoded.request.inputs
     if len(tensors) == 1 and len(tensors[0].shape) == 2 and tensors[0].shape[1] != 1:
         matrix = decoded.columns[tensors[0].name]
@@ -107,6 +107,8 @@ def to_table(decoded: Decoded, features: list[str]) -> pa.Table:
                 f"has {matrix.shape[1]} columns; the model takes {len(features)} "
                 f"({', '.join(features)})",
             )
+        if matrix.dtype.kind == "f":
+            return Matrix(matrix, features)
         return pa.table([matrix[:, i] for i in range(len(features))], names=features)
     for tensor in tensors:
         if len(tensor.shape) > 2 or tensor.shape[1:] not in ([], [1]):

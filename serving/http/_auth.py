@@ -1,70 +1,86 @@
-"""Who may call what: the admin token for management routes, the API key for predict routes.
+"""Who may call what: the admin token for management routes, the API key for the rest.
 
-Both are FastAPI dependencies. Secrets are compared in constant time (``hmac.compare_digest``)
-so a wrong guess takes as long as a nearly right one. The security schemes below also put the
-routes' requirements in the OpenAPI spec.
+- ``MMSERVE_ADMIN_TOKEN``: management routes (load, unload, aliases) are off (403) without
+  it, and need ``Authorization: Bearer <token>`` with it (401 otherwise). A FastAPI
+  dependency of those routes, so the spec states it.
+- ``MMSERVE_API_KEY``: when set, every route but health, metrics and the docs needs the key
+  (``Authorization: Bearer <key>`` or ``X-API-Key: <key>``) or the admin token. Checked by
+  the request middleware before routing: on the predict path a dependency would cost more
+  than the rest of the check. The spec states it as the API's default security.
+
+Secrets are compared in constant time (``hmac.compare_digest``), so a wrong guess takes as
+long as a nearly right one.
 """
 
 from __future__ import annotations
 
 import hmac
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
-from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import SecretStr
 from starlette.exceptions import HTTPException
 
 from serving.errors import ManagementDisabled, Unauthorized
 from serving.settings import Settings
 
+# Paths anyone may call, key or not: probes, metrics, the docs.
+OPEN_PATHS = frozenset(["/ping", "/v2", "/metrics", "/openapi.json", "/docs", "/redoc"])
+OPEN_PREFIXES = ("/v2/health/", "/docs/")
+
+NO_KEY = Unauthorized("API key", "'Authorization: Bearer <key>' or 'X-API-Key: <key>'")
+SECURITY_SCHEMES: dict[str, Any] = {
+    "APIKeyBearer": {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "`Authorization: Bearer <MMSERVE_API_KEY>`",
+    },
+    "APIKey": {
+        "type": "apiKey",
+        "in": "header",
+        "name": "X-API-Key",
+        "description": "`X-API-Key: <MMSERVE_API_KEY>`",
+    },
+}
+
 _admin_bearer = HTTPBearer(
     scheme_name="AdminToken",
     description="`Authorization: Bearer <MMSERVE_ADMIN_TOKEN>` (management routes)",
     auto_error=False,
 )
-_key_bearer = HTTPBearer(
-    scheme_name="APIKeyBearer",
-    description="`Authorization: Bearer <MMSERVE_API_KEY>` (predict routes)",
-    auto_error=False,
-)
-_key_header = APIKeyHeader(
-    name="X-API-Key",
-    scheme_name="APIKey",
-    description="`X-API-Key: <MMSERVE_API_KEY>` (predict routes)",
-    auto_error=False,
-)
-
 Bearer = Annotated[HTTPAuthorizationCredentials | None, Depends(_admin_bearer)]
-KeyBearer = Annotated[HTTPAuthorizationCredentials | None, Depends(_key_bearer)]
-KeyHeader = Annotated[str | None, Depends(_key_header)]
 
 
 async def require_admin(request: Request, bearer: Bearer) -> None:
     """Management routes: off (403) unless ``MMSERVE_ADMIN_TOKEN`` is set, then they need
     ``Authorization: Bearer <token>`` (401 otherwise)."""
-    token = _settings(request).admin_token
-    if token is None:
+    settings: Settings = request.app.state.settings
+    if settings.admin_token is None:
         raise ManagementDisabled("MMSERVE_ADMIN_TOKEN")
-    if not _matches(bearer.credentials if bearer else None, token):
+    if not _matches(bearer.credentials if bearer else None, settings.admin_token):
         raise _challenge(Unauthorized("admin token", "'Authorization: Bearer <token>'"))
 
 
-async def require_api_key(request: Request, bearer: KeyBearer, header: KeyHeader) -> None:
-    """Predict routes: open unless ``MMSERVE_API_KEY`` is set, then they need the key in
-    ``Authorization: Bearer <key>`` or ``X-API-Key: <key>`` (401 otherwise)."""
-    key = _settings(request).api_key
-    if key is None:
-        return
-    if not (_matches(bearer.credentials if bearer else None, key) or _matches(header, key)):
-        raise _challenge(
-            Unauthorized("API key", "'Authorization: Bearer <key>' or 'X-API-Key: <key>'")
-        )
+def needs_key(path: str) -> bool:
+    return path not in OPEN_PATHS and not path.startswith(OPEN_PREFIXES)
 
 
-def _settings(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
+def has_key(headers: list[tuple[bytes, bytes]], settings: Settings) -> bool:
+    """Whether the raw request headers carry the API key (or the admin token)."""
+    secrets = [s for s in (settings.api_key, settings.admin_token) if s is not None]
+    for name, value in headers:
+        if name == b"x-api-key":
+            given: str | None = value.decode("latin-1")
+        elif name == b"authorization":
+            scheme, _, given = value.decode("latin-1").partition(" ")
+            if scheme.lower() != "bearer":
+                continue
+        else:
+            continue
+        if any(_matches(given, secret) for secret in secrets):
+            return True
+    return False
 
 
 def _matches(given: str | None, secret: SecretStr) -> bool:
@@ -75,6 +91,5 @@ def _matches(given: str | None, secret: SecretStr) -> bool:
 
 def _challenge(err: Unauthorized) -> HTTPException:
     """``err`` as the exception the app renders ``{"error": message}`` with headers from:
-    a 401 must say how to authenticate (``WWW-Authenticate``, RFC 9110), and the handler
-    of the error tree sends no headers."""
+    a 401 must say how to authenticate (``WWW-Authenticate``, RFC 9110)."""
     return HTTPException(err.status, err.message, headers={"WWW-Authenticate": "Bearer"})

@@ -18,6 +18,9 @@ R = TypeVar("R")
 
 Run = Callable[[Sequence[Any]], list[Any]]
 
+# Calls that take less than this on average run on the event loop (see MicroBatcher._cheap).
+_INLINE_SECONDS = 0.001
+
 
 @dataclass
 class _Pending:
@@ -52,6 +55,7 @@ class MicroBatcher(Generic[T, R]):
         self._queue: deque[_Pending] = deque()
         self._full = asyncio.Event()
         self._draining: asyncio.Task[None] | None = None
+        self._call_seconds: float | None = None  # moving average; None until the first call
 
     async def submit(self, run: Callable[[Sequence[T]], list[R]], item: T) -> R:
         """``run([item, ...])``'s answer for ``item``, from a call it may share."""
@@ -96,14 +100,31 @@ class MicroBatcher(Generic[T, R]):
         started = time.perf_counter()
         if self._on_call is not None:
             self._on_call(len(batch), [started - p.queued for p in batch])
-        loop = asyncio.get_running_loop()
+        items = [p.item for p in batch]
         try:
-            answers = await loop.run_in_executor(None, batch[0].run, [p.item for p in batch])
+            if self._cheap():
+                answers = batch[0].run(items)
+            else:
+                loop = asyncio.get_running_loop()
+                answers = await loop.run_in_executor(None, batch[0].run, items)
         except Exception as err:
             for pending in batch:
                 if not pending.future.done():
                     pending.future.set_exception(err)
             return
+        finally:
+            self._timed(time.perf_counter() - started)
         for pending, answer in zip(batch, answers, strict=True):
             if not pending.future.done():
                 pending.future.set_result(answer)
+
+    def _cheap(self) -> bool:
+        """Whether calls take so little that a hop to a worker thread would cost more than
+        it saves. Such calls run on the event loop: the hop (two thread wake-ups) and the
+        GIL hand-offs it causes would dominate. Costly calls (forests) go to a thread, so
+        the loop goes on reading requests while the model runs without the GIL."""
+        return self._call_seconds is not None and self._call_seconds < _INLINE_SECONDS
+
+    def _timed(self, seconds: float) -> None:
+        previous = self._call_seconds
+        self._call_seconds = seconds if previous is None else 0.8 * previous + 0.2 * seconds

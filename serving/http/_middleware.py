@@ -1,5 +1,5 @@
-"""What every request gets: an id (``X-Request-ID``), metrics, a structured access log,
-and the cold-start headers of a request that waited for its model to load.
+"""What every request gets: an id (``X-Request-ID``), the API-key check, metrics, a
+structured access log, and the cold-start headers of a request that waited for its model.
 
 A plain ASGI middleware: Starlette's ``BaseHTTPMiddleware`` would cost more per request
 than the rest of this module.
@@ -13,9 +13,12 @@ import time
 import uuid
 from typing import Any
 
+from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from serving.http._auth import NO_KEY, has_key, needs_key
 from serving.http._metrics import Metrics
+from serving.settings import Settings
 
 REQUEST_ID = "x-request-id"
 COLD_START = "x-mmserve-cold-start"
@@ -28,9 +31,10 @@ access_log = logging.getLogger("mmserve.access")
 class RequestContext:
     """Request id, timing, per-route metrics and the access log around the app."""
 
-    def __init__(self, app: ASGIApp, metrics: Metrics):
+    def __init__(self, app: ASGIApp, metrics: Metrics, settings: Settings):
         self.app = app
         self.metrics = metrics
+        self.settings = settings
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -55,7 +59,10 @@ class RequestContext:
             await send(message)
 
         try:
-            await self.app(scope, receive, send_with_headers)
+            if self.settings.api_key is not None and _refused(scope, self.settings):
+                await _unauthorized(scope, receive, send_with_headers)
+            else:
+                await self.app(scope, receive, send_with_headers)
         finally:
             self._record(scope, state, status, time.perf_counter() - started)
 
@@ -80,6 +87,17 @@ class RequestContext:
             access_log.info(
                 "%s %s %s", scope["method"], scope["path"], status, extra={"fields": fields}
             )
+
+
+def _refused(scope: Scope, settings: Settings) -> bool:
+    return needs_key(scope["path"]) and not has_key(scope["headers"], settings)
+
+
+async def _unauthorized(scope: Scope, receive: Receive, send: Send) -> None:
+    response = JSONResponse(
+        {"error": NO_KEY.message}, NO_KEY.status, headers={"WWW-Authenticate": "Bearer"}
+    )
+    await response(scope, receive, send)
 
 
 def _request_id(scope: Scope) -> str:

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
+from starlette.routing import Route
 
 import serving
 from serving.errors import MMServeError
 from serving.http import health, repository, sagemaker, v1, v2
-from serving.http._auth import require_api_key
+from serving.http._auth import SECURITY_SCHEMES
 from serving.http._dataplane import DataPlane
 from serving.http._errors import error_response, log_failure
 from serving.http._metrics import Metrics
@@ -34,15 +37,51 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
     app.state.registry = registry
     app.state.metrics = metrics
     app.state.dataplane = dataplane
-    app.add_middleware(RequestContext, metrics=metrics)
-    app.include_router(health.router)
-    keyed = [Depends(require_api_key)]  # MMSERVE_API_KEY, when set; health stays open
-    app.include_router(v1.router, dependencies=keyed)
-    app.include_router(v2.router, dependencies=keyed)
-    app.include_router(sagemaker.router, dependencies=keyed)
-    app.include_router(repository.router)  # guards each of its routes itself
+    app.add_middleware(RequestContext, metrics=metrics, settings=settings)
+    app.router.routes.extend(_lean(v1.predict, v2.infer, sagemaker.invocations))
+    for router in (health.router, v1.router, v2.router, sagemaker.router, repository.router):
+        # The routes themselves, not include_router: FastAPI re-checks every included
+        # router's routes on each request, which cost the predict path ~40 us.
+        app.router.routes.extend(router.routes)
+    if settings.api_key is not None:
+        _declare_api_key(app)
     _add_error_handlers(app)
     return app
+
+
+def _lean(*endpoints: Callable[..., Awaitable[Response]]) -> list[Route]:
+    """Plain Starlette routes for the predict endpoints, matched before their FastAPI routes.
+
+    These endpoints take only path parameters and the request (they read their bodies
+    themselves, in several media types), so FastAPI's per-request work (dependency
+    solving, two exit stacks) does nothing for them but cost ~35 us, a fifth of a one-row
+    request. The FastAPI routes stay, and document them in the OpenAPI spec."""
+
+    def lean(route: APIRoute) -> Route:
+        async def endpoint(request: Request) -> Response:
+            request.scope["route"] = route  # FastAPI's router only notes its own routes
+            return await route.endpoint(request=request, **request.path_params)
+
+        return Route(route.path, endpoint, methods=list(route.methods or ()), name=route.name)
+
+    routers = (v1.router, v2.router, sagemaker.router)
+    hot = [r for router in routers for r in router.routes if isinstance(r, APIRoute)]
+    return [lean(route) for route in hot if route.endpoint in endpoints]
+
+
+def _declare_api_key(app: FastAPI) -> None:
+    """State in the spec that the API key is the default security (the middleware checks it;
+    management routes state their admin token themselves)."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        spec = build()
+        schemes = spec.setdefault("components", {}).setdefault("securitySchemes", {})
+        schemes.update(SECURITY_SCHEMES)
+        spec["security"] = [{name: []} for name in SECURITY_SCHEMES]
+        return spec
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 @asynccontextmanager

@@ -31,14 +31,13 @@ from starlette.concurrency import run_in_threadpool
 
 from serving.errors import MMServeError, ModelAlreadyLoaded, ModelNotFound, ModelNotLoaded
 from serving.http import _openapi, sagemaker
-from serving.http._auth import require_admin, require_api_key
+from serving.http._auth import require_admin
 from serving.http._body import read_body
 from serving.refs import validate_name
 from serving.registry import Registry
 
 router = APIRouter()
 _ADMIN = [Depends(require_admin)]
-_KEYED = [Depends(require_api_key)]
 Key = tuple[str, int]  # a cache key: (name, version)
 M = TypeVar("M", bound=BaseModel)
 
@@ -91,7 +90,6 @@ class IndexEntry(BaseModel):
     "/v2/repository/index",
     tags=["repository"],
     summary="Repository index (V2)",
-    dependencies=_KEYED,
     openapi_extra=_body_of(IndexRequest, required=False),
 )
 async def repository_index(request: Request) -> list[IndexEntry]:
@@ -288,7 +286,6 @@ async def unload(name: str, request: Request) -> dict[str, Any]:
 @router.post(
     "/models/{name}/invoke",
     tags=["sagemaker"],
-    dependencies=_KEYED,
     summary="Invoke a loaded model (SageMaker multi-model endpoint)",
     openapi_extra={"requestBody": _openapi.SAGEMAKER_INVOCATIONS["requestBody"]},
     responses=_openapi.SAGEMAKER_RESPONSES,

@@ -9,7 +9,6 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from serving import codecs
@@ -51,7 +50,7 @@ async def predict(ref: str, request: Request) -> Response:
     version = predictor.version
     if codecs.ARROW in request.headers.get("accept", ""):
         return Response(codecs.encode(out, codecs.ARROW), media_type=codecs.ARROW)
-    return JSONResponse(v1.encode(out, version.name, version.version))
+    return Response(v1.encode(out, version.name, version.version), media_type=codecs.JSON)
 
 
 @router.get("/v1/models")

@@ -60,7 +60,7 @@ async def infer(name: str, request: Request, version: str | None = None) -> Resp
         len(body), v2.decode, body, request.headers.get(v2.HEADER_LENGTH)
     )
     predictor, out = await score(
-        request, _ref(name, version), lambda features: v2.to_table(decoded, features), len(body)
+        request, _ref(name, version), lambda features: v2.to_rows(decoded, features), len(body)
     )
     content, headers = v2.encode(
         out, decoded.request, predictor.version.name, predictor.version.version

@@ -162,7 +162,7 @@ def test_v2_tensors_per_feature_are_one_column_each() -> None:
         None,
     )
     with pytest.raises(InputError) as info:  # pyarrow refused columns of 6 and 2 rows
-        v2.to_table(decoded, ["a", "b"])
+        v2.to_rows(decoded, ["a", "b"])
     assert info.value.message == (
         "input tensor 'a': shape [2, 3]: a tensor per feature is [N] or [N, 1] "
         "(or send one [N, K] tensor of all the features)"
@@ -182,7 +182,7 @@ def test_nan_and_infinite_outputs_are_null_in_json() -> None:
     rows = [{"label": 1, "prediction": None}, {"label": 0, "prediction": 2.5}]
     rows.append({"label": 1, "prediction": None})
     strict = {"parse_constant": _refuse}
-    assert v1.encode(out, "m", 1)["predictions"] == rows
+    assert json.loads(v1.encode(out, "m", 1))["predictions"] == rows
     assert json.loads(sagemaker.encode(out, codecs.JSON), **strict) == {"predictions": rows}
     assert json.loads(codecs.encode(out, codecs.JSON), **strict) == rows
     request = v2.InferenceRequest.model_validate({"inputs": []})

@@ -13,7 +13,9 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pytest
+from sklearn.linear_model import LogisticRegression
 
+from serving.codecs import Matrix
 from serving.errors import MissingColumn, ModelError, NullValue, UnexpectedColumns, WrongType
 from serving.registry import Registry
 from serving.store import Store
@@ -267,3 +269,29 @@ def test_a_bad_request_is_refused_before_it_joins_a_batch(local_registry: Regist
     with pytest.raises(NullValue) as caught:
         predictor.prepare(fixtures.numeric_table(x))
     assert caught.value.message == "column 'f1' has a NaN value at row 2"
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_a_matrix_gets_the_answers_its_table_gets(local_registry: Registry, dtype) -> None:
+    x, y = fixtures.numeric_data(37, seed=11)
+    schema = {name: "float" if dtype == np.float32 else "double" for name in fixtures.FEATURES}
+    local_registry.register(LogisticRegression().fit(x, y), "m", schema=schema)
+    predictor = local_registry.load("m")
+    matrix = Matrix(x, fixtures.FEATURES)
+    assert predictor.predict(matrix).equals(predictor.predict(fixtures.numeric_table(x)))
+    split = predictor.run(
+        [
+            predictor.prepare(Matrix(x[:5], fixtures.FEATURES)),
+            predictor.prepare(fixtures.numeric_table(x[5:])),
+        ]
+    )
+    assert pa.concat_tables(split).equals(predictor.predict(matrix))
+
+
+def test_a_matrix_with_a_nan_is_refused_like_its_table(local_registry: Registry) -> None:
+    local_registry.register(fixtures.logistic(), "m")
+    x, _ = fixtures.numeric_data(4, seed=5)
+    x[3, 2] = np.inf
+    with pytest.raises(NullValue) as caught:
+        local_registry.load("m").predict(Matrix(x, fixtures.FEATURES))
+    assert caught.value.message == "column 'f2' has an infinite value at row 3"

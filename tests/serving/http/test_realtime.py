@@ -193,6 +193,7 @@ def test_request_ids_are_echoed_or_made(server: Server) -> None:
 def test_metrics_count_requests_by_route_model_and_code(server: Server) -> None:
     client = server.client
     route = "/v1/models/{ref}:predict"
+    assert loaded(client, "lr").status_code == 200
     before = metric(client, "mmserve_requests_total", route=route, model="lr", code="200")
     errors = metric(client, "mmserve_errors_total", kind="MissingColumn")
     assert predict(client, "lr", rows(1)).status_code == 200
