@@ -59,7 +59,7 @@ class ModelServing(BaseModel):
     """Join concurrent requests for the model into one model call."""
     max_batch_size: int = Field(64, ge=1)
     """Most requests joined into one call."""
-    max_wait_ms: float = Field(0.0, ge=0)
+    max_wait_ms: float = Field(2.0, ge=0)
     """How long a batch formed under load waits to fill up before its call; 0 joins what
     queued while the previous call ran. An idle model never waits."""
     max_concurrency: int = Field(256, ge=1)

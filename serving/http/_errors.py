@@ -24,6 +24,15 @@ def error_response(request: Request, err: MMServeError, status: int) -> JSONResp
     return JSONResponse(body, status_code=status, headers=headers)
 
 
+def unexpected_response(request: Request, err: Exception) -> JSONResponse:
+    """A failure nobody foresaw: 500 with an error id, the traceback only in the log."""
+    request.app.state.metrics.errors.labels(type(err).__name__).inc()
+    return JSONResponse(
+        {"error": "internal error; see the server log", "error_id": log_failure(request, err)},
+        status_code=500,
+    )
+
+
 def log_failure(request: Request, err: BaseException) -> str:
     """Log ``err`` with its traceback under a new error id (and the request's id)."""
     error_id = uuid.uuid4().hex

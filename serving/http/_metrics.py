@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -32,6 +33,7 @@ class Metrics:
 
     def __init__(self, loaded_models: Callable[[], int]):
         self.registry = CollectorRegistry()
+        self._children: dict[tuple[str, ...], tuple[Any, Any]] = {}
         model = ["model", "version"]
         self.requests = Counter(
             "mmserve_requests",
@@ -86,6 +88,19 @@ class Metrics:
             multiprocess_mode="livesum",
         )
         loaded.set_function(loaded_models)
+
+    def observe_request(
+        self, route: str, model: str, version: object, code: int, seconds: float
+    ) -> None:
+        """Count one answered request (and time it, if it named a model)."""
+        key = (route, model, str(version), str(code))
+        children = self._children.get(key)
+        if children is None:  # labels() costs more than the count: keep its children
+            latency = self.latency.labels(*key[:3]) if model else None
+            children = self._children[key] = (self.requests.labels(*key), latency)
+        children[0].inc()
+        if children[1] is not None:
+            children[1].observe(seconds)
 
     def render(self) -> bytes:
         if "PROMETHEUS_MULTIPROC_DIR" in os.environ:

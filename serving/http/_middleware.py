@@ -7,16 +7,18 @@ than the rest of this module.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import re
+import secrets
 import time
-import uuid
 from typing import Any
 
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serving.http._auth import NO_KEY, has_key, needs_key
+from serving.http._fastlane import FastLane
 from serving.http._metrics import Metrics
 from serving.settings import Settings
 
@@ -31,10 +33,11 @@ access_log = logging.getLogger("mmserve.access")
 class RequestContext:
     """Request id, timing, per-route metrics and the access log around the app."""
 
-    def __init__(self, app: ASGIApp, metrics: Metrics, settings: Settings):
+    def __init__(self, app: ASGIApp, metrics: Metrics, settings: Settings, lane: FastLane):
         self.app = app
         self.metrics = metrics
         self.settings = settings
+        self.lane = lane
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -61,6 +64,8 @@ class RequestContext:
         try:
             if self.settings.api_key is not None and _refused(scope, self.settings):
                 await _unauthorized(scope, receive, send_with_headers)
+            elif (route := self.lane.match(scope)) is not None:
+                await self.lane.handle(route, scope, receive, send_with_headers)
             else:
                 await self.app(scope, receive, send_with_headers)
         finally:
@@ -69,9 +74,7 @@ class RequestContext:
     def _record(self, scope: Scope, state: dict[str, Any], status: int, seconds: float) -> None:
         route = getattr(scope.get("route"), "path", "unmatched")
         model, version = state.get("model", ("", ""))
-        self.metrics.requests.labels(route, model, version, status).inc()
-        if model:
-            self.metrics.latency.labels(route, model, version).observe(seconds)
+        self.metrics.observe_request(route, model, version, status, seconds)
         if access_log.isEnabledFor(logging.INFO):
             fields = {
                 "request_id": state["request_id"],
@@ -101,10 +104,15 @@ async def _unauthorized(scope: Scope, receive: Receive, send: Send) -> None:
 
 
 def _request_id(scope: Scope) -> str:
-    """The caller's ``X-Request-ID`` if it is a sane token, else a new one."""
+    """The caller's ``X-Request-ID`` if it is a sane token, else a new one: this process's
+    random prefix and a counter (unique, and cheaper than a uuid4 per request)."""
     for name, value in scope["headers"]:
         if name == b"x-request-id":
             text = value.decode("latin-1")
             if _VALID_ID.match(text):
                 return text
-    return uuid.uuid4().hex
+    return f"{_PREFIX}{next(_COUNTER):016x}"
+
+
+_PREFIX = secrets.token_hex(8)
+_COUNTER = itertools.count()
