@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: demo test install dev lint bench clean
+.PHONY: demo test install dev lint bench bench-realtime clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,9 @@ lint: dev
 
 bench: dev
 	$(BIN)/python benchmarks/predictor.py
+
+bench-realtime: dev  # about 5 minutes; installs wrk (apt) and MLServer (own venv) if absent
+	$(BIN)/python benchmarks/realtime.py
 
 clean:
 	rm -rf $(VENV) .mmserve .pytest_cache

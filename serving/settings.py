@@ -100,6 +100,9 @@ class Settings(BaseSettings):
     """Endpoints YAML file (variants, shadow, serverless)."""
     api_key: SecretStr | None = None
     """Key that predict routes require (``Authorization: Bearer`` or ``X-API-Key``); unset: open."""
+    opentelemetry: bool = False
+    """FastAPI's own OpenTelemetry tracing and metrics, for a configured OTel SDK; off, it
+    costs nothing (on, it looks the providers up on every request)."""
     max_payload_bytes: int = Field(6 * 1024 * 1024, gt=0)
     """Real-time request body limit."""
     request_timeout_s: float = Field(60.0, gt=0)

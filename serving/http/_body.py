@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any, TypeVar
 
 import pyarrow as pa
 from fastapi import Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ValidationError
 
 from serving.codecs import DecodeError
 from serving.errors import PayloadTooLarge
 from serving.http._dataplane import DataPlane
 from serving.predictor import Predictor
+from serving.registry import Registry
+
+M = TypeVar("M", bound=BaseModel)
 
 
 async def read_body(request: Request) -> bytes:
@@ -30,6 +36,30 @@ async def read_body(request: Request) -> bytes:
             raise PayloadTooLarge(limit)
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+async def parsed(request: Request, model: type[M]) -> M:
+    """The JSON body as ``model`` (an empty body is ``{}``). Read by the route, not by FastAPI
+    from its signature: FastAPI reads a declared body before the auth dependency runs, and
+    without a limit; this reads it after, within ``max_payload_bytes``."""
+    body = await read_body(request)
+    try:
+        return model.model_validate_json(body or b"{}")
+    except ValidationError as err:
+        errors = err.errors(include_url=False)
+        raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in errors]) from None
+
+
+def json_body(model: type[BaseModel], required: bool = True) -> dict[str, Any]:
+    """The OpenAPI request body (``openapi_extra``) of a route that reads ``model`` with
+    :func:`parsed`."""
+    schema = {"schema": model.model_json_schema()}
+    return {"requestBody": {"required": required, "content": {"application/json": schema}}}
+
+
+def registry_of(request: Request) -> Registry:
+    registry: Registry = request.app.state.registry
+    return registry
 
 
 async def score(

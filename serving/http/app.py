@@ -15,7 +15,7 @@ from starlette.exceptions import HTTPException
 
 import serving
 from serving.errors import MMServeError
-from serving.http import health, repository, sagemaker, v1, v2
+from serving.http import health, multimodel, repository, sagemaker, v1, v2
 from serving.http._auth import SECURITY_SCHEMES
 from serving.http._dataplane import DataPlane
 from serving.http._errors import error_response, unexpected_response
@@ -32,7 +32,13 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
     registry = registry or Registry.from_settings(settings)
     metrics = Metrics(loaded_models=lambda: len(registry.cache.keys()))
     dataplane = DataPlane(registry, settings, metrics)
-    app = FastAPI(title="mmserve", version=serving.__version__, lifespan=_lifespan)
+    otel = settings.opentelemetry
+    app = FastAPI(
+        title="mmserve",
+        version=serving.__version__,
+        lifespan=_lifespan,
+        telemetry={"tracing": otel, "metrics": otel, "logs": otel},
+    )
     app.state.settings = settings
     app.state.registry = registry
     app.state.metrics = metrics
@@ -42,7 +48,8 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
         [v1.predict, v2.infer, sagemaker.invocations],
     )
     app.add_middleware(RequestContext, metrics=metrics, settings=settings, lane=lane)
-    for router in (health.router, v1.router, v2.router, sagemaker.router, repository.router):
+    routers = [health, v1, v2, sagemaker, repository, multimodel]
+    for router in (module.router for module in routers):
         # The routes themselves, not include_router: FastAPI re-checks every included
         # router's routes on each request, which cost the predict path ~40 us.
         app.router.routes.extend(router.routes)

@@ -1,0 +1,635 @@
+"""Real-time serving: mmserve against the HTTP floor, a naive FastAPI app and MLServer, under wrk.
+
+    .venv/bin/python benchmarks/realtime.py [--quick] [--duration 10] [--concurrency 1,16,64]
+                                            [--models lr,rf] [--only floor,naive,mlserver,mmserve]
+
+Each server is its own process with one uvicorn worker on a free loopback port, pinned to
+core 0; wrk (one thread) runs pinned to core 1. Every request is one row of 20 float32
+features, in the format the server natively speaks. See benchmarks/README.md, "Real time".
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import joblib
+import numpy as np
+import pyarrow as pa
+import sklearn
+from rich.console import Console
+from rich.table import Table
+from sklearn.datasets import make_classification
+from sklearn.ensemble import RandomForestClassifier
+from sklearn.linear_model import LogisticRegression
+
+from serving.registry import Registry
+from serving.store import Store
+
+ROOT = Path(__file__).resolve().parent.parent
+HERE = ROOT / "benchmarks"
+WORK = HERE / ".work"
+RESULTS = WORK / "realtime.json"
+MLSERVER_VENV = WORK / "mlserver-venv"
+MLSERVER_PINS = (
+    "mlserver==1.7.1",
+    "mlserver-sklearn==1.7.1",
+    "uvloop==0.21.0",  # newer uvloop crashes MLServer 1.7.1 at start (SeldonIO/MLServer#2286)
+    f"scikit-learn=={sklearn.__version__}",  # the same estimator class as the pickle
+    f"joblib=={joblib.__version__}",
+)
+MLSERVER_BATCH = {"max_batch_size": 64, "max_batch_time": 0.002}
+SERVERS = ("floor", "naive", "mlserver", "mmserve")
+MODELS = ("lr", "rf")
+FEATURES = 20
+TARGET_C = 64  # the concurrency the issue sets its throughput targets at
+PROBA_TOLERANCE = 1e-6
+# Servers get one BLAS/OpenMP thread each: they are pinned to one core, where a second
+# thread can only wait for the first.
+ONE_THREAD = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+console = Console(width=110)
+
+
+@dataclass(frozen=True)
+class Options:
+    duration: int  # seconds per point (wrk takes whole seconds)
+    warmup: int
+    concurrency: tuple[int, ...]
+    models: tuple[str, ...]
+    servers: tuple[str, ...]
+    pin: bool
+
+
+@dataclass
+class Server:
+    """A peer to start: its command line, environment, and how it is spoken to."""
+
+    name: str
+    argv: list[str]
+    port: int
+    protocol: str  # "v1" ({"instances": ...} on /v1/models/{name}:predict) or "v2"
+    read_proba: Callable[[dict[str, Any]], list[float]] | None  # None: a constant answer
+    env: dict[str, str] = field(default_factory=dict)
+    ready: list[str] = field(default_factory=lambda: ["/v2/health/ready"])
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+
+@dataclass(frozen=True)
+class Point:
+    """One wrk run: a server, a model, a concurrency."""
+
+    server: str
+    model: str
+    concurrency: int
+    requests: int
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    http_errors: int  # responses with status >= 400, as wrk counts them
+    socket_errors: int  # connect, read, write errors and timeouts
+    load_1m: float  # load average at the end; the server and wrk alone make about 2
+
+
+@dataclass(frozen=True)
+class Target:
+    """One of the issue's targets, as measured."""
+
+    name: str
+    measured: str
+    met: bool
+
+
+@dataclass
+class Bench:
+    """One run of the benchmark: what it needs, and what it has found so far."""
+
+    options: Options
+    wrk: str
+    row: list[float]
+    expected: dict[str, list[float]]  # each model's predict_proba of the row, in-process
+    folder: Path  # artifacts and request bodies; temporary
+    points: list[Point] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+
+    def skip(self, what: str, why: str) -> None:
+        self.skipped[what] = why
+        console.print(f"[red]{what} skipped: {why}[/red]")
+
+
+# -- models ----------------------------------------------------------------------------------
+
+
+def train() -> dict[str, Any]:
+    x, y = make_classification(
+        n_samples=20_000, n_features=FEATURES, n_informative=10, random_state=0
+    )
+    x = x.astype(np.float32)
+    forest = RandomForestClassifier(n_estimators=100, max_depth=10, n_jobs=1, random_state=0)
+    return {"lr": LogisticRegression(max_iter=1000).fit(x, y), "rf": forest.fit(x, y)}
+
+
+def request_row() -> list[float]:
+    """The one row every request sends; 4 decimals, so every server parses the same floats."""
+    x, _ = make_classification(n_samples=1, n_features=FEATURES, random_state=1)
+    return [round(float(v), 4) for v in x[0]]
+
+
+def write_artifacts(models: dict[str, Any], folder: Path) -> None:
+    """The mmserve store, the naive app's joblib files, and MLServer's model repository."""
+    registry = Registry(Store.from_url(str(folder / "store")))
+    example = pa.table({f"f{i}": np.zeros(16, dtype=np.float32) for i in range(FEATURES)})
+    (folder / "joblib").mkdir()
+    for name, model in models.items():
+        registry.register(model, name=name, input_example=example)  # a float32 input schema
+        joblib.dump(model, folder / "joblib" / f"{name}.joblib")
+        repo = folder / "mlserver" / name
+        repo.mkdir(parents=True)
+        joblib.dump(model, repo / "model.joblib")
+        settings = {
+            "name": name,
+            "implementation": "mlserver_sklearn.SKLearnModel",
+            **MLSERVER_BATCH,
+            "parameters": {"uri": "./model.joblib"},
+        }
+        (repo / "model-settings.json").write_text(json.dumps(settings))
+
+
+# -- tools -----------------------------------------------------------------------------------
+
+
+def ensure_wrk() -> str:
+    found = shutil.which("wrk")
+    if found:
+        return found
+    console.print("wrk not found: apt-get install -y wrk")
+    install = ["apt-get", "install", "-y", "-q", "wrk"]
+    if subprocess.run(install, capture_output=True).returncode != 0:
+        subprocess.run(["apt-get", "update", "-q"], capture_output=True)
+        subprocess.run(install, capture_output=True, check=True)
+    return shutil.which("wrk") or sys.exit("wrk is still not on PATH after apt-get install")
+
+
+def ensure_mlserver() -> Path | None:
+    """MLServer's executable in its own venv, installed on first use; None if that fails."""
+    executable, stamp = MLSERVER_VENV / "bin" / "mlserver", MLSERVER_VENV / ".pins"
+    wanted = "\n".join(MLSERVER_PINS)
+    if executable.exists() and stamp.exists() and stamp.read_text() == wanted:
+        return executable
+    console.print(f"installing {', '.join(MLSERVER_PINS[:3])} into {MLSERVER_VENV} ...")
+    log = WORK / "logs" / "mlserver-install.log"
+    with log.open("w") as out:
+        steps = [
+            [sys.executable, "-m", "venv", "--clear", str(MLSERVER_VENV)],
+            [str(MLSERVER_VENV / "bin" / "pip"), "install", "-q", *MLSERVER_PINS],
+        ]
+        for step in steps:
+            if subprocess.run(step, stdout=out, stderr=subprocess.STDOUT).returncode != 0:
+                console.print(f"[red]MLServer skipped: its install failed; see {log}[/red]")
+                return None
+    stamp.write_text(wanted)
+    return executable
+
+
+# -- servers ---------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def uvicorn_app(name: str, factory: str, env: dict[str, str]) -> Server:
+    port = free_port()
+    argv = [sys.executable, "-m", "uvicorn", "--factory", f"apps:{factory}"]
+    argv += ["--app-dir", str(HERE / "realtime"), "--port", str(port)]
+    argv += ["--workers", "1", "--no-access-log", "--log-level", "warning"]
+    reader = _naive_proba if factory == "naive" else None
+    return Server(name, argv, port, "v1", reader, env)
+
+
+def mlserver(executable: Path, artifacts: Path, models: tuple[str, ...]) -> Server:
+    port, repo = free_port(), artifacts / "mlserver"
+    settings = {
+        "debug": False,  # debug (the default) writes an access-log line per request
+        "host": "127.0.0.1",
+        "http_port": port,
+        "grpc_port": free_port(),
+        "metrics_port": free_port(),
+        "parallel_workers": 0,  # infer in the server process: one process, like the others
+    }
+    (repo / "settings.json").write_text(json.dumps(settings))
+    ready = ["/v2/health/ready", *(f"/v2/models/{m}/ready" for m in models)]
+    return Server(
+        "mlserver", [str(executable), "start", str(repo)], port, "v2", _v2_proba, ready=ready
+    )
+
+
+def mmserve(artifacts: Path) -> Server:
+    port = free_port()
+    argv = [str(Path(sys.executable).parent / "mmserve"), "serve", "--port", str(port)]
+    argv += ["--log-level", "warning"]
+    env = {"MMSERVE_STORE_URL": str(artifacts / "store")}
+    return Server("mmserve", argv, port, "v1", _mmserve_proba, env)
+
+
+def build_servers(bench: Bench) -> list[Server]:
+    folder, servers = bench.folder, []
+    for name in bench.options.servers:
+        if name == "floor":
+            servers.append(uvicorn_app("floor", "floor", {}))
+        elif name == "naive":
+            servers.append(
+                uvicorn_app("naive", "naive", {"REALTIME_MODELS": str(folder / "joblib")})
+            )
+        elif name == "mlserver":
+            executable = ensure_mlserver()
+            if executable is None:
+                bench.skip("mlserver", "its install failed")
+            else:
+                servers.append(mlserver(executable, folder, bench.options.models))
+        elif name == "mmserve":
+            servers.append(mmserve(folder))
+    return servers
+
+
+@contextlib.contextmanager
+def running(server: Server, pin: bool) -> Iterator[None]:
+    """Start the server in its own process group; kill the whole group however we leave."""
+    log = WORK / "logs" / f"{server.name}.log"
+    argv = (["taskset", "-c", "0"] if pin else []) + server.argv
+    env = {**os.environ, **ONE_THREAD, **server.env}
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            argv, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        wait_ready(server, process, log)
+        yield
+    finally:
+        stop(process)
+
+
+def wait_ready(server: Server, process: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 120
+    for path in server.ready:
+        while not _answers(server.url(path)):
+            if process.poll() is not None:
+                raise RuntimeError(f"exited with {process.returncode}; {_tail_of(log)}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"not ready after 120 s; {_tail_of(log)}")
+            time.sleep(0.2)
+
+
+def _tail_of(log: Path, lines: int = 3) -> str:
+    last = log.read_text(errors="replace").strip().splitlines()[-lines:]
+    return f"{log} ends: " + " | ".join(last) if last else f"{log} is empty"
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=10)
+    # The group also holds any worker processes the server forked.
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+
+
+# -- requests --------------------------------------------------------------------------------
+
+
+def predict_path(server: Server, model: str) -> str:
+    if server.protocol == "v2":
+        return f"/v2/models/{model}/infer"
+    return f"/v1/models/{model}:predict"
+
+
+def request_body(server: Server, row: list[float]) -> bytes:
+    if server.protocol == "v2":
+        tensor = {"name": "input-0", "shape": [1, len(row)], "datatype": "FP32", "data": row}
+        # MLServer's scikit-learn runtime calls predict() unless predict_proba is asked for.
+        return json.dumps({"inputs": [tensor], "outputs": [{"name": "predict_proba"}]}).encode()
+    return json.dumps({"instances": [row]}).encode()
+
+
+def _naive_proba(answer: dict[str, Any]) -> list[float]:
+    return [float(p) for p in answer["predictions"][0]]
+
+
+def _mmserve_proba(answer: dict[str, Any]) -> list[float]:
+    row = answer["predictions"][0]
+    return [float(v) for k, v in row.items() if k.startswith("proba_")]
+
+
+def _v2_proba(answer: dict[str, Any]) -> list[float]:
+    return [float(p) for p in answer["outputs"][0]["data"]]
+
+
+def check(server: Server, model: str, body: bytes, expected: list[float]) -> str | None:
+    """Why the server's answer to one request is wrong, or None when it is right."""
+    request = urllib.request.Request(
+        server.url(predict_path(server, model)), body, {"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            answer = json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return f"HTTP {err.code}: {err.read()[:200]!r}"
+    except (OSError, ValueError) as err:
+        return f"no JSON answer: {err}"
+    if server.read_proba is None:
+        return None
+    got = server.read_proba(answer)
+    if len(got) != len(expected) or not np.allclose(got, expected, rtol=0, atol=PROBA_TOLERANCE):
+        return f"probabilities {got} differ from predict_proba's {expected}"
+    return None
+
+
+# -- load ------------------------------------------------------------------------------------
+
+
+def run_wrk(
+    wrk: str, url: str, body: Path, connections: int, seconds: int, pin: bool
+) -> dict[str, Any]:
+    argv = (["taskset", "-c", "1"] if pin else []) + [wrk, "-t1", f"-c{connections}"]
+    argv += [f"-d{seconds}s", "--timeout", "10s", "-s", str(HERE / "realtime" / "post.lua"), url]
+    env = {**os.environ, "WRK_BODY": str(body)}
+    try:
+        done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=seconds + 60)
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"wrk did not finish within {seconds + 60} s") from None
+    for line in done.stdout.splitlines():
+        if line.startswith("WRK_JSON "):
+            return dict(json.loads(line.removeprefix("WRK_JSON ")))
+    said = (done.stderr or done.stdout).strip().splitlines()[:2]
+    raise RuntimeError(f"wrk printed no result (exit {done.returncode}): {' | '.join(said)}")
+
+
+def measure(server: Server, model: str, body: Path, c: int, bench: Bench) -> Point:
+    url, options = server.url(predict_path(server, model)), bench.options
+    out = run_wrk(bench.wrk, url, body, c, options.duration, options.pin)
+    return Point(
+        server=server.name,
+        model=model,
+        concurrency=c,
+        requests=out["requests"],
+        rps=out["requests"] / (out["duration_us"] / 1e6),
+        p50_ms=out["p50_us"] / 1e3,
+        p99_ms=out["p99_us"] / 1e3,
+        http_errors=out["non_2xx"],
+        socket_errors=sum(out[k] for k in ("connect", "read", "write", "timeout")),
+        load_1m=round(os.getloadavg()[0], 2),
+    )
+
+
+def bench_server(server: Server, bench: Bench) -> None:
+    """Check the server's answer for each model, warm it up, then load it at each concurrency."""
+    body = bench.folder / f"body-{server.protocol}.json"
+    body.write_bytes(request_body(server, bench.row))
+    options = bench.options
+    for model in options.models:
+        problem = check(server, model, body.read_bytes(), bench.expected[model])
+        if problem is not None:
+            bench.skip(f"{server.name}/{model}", f"wrong answer: {problem}")
+            continue
+        agrees = "" if server.read_proba is None else ", with predict_proba's probabilities"
+        console.print(f"{server.name:>8} · {model} · answers 200{agrees}")
+        url = server.url(predict_path(server, model))
+        run_wrk(bench.wrk, url, body, max(options.concurrency), options.warmup, options.pin)
+        for c in options.concurrency:
+            point = measure(server, model, body, c, bench)
+            bench.points.append(point)
+            console.print(progress(point))
+
+
+def progress(point: Point) -> str:
+    flag = ""
+    if point.http_errors or point.socket_errors:
+        flag = f" [red]{point.http_errors} HTTP errors, {point.socket_errors} socket errors[/red]"
+    return (
+        f"{point.server:>8} · {point.model} · c={point.concurrency:<3} {point.rps:9,.0f} req/s"
+        f"  p50 {point.p50_ms:7.2f} ms  p99 {point.p99_ms:7.2f} ms{flag}"
+    )
+
+
+# -- report ----------------------------------------------------------------------------------
+
+
+Index = dict[tuple[str, str, int], Point]
+
+
+def results_table(model: str, points: Index, options: Options) -> Table:
+    table = Table(
+        "c",
+        "server",
+        "req/s",
+        "p50 ms",
+        "p99 ms",
+        "errors",
+        "mmserve ÷ server",
+        title=f"{model}: one row per request",
+    )
+    for c in options.concurrency:
+        ours = points.get(("mmserve", model, c))
+        for name in options.servers:
+            point = points.get((name, model, c))
+            if point is None:
+                continue
+            ratio = f"{ours.rps / point.rps:.2f}x" if ours and name != "mmserve" else ""
+            errors = point.http_errors + point.socket_errors
+            table.add_row(
+                str(c),
+                name,
+                f"{point.rps:,.0f}",
+                f"{point.p50_ms:.2f}",
+                f"{point.p99_ms:.2f}",
+                f"[red]{errors}[/red]" if errors else "0",
+                ratio,
+            )
+        table.add_section()
+    return table
+
+
+def targets(points: Index, models: tuple[str, ...]) -> list[Target]:
+    """The issue's targets for mmserve that this run has the figures for."""
+    found = [
+        _throughput(points, "lr", "floor", 0.75),
+        _throughput(points, "lr", "mlserver", 3.0),
+        _throughput(points, "rf", "mlserver", 2.0),
+        _tail(points, "rf", "mlserver"),
+        *(_idle_latency(points, model, "naive", 0.2) for model in models),
+    ]
+    return [target for target in found if target is not None]
+
+
+def _throughput(points: Index, model: str, peer: str, times: float) -> Target | None:
+    ours, theirs = points.get(("mmserve", model, TARGET_C)), points.get((peer, model, TARGET_C))
+    if ours is None or theirs is None:
+        return None
+    ratio = ours.rps / theirs.rps
+    name = f"{model} c={TARGET_C}: req/s >= {times:g}x {peer}'s"
+    return Target(name, f"{ratio:.2f}x", ratio >= times)
+
+
+def _tail(points: Index, model: str, peer: str) -> Target | None:
+    ours, theirs = points.get(("mmserve", model, TARGET_C)), points.get((peer, model, TARGET_C))
+    if ours is None or theirs is None:
+        return None
+    measured = f"{ours.p99_ms:.1f} vs {theirs.p99_ms:.1f} ms"
+    return Target(
+        f"{model} c={TARGET_C}: p99 below {peer}'s", measured, ours.p99_ms < theirs.p99_ms
+    )
+
+
+def _idle_latency(points: Index, model: str, peer: str, slack_ms: float) -> Target | None:
+    ours, theirs = points.get(("mmserve", model, 1)), points.get((peer, model, 1))
+    if ours is None or theirs is None:
+        return None
+    delta = ours.p50_ms - theirs.p50_ms
+    name = f"{model} c=1: p50 within {slack_ms:g} ms of {peer}'s"
+    return Target(name, f"{delta:+.2f} ms", delta <= slack_ms)
+
+
+def targets_table(found: list[Target]) -> Table:
+    table = Table("target", "measured", "result", title="the issue's targets for mmserve")
+    for target in found:
+        verdict = "PASS" if target.met else "[bold red]MISS[/bold red]"
+        table.add_row(target.name, target.measured, verdict)
+    return table
+
+
+def machine() -> dict[str, Any]:
+    wrk = subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout.split(" [")[0]
+    return {
+        "host": platform.node(),
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "scikit-learn": sklearn.__version__,
+        "wrk": wrk,
+        "load_average_1m_at_end": round(os.getloadavg()[0], 2),
+    }
+
+
+def write_json(bench: Bench, found: list[Target], load_at_start: float) -> None:
+    document = {
+        "date": datetime.now().astimezone().isoformat(timespec="seconds"),
+        "command": " ".join(sys.argv),
+        "machine": {**machine(), "load_average_1m_at_start": round(load_at_start, 2)},
+        "options": asdict(bench.options),
+        "mlserver": {"pins": list(MLSERVER_PINS), **MLSERVER_BATCH},
+        "points": [asdict(p) for p in bench.points],
+        "targets": [asdict(t) for t in found],
+        "skipped": bench.skipped,
+    }
+    RESULTS.write_text(json.dumps(document, indent=2) + "\n")
+
+
+# -- main ------------------------------------------------------------------------------------
+
+
+def parse_options() -> Options:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="3 s per point, 1 s warm-up")
+    parser.add_argument("--duration", type=int, help="seconds per point (default 10)")
+    parser.add_argument("--warmup", type=int, help="seconds of warm-up per server and model")
+    parser.add_argument("--concurrency", default="1,16,64", help="open connections, e.g. 1,16,64")
+    parser.add_argument("--models", default=",".join(MODELS), help="of: lr, rf")
+    parser.add_argument("--only", default=",".join(SERVERS), help=f"of: {', '.join(SERVERS)}")
+    parser.add_argument("--no-pin", action="store_true", help="do not pin servers and wrk to cores")
+    args = parser.parse_args()
+    models, servers = _names(args.models, MODELS, parser), _names(args.only, SERVERS, parser)
+    return Options(
+        duration=args.duration or (3 if args.quick else 10),
+        warmup=args.warmup or (1 if args.quick else 3),
+        concurrency=tuple(int(c) for c in args.concurrency.split(",")),
+        models=models,
+        servers=servers,
+        pin=not args.no_pin and (os.cpu_count() or 1) >= 2,
+    )
+
+
+def _names(given: str, known: tuple[str, ...], parser: argparse.ArgumentParser) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in given.split(",") if n.strip())
+    unknown = set(names) - set(known)
+    if unknown:
+        parser.error(f"unknown {', '.join(sorted(unknown))}; choose from {', '.join(known)}")
+    return tuple(n for n in known if n in names)  # in the canonical order
+
+
+def run(options: Options, folder: Path) -> Bench:
+    models = {name: m for name, m in train().items() if name in options.models}
+    row = request_row()
+    x = np.asarray([row], dtype=np.float32)
+    expected = {name: m.predict_proba(x)[0].tolist() for name, m in models.items()}
+    bench = Bench(options, ensure_wrk(), row, expected, folder)
+    write_artifacts(models, folder)
+    for server in build_servers(bench):
+        try:
+            with running(server, options.pin):
+                bench_server(server, bench)
+        except RuntimeError as err:
+            bench.skip(server.name, str(err))
+    return bench
+
+
+def main() -> None:
+    # Ctrl-C and SIGTERM unwind through ``running``, which stops every server started (SIGINT
+    # too, as a shell starting us in the background may have set it to be ignored).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    options = parse_options()
+    (WORK / "logs").mkdir(parents=True, exist_ok=True)
+    pinning = "servers on core 0, wrk on core 1" if options.pin else "not pinned"
+    console.print(f"{platform.node()} · {os.cpu_count()} cores · {pinning}")
+    load = os.getloadavg()[0]
+    if load > 0.5:
+        console.print(f"[yellow]load average {load:.2f}: something else is using the CPUs[/yellow]")
+    with tempfile.TemporaryDirectory(prefix="realtime-") as tmp:
+        bench = run(options, Path(tmp))
+    index = {(p.server, p.model, p.concurrency): p for p in bench.points}
+    for model in options.models:
+        if any(key[1] == model for key in index):
+            console.print(results_table(model, index, options))
+    found = targets(index, options.models)
+    console.print(targets_table(found))
+    write_json(bench, found, load)
+    console.print(f"written to {RESULTS.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except KeyboardInterrupt:
+        console.print("interrupted; every server it started is stopped")
+        sys.exit(130)
