@@ -54,7 +54,7 @@ def test_versioned_route_and_nested_data(server: Server) -> None:
 
 
 def test_a_standard_client_with_its_binary_defaults(server: Server, client) -> None:  # type: ignore[no-untyped-def]
-    assert client.is_server_live() and client.is_model_ready("lr")
+    assert client.is_server_live()
     x, _ = fixtures.numeric_data(40, seed=14)
     tensor = triton.InferInput("input__0", list(x.shape), "FP64")
     tensor.set_data_from_numpy(x)  # binary_data=True by default
@@ -62,6 +62,7 @@ def test_a_standard_client_with_its_binary_defaults(server: Server, client) -> N
     expected = server.registry.load("lr").predict(fixtures.numeric_table(x))
     np.testing.assert_array_equal(result.as_numpy("proba_1"), expected["proba_1"].to_numpy())
     np.testing.assert_array_equal(result.as_numpy("label"), expected["label"].to_numpy())
+    assert client.is_model_ready("lr")  # loaded by the request (ready means loaded)
 
 
 def test_a_standard_client_with_named_tensors_and_strings(server: Server, client) -> None:  # type: ignore[no-untyped-def]
