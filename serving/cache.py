@@ -114,13 +114,16 @@ class ModelCache:
                 del self._entries[key]
         return keys
 
-    def evict_idle(
-        self, idle_seconds: float, keep: Callable[[Hashable], bool] = lambda _: False
-    ) -> list[Hashable]:
-        """Drop entries unused for ``idle_seconds`` (unless ``keep(key)``); returns their keys."""
-        cutoff = time.monotonic() - idle_seconds
+    def evict_idle(self, ttl: Callable[[Hashable], float | None]) -> list[Hashable]:
+        """Drop the entries unused for longer than ``ttl(key)`` seconds (``None``: never);
+        returns their keys."""
+        now = time.monotonic()
         with self._lock:
-            idle = [k for k, e in self._entries.items() if e.last_used < cutoff and not keep(k)]
+            idle = []
+            for key, entry in self._entries.items():
+                limit = ttl(key)
+                if limit is not None and now - entry.last_used > limit:
+                    idle.append(key)
             for key in idle:
                 del self._entries[key]
         return idle

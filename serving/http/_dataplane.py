@@ -8,7 +8,6 @@ micro-batch and hands back the request's own answer, all within the request time
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -150,16 +149,10 @@ class DataPlane:
     def unload_idle(self) -> list[Key]:
         """Unload the models unused for longer than their idle TTL (serverless); provisioned
         models stay. Returns the unloaded keys."""
-        now, unloaded = time.monotonic(), []
-        for key in cast(list[Key], self.registry.cache.keys()):
-            ttl = self.idle_ttl(key[0])
-            entry = self.registry.cache.entry(key)
-            if ttl is None or entry is None or now - entry.last_used <= ttl:
-                continue
-            if self.registry.cache.discard(key):
-                self._batchers.pop(key, None)
-                unloaded.append(key)
-        return unloaded
+        unloaded = self.registry.cache.evict_idle(lambda key: self.idle_ttl(key[0]))  # type: ignore[index]
+        for key in unloaded:
+            self._batchers.pop(key, None)  # type: ignore[call-overload]
+        return cast(list[Key], unloaded)
 
     def idle_ttl(self, name: str) -> float | None:
         """How long ``name`` may stay unused before it unloads; ``None``: it stays."""

@@ -89,7 +89,7 @@ def test_idle_entries_are_evicted_unless_kept() -> None:
         cache.get_or_load(key, lambda: (object(), 1))
     time.sleep(0.05)
     cache.get("warm")
-    evicted = cache.evict_idle(0.04, keep=lambda key: key == "provisioned")
+    evicted = cache.evict_idle(lambda key: None if key == "provisioned" else 0.04)
     assert (evicted, cache.keys()) == (["idle"], ["provisioned", "warm"])
 
 
