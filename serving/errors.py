@@ -11,13 +11,15 @@ the batch runner writes it into rejects, the stream consumer dead-letters it.
     │   ├── ModelNotFound
     │   ├── VersionNotFound
     │   ├── AliasNotFound
-    │   └── ModelNotLoaded              a multi-model endpoint name that is not loaded
+    │   ├── ModelNotLoaded              a multi-model endpoint name that is not loaded
+    │   └── JobNotFound                 no async job has that token
     ├── Conflict (409)
     │   ├── AlreadyExists               an exclusive store write found the key taken
     │   ├── ConcurrentUpdate            a compare-and-swap kept losing
     │   ├── NotApproved                 a protected alias aimed at an unapproved version
     │   ├── AliasInUse                  rejecting a version a protected alias points at
-    │   └── ModelAlreadyLoaded          loading a multi-model endpoint name twice
+    │   ├── ModelAlreadyLoaded          loading a multi-model endpoint name twice
+    │   └── JobNotReady                 a job's result before it succeeded, or a late cancel
     ├── Unauthorized (401)              a missing or wrong admin token or API key
     ├── Forbidden (403)
     │   ├── UntrustedArtifact           pickle without trust, or skops types not trusted
@@ -36,7 +38,8 @@ the batch runner writes it into rejects, the stream consumer dead-letters it.
     ├── ModelLoading (503, retryable)   the model did not finish loading in time
     ├── RequestTimeout (504)            a request ran past the configured timeout
     ├── ModelTooLarge (507)             a model bigger than the whole model cache
-    └── StoreUnavailable (503, retryable)
+    ├── StoreUnavailable (503, retryable)
+    └── QueueUnavailable (503, retryable) the broker did not take a job (the sweep will)
 """
 
 from __future__ import annotations
@@ -109,6 +112,12 @@ class ModelNotLoaded(NotFound):
         self.name = name
 
 
+class JobNotFound(NotFound):
+    def __init__(self, token: str) -> None:
+        super().__init__(f"no job {token!r}")
+        self.token = token
+
+
 class Conflict(MMServeError):
     status = HTTPStatus.CONFLICT
 
@@ -146,6 +155,12 @@ class ModelAlreadyLoaded(Conflict):
     def __init__(self, name: str, ref: str) -> None:
         super().__init__(f"model {name!r} is already loaded (as {ref}); unload it first")
         self.name, self.ref = name, ref
+
+
+class JobNotReady(Conflict):
+    def __init__(self, token: str, status: str, wanted: str) -> None:
+        super().__init__(f"job {token} is {status}: {wanted}")
+        self.token, self.job_status = token, status
 
 
 class Unauthorized(MMServeError):
@@ -281,6 +296,19 @@ class StoreUnavailable(MMServeError):
     def __init__(self, url: str, err: BaseException) -> None:
         super().__init__(f"object store {url} is unavailable: {err}")
         self.url = url
+
+
+class QueueUnavailable(MMServeError):
+    status = HTTPStatus.SERVICE_UNAVAILABLE
+    retryable = True
+    retry_after = 5
+
+    def __init__(self, token: str, err: BaseException) -> None:
+        super().__init__(
+            f"job {token} is stored but the queue did not take it ({err}); "
+            "it will be enqueued when the queue is back"
+        )
+        self.token = token
 
 
 def _size(n: int) -> str:

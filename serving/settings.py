@@ -81,6 +81,30 @@ class ServerlessSettings(BaseModel):
     """Most in-flight predict requests on the whole server; more get 429 (None: no cap)."""
 
 
+class JobSettings(BaseModel):
+    """Asynchronous jobs: limits, delivery and recovery."""
+
+    max_payload_bytes: int = Field(1024**3, gt=0)
+    """Largest input a job may upload through the API (streamed to the store)."""
+    time_limit_s: float = Field(3600.0, gt=0)
+    """Longest a job may run (a job may ask for less); past it, it fails with that reason."""
+    max_deliveries: int = Field(3, ge=1)
+    """A job whose worker died this many times while running it fails instead of looping."""
+    lease_s: float = Field(60.0, gt=0)
+    """A running job's lease, renewed by its worker a few times per period; a job whose
+    lease lapsed (its worker died) is run again by the sweep."""
+    sweep_interval_s: float = Field(60.0, gt=0)
+    """How often the sweep looks for jobs whose queue message was lost."""
+    sweep_grace_s: float = Field(30.0, ge=0)
+    """How old a job must be before the sweep may re-enqueue it (submits still in flight)."""
+    retries: int = Field(5, ge=0)
+    """Retries, with backoff, of a job that met a transient error (store or Redis away)."""
+    callback_attempts: int = Field(5, ge=1)
+    """Attempts to deliver a notification, with backoff; a failing callback never fails the job."""
+    queue: str = "mmserve.jobs"
+    """Celery queue of the jobs."""
+
+
 class Settings(BaseSettings):
     """All of mmserve's settings. Nested groups use ``__``: ``MMSERVE_CACHE__MAX_MODELS=8``."""
 
@@ -116,6 +140,8 @@ class Settings(BaseSettings):
     ``MMSERVE_MODELS='{"rf": {"max_batch_size": 128}}'``."""
     serverless: ServerlessSettings = ServerlessSettings()
     """Scale-to-zero policy."""
+    jobs: JobSettings = JobSettings()
+    """Asynchronous jobs (``MMSERVE_JOBS__TIME_LIMIT_S=600``...)."""
     cache: CacheSettings = CacheSettings()
     """Loaded-model cache bounds."""
     registry: RegistrySettings = RegistrySettings()

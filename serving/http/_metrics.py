@@ -9,7 +9,7 @@ multiprocess mode).
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import (
@@ -21,6 +21,15 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from workers.queue import LATENCY_BUCKETS as JOB_BUCKETS
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
@@ -102,9 +111,52 @@ class Metrics:
         if children[1] is not None:
             children[1].observe(seconds)
 
+    def watch_jobs(self, queue: Any) -> None:
+        """Export the async jobs' figures: queue depth, and the counters every worker adds to
+        (kept beside the queue, so one scrape of any API process sees all workers)."""
+        self.registry.register(_JobsCollector(queue))
+
     def render(self) -> bytes:
         if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
             registry = CollectorRegistry()
             multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
             return generate_latest(registry)
         return generate_latest(self.registry)
+
+
+class _JobsCollector(Collector):
+    def __init__(self, queue: Any):
+        self.queue = queue
+
+    def describe(self) -> list[Metric]:
+        return []  # collected at scrape time only (Redis may be away at start)
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            depth, counters = self.queue.depth(), self.queue.counters()
+        except Exception:  # the broker is away: no job figures this scrape
+            return
+        yield GaugeMetricFamily("mmserve_jobs_queued", "Job messages waiting in the queue.", depth)
+        finished = CounterMetricFamily(
+            "mmserve_jobs_finished",
+            "Jobs finished, by status and kind of error.",
+            labels=["status", "kind"],
+        )
+        finished.add_metric(["succeeded", ""], counters.get("succeeded", 0))
+        for field, value in counters.items():
+            if field.startswith("failed:"):
+                finished.add_metric(["failed", field.removeprefix("failed:")], value)
+        yield finished
+        yield CounterMetricFamily(
+            "mmserve_job_retries",
+            "Job runs retried after a transient error.",
+            counters.get("retries", 0),
+        )
+        buckets = [(str(bound), counters.get(f"latency_le:{bound}", 0)) for bound in JOB_BUCKETS]
+        count = counters.get("latency_count", 0)
+        yield HistogramMetricFamily(
+            "mmserve_job_seconds",
+            "Time from submit to finish of a job.",
+            buckets=[*buckets, ("+Inf", count)],
+            sum_value=counters.get("latency_sum", 0),
+        )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -12,10 +13,11 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
+from starlette.types import Receive, Scope, Send
 
 import serving
 from serving.errors import MMServeError
-from serving.http import health, multimodel, repository, sagemaker, v1, v2
+from serving.http import health, jobs, multimodel, repository, sagemaker, v1, v2
 from serving.http._auth import SECURITY_SCHEMES
 from serving.http._dataplane import DataPlane
 from serving.http._errors import error_response, unexpected_response
@@ -24,6 +26,11 @@ from serving.http._metrics import Metrics
 from serving.http._middleware import RequestContext
 from serving.registry import Registry
 from serving.settings import Settings
+from workers import job_runner
+from workers.queue import LocalQueue
+from workers.runner import Runner
+
+log = logging.getLogger("mmserve.http")
 
 
 def create_app(settings: Settings | None = None, registry: Registry | None = None) -> FastAPI:
@@ -33,7 +40,7 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
     metrics = Metrics(loaded_models=lambda: len(registry.cache.keys()))
     dataplane = DataPlane(registry, settings, metrics)
     otel = settings.opentelemetry
-    app = FastAPI(
+    app = _App(
         title="mmserve",
         version=serving.__version__,
         lifespan=_lifespan,
@@ -43,12 +50,14 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
     app.state.registry = registry
     app.state.metrics = metrics
     app.state.dataplane = dataplane
+    app.state.jobs = job_runner(settings, registry)
+    metrics.watch_jobs(app.state.jobs.queue)
     lane = FastLane(
         [*v1.router.routes, *v2.router.routes, *sagemaker.router.routes],
         [v1.predict, v2.infer, sagemaker.invocations],
     )
-    app.add_middleware(RequestContext, metrics=metrics, settings=settings, lane=lane)
-    routers = [health, v1, v2, sagemaker, repository, multimodel]
+    app.front = RequestContext(app.inner, metrics=metrics, settings=settings, lane=lane)
+    routers = [health, v1, v2, sagemaker, jobs, repository, multimodel]
     for router in (module.router for module in routers):
         # The routes themselves, not include_router: FastAPI re-checks every included
         # router's routes on each request, which cost the predict path ~40 us.
@@ -57,6 +66,22 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
         _declare_api_key(app)
     _add_error_handlers(app)
     return app
+
+
+class _App(FastAPI):
+    """FastAPI with the request context in front of its whole stack rather than inside it
+    (where ``add_middleware`` puts it): the predict requests it answers itself skip the
+    error, telemetry and body-limit layers, a tenth of a one-row request. The rest go
+    through the whole stack as usual."""
+
+    front: RequestContext
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        scope["app"] = self  # as Starlette sets it: routes find the state through it
+        await self.front(scope, receive, send)
+
+    async def inner(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await super().__call__(scope, receive, send)
 
 
 def _declare_api_key(app: FastAPI) -> None:
@@ -78,6 +103,7 @@ def _declare_api_key(app: FastAPI) -> None:
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Warm the provisioned models and, when serverless, unload idle ones, in the background."""
     dataplane: DataPlane = app.state.dataplane
+    runner: Runner = app.state.jobs
     # Everything imported and built so far lives as long as the server: out of the
     # collector's way, so no full collection walks it (pauses of tens of ms, seen as p99).
     gc.freeze()
@@ -85,9 +111,24 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         asyncio.create_task(dataplane.provision()),
         asyncio.create_task(dataplane.unload_idle_forever()),
     ]
+    if isinstance(runner.queue, LocalQueue):  # embedded mode: this process sweeps its jobs
+        tasks.append(asyncio.create_task(_sweep_forever(runner)))
     yield
     for task in tasks:
         task.cancel()
+    if isinstance(runner.queue, LocalQueue):
+        runner.queue.close()
+
+
+async def _sweep_forever(runner: Runner) -> None:
+    """Embedded mode's beat: the sweep, at start (jobs a stopped server left) and then
+    every ``sweep_interval_s``."""
+    while True:
+        try:
+            await asyncio.to_thread(runner.sweep)
+        except Exception:
+            log.exception("the job sweep failed; trying again later")
+        await asyncio.sleep(runner.settings.sweep_interval_s)
 
 
 def _add_error_handlers(app: FastAPI) -> None:

@@ -1,0 +1,305 @@
+"""Asynchronous inference: submit a payload, get a token at once, poll it.
+
+- ``POST /v1/models/{ref}/async``: the payload as the body (any format of the real-time
+  routes, streamed to the store, up to ``MMSERVE_JOBS__MAX_PAYLOAD_BYTES``), or
+  ``{"input_location": ...}`` naming an object already in the store.
+- ``GET /v1/jobs/{token}``, ``GET /v1/jobs/{token}/result``, ``DELETE /v1/jobs/{token}``.
+- ``POST /endpoints/{name}/async-invocations``: SageMaker's asynchronous invocation.
+
+A 202 is sent only once the input and the job record are in the store. The record is
+written before the message is published (an outbox): when the queue is away, the client
+gets 503, the record says why, and the sweep enqueues the job when the queue is back.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from datetime import timedelta
+from typing import Any
+from urllib.parse import urlparse
+
+import anyio
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
+
+from serving import codecs
+from serving.codecs import DecodeError, media_type, sagemaker
+from serving.errors import InvalidName, JobNotReady, PayloadTooLarge, QueueUnavailable
+from serving.store import validate_key
+from workers.jobs import Job, JobError, Status, key, new_token, now, valid_token
+from workers.runner import Runner, location
+
+router = APIRouter(tags=["async"])
+
+SAGEMAKER = "x-amzn-sagemaker-"
+_POINTER_BYTES = 64 * 1024  # a JSON body this small may be {"input_location": ...}
+_CHUNK = 1024 * 1024
+_SAGEMAKER_TTL_S = 6 * 3600  # SageMaker's default and longest RequestTTLSeconds
+_CANCELLED = JobError(type="Cancelled", message="cancelled by the client")
+
+
+@router.post("/v1/models/{ref}/async", status_code=202, summary="Submit an asynchronous job")
+async def submit(ref: str, request: Request) -> Response:
+    """Store the payload (the body, or the object ``{"input_location": ...}`` names) and queue
+    a job for it; answers 202 with the job's token and where its answer will be."""
+    runner = _runner(request)
+    headers = request.headers
+    kind = media_type(headers.get("content-type"), codecs.JSON, sagemaker.ACCEPTED)
+    fields = await _pointer(request) if kind == codecs.JSON else None
+    options = fields or {}
+    answer = media_type(options.get("accept") or headers.get("accept"), kind, sagemaker.ACCEPTED)
+    idempotency_key = options.get("idempotency_key") or headers.get("idempotency-key")
+    callback = _callback(options.get("callback_url") or headers.get("x-callback-url"))
+    job = _new_job(request, ref, kind, answer, callback, idempotency_key)
+    if fields is not None:
+        job.input_key = _store_key(runner, _field(fields, "input_location"))
+        job.content_type = media_type(fields.get("content_type"), codecs.CSV, sagemaker.ACCEPTED)
+    job = await _accept(runner, job, request if fields is None else None)
+    view = _view(request, runner, job)
+    return JSONResponse(view, status_code=202, headers={"Location": view["status_url"]})
+
+
+@router.post(
+    "/endpoints/{name}/async-invocations",
+    status_code=202,
+    summary="Invoke asynchronously (SageMaker)",
+)
+async def async_invocations(name: str, request: Request) -> Response:
+    """SageMaker's InvokeEndpointAsync: the input is already in the store; the output and
+    failure locations are known before the job runs (a client may poll the store)."""
+    runner, headers = _runner(request), request.headers
+    input_location = headers.get(f"{SAGEMAKER}inputlocation")
+    if not input_location:
+        raise DecodeError("request", "the header X-Amzn-SageMaker-InputLocation is required")
+    kind = media_type(headers.get(f"{SAGEMAKER}content-type"), codecs.CSV, sagemaker.ACCEPTED)
+    answer = media_type(headers.get(f"{SAGEMAKER}accept"), kind, sagemaker.ACCEPTED)
+    inference_id = headers.get(f"{SAGEMAKER}inference-id") or str(uuid.uuid4())
+    job = _new_job(request, name, kind, answer, None, inference_id)
+    job.input_key = _store_key(runner, input_location)
+    ttl = _seconds(headers, "requestttlseconds", 60, _SAGEMAKER_TTL_S) or _SAGEMAKER_TTL_S
+    job.expires_at = job.created_at + timedelta(seconds=ttl)
+    limit = runner.settings.time_limit_s
+    job.time_limit_s = _seconds(headers, "invocationtimeoutseconds", 1, limit) or limit
+    job = await _accept(runner, job, None)
+    output = location(runner.store, job.output_key)
+    return JSONResponse(
+        {"InferenceId": inference_id, "OutputLocation": output},
+        status_code=202,
+        headers={
+            "X-Amzn-SageMaker-OutputLocation": output,
+            "X-Amzn-SageMaker-FailureLocation": location(runner.store, job.error_key),
+            "Location": str(request.url_for("status", token=job.id)),
+        },
+    )
+
+
+@router.get("/v1/jobs/{token}", summary="A job's status")
+async def status(token: str, request: Request) -> dict[str, Any]:
+    runner = _runner(request)
+    job = await run_in_threadpool(runner.jobs.get, valid_token(token))
+    return _view(request, runner, job)
+
+
+@router.get("/v1/jobs/{token}/result", summary="A job's answer")
+async def result(token: str, request: Request) -> Response:
+    """The answer of a job that succeeded, streamed from the store, in the format asked for
+    at submit (``Accept`` then; the store object a client may read itself is the same)."""
+    runner = _runner(request)
+    job = await run_in_threadpool(runner.jobs.get, valid_token(token))
+    if job.status is not Status.SUCCEEDED:
+        wanted = "its result exists once it succeeded"
+        if job.error is not None:
+            wanted = f"it failed ({job.error.type}: {job.error.message})"
+        raise JobNotReady(job.id, job.status.value, wanted)
+    stream = await run_in_threadpool(runner.store.open_input, job.output_key)
+    return StreamingResponse(iterate_in_threadpool(_chunks(stream)), media_type=job.accept)
+
+
+@router.delete("/v1/jobs/{token}", summary="Cancel a queued job")
+async def cancel(token: str, request: Request) -> dict[str, Any]:
+    runner = _runner(request)
+
+    def cancelled(job: Job) -> Job:
+        if job.status is not Status.QUEUED:
+            raise JobNotReady(job.id, job.status.value, "only a queued job can be cancelled")
+        return job.finish(Status.CANCELLED, _CANCELLED)
+
+    job = await run_in_threadpool(runner.jobs.update, valid_token(token), cancelled)
+    return _view(request, runner, job)
+
+
+# -- submitting ------------------------------------------------------------------------------
+
+
+def _runner(request: Request) -> Runner:
+    runner: Runner = request.app.state.jobs
+    return runner
+
+
+def _new_job(
+    request: Request,
+    ref: str,
+    kind: str,
+    answer: str,
+    callback: str | None,
+    idempotency_key: str | None,
+) -> Job:
+    token = new_token()
+    return Job(
+        id=token,
+        model=ref,
+        requested=ref,
+        content_type=kind,
+        accept=answer,
+        input_key=key(token, "input"),
+        created_at=now(),
+        time_limit_s=_runner(request).settings.time_limit_s,
+        callback_url=callback,
+        idempotency_key=idempotency_key,
+    )
+
+
+async def _accept(runner: Runner, job: Job, body: Request | None) -> Job:
+    """Pin the model version, store the input (``body``'s, if given) and the record, publish;
+    the job submitted earlier with the same idempotency key, if there is one."""
+    name, version = await run_in_threadpool(runner.registry.resolve, job.requested)
+    job.model = f"{name}:{version}"
+    if job.idempotency_key is not None:
+        earlier = await run_in_threadpool(runner.jobs.token_of, job.idempotency_key)
+        if earlier is not None:
+            return await run_in_threadpool(runner.jobs.get, earlier)
+    if body is not None:
+        await _upload(body, runner, job.input_key)
+    elif not await run_in_threadpool(runner.store.exists, job.input_key):
+        raise DecodeError("request", f"no object at the input location {job.input_key!r}")
+    if job.idempotency_key is not None:
+        first = await run_in_threadpool(runner.jobs.claim_key, job.idempotency_key, job.id)
+        if first != job.id:  # a concurrent submit with the same key won
+            return await run_in_threadpool(runner.jobs.get, first)
+    await run_in_threadpool(runner.jobs.create, job)
+    try:
+        await run_in_threadpool(runner.queue.enqueue, job)
+    except QueueUnavailable as err:
+        update = {"queue_error": str(err.__cause__ or err)}
+        await run_in_threadpool(runner.jobs.update, job.id, lambda j: j.model_copy(update=update))
+        raise
+    return job
+
+
+async def _pointer(request: Request) -> dict[str, Any] | None:
+    """The fields of a small JSON body that names its input (``input_location``) instead of
+    being it; ``None`` for any other body (left unread, to be streamed)."""
+    declared = request.headers.get("content-length")
+    if declared is None or not declared.isdigit() or int(declared) > _POINTER_BYTES:
+        return None
+    body = await request.body()  # small: cached, and streamed from the cache by _upload
+    try:
+        document = json.loads(body)
+    except (ValueError, RecursionError):
+        return None  # not JSON: the worker reports that, as for any bad payload
+    return document if isinstance(document, dict) and "input_location" in document else None
+
+
+def _field(fields: dict[str, Any], name: str) -> str:
+    value = fields.get(name)
+    if not isinstance(value, str) or not value:
+        raise DecodeError(codecs.JSON, f"{name!r} must be a non-empty string")
+    return value
+
+
+def _store_key(runner: Runner, where: str) -> str:
+    """The store key of an input location: a URL under the store's root, or a key."""
+    root = runner.store.url.rstrip("/") + "/"
+    relative = where.removeprefix(root)
+    if relative == where and "://" in where:
+        raise InvalidName("input location", where, f"must be an object under {root}")
+    return validate_key(relative)
+
+
+def _callback(url: str | None) -> str | None:
+    if url is None:
+        return None
+    parsed = urlparse(url)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise InvalidName("callback URL", url, "must be an http:// or https:// URL")
+    return url
+
+
+def _seconds(headers: Any, name: str, low: int, high: float) -> int | None:
+    value = headers.get(f"{SAGEMAKER}{name}")
+    if value is None:
+        return None
+    if not value.isdigit() or not low <= int(value) <= high:
+        rule = f"must be {low} to {int(high)} seconds"
+        raise DecodeError("request", f"X-Amzn-SageMaker-{name} {rule}")
+    return int(value)
+
+
+async def _upload(request: Request, runner: Runner, input_key: str) -> None:
+    """Stream the body into the store; the object appears only whole, and the body is never
+    held whole in memory. 413 as soon as it passes the limit."""
+    limit = runner.settings.max_payload_bytes
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(limit)
+    chunks = request.stream().__aiter__()
+
+    def write() -> None:
+        size = 0
+        with runner.store.open_output(input_key) as out:
+            for chunk in _pulled(chunks):
+                size += len(chunk)
+                if size > limit:
+                    raise PayloadTooLarge(limit)
+                out.write(chunk)
+        if size == 0:
+            raise DecodeError("request", "the body is empty")
+
+    await anyio.to_thread.run_sync(write)
+
+
+def _pulled(chunks: AsyncIterator[bytes]) -> Iterator[bytes]:
+    """The body's chunks, from a worker thread, joined into writes of about a megabyte."""
+    pending: list[bytes] = []
+    size = 0
+    while True:
+        try:
+            chunk: bytes = anyio.from_thread.run(chunks.__anext__)  # type: ignore[arg-type]
+        except StopAsyncIteration:
+            break
+        pending.append(chunk)
+        size += len(chunk)
+        if size >= _CHUNK:
+            yield b"".join(pending)
+            pending, size = [], 0
+    if pending:
+        yield b"".join(pending)
+
+
+# -- answering -------------------------------------------------------------------------------
+
+
+def _view(request: Request, runner: Runner, job: Job) -> dict[str, Any]:
+    status_url = str(request.url_for("status", token=job.id))
+    view: dict[str, Any] = {
+        "job_id": job.id,
+        "status": job.status.value,
+        "status_url": status_url,
+        "result_url": f"{status_url}/result",
+        "output_location": location(runner.store, job.output_key),
+        "failure_location": location(runner.store, job.error_key),
+        "input_location": location(runner.store, job.input_key),
+    }
+    view |= job.model_dump(
+        mode="json", exclude={"id", "status", "input_key", "callback_url", "notified"}
+    )
+    return view
+
+
+def _chunks(stream: Any) -> Iterator[bytes]:
+    with stream:
+        while chunk := stream.read(_CHUNK):
+            yield bytes(chunk)

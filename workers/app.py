@@ -1,0 +1,82 @@
+"""The Celery application: job tasks over Redis, JSON only, acknowledged late.
+
+    mmserve worker     # celery worker on MMSERVE_BROKER_URL
+    mmserve beat       # the periodic sweep
+
+Messages carry a job token and nothing else (the store has the job), and only JSON is
+accepted: nothing on the queue is ever unpickled. A message is acknowledged after its task
+ran, and handed back if the worker process died, so no job is lost with a worker; the
+visibility timeout is longer than the longest job, so Redis never hands a running job to a
+second worker; results are not kept in a result backend (the store holds them).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from celery import Celery, Task
+
+from serving.registry import Registry
+from serving.settings import Settings
+from workers.queue import RUN_TASK, SWEEP_TASK, RedisQueue, backoff, visibility_timeout
+from workers.runner import Runner, transient
+
+
+def make_celery(settings: Settings) -> Celery:
+    """The Celery app of ``settings.broker_url`` with the job tasks registered."""
+    broker = settings.broker_url
+    if broker is None:
+        raise ValueError("MMSERVE_BROKER_URL is not set: no broker for Celery")
+    jobs = settings.jobs
+    app = Celery("mmserve", broker=broker, set_as_current=False)
+    app.conf.update(
+        task_serializer="json",
+        accept_content=["json"],
+        result_accept_content=["json"],
+        task_ignore_result=True,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_default_queue=jobs.queue,
+        broker_transport_options={"visibility_timeout": visibility_timeout(jobs)},
+        broker_connection_retry_on_startup=True,
+        broker_connection_timeout=2,
+        worker_hijack_root_logger=False,
+        worker_send_task_events=False,
+        beat_schedule={
+            "mmserve-sweep": {"task": SWEEP_TASK, "schedule": jobs.sweep_interval_s},
+        },
+    )
+
+    @functools.cache
+    def runner() -> Runner:
+        # Built on first use in each worker process (after the fork): no S3 client or
+        # Redis connection is shared between processes.
+        queue = RedisQueue(app, settings.redis_url or broker, jobs)
+        return Runner(Registry.from_settings(settings), queue, jobs)
+
+    @app.task(name=RUN_TASK, bind=True, max_retries=jobs.retries)
+    def run_job(task: Task, token: str) -> None:
+        try:
+            runner().run(token)
+        except Exception as err:
+            if not transient(err):
+                raise
+            if task.request.retries >= jobs.retries:
+                runner().fail(token, _gave_up(err, task.request.retries))
+                return
+            raise task.retry(exc=err, countdown=backoff(task.request.retries)) from err
+
+    @app.task(name=SWEEP_TASK)
+    def sweep() -> dict[str, Any]:
+        return vars(runner().sweep())
+
+    app.runner = runner  # type: ignore[attr-defined]
+    return app
+
+
+def _gave_up(err: BaseException, retries: int) -> Any:
+    from workers.jobs import JobError
+
+    return JobError(type="Unavailable", message=f"gave up after {retries} retries: {err}")

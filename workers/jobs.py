@@ -1,0 +1,171 @@
+"""Asynchronous jobs as the store keeps them: the record, its states, and its keys.
+
+Everything a client was promised lives in the store, so a job's state can be rebuilt from
+the store alone::
+
+    jobs/<token>/job.json     the record (compare-and-swap updates)
+    jobs/<token>/input        the payload, as uploaded
+    jobs/<token>/output       the answer, written once (exclusive create)
+    jobs/<token>/error.json   why it failed
+    jobs/open/<token>         present while the job is not finished: what the sweep walks
+    jobs/keys/<sha256>        an idempotency key's token
+
+Tokens are 128 random bits in hex: unguessable, and safe as a key segment.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+from collections.abc import Callable
+from datetime import UTC, datetime
+from enum import StrEnum
+
+from pydantic import BaseModel
+
+from serving.errors import AlreadyExists, JobNotFound, ObjectNotFound
+from serving.store import Store
+
+_TOKEN = re.compile(r"^[0-9a-f]{32}$")
+PREFIX = "jobs"
+OPEN = f"{PREFIX}/open"
+
+
+class Status(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self in (Status.SUCCEEDED, Status.FAILED, Status.CANCELLED)
+
+
+class JobError(BaseModel):
+    type: str
+    message: str
+
+
+class Job(BaseModel):
+    """One job's record (``jobs/<token>/job.json``)."""
+
+    id: str
+    model: str
+    """The model reference pinned at submit (``name:version``): an alias moved meanwhile
+    does not change the answer."""
+    requested: str
+    """The reference as the client gave it."""
+    status: Status = Status.QUEUED
+    content_type: str
+    accept: str
+    input_key: str
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    expires_at: datetime | None = None
+    """Queued past this, the job fails as expired (SageMaker's RequestTTLSeconds)."""
+    time_limit_s: float
+    deliveries: int = 0
+    """Times a worker started running it."""
+    lost: int = 0
+    """Times a worker died while running it (found by the next delivery)."""
+    retries: int = 0
+    """Transient errors (store or broker away) retried."""
+    error: JobError | None = None
+    callback_url: str | None = None
+    idempotency_key: str | None = None
+    notified: bool = False
+    queue_error: str | None = None
+    """Why the queue did not take the job at submit (the sweep enqueues it later)."""
+
+    @property
+    def output_key(self) -> str:
+        return key(self.id, "output")
+
+    @property
+    def error_key(self) -> str:
+        return key(self.id, "error.json")
+
+    def finish(self, status: Status, error: JobError | None = None) -> Job:
+        return self.model_copy(update={"status": status, "error": error, "finished_at": now()})
+
+
+def finishing(status: Status, error: JobError | None = None) -> Callable[[Job], Job]:
+    """An update that finishes a job, unless it is finished already: the first end stands."""
+    return lambda job: job if job.status.finished else job.finish(status, error)
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_token() -> str:
+    return secrets.token_hex(16)
+
+
+def valid_token(token: str) -> str:
+    """``token`` if it is one mmserve could have made; else :class:`JobNotFound` (404)."""
+    if not _TOKEN.match(token):
+        raise JobNotFound(token)
+    return token
+
+
+def key(token: str, name: str) -> str:
+    return f"{PREFIX}/{valid_token(token)}/{name}"
+
+
+class Jobs:
+    """The job records in a store."""
+
+    def __init__(self, store: Store):
+        self.store = store
+
+    def create(self, job: Job) -> None:
+        """Store a new record (its input already stored) and mark it open."""
+        self.store.create(key(job.id, "job.json"), job.model_dump_json().encode())
+        self.store.write(f"{OPEN}/{job.id}", b"")
+
+    def get(self, token: str) -> Job:
+        try:
+            data = self.store.read(key(token, "job.json"))
+        except ObjectNotFound:
+            raise JobNotFound(token) from None
+        return Job.model_validate_json(data)
+
+    def update(self, token: str, change: Callable[[Job], Job]) -> Job:
+        """Replace the record with ``change(record)``, atomically against other writers;
+        a finished job is closed (no longer open)."""
+
+        def apply(current: bytes | None) -> bytes:
+            if current is None:
+                raise JobNotFound(token)
+            return change(Job.model_validate_json(current)).model_dump_json().encode()
+
+        job = Job.model_validate_json(self.store.update(key(token, "job.json"), apply))
+        if job.status.finished:
+            self.store.delete(f"{OPEN}/{token}")
+        return job
+
+    def open_tokens(self) -> list[str]:
+        """The jobs not finished (as far as the open markers say)."""
+        return [t for t in self.store.list(OPEN) if _TOKEN.match(t)]
+
+    def claim_key(self, idempotency_key: str, token: str) -> str:
+        """The token of the job submitted with ``idempotency_key``: ``token`` if it is the
+        first, else the first one's."""
+        index = f"{PREFIX}/keys/{hashlib.sha256(idempotency_key.encode()).hexdigest()}"
+        try:
+            self.store.create(index, token.encode())
+            return token
+        except AlreadyExists:
+            return self.store.read(index).decode()
+
+    def token_of(self, idempotency_key: str) -> str | None:
+        index = f"{PREFIX}/keys/{hashlib.sha256(idempotency_key.encode()).hexdigest()}"
+        try:
+            return self.store.read(index).decode()
+        except ObjectNotFound:
+            return None

@@ -1,0 +1,232 @@
+"""Where jobs wait and who runs them: Celery on Redis, or threads inside the server.
+
+Both keep two facts per job beside the queue itself, so the sweep can tell a job whose
+message is lost from one that is merely waiting or running:
+
+- *queued*: a message for the job was published (set just before publishing);
+- *lease*: a worker runs the job now (renewed while it runs; it lapses when the worker dies).
+
+A job that is not finished, with neither, has lost its message (a Redis restart without
+persistence, a publish that failed): the sweep enqueues it again. Redis holds only these
+hints and counters, never the only copy of anything: the store has the job.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Protocol
+
+from serving.errors import QueueUnavailable
+from serving.settings import JobSettings
+from workers.jobs import Job
+
+RUN_TASK = "mmserve.jobs.run"
+SWEEP_TASK = "mmserve.jobs.sweep"
+LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0, 3600.0)
+
+
+class Queue(Protocol):
+    def enqueue(self, job: Job) -> None:
+        """Hand the job to a worker; :class:`QueueUnavailable` if the queue is away."""
+
+    def claim(self, token: str) -> contextlib.AbstractContextManager[None] | None:
+        """The lease of the job for as long as the block runs; ``None`` if a live worker
+        holds it."""
+
+    def busy(self, token: str) -> bool:
+        """Whether the job has a message waiting or a live worker."""
+
+    def depth(self) -> int:
+        """Messages waiting."""
+
+    def count(self, field: str, amount: float = 1) -> None:
+        """Add to a job counter (``succeeded``, ``failed:<type>``, ``retries``...)."""
+
+    def counters(self) -> dict[str, float]:
+        """The job counters, across every process sharing this queue."""
+
+
+def owner() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
+
+
+def observe_latency(queue: Queue, seconds: float) -> None:
+    """Count a finished job's submit-to-done time into the latency histogram counters."""
+    queue.count("latency_sum", seconds)
+    queue.count("latency_count")
+    for bound in LATENCY_BUCKETS:
+        if seconds <= bound:
+            queue.count(f"latency_le:{bound}")
+
+
+class RedisQueue:
+    """Celery messages on Redis; markers, leases and counters in Redis keys."""
+
+    def __init__(self, celery: Any, redis_url: str, settings: JobSettings):
+        import redis
+
+        self.celery = celery
+        self.settings = settings
+        self.redis = redis.Redis.from_url(
+            redis_url,
+            decode_responses=True,
+            socket_connect_timeout=2,
+            socket_timeout=5,
+            health_check_interval=10,
+        )
+        self._release = self.redis.register_script(
+            "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end"
+        )
+        self._renew = self.redis.register_script(
+            "if redis.call('get', KEYS[1]) == ARGV[1] then "
+            "return redis.call('pexpire', KEYS[1], ARGV[2]) end"
+        )
+
+    def enqueue(self, job: Job) -> None:
+        from kombu.exceptions import OperationalError
+        from redis.exceptions import RedisError
+
+        try:
+            self.redis.set(_queued(job.id), 1, ex=int(visibility_timeout(self.settings)))
+            self.celery.send_task(
+                RUN_TASK,
+                args=[job.id],
+                queue=self.settings.queue,
+                soft_time_limit=job.time_limit_s,
+                time_limit=job.time_limit_s + 30,
+                retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5},
+            )
+        except (RedisError, OperationalError, OSError) as err:
+            raise QueueUnavailable(job.id, err) from err
+
+    def claim(self, token: str) -> contextlib.AbstractContextManager[None] | None:
+        me, lease_ms = owner(), int(self.settings.lease_s * 1000)
+        if not self.redis.set(_lease(token), me, nx=True, px=lease_ms):
+            return None
+        self.redis.delete(_queued(token))
+        return self._leased(token, me, lease_ms)
+
+    @contextlib.contextmanager
+    def _leased(self, token: str, me: str, lease_ms: int) -> Iterator[None]:
+        done = threading.Event()
+
+        def renew() -> None:
+            while not done.wait(lease_ms / 3000):
+                with contextlib.suppress(Exception):  # Redis away: the lease may lapse
+                    self._renew(keys=[_lease(token)], args=[me, lease_ms])
+
+        renewer = threading.Thread(target=renew, name=f"lease-{token[:8]}", daemon=True)
+        renewer.start()
+        try:
+            yield
+        finally:
+            done.set()
+            renewer.join()
+            with contextlib.suppress(Exception):
+                self._release(keys=[_lease(token)], args=[me])
+
+    def busy(self, token: str) -> bool:
+        return bool(self.redis.exists(_queued(token), _lease(token)))
+
+    def depth(self) -> int:
+        return int(self.redis.llen(self.settings.queue))
+
+    def count(self, field: str, amount: float = 1) -> None:
+        self.redis.hincrbyfloat(_STATS, field, amount)
+
+    def counters(self) -> dict[str, float]:
+        return {str(k): float(v) for k, v in self.redis.hgetall(_STATS).items()}
+
+
+class LocalQueue:
+    """Embedded mode: jobs run in a few threads of this process (no broker)."""
+
+    def __init__(self, run: Callable[[str], object], threads: int = 2):
+        self._run = run
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="mmserve-job")
+        self._lock = threading.Lock()
+        self._queued: set[str] = set()
+        self._leased: set[str] = set()
+        self._counters: dict[str, float] = {}
+
+    def enqueue(self, job: Job) -> None:
+        with self._lock:
+            self._queued.add(job.id)
+        self._pool.submit(self._run_logged, job.id)
+
+    def _run_logged(self, token: str) -> None:
+        try:
+            self._run(token)
+        except Exception:  # the runner recorded what it could; the sweep retries the rest
+            import logging
+
+            logging.getLogger("mmserve.jobs").exception("job %s", token)
+        finally:
+            with self._lock:
+                self._queued.discard(token)
+
+    def claim(self, token: str) -> contextlib.AbstractContextManager[None] | None:
+        with self._lock:
+            if token in self._leased:
+                return None
+            self._leased.add(token)
+            self._queued.discard(token)
+        return self._held(token)
+
+    @contextlib.contextmanager
+    def _held(self, token: str) -> Iterator[None]:
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._leased.discard(token)
+
+    def busy(self, token: str) -> bool:
+        with self._lock:
+            return token in self._queued or token in self._leased
+
+    def depth(self) -> int:
+        with self._lock:
+            return len(self._queued)
+
+    def count(self, field: str, amount: float = 1) -> None:
+        with self._lock:
+            self._counters[field] = self._counters.get(field, 0) + amount
+
+    def counters(self) -> dict[str, float]:
+        with self._lock:
+            return dict(self._counters)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def visibility_timeout(settings: JobSettings) -> float:
+    """How long Redis waits for an unacknowledged message before handing it out again:
+    longer than the longest job, so a running job is never delivered twice at once."""
+    return settings.time_limit_s + 2 * settings.lease_s + 300
+
+
+def backoff(attempt: int, base: float = 1.0, cap: float = 60.0) -> float:
+    return min(cap, base * 2**attempt)
+
+
+def sleep_backoff(attempt: int) -> None:
+    time.sleep(backoff(attempt))
+
+
+_STATS = "mmserve:jobs:stats"
+
+
+def _queued(token: str) -> str:
+    return f"mmserve:job:{token}:queued"
+
+
+def _lease(token: str) -> str:
+    return f"mmserve:job:{token}:lease"

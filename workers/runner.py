@@ -1,0 +1,250 @@
+"""Running a job, once, whatever the queue does: duplicate deliveries, dead workers, lost
+messages.
+
+- A delivery of a finished job does nothing (but send a notification still owed).
+- A delivery runs the job only with its lease; a second delivery meanwhile leaves it.
+- A delivery that finds the job ``running`` and its lease lapsed knows the last worker
+  died with it; after ``max_deliveries`` such deaths the job fails instead of looping.
+- The output is created exclusively: two runs write one output, the same bytes.
+- Bad payloads and model errors fail the job at once; only transient errors (store or
+  broker away) are retried, by the caller (Celery's retry with backoff).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from serving.codecs import sagemaker
+from serving.errors import AlreadyExists, JobNotFound, MMServeError
+from serving.registry import Registry
+from serving.settings import JobSettings
+from serving.store import Store
+from workers.jobs import Job, JobError, Jobs, Status, finishing, now
+from workers.queue import Queue, backoff, observe_latency
+
+log = logging.getLogger("mmserve.jobs")
+
+TRANSIENT: tuple[type[BaseException], ...] = (OSError,)
+"""Errors worth a retry besides the retryable mmserve errors: connections that failed."""
+
+
+def transient(err: BaseException) -> bool:
+    if isinstance(err, MMServeError):
+        return err.retryable
+    return isinstance(err, TRANSIENT) or type(err).__module__.startswith(("redis.", "kombu."))
+
+
+@dataclass
+class SweepReport:
+    open: int = 0
+    enqueued: int = 0
+    expired: int = 0
+    closed: int = 0
+
+
+class Runner:
+    """Runs jobs from the store; shared by the Celery worker and the embedded queue."""
+
+    def __init__(self, registry: Registry, queue: Queue, settings: JobSettings):
+        self.registry = registry
+        self.store: Store = registry.store
+        self.jobs = Jobs(self.store)
+        self.queue = queue
+        self.settings = settings
+
+    # -- one delivery ---------------------------------------------------------------------
+
+    def run(self, token: str) -> Job:
+        """Deliver job ``token``: run it unless it is finished or another worker runs it."""
+        job = self.jobs.get(token)
+        if job.status.finished:
+            return self._notify(job)
+        lease = self.queue.claim(token)
+        if lease is None:
+            return job  # a live worker runs it; if that one dies, the sweep hands it out again
+        with lease:
+            job = self.jobs.update(token, self._started)
+            if not job.status.finished:
+                job = self._execute(job)
+        if job.status.finished:
+            self._counted(job)
+            job = self._notify(job)
+        return job
+
+    def _started(self, job: Job) -> Job:
+        if job.status.finished:
+            return job  # cancelled or finished meanwhile
+        # Running, yet ours to claim: the worker that ran it died.
+        lost = job.lost + (job.status is Status.RUNNING)
+        if lost >= self.settings.max_deliveries:
+            reason = (
+                f"its worker died {lost} times while running it (out of memory, or a crash "
+                "in the model); not run again"
+            )
+            return job.model_copy(update={"lost": lost}).finish(
+                Status.FAILED, JobError(type="WorkerLost", message=reason)
+            )
+        if job.status is Status.QUEUED and job.expires_at is not None and now() > job.expires_at:
+            return job.finish(Status.FAILED, _expired(job))
+        return job.model_copy(
+            update={
+                "status": Status.RUNNING,
+                "lost": lost,
+                "deliveries": job.deliveries + 1,
+                "started_at": now(),
+            }
+        )
+
+    def _execute(self, job: Job) -> Job:
+        try:
+            self._score(job)
+        except Exception as err:
+            if transient(err):
+                self.jobs.update(job.id, _requeued)
+                self.queue.count("retries")
+                raise
+            return self.fail(job.id, _error_of(err))
+        return self.jobs.update(job.id, finishing(Status.SUCCEEDED))
+
+    def _score(self, job: Job) -> None:
+        """Read the input, predict, write the output once."""
+        predictor = self.registry.load(job.model)
+        features = [f.name for f in predictor.version.inputs]
+        rows = sagemaker.decode(self.store.read(job.input_key), job.content_type, features)
+        answer = sagemaker.encode(predictor.predict(rows), job.accept)
+        with contextlib.suppress(AlreadyExists):  # an earlier run wrote it: the same answer
+            self.store.create(job.output_key, answer)
+
+    def fail(self, token: str, error: JobError) -> Job:
+        """Record ``error`` (``error.json`` and the record) unless the job already finished."""
+        job = self.jobs.get(token)
+        if job.status.finished:
+            return job
+        document = {"job_id": token, "status": Status.FAILED.value, "error": error.model_dump()}
+        self.store.write(job.error_key, json.dumps(document).encode())
+        return self.jobs.update(token, finishing(Status.FAILED, error))
+
+    def _counted(self, job: Job) -> None:
+        if job.status is Status.SUCCEEDED:
+            self.queue.count("succeeded")
+        elif job.status is Status.FAILED and job.error is not None:
+            self.queue.count(f"failed:{job.error.type}")
+        if job.finished_at is not None:
+            observe_latency(self.queue, (job.finished_at - job.created_at).total_seconds())
+
+    # -- notifications ---------------------------------------------------------------------
+
+    def _notify(self, job: Job) -> Job:
+        """POST the job's notification to its callback once (retried with backoff; a
+        callback that keeps failing is logged, and never fails the job)."""
+        if job.callback_url is None or job.notified:
+            return job
+        body = json.dumps(notification(job, self.store)).encode()
+        for attempt in range(self.settings.callback_attempts):
+            if attempt:
+                time.sleep(backoff(attempt - 1, base=0.5, cap=10))
+            try:
+                request = urllib.request.Request(
+                    job.callback_url,
+                    data=body,
+                    method="POST",
+                    headers={"Content-Type": "application/json", "X-MMServe-Job-Id": job.id},
+                )
+                with urllib.request.urlopen(request, timeout=10):
+                    break
+            except (urllib.error.URLError, OSError) as err:
+                log.warning("callback of job %s failed (attempt %d): %s", job.id, attempt + 1, err)
+        else:
+            log.error("callback of job %s gave up after %d attempts", job.id, attempt + 1)
+        return self.jobs.update(job.id, lambda j: j.model_copy(update={"notified": True}))
+
+    # -- recovery -----------------------------------------------------------------------
+
+    def sweep(self) -> SweepReport:
+        """Enqueue again the open jobs with no message and no live worker (a Redis restart,
+        a failed publish, a dead worker); fail the queued ones past their TTL."""
+        report = SweepReport()
+        grace = timedelta(seconds=self.settings.sweep_grace_s)
+        for token in self.jobs.open_tokens():
+            try:
+                job = self.jobs.get(token)
+            except JobNotFound:
+                continue
+            report.open += 1
+            if job.status.finished:  # finished, but its open marker survived a crash
+                self.jobs.update(token, lambda j: j)
+                report.closed += 1
+            elif self.queue.busy(token) or now() - (job.started_at or job.created_at) < grace:
+                continue
+            elif job.status is Status.QUEUED and job.expires_at and now() > job.expires_at:
+                self.fail(token, _expired(job))
+                report.expired += 1
+            else:
+                self.queue.enqueue(job)
+                report.enqueued += 1
+        if report.enqueued:
+            log.info("sweep: %d of %d open jobs enqueued again", report.enqueued, report.open)
+        return report
+
+
+def notification(job: Job, store: Store) -> dict[str, Any]:
+    """The SageMaker-style notification body of a finished job."""
+    body: dict[str, Any] = {
+        "eventVersion": "1.0",
+        "eventSource": "mmserve",
+        "eventName": "InferenceResult",
+        "eventTime": _iso(job.finished_at),
+        "receivedTime": _iso(job.created_at),
+        "invocationStatus": "Completed" if job.status is Status.SUCCEEDED else "Failed",
+        "inferenceId": job.idempotency_key or job.id,
+        "jobId": job.id,
+        "requestParameters": {
+            "endpointName": job.requested,
+            "model": job.model,
+            "contentType": job.content_type,
+            "inputLocation": location(store, job.input_key),
+        },
+        "responseParameters": {"contentType": job.accept},
+    }
+    if job.status is Status.SUCCEEDED:
+        body["responseParameters"]["outputLocation"] = location(store, job.output_key)
+    else:
+        body["failureReason"] = job.error.message if job.error else job.status.value
+        body["responseParameters"]["failureLocation"] = location(store, job.error_key)
+    return body
+
+
+def location(store: Store, key: str) -> str:
+    """Where a client finds ``key`` itself: ``s3://bucket/prefix/key`` or a local path."""
+    return f"{store.url.rstrip('/')}/{key}"
+
+
+def _iso(moment: Any) -> str | None:
+    return moment.isoformat().replace("+00:00", "Z") if moment is not None else None
+
+
+def _expired(job: Job) -> JobError:
+    when = _iso(job.expires_at)
+    return JobError(type="Expired", message=f"the job waited in the queue past {when}")
+
+
+def _requeued(job: Job) -> Job:
+    if job.status.finished:
+        return job
+    return job.model_copy(update={"status": Status.QUEUED, "retries": job.retries + 1})
+
+
+def _error_of(err: BaseException) -> JobError:
+    if isinstance(err, MMServeError):
+        return JobError(type=type(err).__name__, message=err.message)
+    if type(err).__name__ == "SoftTimeLimitExceeded":
+        return JobError(type="TimeLimit", message="the job ran past its time limit")
+    return JobError(type="ModelError", message=f"{type(err).__name__}: {err}")
