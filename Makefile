@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: demo test install dev lint bench bench-realtime clean
+.PHONY: demo test install dev lint bench bench-realtime bench-async clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,9 @@ bench: dev
 
 bench-realtime: dev  # about 5 minutes; installs wrk (apt) and MLServer (own venv) if absent
 	$(BIN)/python benchmarks/realtime.py
+
+bench-async: dev  # about 80 s; starts its own redis-server (apt-installed if absent)
+	$(BIN)/python benchmarks/async.py
 
 clean:
 	rm -rf $(VENV) .mmserve .pytest_cache

@@ -2,23 +2,39 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
+import shutil
 import sys
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
+from http.client import HTTPResponse
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import IO, TYPE_CHECKING, Annotated, Any, Literal, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from serving.codecs import read_file, write_file
-from serving.errors import MMServeError
+from serving.codecs import media_type_of, read_file, write_file
+from serving.errors import JobNotFound, MMServeError
 from serving.registry import Registry
 from serving.settings import Settings
+
+if TYPE_CHECKING:
+    from celery import Celery
+
+    from workers.queue import LocalQueue
+    from workers.runner import Runner
 
 app = typer.Typer(
     help="mmserve: one model registry, every way a model is put to work.", no_args_is_help=True
@@ -27,6 +43,14 @@ models_app = typer.Typer(
     help="Register, list, inspect, alias and approve models.", no_args_is_help=True
 )
 app.add_typer(models_app, name="models")
+jobs_app = typer.Typer(
+    help="Async jobs on a running `mmserve serve`: submit, follow, fetch, cancel; recover.",
+    no_args_is_help=True,
+)
+app.add_typer(jobs_app, name="jobs")
+
+PORT = 8080
+"""Where ``mmserve serve`` listens, and so where ``mmserve jobs`` looks for it by default."""
 
 out = Console()
 err = Console(stderr=True)
@@ -41,10 +65,16 @@ def _reports_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except MMServeError as e:
-            err.print(f"[red]error:[/red] {e.message}", highlight=False)
-            raise typer.Exit(1) from None
+            _fail(e.message)
 
     return wrapper  # type: ignore[return-value]
+
+
+def _fail(message: str, code: int = 1) -> NoReturn:
+    """End the command with ``error: <message>`` as one line on stderr (never wrapped, never
+    read as rich markup: it may quote a server or a file name)."""
+    err.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
 
 
 def _registry() -> Registry:
@@ -209,7 +239,7 @@ def serve(
     host: Annotated[
         str, typer.Option(help="Interface to bind; 0.0.0.0 exposes the server.")
     ] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="TCP port.")] = 8080,
+    port: Annotated[int, typer.Option(help="TCP port.")] = PORT,
     workers: Annotated[int, typer.Option(help="Server processes.")] = 1,
     serverless: Annotated[
         bool, typer.Option(help="Unload idle models (MMSERVE_SERVERLESS__IDLE_TTL_S).")
@@ -234,6 +264,301 @@ def serve(
         log_config=logs.config(log_level, access_log),
         access_log=False,
     )
+
+
+@app.command("worker")
+def worker(
+    concurrency: Annotated[
+        int | None,
+        typer.Option(min=1, help="Jobs run at once (processes or threads); default: one per CPU."),
+    ] = None,
+    queues: Annotated[
+        str | None,
+        typer.Option(
+            help="Queues to consume, comma-separated.", show_default="MMSERVE_JOBS__QUEUE"
+        ),
+    ] = None,
+    loglevel: Annotated[str, typer.Option(help="Log level.")] = "info",
+    beat: Annotated[
+        bool, typer.Option(help="Also run the periodic sweep here (one per deployment is enough).")
+    ] = False,
+    pool: Annotated[
+        Literal["prefork", "solo", "threads"], typer.Option(help="How jobs run in parallel.")
+    ] = "prefork",
+) -> None:
+    """Run a Celery worker of the async jobs on MMSERVE_BROKER_URL; SIGTERM lets jobs finish."""
+    settings = Settings()
+    celery = _celery(settings)
+    argv = [
+        "worker",
+        f"--loglevel={loglevel}",
+        f"--queues={queues or settings.jobs.queue}",
+        f"--pool={pool}",
+        # Unique per process, so several workers on one machine do not clash; no gossip,
+        # mingle or heartbeat: mmserve's workers share nothing but the queue.
+        f"--hostname=mmserve@%h-{os.getpid()}",
+        "--without-gossip",
+        "--without-mingle",
+        "--without-heartbeat",
+    ]
+    if concurrency is not None:
+        argv.append(f"--concurrency={concurrency}")
+    if beat:
+        argv.append("--beat")
+    _run_celery(celery, argv)
+
+
+@app.command("beat")
+def beat(loglevel: Annotated[str, typer.Option(help="Log level.")] = "info") -> None:
+    """Run the periodic sweep (Celery beat) that hands lost jobs to workers again; run one."""
+    _run_celery(_celery(Settings()), ["beat", f"--loglevel={loglevel}"])
+
+
+def _celery(settings: Settings) -> Celery:
+    if settings.broker_url is None:
+        _fail("MMSERVE_BROKER_URL is not set: workers need a Redis broker (redis://host:6379/0)", 2)
+    from workers.app import make_celery
+
+    return make_celery(settings)
+
+
+def _run_celery(celery: Celery, argv: list[str]) -> None:
+    """Run a celery command with its beat schedule file in a temporary directory (never the
+    working directory, which may be read-only or shared), and exit with its exit code."""
+    with tempfile.TemporaryDirectory(prefix="mmserve-celery-") as tmp:
+        # start(), not worker_main(): it returns the exit code, which worker_main drops.
+        code = celery.start([*argv, f"--schedule={Path(tmp) / 'beat-schedule'}"])
+    if code:
+        raise typer.Exit(code)
+
+
+# -- mmserve jobs ---------------------------------------------------------------------------
+
+ServerUrl = Annotated[
+    str, typer.Option("--url", envvar="MMSERVE_URL", help="The running `mmserve serve`.")
+]
+ApiKey = Annotated[
+    str | None,
+    typer.Option(envvar="MMSERVE_API_KEY", help="Sent as 'Authorization: Bearer <key>'."),
+]
+DEFAULT_URL = f"http://127.0.0.1:{PORT}"
+TIMEOUT_S = 60.0
+"""The longest a request waits on a silent server (per connect or read)."""
+MAX_INTERVAL_S = 5.0
+
+
+@dataclass(frozen=True)
+class _Server:
+    """A running ``mmserve serve``, spoken to with urllib: the CLI depends on no HTTP client."""
+
+    url: str
+    api_key: str | None
+
+    def open(
+        self,
+        method: str,
+        path: str,
+        body: IO[bytes] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> HTTPResponse:
+        """The server's answer; an error answer, or no answer, ends the command (exit 1)."""
+        headers = dict(headers or {})
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        request = urllib.request.Request(
+            self.url.rstrip("/") + path, data=body, headers=headers, method=method
+        )
+        try:
+            response: HTTPResponse = urllib.request.urlopen(request, timeout=TIMEOUT_S)
+        except urllib.error.HTTPError as answer:
+            with answer:
+                _fail(f"{answer.code} {_message(answer.read(), answer.reason)}")
+        except OSError as e:  # refused, unknown host, timed out (URLError or not)
+            _fail(f"cannot reach mmserve at {self.url}: {getattr(e, 'reason', e)}")
+        return response
+
+    def record(self, token: str) -> dict[str, Any]:
+        with self.open("GET", _job_path(token)) as response:
+            job: dict[str, Any] = json.loads(response.read())
+        return job
+
+    def download(self, token: str, output: Path | None, accept: str | None = None) -> None:
+        """Stream the job's result into ``output`` (or stdout, bytes as they are)."""
+        headers = {"Accept": accept} if accept else {}
+        with self.open("GET", f"{_job_path(token)}/result", headers=headers) as response:
+            if output is None:
+                sys.stdout.flush()
+                shutil.copyfileobj(response, sys.stdout.buffer)
+                sys.stdout.buffer.flush()
+                return
+            with output.open("wb") as file:
+                shutil.copyfileobj(response, file)
+
+
+def _message(body: bytes, reason: str) -> str:
+    """The ``{"error": message}`` of an error answer; its reason phrase if it has none (a
+    proxy's page, say)."""
+    try:
+        return str(json.loads(body)["error"])
+    except (ValueError, KeyError, TypeError):
+        return reason
+
+
+def _job_path(token: str) -> str:
+    return f"/v1/jobs/{urllib.parse.quote(token, safe='')}"
+
+
+@jobs_app.command("submit")
+@_reports_errors
+def submit(
+    model: Annotated[str, typer.Argument(help="Model reference: name, name:version, name@alias.")],
+    file: Annotated[
+        Path, typer.Argument(exists=True, dir_okay=False, help="The rows, uploaded as they are.")
+    ],
+    content_type: Annotated[
+        str | None,
+        typer.Option(
+            help="The file's media type.",
+            show_default="by suffix: csv, json, jsonl, parquet, arrow",
+        ),
+    ] = None,
+    accept: Annotated[str | None, typer.Option(help="Media type of the result.")] = None,
+    callback_url: Annotated[
+        str | None, typer.Option(help="POSTed a notification when the job finishes.")
+    ] = None,
+    idempotency_key: Annotated[
+        str | None, typer.Option(help="Submitting again with the same key gives the same job.")
+    ] = None,
+    wait: Annotated[bool, typer.Option(help="Wait for the job, as `jobs wait` does.")] = False,
+    timeout: Annotated[float, typer.Option(min=0, help="Seconds to wait (exit 3 past it).")] = 3600,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Wait, then write the result here.")
+    ] = None,
+    url: ServerUrl = DEFAULT_URL,
+    api_key: ApiKey = None,
+) -> None:
+    """Upload FILE as an async job for MODEL; print its id: TOKEN=$(mmserve jobs submit ...)."""
+    server = _Server(url, api_key)
+    headers = {
+        "Content-Type": content_type or media_type_of(file),
+        "Content-Length": str(file.stat().st_size),
+    }
+    given = {"Accept": accept, "X-Callback-Url": callback_url, "Idempotency-Key": idempotency_key}
+    headers.update({name: value for name, value in given.items() if value is not None})
+    path = f"/v1/models/{urllib.parse.quote(model, safe=':@')}/async"
+    # The open file is the body: urllib sends it in blocks, never the whole file in memory.
+    with file.open("rb") as body, server.open("POST", path, body, headers) as response:
+        job = json.loads(response.read())
+    typer.echo(job["job_id"])
+    status_url = urllib.parse.urljoin(url.rstrip("/") + "/", job["status_url"])
+    err.print(f"status: {status_url}", highlight=False, soft_wrap=True)
+    if wait or output is not None:
+        _wait(server, job["job_id"], timeout, 0.5, output)
+
+
+@jobs_app.command("status")
+def status(token: str, url: ServerUrl = DEFAULT_URL, api_key: ApiKey = None) -> None:
+    """The job's record: status, model, times, deliveries, error, output location."""
+    out.print_json(data=_Server(url, api_key).record(token))
+
+
+@jobs_app.command("result")
+def result(
+    token: str,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write here; default: stdout.")
+    ] = None,
+    accept: Annotated[str | None, typer.Option(help="Media type of the result.")] = None,
+    url: ServerUrl = DEFAULT_URL,
+    api_key: ApiKey = None,
+) -> None:
+    """Fetch the result of a succeeded job (error 409 while it is not)."""
+    _Server(url, api_key).download(token, output, accept)
+
+
+@jobs_app.command("wait")
+def wait(
+    token: str,
+    timeout: Annotated[float, typer.Option(min=0, help="Seconds to wait (exit 3 past it).")] = 3600,
+    interval: Annotated[
+        float, typer.Option(min=0.01, help="Seconds between polls, growing x1.5 up to 5.")
+    ] = 0.5,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write the result here.")
+    ] = None,
+    url: ServerUrl = DEFAULT_URL,
+    api_key: ApiKey = None,
+) -> None:
+    """Wait for the job to finish: exit 0 if it succeeded, 1 if it failed or was cancelled."""
+    _wait(_Server(url, api_key), token, timeout, interval, output)
+
+
+@jobs_app.command("cancel")
+def cancel(token: str, url: ServerUrl = DEFAULT_URL, api_key: ApiKey = None) -> None:
+    """Cancel a job that has not finished (error 409 if it has)."""
+    with _Server(url, api_key).open("DELETE", _job_path(token)):
+        pass
+    typer.echo(f"job {token} cancelled")
+
+
+def _wait(
+    server: _Server, token: str, timeout: float, interval: float, output: Path | None
+) -> None:
+    job = _poll(server, token, timeout, interval)
+    if job["status"] != "succeeded":
+        error = job.get("error")
+        _fail(
+            f"job {token} {job['status']}"
+            + (f": {error['type']}: {error['message']}" if error else "")
+        )
+    if output is None:
+        err.print(f"job {token} succeeded", highlight=False)
+        return
+    server.download(token, output)
+    err.print(f"job {token} succeeded → {output}", highlight=False, soft_wrap=True)
+
+
+def _poll(server: _Server, token: str, timeout: float, interval: float) -> dict[str, Any]:
+    """The job's record once it finished; exit 3 if it has not within ``timeout``. Polls
+    back off (x1.5, up to 5 s) so a long job costs the server few requests."""
+    deadline = time.monotonic() + timeout
+    ceiling = max(interval, MAX_INTERVAL_S)
+    while (job := server.record(token))["status"] not in ("succeeded", "failed", "cancelled"):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            _fail(f"job {token} is still {job['status']} after {timeout:g}s", 3)
+        time.sleep(min(interval, left))
+        interval = min(interval * 1.5, ceiling)
+    return job
+
+
+@jobs_app.command("recover")
+@_reports_errors
+def recover() -> None:
+    """Sweep the store now: enqueue again the open jobs whose queue message was lost, fail
+    the expired. With no broker, run them in this process and wait for them."""
+    from workers import job_runner
+    from workers.queue import LocalQueue
+
+    runner = job_runner(Settings())
+    tokens = runner.jobs.open_tokens()
+    report = runner.sweep()
+    out.print(
+        f"{report.open} open: {report.enqueued} enqueued, {report.expired} expired, "
+        f"{report.closed} closed",
+        highlight=False,
+    )
+    if isinstance(runner.queue, LocalQueue):
+        _run_here(runner, runner.queue, tokens)
+
+
+def _run_here(runner: Runner, queue: LocalQueue, tokens: list[str]) -> None:
+    """Wait for the jobs the sweep gave this process's threads (embedded mode: nothing else
+    runs them once the command exits), then print where each open job ended up."""
+    queue.close(wait=True)
+    for token in tokens:
+        with contextlib.suppress(JobNotFound):  # an open marker whose record is gone
+            out.print(f"{token} {runner.jobs.get(token).status}", highlight=False)
 
 
 def _when(moment: datetime) -> str:

@@ -16,9 +16,8 @@ import time
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal, TypeAlias
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
-import pandas as pd
 import pyarrow as pa
 
 from serving import flavors
@@ -49,7 +48,10 @@ from serving.refs import ModelRef, validate_name
 from serving.settings import RegistrySettings, Settings
 from serving.store import Store
 
-InputExample: TypeAlias = pa.Table | pd.DataFrame | str | Path
+if TYPE_CHECKING:  # pandas costs a server ~50 MB; only a caller's own frames need it
+    import pandas as pd
+
+InputExample: TypeAlias = "pa.Table | pd.DataFrame | str | Path"
 
 
 class Registry:
@@ -328,9 +330,9 @@ def _skops_types(data: bytes, flavor: flavors.Flavor) -> list[str]:
 def _as_table(example: InputExample | None) -> pa.Table | None:
     if example is None or isinstance(example, pa.Table):
         return example
-    if isinstance(example, pd.DataFrame):
-        return pa.Table.from_pandas(example, preserve_index=False)
-    return read_file(Path(example))
+    if isinstance(example, str | Path):
+        return read_file(Path(example))
+    return pa.Table.from_pandas(example, preserve_index=False)
 
 
 def _final_step(model: Any) -> Any:

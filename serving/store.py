@@ -74,6 +74,9 @@ class Store:
                 access_key=_secret(aws.access_key_id),
                 secret_key=_secret(aws.secret_access_key),
                 region=aws.region,
+                # Upload parts as they fill, in the writer's thread: a background upload
+                # slower than the writer would queue parts in memory without bound.
+                background_writes=False,
             )
             return cls(url, fs, f"{parsed.netloc}{parsed.path}", aws=aws)
         if parsed.scheme not in ("", "file"):
@@ -98,6 +101,14 @@ class Store:
     # -- reading -------------------------------------------------------------------------
 
     def read(self, key: str) -> bytes:
+        """The whole object, as of one moment: on S3 one GET (pyarrow reads in ranges, which
+        can mix two versions of an object replaced meanwhile)."""
+        if not self.is_local:
+            bucket, s3_key = self.path(key).split("/", 1)
+            data, _ = self._s3_get(key, bucket, s3_key)
+            if data is None:
+                raise ObjectNotFound(key)
+            return data
         with self._errors(key), self._fs.open_input_stream(self.path(key)) as f:
             return bytes(f.readall())
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from typing import Any
 
@@ -121,3 +123,11 @@ class SlowLoadingModel(SlowModel):
     def __setstate__(self, state: dict[str, Any]) -> None:
         time.sleep(state["load_seconds"])
         self.__dict__.update(state)
+
+
+class CrashingModel(SlowModel):
+    """Kills the process that calls it, like a model that runs out of memory or segfaults."""
+
+    def predict_proba(self, x: Any) -> np.ndarray:
+        os.kill(os.getpid(), signal.SIGKILL)
+        raise AssertionError("unreachable")

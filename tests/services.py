@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from urllib.parse import urlparse
 from urllib.request import urlopen
 
@@ -97,13 +98,21 @@ def moto_s3_server() -> Iterator[str]:
             raise RuntimeError("moto S3 server exited at start")
         yield endpoint
     finally:
-        proc.terminate()
-        proc.wait(10)
+        stop(proc)
 
 
 @contextmanager
 def mmserve_server(env: dict[str, str], *args: str) -> Iterator[str]:
     """A real ``mmserve serve`` process on a free port; yields its base URL."""
+    with mmserve_process(env, *args) as (base, _):
+        yield base
+
+
+@contextmanager
+def mmserve_process(
+    env: dict[str, str], *args: str
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """A real ``mmserve serve`` process on a free port; yields its base URL and process."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     mmserve = os.path.join(os.path.dirname(sys.executable), "mmserve")
@@ -123,10 +132,94 @@ def mmserve_server(env: dict[str, str], *args: str) -> Iterator[str]:
         _wait(up, "mmserve serve", seconds=60)
         if proc.poll() is not None:
             raise RuntimeError(f"mmserve serve exited with {proc.returncode}")
-        yield base
+        yield base, proc
     finally:
-        proc.terminate()
-        proc.wait(20)
+        stop(proc)
+
+
+class RedisServer:
+    """A throwaway redis-server (no persistence) on a free port, which a test may restart."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        argv = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1"]
+        argv += ["--save", "", "--appendonly", "no"]
+        self._proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
+        _wait(lambda: _answers("127.0.0.1", self.port), f"redis-server on port {self.port}")
+
+    def stop(self) -> None:
+        if self._proc is not None:
+            self._proc.kill()
+            self._proc.wait(10)
+            self._proc = None
+
+    def restart(self) -> None:
+        """Everything in it is lost, as with a crash of a Redis without persistence."""
+        self.stop()
+        self.start()
+
+
+@contextmanager
+def redis_server() -> Iterator[RedisServer]:
+    ensure_redis()  # installs redis-server if this machine has none
+    server = RedisServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@contextmanager
+def mmserve_worker(env: dict[str, str], log: str, *args: str) -> Iterator[subprocess.Popen[bytes]]:
+    """A real ``mmserve worker`` process (its own process group, so a test can kill it
+    whole), ready to take jobs; its output goes to the file ``log``."""
+    mmserve = os.path.join(os.path.dirname(sys.executable), "mmserve")
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [mmserve, "worker", "--loglevel", "info", *args],
+            env={**os.environ, **env},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def ready() -> bool:
+        with open(log, "rb") as f:
+            return b" ready." in f.read() or proc.poll() is not None
+
+    try:
+        _wait(ready, "mmserve worker", seconds=60)
+        if proc.poll() is not None:
+            raise RuntimeError(f"mmserve worker exited with {proc.returncode}")
+        yield proc
+    finally:
+        kill_group(proc, signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            kill_group(proc, signal.SIGKILL)
+            proc.wait(10)
+
+
+def stop(proc: subprocess.Popen[bytes], seconds: float = 20) -> None:
+    """Ask the process to end, and end it if it will not."""
+    proc.terminate()
+    try:
+        proc.wait(seconds)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+
+
+def kill_group(proc: subprocess.Popen[bytes], sig: int) -> None:
+    """Send ``sig`` to the process and every child it forked."""
+    with suppress(ProcessLookupError):
+        os.killpg(proc.pid, sig)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import functools
 from typing import Any
 
 from celery import Celery, Task
+from celery.signals import worker_process_init
 
 from serving.registry import Registry
 from serving.settings import Settings
@@ -55,6 +56,10 @@ def make_celery(settings: Settings) -> Celery:
         # Redis connection is shared between processes.
         queue = RedisQueue(app, settings.redis_url or broker, jobs)
         return Runner(Registry.from_settings(settings), queue, jobs)
+
+    @worker_process_init.connect(weak=False)
+    def warm(**_: Any) -> None:
+        runner()  # imports, the store and Redis clients: before the first job, not during it
 
     @app.task(name=RUN_TASK, bind=True, max_retries=jobs.retries)
     def run_job(task: Task, token: str) -> None:

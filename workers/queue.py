@@ -1,23 +1,23 @@
 """Where jobs wait and who runs them: Celery on Redis, or threads inside the server.
 
-Both keep two facts per job beside the queue itself, so the sweep can tell a job whose
-message is lost from one that is merely waiting or running:
+Beside the queue itself, a running job holds a *lease* (renewed while it runs; it lapses
+when its worker dies). A job that is not finished, has no message waiting and no lease
+has lost its message (a Redis restart without persistence, a publish that failed, a worker
+killed with the job): the sweep enqueues it again. Redis holds only these hints and
+counters, never the only copy of anything: the store has the job.
 
-- *queued*: a message for the job was published (set just before publishing);
-- *lease*: a worker runs the job now (renewed while it runs; it lapses when the worker dies).
-
-A job that is not finished, with neither, has lost its message (a Redis restart without
-persistence, a publish that failed): the sweep enqueues it again. Redis holds only these
-hints and counters, never the only copy of anything: the store has the job.
+Celery messages of a job carry task ids ``<token>.<random>``, so the sweep finds the
+waiting jobs in one read of the queue.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import socket
 import threading
-import time
+import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
@@ -39,14 +39,17 @@ class Queue(Protocol):
         """The lease of the job for as long as the block runs; ``None`` if a live worker
         holds it."""
 
-    def busy(self, token: str) -> bool:
-        """Whether the job has a message waiting or a live worker."""
+    def waiting(self) -> set[str]:
+        """The tokens of the jobs with a message waiting in the queue."""
+
+    def leased(self, token: str) -> bool:
+        """Whether a live worker runs the job."""
 
     def depth(self) -> int:
         """Messages waiting."""
 
-    def count(self, field: str, amount: float = 1) -> None:
-        """Add to a job counter (``succeeded``, ``failed:<type>``, ``retries``...)."""
+    def count(self, amounts: dict[str, float]) -> None:
+        """Add to job counters (``succeeded``, ``failed:<type>``, ``retries``...), at once."""
 
     def counters(self) -> dict[str, float]:
         """The job counters, across every process sharing this queue."""
@@ -56,13 +59,11 @@ def owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
 
 
-def observe_latency(queue: Queue, seconds: float) -> None:
-    """Count a finished job's submit-to-done time into the latency histogram counters."""
-    queue.count("latency_sum", seconds)
-    queue.count("latency_count")
-    for bound in LATENCY_BUCKETS:
-        if seconds <= bound:
-            queue.count(f"latency_le:{bound}")
+def latency_counts(seconds: float) -> dict[str, float]:
+    """A finished job's submit-to-done time, as counts of the latency histogram."""
+    counts = {"latency_sum": seconds, "latency_count": 1.0}
+    counts |= {f"latency_le:{b}": 1.0 for b in LATENCY_BUCKETS if seconds <= b}
+    return counts
 
 
 class RedisQueue:
@@ -90,26 +91,24 @@ class RedisQueue:
 
     def enqueue(self, job: Job) -> None:
         from kombu.exceptions import OperationalError
-        from redis.exceptions import RedisError
 
         try:
-            self.redis.set(_queued(job.id), 1, ex=int(visibility_timeout(self.settings)))
             self.celery.send_task(
                 RUN_TASK,
                 args=[job.id],
+                task_id=f"{job.id}.{uuid.uuid4().hex[:12]}",
                 queue=self.settings.queue,
                 soft_time_limit=job.time_limit_s,
                 time_limit=job.time_limit_s + 30,
                 retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5},
             )
-        except (RedisError, OperationalError, OSError) as err:
+        except (OperationalError, OSError) as err:
             raise QueueUnavailable(job.id, err) from err
 
     def claim(self, token: str) -> contextlib.AbstractContextManager[None] | None:
         me, lease_ms = owner(), int(self.settings.lease_s * 1000)
         if not self.redis.set(_lease(token), me, nx=True, px=lease_ms):
             return None
-        self.redis.delete(_queued(token))
         return self._leased(token, me, lease_ms)
 
     @contextlib.contextmanager
@@ -131,14 +130,21 @@ class RedisQueue:
             with contextlib.suppress(Exception):
                 self._release(keys=[_lease(token)], args=[me])
 
-    def busy(self, token: str) -> bool:
-        return bool(self.redis.exists(_queued(token), _lease(token)))
+    def waiting(self) -> set[str]:
+        messages = self.redis.lrange(self.settings.queue, 0, -1)
+        return {m.group(1) for raw in messages if (m := _TASK_ID.search(str(raw)))}
+
+    def leased(self, token: str) -> bool:
+        return bool(self.redis.exists(_lease(token)))
 
     def depth(self) -> int:
         return int(self.redis.llen(self.settings.queue))
 
-    def count(self, field: str, amount: float = 1) -> None:
-        self.redis.hincrbyfloat(_STATS, field, amount)
+    def count(self, amounts: dict[str, float]) -> None:
+        with self.redis.pipeline(transaction=False) as pipe:
+            for field, amount in amounts.items():
+                pipe.hincrbyfloat(_STATS, field, amount)
+            pipe.execute()
 
     def counters(self) -> dict[str, float]:
         return {str(k): float(v) for k, v in self.redis.hgetall(_STATS).items()}
@@ -187,24 +193,30 @@ class LocalQueue:
             with self._lock:
                 self._leased.discard(token)
 
-    def busy(self, token: str) -> bool:
+    def waiting(self) -> set[str]:
         with self._lock:
-            return token in self._queued or token in self._leased
+            return set(self._queued)
+
+    def leased(self, token: str) -> bool:
+        with self._lock:
+            return token in self._leased
 
     def depth(self) -> int:
         with self._lock:
             return len(self._queued)
 
-    def count(self, field: str, amount: float = 1) -> None:
+    def count(self, amounts: dict[str, float]) -> None:
         with self._lock:
-            self._counters[field] = self._counters.get(field, 0) + amount
+            for field, amount in amounts.items():
+                self._counters[field] = self._counters.get(field, 0) + amount
 
     def counters(self) -> dict[str, float]:
         with self._lock:
             return dict(self._counters)
 
-    def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+    def close(self, wait: bool = False) -> None:
+        """Stop; with ``wait``, after every job handed over so far ran (else drop the queued)."""
+        self._pool.shutdown(wait=wait, cancel_futures=not wait)
 
 
 def visibility_timeout(settings: JobSettings) -> float:
@@ -214,18 +226,11 @@ def visibility_timeout(settings: JobSettings) -> float:
 
 
 def backoff(attempt: int, base: float = 1.0, cap: float = 60.0) -> float:
-    return min(cap, base * 2**attempt)
-
-
-def sleep_backoff(attempt: int) -> None:
-    time.sleep(backoff(attempt))
+    return float(min(cap, base * 2**attempt))
 
 
 _STATS = "mmserve:jobs:stats"
-
-
-def _queued(token: str) -> str:
-    return f"mmserve:job:{token}:queued"
+_TASK_ID = re.compile(r"\b([0-9a-f]{32})\.[0-9a-f]{12}\b")
 
 
 def _lease(token: str) -> str:

@@ -28,7 +28,7 @@ from serving.registry import Registry
 from serving.settings import JobSettings
 from serving.store import Store
 from workers.jobs import Job, JobError, Jobs, Status, finishing, now
-from workers.queue import Queue, backoff, observe_latency
+from workers.queue import Queue, backoff, latency_counts
 
 log = logging.getLogger("mmserve.jobs")
 
@@ -109,7 +109,7 @@ class Runner:
         except Exception as err:
             if transient(err):
                 self.jobs.update(job.id, _requeued)
-                self.queue.count("retries")
+                self.queue.count({"retries": 1})
                 raise
             return self.fail(job.id, _error_of(err))
         return self.jobs.update(job.id, finishing(Status.SUCCEEDED))
@@ -133,12 +133,11 @@ class Runner:
         return self.jobs.update(token, finishing(Status.FAILED, error))
 
     def _counted(self, job: Job) -> None:
-        if job.status is Status.SUCCEEDED:
-            self.queue.count("succeeded")
-        elif job.status is Status.FAILED and job.error is not None:
-            self.queue.count(f"failed:{job.error.type}")
+        kind = "succeeded" if job.error is None else f"failed:{job.error.type}"
+        counts = {kind: 1.0}
         if job.finished_at is not None:
-            observe_latency(self.queue, (job.finished_at - job.created_at).total_seconds())
+            counts |= latency_counts((job.finished_at - job.created_at).total_seconds())
+        self.queue.count(counts)
 
     # -- notifications ---------------------------------------------------------------------
 
@@ -173,6 +172,7 @@ class Runner:
         a failed publish, a dead worker); fail the queued ones past their TTL."""
         report = SweepReport()
         grace = timedelta(seconds=self.settings.sweep_grace_s)
+        waiting = self.queue.waiting()  # before the leases: a job may move from one to the other
         for token in self.jobs.open_tokens():
             try:
                 job = self.jobs.get(token)
@@ -182,7 +182,7 @@ class Runner:
             if job.status.finished:  # finished, but its open marker survived a crash
                 self.jobs.update(token, lambda j: j)
                 report.closed += 1
-            elif self.queue.busy(token) or now() - (job.started_at or job.created_at) < grace:
+            elif not self._lost(job, waiting, grace):
                 continue
             elif job.status is Status.QUEUED and job.expires_at and now() > job.expires_at:
                 self.fail(token, _expired(job))
@@ -193,6 +193,13 @@ class Runner:
         if report.enqueued:
             log.info("sweep: %d of %d open jobs enqueued again", report.enqueued, report.open)
         return report
+
+    def _lost(self, job: Job, waiting: set[str], grace: timedelta) -> bool:
+        """No message waits for the job and no worker runs it (and it is not so new that
+        its submit may still be publishing)."""
+        if job.id in waiting or self.queue.leased(job.id):
+            return False
+        return now() - (job.started_at or job.created_at) >= grace
 
 
 def notification(job: Job, store: Store) -> dict[str, Any]:
