@@ -458,7 +458,7 @@ def submit(
 
 @jobs_app.command("status")
 def status(token: str, url: ServerUrl = DEFAULT_URL, api_key: ApiKey = None) -> None:
-    """The job's record: status, model, times, deliveries, error, output location."""
+    """The job's record: status, model, times, attempts, error, output location."""
     out.print_json(data=_Server(url, api_key).record(token))
 
 

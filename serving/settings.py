@@ -109,7 +109,10 @@ class Settings(BaseSettings):
     """All of mmserve's settings. Nested groups use ``__``: ``MMSERVE_CACHE__MAX_MODELS=8``."""
 
     model_config = SettingsConfigDict(
-        env_prefix="MMSERVE_", env_nested_delimiter="__", extra="ignore"
+        env_prefix="MMSERVE_",
+        env_nested_delimiter="__",
+        extra="ignore",
+        env_ignore_empty=True,  # MMSERVE_BROKER_URL= (empty) is unset, not a URL
     )
 
     store_url: str = "./.mmserve"

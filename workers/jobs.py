@@ -68,7 +68,7 @@ class Job(BaseModel):
     expires_at: datetime | None = None
     """Queued past this, the job fails as expired (SageMaker's RequestTTLSeconds)."""
     time_limit_s: float
-    deliveries: int = 0
+    attempts: int = 0
     """Times a worker started running it."""
     lost: int = 0
     """Times a worker died while running it (found by the next delivery)."""
@@ -124,9 +124,10 @@ class Jobs:
         self.store = store
 
     def create(self, job: Job) -> None:
-        """Store a new record (its input already stored) and mark it open."""
-        self.store.create(key(job.id, "job.json"), job.model_dump_json().encode())
+        """Store a new record (its input already stored), marked open first: an open marker
+        without a record is skipped by the sweep, a record without one never swept."""
         self.store.write(f"{OPEN}/{job.id}", b"")
+        self.store.create(key(job.id, "job.json"), job.model_dump_json().encode())
 
     def get(self, token: str) -> Job:
         try:

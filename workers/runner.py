@@ -98,7 +98,7 @@ class Runner:
             update={
                 "status": Status.RUNNING,
                 "lost": lost,
-                "deliveries": job.deliveries + 1,
+                "attempts": job.attempts + 1,
                 "started_at": now(),
             }
         )
@@ -111,7 +111,7 @@ class Runner:
                 self.jobs.update(job.id, _requeued)
                 self.queue.count({"retries": 1})
                 raise
-            return self.fail(job.id, _error_of(err))
+            return self.fail(job.id, _error_of(err, job))
         return self.jobs.update(job.id, finishing(Status.SUCCEEDED))
 
     def _score(self, job: Job) -> None:
@@ -249,9 +249,11 @@ def _requeued(job: Job) -> Job:
     return job.model_copy(update={"status": Status.QUEUED, "retries": job.retries + 1})
 
 
-def _error_of(err: BaseException) -> JobError:
+def _error_of(err: BaseException, job: Job) -> JobError:
+    # Celery's time limit, raised inside the job (the model call wraps it in a ModelError).
+    if "SoftTimeLimitExceeded" in (type(err).__name__, type(err.__cause__).__name__):
+        message = f"the job ran past its time limit of {job.time_limit_s:g} s"
+        return JobError(type="TimeLimit", message=message)
     if isinstance(err, MMServeError):
         return JobError(type=type(err).__name__, message=err.message)
-    if type(err).__name__ == "SoftTimeLimitExceeded":
-        return JobError(type="TimeLimit", message="the job ran past its time limit")
     return JobError(type="ModelError", message=f"{type(err).__name__}: {err}")

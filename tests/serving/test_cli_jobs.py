@@ -103,7 +103,7 @@ def test_recover_runs_lost_jobs_in_this_process_and_waits_for_them(store: Store)
         f"{token} {ends[token]}\n" for token in order
     )
     jobs = Jobs(store)
-    assert (jobs.get(lost).status, jobs.get(lost).deliveries) == (Status.SUCCEEDED, 1)
+    assert (jobs.get(lost).status, jobs.get(lost).attempts) == (Status.SUCCEEDED, 1)
     assert json.loads(store.read(key(lost, "output"))) == expected_answer()
     error = jobs.get(expired).error
     assert error is not None and error.type == "Expired"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import threading
 import time
@@ -130,11 +131,12 @@ def wait(stack: Stack, tokens: list[str], seconds: float = 90) -> dict[str, dict
 
 
 def test_a_job_answers_what_real_time_answers(stack: Stack, worker: None) -> None:
+    succeeded = _metric(stack, 'mmserve_jobs_finished_total{kind="",status="succeeded"}')
     token = submit(stack, "lr")
     record = wait(stack, [token])[token]
     assert record["status"] == "succeeded", record["error"]
     assert record["model"] == "lr:1"
-    assert record["deliveries"] == 1
+    assert record["attempts"] == 1
     assert record["error"] is None
     result = stack.client.get(f"/v1/jobs/{token}/result")
     assert result.status_code == 200
@@ -146,6 +148,51 @@ def test_a_job_answers_what_real_time_answers(stack: Stack, worker: None) -> Non
     # The output object is where the 202 said it would be.
     output = record["output_location"].removeprefix(stack.store.url + "/")
     assert json.loads(stack.store.read(output)) == result.json()
+    assert _metric(stack, 'mmserve_jobs_finished_total{kind="",status="succeeded"}') == (
+        succeeded + 1
+    )
+    assert _metric(stack, "mmserve_job_seconds_count") >= 1
+    assert _metric(stack, "mmserve_jobs_queued") == 0
+
+
+def test_a_job_past_its_time_limit_fails_saying_so(stack: Stack, worker: None) -> None:
+    stack.store.write("inputs/sleepy.csv", ROW.encode())
+    response = stack.client.post(
+        "/endpoints/sleepy/async-invocations",
+        headers={
+            "X-Amzn-SageMaker-InputLocation": "inputs/sleepy.csv",
+            "X-Amzn-SageMaker-InvocationTimeoutSeconds": "1",
+        },
+    )
+    assert response.status_code == 202, response.text
+    token = response.headers["location"].rsplit("/", 1)[1]
+    record = wait(stack, [token])[token]
+    assert record["status"] == "failed"
+    assert record["error"] == {
+        "type": "TimeLimit",
+        "message": "the job ran past its time limit of 1 s",
+    }
+
+
+def test_without_a_broker_the_server_runs_jobs_itself(tmp_path: Path) -> None:
+    Registry(Store.from_url(str(tmp_path))).register(fixtures.logistic(), "lr")
+    with (
+        mmserve_process({"MMSERVE_STORE_URL": str(tmp_path), "MMSERVE_BROKER_URL": ""}) as (url, _),
+        httpx.Client(base_url=url, timeout=30) as client,
+    ):
+        response = client.post(
+            "/v1/models/lr/async", content=ROW, headers={"content-type": "text/csv"}
+        )
+        assert response.status_code == 202
+        status_url = response.headers["location"]
+        deadline = time.monotonic() + 30
+        while (record := client.get(status_url).json())["status"] not in FINISHED:
+            assert time.monotonic() < deadline, record
+            time.sleep(0.1)
+        assert record["status"] == "succeeded"
+        answer = client.get(f"{status_url}/result").text
+    # Text/csv in, text/csv out (the format of the body, unless Accept says otherwise).
+    assert answer.count("\n") == 1
 
 
 def test_submit_answers_202_with_the_job_and_where_its_answer_goes(stack: Stack) -> None:
@@ -213,7 +260,7 @@ def test_a_bad_payload_fails_the_job_naming_the_problem(stack: Stack, worker: No
     token = submit(stack, "lr", "1,2\n")
     record = wait(stack, [token])[token]
     assert record["status"] == "failed"
-    assert record["deliveries"] == 1  # not retried
+    assert record["attempts"] == 1  # not retried
     assert record["error"]["type"] == "DecodeError"
     assert "rows have 2 values; the model takes 5" in record["error"]["message"]
     error = json.loads(stack.store.read(f"jobs/{token}/error.json"))
@@ -323,7 +370,21 @@ def test_a_killed_worker_loses_no_job_and_writes_no_output_twice(stack: Stack) -
 @pytest.mark.slow
 def test_jobs_queued_in_a_redis_that_restarts_are_run_after_the_sweep(stack: Stack) -> None:
     tokens = [submit(stack, "lr") for _ in range(20)]  # no worker: they wait in Redis
-    stack.broker.restart()  # the messages are gone
+    stack.broker.stop()  # the messages are gone
+    started = time.monotonic()
+    refused = stack.client.post(
+        "/v1/models/lr/async", content=ROW, headers={"content-type": "text/csv"}
+    )
+    assert refused.status_code == 503
+    assert time.monotonic() - started < 20  # no request hangs on a dead Redis
+    assert refused.headers["retry-after"] == "5"
+    stored = re.search(r"job ([0-9a-f]{32}) is stored", refused.json()["error"])
+    assert stored is not None, refused.json()
+    record = stack.client.get(f"/v1/jobs/{stored[1]}").json()
+    assert record["status"] == "queued"
+    assert record["queue_error"]
+    tokens.append(stored[1])
+    stack.broker.start()
     tokens.append(submit(stack, "lr"))  # the API publishes again once Redis is back
     with mmserve_worker(stack.env, str(stack.logs / "after-restart.log"), "--beat"):
         records = wait(stack, tokens, seconds=120)
@@ -382,6 +443,14 @@ def test_a_300_mb_payload_passes_with_bounded_api_memory(stack: Stack, worker: N
     with stack.client.stream("GET", f"/v1/jobs/{token}/result") as result:
         lines = sum(chunk.count(b"\n") for chunk in result.iter_bytes())
     assert lines == count
+
+
+def _metric(stack: Stack, sample: str) -> float:
+    """The value of one sample (name and labels, as exposed) on ``/metrics``; 0 if absent."""
+    for line in stack.client.get("/metrics").text.splitlines():
+        if line.startswith(sample + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
 
 
 def _succeeded(stack: Stack, tokens: list[str]) -> int:
