@@ -1,19 +1,27 @@
-"""``python -m models`` (``make demo``): register every demo model, then serve it.
+"""``python -m models`` (``make demo``): register every demo model, then put it to work in
+every mode that has landed: in process, real time over HTTP, asynchronous jobs.
 
-The demo is a list of sections run in order against one registry. Each prints its part
-and returns a phrase for the closing summary; a new mode adds its section to ``SECTIONS``.
+The demo is a list of sections run in order. Each gets the :class:`Demo` (console,
+registry, and the one ``mmserve serve`` that the sections needing a server share), prints
+its part and returns a phrase for the closing summary; a new mode adds its section to
+``SECTIONS``.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
+import pyarrow as pa
 from rich.console import Console
-from rich.table import Table
+from rich.table import Column, Table
 
 from models import RECIPES, Recipe, register
+from models._server import JOB_TIMEOUT_S, DemoError, Predictions, Reply, Server, serve
 from serving.errors import MMServeError
 from serving.registry import Registry
 from serving.settings import Settings
@@ -22,32 +30,180 @@ ALIAS = "production"
 SAMPLE_ROWS = 5
 SAMPLE_SEED = 2024
 
-Section = Callable[[Console, Registry], str]
+
+@dataclass
+class Demo:
+    """What each section gets. The server starts when a section first asks for it and
+    stops when the demo ends, however it ends."""
+
+    console: Console
+    registry: Registry
+    settings: Settings
+    stack: ExitStack
+    _server: Server | None = field(default=None, init=False)
+
+    def server(self) -> Server:
+        if self._server is None:
+            self._server = self.stack.enter_context(serve(self.settings))
+            self.console.print(f"[bold]mmserve serve[/] answers at {self._server.url}\n")
+        return self._server
 
 
-def register_models(console: Console, registry: Registry) -> str:
+Section = Callable[[Demo], str]
+
+
+def register_models(demo: Demo) -> str:
     """Train each recipe and register it under the ``production`` alias."""
-    console.rule("Register")
-    table = Table("model", "alias", "task", "inputs", "outputs", "trained + stored")
+    demo.console.rule("Register")
+    demo.console.print(f"Each model trained, stored and registered under the alias {ALIAS}:")
+    table = Table("model", "task", _right("inputs"), "outputs", _right("seconds"))
     for recipe in RECIPES:
         started = time.perf_counter()
-        mv = register(recipe, registry, alias=ALIAS)
+        mv = register(recipe, demo.registry, alias=ALIAS)
         seconds = time.perf_counter() - started
         outputs = ", ".join(mv.outputs)
-        table.add_row(mv.ref, ALIAS, mv.task, str(len(mv.inputs)), outputs, f"{seconds:.2f} s")
-    console.print(table)
+        table.add_row(mv.ref, mv.task, str(len(mv.inputs)), outputs, f"{seconds:.2f}")
+    demo.console.print(table)
     return f"{len(RECIPES)} models registered"
 
 
-def predict_samples(console: Console, registry: Registry) -> str:
-    """Load each model through its alias and score a few sample rows."""
-    console.rule("Predict")
+def predict_samples(demo: Demo) -> str:
+    """Load each model through its alias and score a few sample rows, in process."""
+    demo.console.rule("Predict")
     for recipe in RECIPES:
-        _show_predictions(console, registry, recipe)
+        _show_predictions(demo.console, demo.registry, recipe)
     return f"{SAMPLE_ROWS * len(RECIPES)} rows scored"
 
 
-SECTIONS: tuple[Section, ...] = (register_models, predict_samples)
+def serve_real_time(demo: Demo) -> str:
+    """Send the sample rows to the server in each protocol; each answer must equal the
+    in-process one exactly."""
+    demo.console.rule("Real time")
+    server = demo.server()
+    demo.console.print("The sample rows in each protocol, compared with the in-process answers:")
+    table = Table("model", "protocol", _right("rows"), _right("HTTP"), _right("latency ms"))
+    table.add_column("same as in-process")
+    count, problems = 0, []
+    for recipe in RECIPES:
+        rows = _features(recipe)
+        local = demo.registry.load(_ref(recipe)).predict(rows).to_pylist()
+        exchanges = _each_protocol(server, recipe, rows, outputs=list(local[0]))
+        for i, (protocol, sent, reply, answer) in enumerate(exchanges):
+            equal = answer == local[:sent]
+            cells = (recipe.NAME, protocol, str(sent), _status(reply), _latency(reply), _yes(equal))
+            table.add_row(*cells, end_section=i == len(exchanges) - 1)
+            if not equal:
+                problems.append(f"{recipe.NAME} over {protocol}: {_what_differs(reply)}")
+        count += len(exchanges)
+    demo.console.print(table)
+    demo.console.print("* cold start: the request loaded the model", style="dim")
+    _fail_on(problems, f"of {count} real-time answers differ from the in-process ones")
+    return f"{count} real-time answers identical"
+
+
+def run_jobs(demo: Demo) -> str:
+    """Submit each model's sample rows as a CSV job, wait for it, and compare its answer
+    with the real-time one."""
+    demo.console.rule("Asynchronous")
+    server = demo.server()
+    demo.console.print("Each model's sample rows as a CSV job, run by the server itself:")
+    jobs = [(recipe, _submit(server, recipe)) for recipe in RECIPES]  # all queued at once
+    table = Table("model", "job", "status", _right("submit → done ms"), "same as real time")
+    problems = []
+    for recipe, job_id in jobs:
+        job = server.wait_job(job_id)
+        answer = server.job_result(job_id)[1] if job["status"] == "succeeded" else None
+        realtime = server.predict_v1(_ref(recipe), _features(recipe))[1]
+        equal = answer is not None and answer == realtime
+        table.add_row(recipe.NAME, f"{job_id[:8]}…", job["status"], _duration(job), _yes(equal))
+        if not equal:
+            problems.append(f"{recipe.NAME} job {job_id}: {_why(job)}")
+    demo.console.print(table)
+    demo.console.print(
+        "With MMSERVE_BROKER_URL set, these jobs go to Celery workers (mmserve worker).",
+        style="dim",
+    )
+    _fail_on(problems, f"of {len(jobs)} jobs went wrong")
+    return f"{len(jobs)} jobs succeeded"
+
+
+SECTIONS: list[Section] = [register_models, predict_samples, serve_real_time, run_jobs]
+
+
+def _ref(recipe: Recipe) -> str:
+    return f"{recipe.NAME}@{ALIAS}"
+
+
+def _features(recipe: Recipe) -> pa.Table:
+    """The sample rows as a client sends them: the features, without the id column."""
+    return recipe.sample(SAMPLE_ROWS, SAMPLE_SEED).select(recipe.FEATURES)
+
+
+def _each_protocol(
+    server: Server, recipe: Recipe, rows: pa.Table, outputs: list[str]
+) -> list[tuple[str, int, Reply, Predictions | None]]:
+    """Each protocol's exchange: its name, rows sent, the reply and the answer's rows."""
+    one = rows.slice(0, 1)
+    return [
+        ("V1", rows.num_rows, *server.predict_v1(_ref(recipe), rows)),
+        ("V2", 1, *server.infer_v2(recipe.NAME, one)),
+        ("SageMaker CSV", 1, *server.invoke_sagemaker(recipe.NAME, one, outputs)),
+    ]
+
+
+def _submit(server: Server, recipe: Recipe) -> str:
+    reply = server.submit_job(_ref(recipe), _features(recipe))
+    if reply.status != 202:
+        raise DemoError(f"submitting the {recipe.NAME} job answered {_error(reply)}")
+    job_id: str = reply.json()["job_id"]
+    return job_id
+
+
+def _fail_on(problems: list[str], what: str) -> None:
+    if problems:
+        raise DemoError(f"{len(problems)} {what}:\n" + "\n".join(f"  {p}" for p in problems))
+
+
+def _right(header: str) -> Column:
+    return Column(header, justify="right")
+
+
+def _status(reply: Reply) -> str:
+    return str(reply.status) if reply.status == 200 else f"[red]{reply.status}[/]"
+
+
+def _latency(reply: Reply) -> str:
+    return f"{reply.ms:.1f}" + ("*" if reply.cold else "")
+
+
+def _duration(job: dict[str, Any]) -> str:
+    if job.get("finished_at") is None:
+        return "-"
+    took = datetime.fromisoformat(job["finished_at"]) - datetime.fromisoformat(job["created_at"])
+    return f"{took.total_seconds() * 1000:.1f}"
+
+
+def _yes(equal: bool) -> str:
+    return "[green]yes[/]" if equal else "[red]no[/]"
+
+
+def _what_differs(reply: Reply) -> str:
+    if reply.status != 200:
+        return _error(reply)
+    return "the answer differs from the in-process one"
+
+
+def _error(reply: Reply) -> str:
+    return f"HTTP {reply.status}: {reply.body.decode('utf-8', 'replace')[:500]}"
+
+
+def _why(job: dict[str, Any]) -> str:
+    if job["status"] in ("queued", "running"):
+        return f"still {job['status']} after {JOB_TIMEOUT_S:.0f} s"
+    if job["status"] != "succeeded":
+        error = job.get("error") or {}
+        return f"{job['status']} ({error.get('type')}: {error.get('message')})"
+    return "its answer differs from the real-time one"
 
 
 def _show_predictions(console: Console, registry: Registry, recipe: Recipe) -> None:
@@ -77,12 +233,15 @@ def main() -> int:
     console = Console()
     console.print(f"mmserve demo, store [bold]{settings.store_url}[/]")
     started = time.perf_counter()
-    registry = Registry.from_settings(settings)
     try:
-        done = [section(console, registry) for section in SECTIONS]
-    except MMServeError as err:
-        Console(stderr=True).print(f"[red]error:[/] {err.message}", highlight=False)
+        with ExitStack() as stack:
+            demo = Demo(console, Registry.from_settings(settings), settings, stack)
+            done = [section(demo) for section in SECTIONS]
+    except (MMServeError, DemoError) as err:
+        Console(stderr=True).print(f"[red]error:[/] {err}", highlight=False)
         return 1
+    except KeyboardInterrupt:  # the server, if started, is stopped by now
+        return 130
     console.print(f"\n[green]done[/]: {', '.join(done)} in {time.perf_counter() - started:.1f} s.")
     return 0
 

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import os
+import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+from urllib.error import URLError
+from urllib.request import urlopen
 
 import numpy as np
 import pandas as pd
@@ -14,8 +18,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from models import RECIPES, Recipe, churn, register
+from models import RECIPES, Recipe, _server, churn, register
+from models._server import DemoError, serve
 from serving.registry import Registry
+from serving.settings import Settings
 from serving.store import Store
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -119,27 +125,79 @@ def test_training_returns_an_example_of_feature_columns_only(recipe: Recipe) -> 
     assert example.num_rows > 0
 
 
-def run_demo(store_url: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MMSERVE_")}
-    env.update(MMSERVE_STORE_URL=store_url, COLUMNS="100")
+def run_demo(store_url: str, **env: str) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("MMSERVE_")}
+    clean.update(MMSERVE_STORE_URL=store_url, COLUMNS="200", **env)
     return subprocess.run(
         [sys.executable, "-W", "error", "-m", "models"],
         cwd=ROOT,
-        env=env,
+        env=clean,
         capture_output=True,
         text=True,
         timeout=120,
     )
 
 
-def test_python_m_models_registers_and_serves_every_model(tmp_path: Path) -> None:
+def table_rows(output: str, *cells: str) -> list[str]:
+    """The lines of a printed table whose cells match the patterns ``cells``."""
+    pattern = re.compile(r"│ " + r" +│ +".join(cells) + r" +│")
+    return [line for line in output.splitlines() if pattern.fullmatch(line)]
+
+
+@pytest.mark.slow
+def test_python_m_models_answers_the_same_in_every_mode(tmp_path: Path) -> None:
     store_url = str(tmp_path / "store")
-    first, second = run_demo(store_url), run_demo(store_url)
+    first = run_demo(store_url)
+    # A broker in the environment is not the demo's: its server still runs jobs itself.
+    second = run_demo(store_url, MMSERVE_BROKER_URL="redis://127.0.0.1:9/0")
     for run, version in ((first, 1), (second, 2)):
         assert (run.returncode, run.stderr) == (0, "")
         for recipe in RECIPES:
-            assert f"{recipe.NAME}@production -> {recipe.NAME}:{version}, loaded in" in run.stdout
-        assert "done: 3 models registered, 15 rows scored in" in run.stdout
+            name = recipe.NAME
+            assert f"{name}@production -> {name}:{version}, loaded in" in run.stdout
+            # Only the first request loads the model (*: cold start); every answer is equal.
+            assert len(table_rows(run.stdout, name, "V1", "5", "200", r"[\d.]+\*", "yes")) == 1
+            for protocol in ("V2", "SageMaker CSV"):
+                assert (
+                    len(table_rows(run.stdout, name, protocol, "1", "200", r"[\d.]+", "yes")) == 1
+                )
+            job = (name, "[0-9a-f]{8}…", "succeeded", r"[\d.]+", "yes")
+            assert len(table_rows(run.stdout, *job)) == 1
+        assert "With MMSERVE_BROKER_URL set, these jobs go to Celery workers" in run.stdout
+        done = "done: 3 models registered, 15 rows scored, 9 real-time answers identical, "
+        assert f"{done}3 jobs succeeded in" in run.stdout
+        server = re.search(r"mmserve serve answers at (http://\S+)", run.stdout)
+        assert server is not None
+        with pytest.raises(URLError):  # stopped with the demo
+            urlopen(f"{server[1]}/v2/health/live", timeout=5)
     registry = Registry(Store.from_url(store_url))
     assert registry.models() == sorted(r.NAME for r in RECIPES)
     assert all(registry.aliases(r.NAME) == {"production": 2} for r in RECIPES)
+
+
+def test_the_demo_server_stops_when_the_demo_fails(tmp_path: Path) -> None:
+    with pytest.raises(DemoError, match="a section failed"), serve(settings(tmp_path)) as server:
+        with urlopen(f"{server.url}/v2/health/ready", timeout=5) as ready:
+            assert ready.status == 200
+        raise DemoError("a section failed")
+    with pytest.raises(URLError):
+        urlopen(f"{server.url}/v2/health/live", timeout=5)
+
+
+def test_a_demo_server_that_exits_at_start_is_reported_with_its_output(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        monkeypatch.setattr(_server, "_free_port", lambda: port)
+        with pytest.raises(DemoError) as raised, serve(settings(tmp_path)):
+            pass
+    first, *tail = str(raised.value).splitlines()
+    assert first == "mmserve serve exited with code 3 at start; its last output:"
+    assert tail[-1].endswith(f"('127.0.0.1', {port}): address already in use")
+
+
+def settings(tmp_path: Path) -> Settings:
+    return Settings(store_url=str(tmp_path / "store"))
