@@ -46,8 +46,13 @@ async def parsed(request: Request, model: type[M]) -> M:
     try:
         return model.model_validate_json(body or b"{}")
     except ValidationError as err:
-        errors = err.errors(include_url=False)
-        raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in errors]) from None
+        raise invalid_body(err) from None
+
+
+def invalid_body(err: ValidationError) -> RequestValidationError:
+    """A body's validation errors as FastAPI's (422, each naming its field)."""
+    errors = err.errors(include_url=False)
+    return RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in errors])
 
 
 def json_body(model: type[BaseModel], required: bool = True) -> dict[str, Any]:

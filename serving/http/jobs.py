@@ -23,11 +23,13 @@ from urllib.parse import urlparse
 import anyio
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, Field, ValidationError
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 
 from serving import codecs
 from serving.codecs import DecodeError, media_type, sagemaker
 from serving.errors import InvalidName, JobNotReady, PayloadTooLarge, QueueUnavailable
+from serving.http._body import invalid_body
 from serving.store import validate_key
 from workers.jobs import Job, JobError, Status, key, new_token, now, valid_token
 from workers.runner import Runner, location
@@ -48,16 +50,16 @@ async def submit(ref: str, request: Request) -> Response:
     runner = _runner(request)
     headers = request.headers
     kind = media_type(headers.get("content-type"), codecs.JSON, sagemaker.ACCEPTED)
-    fields = await _pointer(request) if kind == codecs.JSON else None
-    options = fields or {}
-    answer = media_type(options.get("accept") or headers.get("accept"), kind, sagemaker.ACCEPTED)
-    idempotency_key = options.get("idempotency_key") or headers.get("idempotency-key")
-    callback = _callback(options.get("callback_url") or headers.get("x-callback-url"))
+    pointer = await _pointer(request) if kind == codecs.JSON else None
+    given = pointer or InputPointer(input_location="-")
+    answer = media_type(given.accept or headers.get("accept"), kind, sagemaker.ACCEPTED)
+    idempotency_key = given.idempotency_key or headers.get("idempotency-key")
+    callback = _callback(given.callback_url or headers.get("x-callback-url"))
     job = _new_job(request, ref, kind, answer, callback, idempotency_key)
-    if fields is not None:
-        job.input_key = _store_key(runner, _field(fields, "input_location"))
-        job.content_type = media_type(fields.get("content_type"), codecs.CSV, sagemaker.ACCEPTED)
-    job = await _accept(runner, job, request if fields is None else None)
+    if pointer is not None:
+        job.input_key = _store_key(runner, pointer.input_location)
+        job.content_type = media_type(pointer.content_type, codecs.CSV, sagemaker.ACCEPTED)
+    job = await _accept(runner, job, request if pointer is None else None)
     view = _view(request, runner, job)
     return JSONResponse(view, status_code=202, headers={"Location": view["status_url"]})
 
@@ -189,9 +191,19 @@ async def _accept(runner: Runner, job: Job, body: Request | None) -> Job:
     return job
 
 
-async def _pointer(request: Request) -> dict[str, Any] | None:
-    """The fields of a small JSON body that names its input (``input_location``) instead of
-    being it; ``None`` for any other body (left unread, to be streamed)."""
+class InputPointer(BaseModel):
+    """A JSON body that names the job's input instead of being it."""
+
+    input_location: str = Field(min_length=1, description="s3://... under the store, or a key")
+    content_type: str | None = Field(None, description="The input's media type (text/csv)")
+    accept: str | None = None
+    callback_url: str | None = None
+    idempotency_key: str | None = None
+
+
+async def _pointer(request: Request) -> InputPointer | None:
+    """A small JSON body that names its input (``input_location``) instead of being it;
+    ``None`` for any other body (left unread, to be streamed)."""
     declared = request.headers.get("content-length")
     if declared is None or not declared.isdigit() or int(declared) > _POINTER_BYTES:
         return None
@@ -200,14 +212,12 @@ async def _pointer(request: Request) -> dict[str, Any] | None:
         document = json.loads(body)
     except (ValueError, RecursionError):
         return None  # not JSON: the worker reports that, as for any bad payload
-    return document if isinstance(document, dict) and "input_location" in document else None
-
-
-def _field(fields: dict[str, Any], name: str) -> str:
-    value = fields.get(name)
-    if not isinstance(value, str) or not value:
-        raise DecodeError(codecs.JSON, f"{name!r} must be a non-empty string")
-    return value
+    if not (isinstance(document, dict) and "input_location" in document):
+        return None
+    try:
+        return InputPointer.model_validate(document)
+    except ValidationError as err:
+        raise invalid_body(err) from None
 
 
 def _store_key(runner: Runner, where: str) -> str:

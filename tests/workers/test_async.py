@@ -270,6 +270,28 @@ def test_a_bad_payload_fails_the_job_naming_the_problem(stack: Stack, worker: No
     assert "DecodeError" in result.json()["error"]
 
 
+def test_a_job_can_name_an_input_already_in_the_store(stack: Stack, worker: None) -> None:
+    stack.store.write("inputs/named.csv", ROW.encode())
+    response = stack.client.post(
+        "/v1/models/lr/async",
+        json={"input_location": f"{stack.store.url}/inputs/named.csv", "content_type": "text/csv"},
+    )
+    assert response.status_code == 202, response.text
+    token = response.json()["job_id"]
+    record = wait(stack, [token])[token]
+    assert record["status"] == "succeeded", record["error"]
+    assert record["input_location"] == f"{stack.store.url}/inputs/named.csv"
+    assert record["content_type"] == "text/csv"
+    wrong = stack.client.post("/v1/models/lr/async", json={"input_location": 5})
+    assert wrong.status_code == 422
+    assert wrong.json()["error"].startswith("body.input_location: ")
+    missing = stack.client.post("/v1/models/lr/async", json={"input_location": "inputs/none.csv"})
+    assert missing.status_code == 422
+    assert missing.json() == {
+        "error": "cannot read the request body: no object at the input location 'inputs/none.csv'"
+    }
+
+
 def test_the_same_idempotency_key_gives_the_same_job(stack: Stack) -> None:
     key = uuid.uuid4().hex
     first = submit(stack, "lr", **{"idempotency-key": key})
