@@ -48,6 +48,11 @@ jobs_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(jobs_app, name="jobs")
+batch_app = typer.Typer(
+    help="Batch transform: score whole datasets (parquet, CSV, JSON lines; local or S3).",
+    no_args_is_help=True,
+)
+app.add_typer(batch_app, name="batch")
 
 PORT = 8080
 """Where ``mmserve serve`` listens, and so where ``mmserve jobs`` looks for it by default."""
@@ -559,6 +564,113 @@ def _run_here(runner: Runner, queue: LocalQueue, tokens: list[str]) -> None:
     for token in tokens:
         with contextlib.suppress(JobNotFound):  # an open marker whose record is gone
             out.print(f"{token} {runner.jobs.get(token).status}", highlight=False)
+
+
+# -- mmserve batch --------------------------------------------------------------------------
+
+
+@batch_app.command("run")
+@_reports_errors
+def batch_run(
+    model: Annotated[str, typer.Option(help="Model reference; its version is pinned at start.")],
+    input: Annotated[str, typer.Option(help="A file, folder or glob; a path or s3://...")],
+    output: Annotated[str, typer.Option(help="A folder; a path or s3://...")],
+    id_column: Annotated[str | None, typer.Option(help="Input column kept in the output.")] = None,
+    format: Annotated[
+        Literal["parquet", "csv", "jsonl"], typer.Option(help="Format of the parts.")
+    ] = "parquet",
+    keep_columns: Annotated[
+        str | None, typer.Option(help="More input columns to keep, comma-separated.")
+    ] = None,
+    join_input: Annotated[bool, typer.Option(help="Keep every input column.")] = False,
+    on_error: Annotated[
+        Literal["fail", "skip"], typer.Option(help="A bad row stops the run, or goes to _rejects/.")
+    ] = "fail",
+    workers: Annotated[int, typer.Option(min=1, help="Processes on this machine.")] = 1,
+    run_id: Annotated[str | None, typer.Option(help="Resume this run (or name a new one).")] = None,
+    resume: Annotated[bool, typer.Option(help="Resume the run the output holds.")] = False,
+    batch_rows: Annotated[int, typer.Option(min=1, help="Rows scored at a time.")] = 65_536,
+    partition_rows: Annotated[
+        int, typer.Option(min=1, help="Rows per partition of a large parquet file.")
+    ] = 1_000_000,
+) -> None:
+    """Score every row of INPUT into OUTPUT: one part per partition, then _manifest.json.
+    Run it again (--resume) after a crash: done parts are kept, the rest written."""
+    from batch.runner import run_batch
+    from batch.spec import BatchSpec
+
+    spec = BatchSpec(
+        model=model,
+        input=input,
+        output=output,
+        id_column=id_column,
+        format=format,
+        keep_columns=[c for c in (keep_columns or "").split(",") if c],
+        join_input=join_input,
+        on_error=on_error,
+        batch_rows=batch_rows,
+        partition_rows=partition_rows,
+    )
+    settings = Settings()
+    with _progress() as progress:
+        task = progress.add_task("parts", total=None, rows=0)
+
+        def planned(run: Any, total: int, done: int) -> None:
+            err.print(f"run {run.run_id}: {run.model}, {total} parts ({done} already done)")
+            progress.update(task, total=total, completed=done)
+
+        def part_done(result: Any) -> None:
+            rows = progress.tasks[task].fields["rows"] + result.rows
+            progress.update(task, advance=1, rows=rows)
+
+        manifest = run_batch(
+            spec,
+            Registry.from_settings(settings),
+            settings,
+            run_id=run_id,
+            resume=resume,
+            workers=workers,
+            on_plan=planned,
+            on_part=part_done,
+        )
+    err.print(
+        f"{manifest['rows']} rows scored by {manifest['model']} in {len(manifest['parts'])} "
+        f"parts ({manifest['rejected']} rejected), {manifest['seconds']:.1f} s → {output}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    typer.echo(manifest["run_id"])
+
+
+@batch_app.command("status")
+@_reports_errors
+def batch_status(run_id: str) -> None:
+    """Where a run stands: parts done of all, rows, rejects, finished or not."""
+    from batch.runner import status
+
+    settings = Settings()
+    out.print_json(data=status(Registry.from_settings(settings), settings, run_id))
+
+
+def _progress() -> Any:
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rows]:,} rows"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err,
+    )
 
 
 def _when(moment: datetime) -> str:

@@ -59,6 +59,18 @@ class MMServeError(Exception):
         super().__init__(message)
         self.message = message
 
+    def __reduce__(self) -> tuple[object, ...]:
+        # Rebuilt from its message and attributes, whatever the subclass's __init__ takes:
+        # errors cross process boundaries (batch workers) intact.
+        return (_rebuilt, (type(self), self.message, self.__dict__))
+
+
+def _rebuilt(cls: type[MMServeError], message: str, state: dict[str, object]) -> MMServeError:
+    err = cls.__new__(cls)
+    Exception.__init__(err, message)
+    err.__dict__.update(state)
+    return err
+
 
 class InvalidName(MMServeError):
     status = HTTPStatus.BAD_REQUEST

@@ -69,16 +69,7 @@ class Store:
             aws = aws or AwsSettings()
             if not parsed.netloc:
                 raise InvalidName("store URL", url, "s3 URLs name a bucket: s3://bucket/prefix")
-            fs = pafs.S3FileSystem(
-                endpoint_override=aws.endpoint_url,
-                access_key=_secret(aws.access_key_id),
-                secret_key=_secret(aws.secret_access_key),
-                region=aws.region,
-                # Upload parts as they fill, in the writer's thread: a background upload
-                # slower than the writer would queue parts in memory without bound.
-                background_writes=False,
-            )
-            return cls(url, fs, f"{parsed.netloc}{parsed.path}", aws=aws)
+            return cls(url, s3_filesystem(aws), f"{parsed.netloc}{parsed.path}", aws=aws)
         if parsed.scheme not in ("", "file"):
             raise InvalidName("store URL", url, "use a path, file://path or s3://bucket/prefix")
         path = Path(parsed.path if parsed.scheme == "file" else url).expanduser().resolve()
@@ -293,6 +284,19 @@ class Store:
             raise StoreUnavailable(self.url, err) from err
         except BotoCoreError as err:
             raise StoreUnavailable(self.url, err) from err
+
+
+def s3_filesystem(aws: AwsSettings) -> pafs.S3FileSystem:
+    """pyarrow's S3 filesystem for ``aws`` (endpoint, credentials, region)."""
+    return pafs.S3FileSystem(
+        endpoint_override=aws.endpoint_url,
+        access_key=_secret(aws.access_key_id),
+        secret_key=_secret(aws.secret_access_key),
+        region=aws.region,
+        # Upload parts as they fill, in the writer's thread: a background upload slower
+        # than the writer would queue parts in memory without bound.
+        background_writes=False,
+    )
 
 
 def _secret(value: Any) -> str | None:
