@@ -134,9 +134,10 @@ def write_part(
             writer.close()
     if rejects:
         _write_rejects(out, partition.name, pa.concat_tables(rejects))
-    return PartResult(
-        partition.name, rows, rejected, sink.hash.hexdigest(), time.perf_counter() - started
-    )
+    seconds = time.perf_counter() - started
+    result = PartResult(partition.name, rows, rejected, sink.hash.hexdigest(), seconds)
+    out.write(f"_parts/{partition.name}.json", json.dumps(asdict(result)).encode())
+    return result  # done: the part, then its record
 
 
 def _batches(
@@ -303,6 +304,7 @@ def run_batch(
     run_id: str | None = None,
     resume: bool = False,
     workers: int = 1,
+    distributed: bool = False,
     on_plan: Callable[[Run, int, int], None] | None = None,
     on_part: Callable[[PartResult], None] | None = None,
 ) -> dict[str, Any]:
@@ -310,12 +312,11 @@ def run_batch(
     started = time.perf_counter()
     run = start(spec, registry, settings, run_id, resume)
     partitions = plan(spec, settings)
-    done = {p.name: r for p in partitions if (r := _done(run.out, p.name)) is not None}
+    done = {p.name: r for p in partitions if (r := done_part(run.out, p.name)) is not None}
     todo = [p for p in partitions if p.name not in done]
     if on_plan is not None:
         on_plan(run, len(partitions), len(done))
-    for result in _execute(run, todo, registry, settings, workers):
-        run.out.write(f"_parts/{result.name}.json", json.dumps(asdict(result)).encode())
+    for result in _execute(run, todo, registry, settings, workers, distributed):
         done[result.name] = result
         if on_part is not None:
             on_part(result)
@@ -334,7 +335,8 @@ def run_batch(
     return manifest
 
 
-def _done(out: Store, name: str) -> PartResult | None:
+def done_part(out: Store, name: str) -> PartResult | None:
+    """The record of a part that is written; ``None`` if it is not (yet)."""
     try:
         return PartResult(**json.loads(out.read(f"_parts/{name}.json")))
     except ObjectNotFound:
@@ -342,8 +344,18 @@ def _done(out: Store, name: str) -> PartResult | None:
 
 
 def _execute(
-    run: Run, todo: list[Partition], registry: Registry, settings: Settings, workers: int
+    run: Run,
+    todo: list[Partition],
+    registry: Registry,
+    settings: Settings,
+    workers: int,
+    distributed: bool,
 ) -> Iterator[PartResult]:
+    if distributed:
+        from batch.distributed import execute
+
+        yield from execute(run, todo, settings)
+        return
     if workers <= 1 or len(todo) <= 1:
         predictor = registry.load(run.model)
         for partition in todo:

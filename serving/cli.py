@@ -587,6 +587,9 @@ def batch_run(
         Literal["fail", "skip"], typer.Option(help="A bad row stops the run, or goes to _rejects/.")
     ] = "fail",
     workers: Annotated[int, typer.Option(min=1, help="Processes on this machine.")] = 1,
+    distributed: Annotated[
+        bool, typer.Option(help="One task per partition on the mmserve workers (needs a broker).")
+    ] = False,
     run_id: Annotated[str | None, typer.Option(help="Resume this run (or name a new one).")] = None,
     resume: Annotated[bool, typer.Option(help="Resume the run the output holds.")] = False,
     batch_rows: Annotated[int, typer.Option(min=1, help="Rows scored at a time.")] = 65_536,
@@ -630,6 +633,7 @@ def batch_run(
             run_id=run_id,
             resume=resume,
             workers=workers,
+            distributed=distributed,
             on_plan=planned,
             on_part=part_done,
         )

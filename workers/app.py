@@ -18,6 +18,7 @@ from typing import Any
 from celery import Celery, Task
 from celery.signals import worker_process_init
 
+from batch.distributed import PART_TASK, run_part
 from serving.registry import Registry
 from serving.settings import Settings
 from workers.queue import RUN_TASK, SWEEP_TASK, RedisQueue, backoff, visibility_timeout
@@ -72,6 +73,12 @@ def make_celery(settings: Settings) -> Celery:
                 runner().fail(token, _gave_up(err, task.request.retries))
                 return
             raise task.retry(exc=err, countdown=backoff(task.request.retries)) from err
+
+    @app.task(name=PART_TASK)
+    def batch_part(spec: str, run_id: str, model: str, partition: dict[str, Any]) -> None:
+        queue = runner().queue
+        assert isinstance(queue, RedisQueue)
+        run_part(queue, settings, runner().registry.load, spec, run_id, model, partition)
 
     @app.task(name=SWEEP_TASK)
     def sweep() -> dict[str, Any]:

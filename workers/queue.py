@@ -6,8 +6,8 @@ has lost its message (a Redis restart without persistence, a publish that failed
 killed with the job): the sweep enqueues it again. Redis holds only these hints and
 counters, never the only copy of anything: the store has the job.
 
-Celery messages of a job carry task ids ``<token>.<random>``, so the sweep finds the
-waiting jobs in one read of the queue.
+Celery messages carry task ids ``<unit>.<random>`` (a job's token, a batch part), so the
+sweep finds the waiting units in one read of the queue.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ class Queue(Protocol):
         holds it."""
 
     def waiting(self) -> set[str]:
-        """The tokens of the jobs with a message waiting in the queue."""
+        """The units (job tokens, batch parts) with a message waiting in the queue."""
 
     def leased(self, token: str) -> bool:
         """Whether a live worker runs the job."""
@@ -90,20 +90,25 @@ class RedisQueue:
         )
 
     def enqueue(self, job: Job) -> None:
+        limits = {"soft_time_limit": job.time_limit_s, "time_limit": job.time_limit_s + 30}
+        self.publish(RUN_TASK, job.id, [job.id], **limits)
+
+    def publish(self, task: str, unit: str, args: list[Any], **options: Any) -> None:
+        """Send ``task`` for a unit of work (a job token, a batch part); its task id carries
+        ``unit``, which :meth:`waiting` reads back."""
         from kombu.exceptions import OperationalError
 
         try:
             self.celery.send_task(
-                RUN_TASK,
-                args=[job.id],
-                task_id=f"{job.id}.{uuid.uuid4().hex[:12]}",
+                task,
+                args=args,
+                task_id=f"{unit}.{uuid.uuid4().hex[:12]}",
                 queue=self.settings.queue,
-                soft_time_limit=job.time_limit_s,
-                time_limit=job.time_limit_s + 30,
                 retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5},
+                **options,
             )
         except (OperationalError, OSError) as err:
-            raise QueueUnavailable(job.id, err) from err
+            raise QueueUnavailable(unit, err) from err
 
     def claim(self, token: str) -> contextlib.AbstractContextManager[None] | None:
         me, lease_ms = owner(), int(self.settings.lease_s * 1000)
@@ -230,7 +235,7 @@ def backoff(attempt: int, base: float = 1.0, cap: float = 60.0) -> float:
 
 
 _STATS = "mmserve:jobs:stats"
-_TASK_ID = re.compile(r"\b([0-9a-f]{32})\.[0-9a-f]{12}\b")
+_TASK_ID = re.compile(r'"id": "([A-Za-z0-9._-]+)\.[0-9a-f]{12}"')
 
 
 def _lease(token: str) -> str:

@@ -24,6 +24,7 @@ from serving.registry import Registry
 from serving.settings import AwsSettings, Settings
 from serving.store import Store
 from tests import fixtures
+from tests.services import kill_group, mmserve_worker, redis_server
 
 ROWS = 1_000
 
@@ -181,3 +182,52 @@ def test_a_run_killed_at_any_moment_resumes_to_the_same_output(tmp_path: Path) -
     for part in whole["parts"]:
         name = f"{part['name']}.parquet"
         assert (tmp_path / "killed" / name).read_bytes() == (tmp_path / "whole" / name).read_bytes()
+
+
+@pytest.mark.slow
+def test_a_distributed_run_survives_a_killed_worker(tmp_path: Path) -> None:
+    store = Store.from_url(str(tmp_path / "store"))
+    x, y = fixtures.numeric_data(10)
+    Registry(store).register(
+        fixtures.SlowModel(0.05).fit(x, y), "slow", flavor="sklearn-pickle", trust_pickle=True
+    )
+    pq.write_table(dataset(1_600), tmp_path / "in.parquet", row_group_size=50)
+    with redis_server() as broker:
+        env = {
+            "MMSERVE_STORE_URL": store.url,
+            "MMSERVE_BROKER_URL": broker.url,
+            "MMSERVE_JOBS__LEASE_S": "2",
+            "PYTHONPATH": os.getcwd(),
+        }
+        argv = [os.path.join(os.path.dirname(sys.executable), "mmserve"), "batch", "run"]
+        argv += ["--model", "slow", "--input", str(tmp_path / "in.parquet"), "--id-column", "id"]
+        argv += ["--partition-rows", "50", "--batch-rows", "25"]
+        local = subprocess.run(
+            [*argv, "--output", str(tmp_path / "local")], env={**os.environ, **env}, timeout=120
+        )
+        assert local.returncode == 0
+        logs = tmp_path / "logs"
+        logs.mkdir()
+        with (
+            mmserve_worker(env, str(logs / "a.log"), "--concurrency", "1") as doomed,
+            mmserve_worker(env, str(logs / "b.log"), "--concurrency", "1"),
+            open(logs / "run.log", "wb") as log,
+        ):
+            run = subprocess.Popen(
+                [*argv, "--output", str(tmp_path / "spread"), "--distributed"],
+                env={**os.environ, **env},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+            parts = tmp_path / "spread" / "_parts"
+            deadline = time.monotonic() + 60
+            while len(list(parts.glob("*.json")) if parts.exists() else []) < 8:
+                assert time.monotonic() < deadline and run.poll() is None
+                time.sleep(0.05)
+            kill_group(doomed, signal.SIGKILL)
+            assert run.wait(120) == 0, (logs / "run.log").read_text()
+    whole = json.loads((tmp_path / "local" / "_manifest.json").read_text())
+    spread = json.loads((tmp_path / "spread" / "_manifest.json").read_text())
+    assert len(whole["parts"]) == 32
+    assert [p["sha256"] for p in spread["parts"]] == [p["sha256"] for p in whole["parts"]]
+    assert spread["rows"] == 1_600
