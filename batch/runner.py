@@ -40,6 +40,7 @@ from serving.store import Store
 
 RUN = "_run.json"
 MANIFEST = "_manifest.json"
+ERROR = "_error.json"  # why a run started elsewhere (API, schedule) stopped
 _EXTENSIONS = {"parquet": "parquet", "csv": "csv", "jsonl": "jsonl"}
 
 
@@ -311,6 +312,7 @@ def run_batch(
     """Run (or resume) the batch; returns the manifest once every part is written."""
     started = time.perf_counter()
     run = start(spec, registry, settings, run_id, resume)
+    run.out.delete(ERROR)
     partitions = plan(spec, settings)
     done = {p.name: r for p in partitions if (r := done_part(run.out, p.name)) is not None}
     todo = [p for p in partitions if p.name not in done]
@@ -408,8 +410,15 @@ def status(registry: Registry, settings: Settings, run_id: str) -> dict[str, Any
     except ObjectNotFound:
         manifest = None
     total = len(plan(BatchSpec.model_validate(record["spec"]), settings))
+    try:
+        error = json.loads(out.read(ERROR))
+    except ObjectNotFound:
+        error = None
+    state = "succeeded" if manifest else "failed" if error else "running"
     return {
         "run_id": run_id,
+        "status": state,
+        "error": error,
         "model": record["model"],
         "output": output,
         "started": record["started"],

@@ -19,8 +19,11 @@ from celery import Celery, Task
 from celery.signals import worker_process_init
 
 from batch.distributed import PART_TASK, run_part
+from batch.spec import BatchSpec
 from serving.registry import Registry
 from serving.settings import Settings
+from workers.batch import RUN_TASK as BATCH_RUN_TASK
+from workers.batch import run_recorded
 from workers.queue import RUN_TASK, SWEEP_TASK, RedisQueue, backoff, visibility_timeout
 from workers.runner import Runner, transient
 
@@ -79,6 +82,11 @@ def make_celery(settings: Settings) -> Celery:
         queue = runner().queue
         assert isinstance(queue, RedisQueue)
         run_part(queue, settings, runner().registry.load, spec, run_id, model, partition)
+
+    @app.task(name=BATCH_RUN_TASK)
+    def batch_run(spec: str, run_id: str, distributed: bool) -> None:
+        registry = runner().registry
+        run_recorded(settings, registry, BatchSpec.model_validate_json(spec), run_id, distributed)
 
     @app.task(name=SWEEP_TASK)
     def sweep() -> dict[str, Any]:

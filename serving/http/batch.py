@@ -1,0 +1,55 @@
+"""Batch transform over HTTP: ``POST /v1/batch-jobs`` starts a run, ``GET`` follows it.
+
+The run is started at once (the model version pinned, ``_run.json`` written: an unknown model
+is 404, an output holding another run 409) and then written elsewhere: by an ``mmserve
+worker`` when a broker is configured, else by a thread of this server.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from batch.runner import start, status
+from batch.spec import BatchSpec
+from serving.http._body import json_body, parsed
+from serving.registry import Registry
+from serving.settings import Settings
+from workers.batch import launch
+
+router = APIRouter(tags=["batch"])
+
+
+class BatchRequest(BatchSpec):
+    distributed: bool = False
+    """One task per partition over the workers (needs a broker, and a free worker slot for
+    the run itself)."""
+
+
+@router.post(
+    "/v1/batch-jobs",
+    status_code=202,
+    summary="Start a batch transform",
+    openapi_extra=json_body(BatchRequest),
+)
+async def submit(request: Request) -> JSONResponse:
+    body = await parsed(request, BatchRequest)
+    spec = BatchSpec.model_validate(body.model_dump(exclude={"distributed"}))
+    registry: Registry = request.app.state.registry
+    settings: Settings = request.app.state.settings
+    run = await run_in_threadpool(start, spec, registry, settings, None, False)
+    queue = request.app.state.jobs.queue
+    await run_in_threadpool(launch, queue, settings, registry, spec, run.run_id, body.distributed)
+    url = str(request.url_for("follow", run_id=run.run_id))
+    answer = {"run_id": run.run_id, "model": run.model, "status_url": url}
+    return JSONResponse(answer, status_code=202, headers={"Location": url})
+
+
+@router.get("/v1/batch-jobs/{run_id}", summary="A batch run's progress")
+async def follow(run_id: str, request: Request) -> dict[str, Any]:
+    registry: Registry = request.app.state.registry
+    settings: Settings = request.app.state.settings
+    return await run_in_threadpool(status, registry, settings, run_id)
