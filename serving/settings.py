@@ -125,6 +125,8 @@ class Settings(BaseSettings):
     """Bearer token for management routes; unset turns management routes off."""
     endpoints: Path | None = None
     """Endpoints YAML file (variants, shadow, serverless)."""
+    schedules: Path | None = None
+    """Schedules YAML file: batch runs that ``mmserve beat`` starts (cron or every N s)."""
     api_key: SecretStr | None = None
     """Key that predict routes require (``Authorization: Bearer`` or ``X-API-Key``); unset: open."""
     opentelemetry: bool = False

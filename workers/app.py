@@ -13,12 +13,15 @@ second worker; results are not kept in a result backend (the store holds them).
 from __future__ import annotations
 
 import functools
+from datetime import UTC, datetime
 from typing import Any
 
 from celery import Celery, Task
 from celery.signals import worker_process_init
 
 from batch.distributed import PART_TASK, run_part
+from batch.runner import start
+from batch.schedules import SCHEDULED_TASK, load
 from batch.spec import BatchSpec
 from serving.registry import Registry
 from serving.settings import Settings
@@ -61,6 +64,14 @@ def make_celery(settings: Settings) -> Celery:
         queue = RedisQueue(app, settings.redis_url or broker, jobs)
         return Runner(Registry.from_settings(settings), queue, jobs)
 
+    schedules = load(settings.schedules) if settings.schedules else []
+    for schedule in schedules:
+        app.conf.beat_schedule[f"mmserve-batch-{schedule.name}"] = {
+            "task": SCHEDULED_TASK,
+            "schedule": schedule.timing(),
+            "args": [schedule.name],
+        }
+
     @worker_process_init.connect(weak=False)
     def warm(**_: Any) -> None:
         runner()  # imports, the store and Redis clients: before the first job, not during it
@@ -87,6 +98,14 @@ def make_celery(settings: Settings) -> Celery:
     def batch_run(spec: str, run_id: str, distributed: bool) -> None:
         registry = runner().registry
         run_recorded(settings, registry, BatchSpec.model_validate_json(spec), run_id, distributed)
+
+    @app.task(name=SCHEDULED_TASK)
+    def scheduled(name: str) -> None:
+        schedule = next(s for s in schedules if s.name == name)
+        spec, run_id = schedule.run_of(datetime.now(UTC))
+        registry = runner().registry
+        start(spec, registry, settings, run_id, resume=False)  # again: the same run, resumed
+        run_recorded(settings, registry, spec, run_id, distributed=False)
 
     @app.task(name=SWEEP_TASK)
     def sweep() -> dict[str, Any]:
