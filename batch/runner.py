@@ -233,8 +233,9 @@ class _Writer:
     def __init__(self, fmt: Format, sink: _Hashing, schema: pa.Schema):
         self.fmt, self.sink = fmt, sink
         # No dictionary encoding: scores and ids rarely repeat, and it was half a part's time.
-        parquet = pq.ParquetWriter(sink, schema, use_dictionary=False) if fmt == "parquet" else None
-        self.parquet = parquet
+        self.parquet = (
+            pq.ParquetWriter(sink, schema, use_dictionary=False) if fmt == "parquet" else None
+        )
         self.csv = pacsv.CSVWriter(sink, schema) if fmt == "csv" else None
 
     def write(self, table: pa.Table) -> None:
