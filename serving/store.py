@@ -103,10 +103,28 @@ class Store:
         with self._errors(key), self._fs.open_input_stream(self.path(key)) as f:
             return bytes(f.readall())
 
-    def open_input(self, key: str) -> pa.NativeFile:
-        """A seekable stream of a (possibly large) object, read as it is consumed."""
-        with self._errors(key):
-            return self._fs.open_input_file(self.path(key))
+    def stream(self, key: str, chunk: int = 1 << 20) -> Iterator[bytes]:
+        """A (possibly large) object in chunks, read as they are consumed. On S3 it is one
+        streamed GET: reading in ranges costs a request a chunk (and moto's server copies
+        the whole object for each). :class:`ObjectNotFound` is raised here, before the
+        first chunk."""
+        if self.is_local:
+            with self._errors(key):
+                source: Any = self._fs.open_input_stream(self.path(key))
+        else:
+            bucket, s3_key = self.path(key).split("/", 1)
+            source = self._s3_call(key, "get_object", Bucket=bucket, Key=s3_key)["Body"]
+        return self._chunks(key, source, chunk)
+
+    def _chunks(self, key: str, source: Any, chunk: int) -> Iterator[bytes]:
+        from botocore.exceptions import BotoCoreError
+
+        try:
+            with self._errors(key), contextlib.closing(source):
+                while data := source.read(chunk):
+                    yield bytes(data)
+        except BotoCoreError as err:  # the connection failed mid-body
+            raise StoreUnavailable(self.url, err) from err
 
     def exists(self, key: str) -> bool:
         with self._errors(key):
@@ -170,7 +188,7 @@ class Store:
         path = self.path(key)
         if not self.is_local:
             bucket, s3_key = path.split("/", 1)
-            self._s3_put(key, Bucket=bucket, Key=s3_key, Body=data, IfNoneMatch="*")
+            self._s3_call(key, "put_object", Bucket=bucket, Key=s3_key, Body=data, IfNoneMatch="*")
             return
         tmp = self._temp_path(path)
         with self._errors(key):
@@ -204,7 +222,7 @@ class Store:
             new = change(current)
             condition = {"IfMatch": etag} if etag else {"IfNoneMatch": "*"}
             try:
-                self._s3_put(key, Bucket=bucket, Key=s3_key, Body=new, **condition)
+                self._s3_call(key, "put_object", Bucket=bucket, Key=s3_key, Body=new, **condition)
                 return new
             except AlreadyExists:
                 time.sleep(random.uniform(0, 0.01 * 2 ** min(attempt, 6)))
@@ -259,28 +277,26 @@ class Store:
             )
         return self._s3_client
 
-    def _s3_put(self, key: str, **request: Any) -> None:
+    def _s3_get(self, key: str, bucket: str, s3_key: str) -> tuple[bytes | None, str | None]:
+        try:
+            response = self._s3_call(key, "get_object", Bucket=bucket, Key=s3_key)
+        except ObjectNotFound:
+            return None, None
+        with self._errors(key):
+            return response["Body"].read(), response["ETag"]
+
+    def _s3_call(self, key: str, operation: str, **request: Any) -> Any:
+        """One boto3 request, its errors turned into mmserve's."""
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
-            self._s3().put_object(**request)
+            return getattr(self._s3(), operation)(**request)
         except ClientError as err:
             code = err.response.get("Error", {}).get("Code", "")
+            if code in ("NoSuchKey", "404"):
+                raise ObjectNotFound(key) from None
             if code in ("PreconditionFailed", "ConditionalRequestConflict"):
                 raise AlreadyExists(key) from None
-            raise StoreUnavailable(self.url, err) from err
-        except BotoCoreError as err:
-            raise StoreUnavailable(self.url, err) from err
-
-    def _s3_get(self, key: str, bucket: str, s3_key: str) -> tuple[bytes | None, str | None]:
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        try:
-            response = self._s3().get_object(Bucket=bucket, Key=s3_key)
-            return response["Body"].read(), response["ETag"]
-        except ClientError as err:
-            if err.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
-                return None, None
             raise StoreUnavailable(self.url, err) from err
         except BotoCoreError as err:
             raise StoreUnavailable(self.url, err) from err

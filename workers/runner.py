@@ -250,8 +250,10 @@ def _requeued(job: Job) -> Job:
 
 
 def _error_of(err: BaseException, job: Job) -> JobError:
+    from celery.exceptions import SoftTimeLimitExceeded
+
     # Celery's time limit, raised inside the job (the model call wraps it in a ModelError).
-    if "SoftTimeLimitExceeded" in (type(err).__name__, type(err.__cause__).__name__):
+    if isinstance(err, SoftTimeLimitExceeded) or isinstance(err.__cause__, SoftTimeLimitExceeded):
         message = f"the job ran past its time limit of {job.time_limit_s:g} s"
         return JobError(type="TimeLimit", message=message)
     if isinstance(err, MMServeError):

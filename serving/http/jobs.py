@@ -116,8 +116,8 @@ async def result(token: str, request: Request) -> Response:
         if job.error is not None:
             wanted = f"it failed ({job.error.type}: {job.error.message})"
         raise JobNotReady(job.id, job.status.value, wanted)
-    stream = await run_in_threadpool(runner.store.open_input, job.output_key)
-    return StreamingResponse(iterate_in_threadpool(_chunks(stream)), media_type=job.accept)
+    chunks = await run_in_threadpool(runner.store.stream, job.output_key)
+    return StreamingResponse(iterate_in_threadpool(chunks), media_type=job.accept)
 
 
 @router.delete("/v1/jobs/{token}", summary="Cancel a queued job")
@@ -309,7 +309,3 @@ def _view(request: Request, runner: Runner, job: Job) -> dict[str, Any]:
     return view
 
 
-def _chunks(stream: Any) -> Iterator[bytes]:
-    with stream:
-        while chunk := stream.read(_CHUNK):
-            yield bytes(chunk)

@@ -66,9 +66,11 @@ def test_open_output_streams_and_appears_only_on_success(store: Store) -> None:
     with store.open_output("big/object") as out:
         for _ in range(64):
             out.write(b"x" * 65536)
-    with store.open_input("big/object") as f:
-        assert f.size() == 64 * 65536
-        assert f.read(5) == b"xxxxx"
+    chunks = list(store.stream("big/object", chunk=1 << 20))
+    assert max(len(c) for c in chunks) == 1 << 20
+    assert b"".join(chunks) == b"x" * 64 * 65536
+    with pytest.raises(ObjectNotFound):
+        store.stream("big/absent")
     with pytest.raises(RuntimeError), store.open_output("failed/object") as out:
         out.write(b"partial")
         raise RuntimeError("upload interrupted")

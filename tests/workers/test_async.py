@@ -1,137 +1,39 @@
-"""Asynchronous jobs end to end: real ``mmserve serve`` and ``mmserve worker`` processes, a
-throwaway Redis as the broker, and moto's S3 server as the store."""
+"""Asynchronous jobs, the contract: real ``mmserve serve`` and ``mmserve worker`` processes,
+a throwaway Redis as the broker, and moto's S3 server as the store. The faults (killed
+workers, a Redis restart, a huge payload) are in ``test_recovery``."""
 
 from __future__ import annotations
 
 import json
-import os
-import re
-import signal
 import threading
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import boto3
 import httpx
 import pytest
 
 from serving.registry import Registry
-from serving.settings import AwsSettings
 from serving.store import Store
 from tests import fixtures
-from tests.services import (
-    RedisServer,
-    free_port,
-    kill_group,
-    mmserve_process,
-    mmserve_worker,
-    redis_server,
-)
-
-ROW = "0.5,-1.25,2.0,0.0,3.5"
-FINISHED = {"succeeded", "failed", "cancelled"}
-
-
-@dataclass
-class Stack:
-    url: str
-    client: httpx.Client
-    store: Store
-    bucket: str
-    env: dict[str, str]
-    broker: RedisServer
-    server_pid: int
-    logs: Path
-
-
-@pytest.fixture(scope="module")
-def broker() -> Iterator[RedisServer]:
-    with redis_server() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def stack(
-    broker: RedisServer, aws: AwsSettings, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Stack]:
-    bucket = f"jobs-{uuid.uuid4().hex[:12]}"
-    s3 = _s3(aws)
-    s3.create_bucket(Bucket=bucket)
-    # Versions show how many times an object was written.
-    s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
-    store_url = f"s3://{bucket}/root"
-    store = Store.from_url(store_url, aws)
-    registry = Registry(store)
-    registry.register(fixtures.logistic(), "lr")
-    x, y = fixtures.numeric_data(10)
-    for name, model in {
-        "slow": fixtures.SlowModel(0.05),
-        "sleepy": fixtures.SlowModel(2.0),
-        "crash": fixtures.CrashingModel(),
-    }.items():
-        registry.register(model.fit(x, y), name, flavor="sklearn-pickle", trust_pickle=True)
-    env = {
-        "MMSERVE_STORE_URL": store_url,
-        "MMSERVE_BROKER_URL": broker.url,
-        "AWS_ENDPOINT_URL": str(aws.endpoint_url),
-        "AWS_ACCESS_KEY_ID": "test",
-        "AWS_SECRET_ACCESS_KEY": "test",
-        "AWS_REGION": "us-east-1",
-        "MMSERVE_JOBS__LEASE_S": "2",
-        "MMSERVE_JOBS__SWEEP_INTERVAL_S": "1",
-        "MMSERVE_JOBS__SWEEP_GRACE_S": "1",
-        "PYTHONPATH": os.getcwd(),  # the workers unpickle tests.fixtures models
-    }
-    logs = tmp_path_factory.mktemp("logs")
-    with (
-        mmserve_process(env) as (url, proc),
-        httpx.Client(base_url=url, timeout=60) as client,
-    ):
-        yield Stack(url, client, store, bucket, env, broker, proc.pid, logs)
+from tests.services import free_port, mmserve_process, mmserve_worker
+from tests.workers.stack import FINISHED, ROW, Stack, metric, submit, wait
 
 
 @pytest.fixture(scope="module")
 def worker(stack: Stack) -> Iterator[None]:
-    """One worker for the tests that need one running (not the recovery tests)."""
+    """One worker for the tests that need one running."""
     with mmserve_worker(stack.env, str(stack.logs / "worker.log"), "--concurrency", "2"):
         yield
-
-
-def submit(stack: Stack, model: str, body: str | bytes = ROW, **headers: str) -> str:
-    response = stack.client.post(
-        f"/v1/models/{model}/async",
-        content=body,
-        headers={"content-type": "text/csv", "accept": "application/json", **headers},
-    )
-    assert response.status_code == 202, response.text
-    return str(response.json()["job_id"])
-
-
-def wait(stack: Stack, tokens: list[str], seconds: float = 90) -> dict[str, dict]:
-    """Every job's record once all are finished."""
-    deadline = time.monotonic() + seconds
-    records: dict[str, dict] = {}
-    while True:
-        for token in tokens:
-            if records.get(token, {}).get("status") not in FINISHED:
-                records[token] = stack.client.get(f"/v1/jobs/{token}").json()
-        pending = [t for t in tokens if records[t]["status"] not in FINISHED]
-        if not pending:
-            return records
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{len(pending)} jobs unfinished, e.g. {records[pending[0]]}")
-        time.sleep(0.2)
 
 
 # -- the contract -------------------------------------------------------------------------------
 
 
 def test_a_job_answers_what_real_time_answers(stack: Stack, worker: None) -> None:
-    succeeded = _metric(stack, 'mmserve_jobs_finished_total{kind="",status="succeeded"}')
+    succeeded = metric(stack, 'mmserve_jobs_finished_total{kind="",status="succeeded"}')
     token = submit(stack, "lr")
     record = wait(stack, [token])[token]
     assert record["status"] == "succeeded", record["error"]
@@ -148,11 +50,11 @@ def test_a_job_answers_what_real_time_answers(stack: Stack, worker: None) -> Non
     # The output object is where the 202 said it would be.
     output = record["output_location"].removeprefix(stack.store.url + "/")
     assert json.loads(stack.store.read(output)) == result.json()
-    assert _metric(stack, 'mmserve_jobs_finished_total{kind="",status="succeeded"}') == (
+    assert metric(stack, 'mmserve_jobs_finished_total{kind="",status="succeeded"}') == (
         succeeded + 1
     )
-    assert _metric(stack, "mmserve_job_seconds_count") >= 1
-    assert _metric(stack, "mmserve_jobs_queued") == 0
+    assert metric(stack, "mmserve_job_seconds_count") >= 1
+    assert metric(stack, "mmserve_jobs_queued") == 0
 
 
 def test_a_job_past_its_time_limit_fails_saying_so(stack: Stack, worker: None) -> None:
@@ -364,143 +266,3 @@ def test_sagemaker_async_invocation(stack: Stack, worker: None) -> None:
         headers={"X-Amzn-SageMaker-InputLocation": "s3://elsewhere/x.csv"},
     )
     assert outside.status_code == 400
-
-
-# -- nothing lost -------------------------------------------------------------------------------
-
-
-@pytest.mark.slow
-def test_a_killed_worker_loses_no_job_and_writes_no_output_twice(stack: Stack) -> None:
-    tokens = [submit(stack, "slow", f"{i / 100},1,2,3,4") for i in range(200)]
-    with mmserve_worker(stack.env, str(stack.logs / "first.log"), "--concurrency", "2") as proc:
-        deadline = time.monotonic() + 60
-        while _succeeded(stack, tokens[:60]) < 30 and time.monotonic() < deadline:
-            time.sleep(0.2)
-        kill_group(proc, signal.SIGKILL)  # the worker and its pool: jobs die mid-run
-        proc.wait(10)
-    with mmserve_worker(stack.env, str(stack.logs / "second.log"), "--concurrency", "2", "--beat"):
-        records = wait(stack, tokens, seconds=180)
-    assert [r["status"] for r in records.values()].count("succeeded") == 200
-    s3 = _s3_of(stack)
-    for i, token in enumerate(tokens):
-        answer = json.loads(stack.store.read(f"jobs/{token}/output"))["predictions"][0]
-        assert answer["proba_1"] == pytest.approx(1 / (1 + pow(2.718281828459045, -i / 100)))
-        versions = s3.list_object_versions(Bucket=stack.bucket, Prefix=f"root/jobs/{token}/output")
-        assert len(versions["Versions"]) == 1, token
-
-
-@pytest.mark.slow
-def test_jobs_queued_in_a_redis_that_restarts_are_run_after_the_sweep(stack: Stack) -> None:
-    tokens = [submit(stack, "lr") for _ in range(20)]  # no worker: they wait in Redis
-    stack.broker.stop()  # the messages are gone
-    started = time.monotonic()
-    refused = stack.client.post(
-        "/v1/models/lr/async", content=ROW, headers={"content-type": "text/csv"}
-    )
-    assert refused.status_code == 503
-    assert time.monotonic() - started < 20  # no request hangs on a dead Redis
-    assert refused.headers["retry-after"] == "5"
-    stored = re.search(r"job ([0-9a-f]{32}) is stored", refused.json()["error"])
-    assert stored is not None, refused.json()
-    record = stack.client.get(f"/v1/jobs/{stored[1]}").json()
-    assert record["status"] == "queued"
-    assert record["queue_error"]
-    tokens.append(stored[1])
-    stack.broker.start()
-    tokens.append(submit(stack, "lr"))  # the API publishes again once Redis is back
-    with mmserve_worker(stack.env, str(stack.logs / "after-restart.log"), "--beat"):
-        records = wait(stack, tokens, seconds=120)
-    assert {r["status"] for r in records.values()} == {"succeeded"}
-
-
-@pytest.mark.slow
-def test_a_job_that_kills_its_worker_fails_after_max_deliveries(stack: Stack) -> None:
-    with mmserve_worker(stack.env, str(stack.logs / "crash.log"), "--concurrency", "1", "--beat"):
-        doomed = submit(stack, "crash")
-        fine = submit(stack, "lr")
-        records = wait(stack, [doomed, fine], seconds=120)
-    assert records[fine]["status"] == "succeeded"
-    assert records[doomed]["status"] == "failed"
-    assert records[doomed]["error"]["type"] == "WorkerLost"
-    assert records[doomed]["lost"] == 3
-    assert "died 3 times" in records[doomed]["error"]["message"]
-
-
-@pytest.mark.slow
-def test_a_300_mb_payload_passes_with_bounded_api_memory(stack: Stack, worker: None) -> None:
-    line = b"0.123456789,-1.23456789,2.3456789,0.5,-0.5\n"
-    count = 300 * 1024 * 1024 // len(line)
-
-    def body() -> Iterator[bytes]:
-        block = line * 8192
-        for _ in range(count // 8192):
-            yield block
-        yield line * (count % 8192)
-
-    before = _rss_mb(stack.server_pid)
-    peak = [before]
-    done = threading.Event()
-
-    def watch() -> None:
-        while not done.wait(0.05):
-            peak.append(_rss_mb(stack.server_pid))
-
-    watcher = threading.Thread(target=watch, daemon=True)
-    watcher.start()
-    try:
-        response = stack.client.post(
-            "/v1/models/lr/async",
-            content=body(),
-            headers={"content-type": "text/csv", "accept": "text/csv"},
-            timeout=300,
-        )
-    finally:
-        done.set()
-        watcher.join()
-    assert response.status_code == 202, response.text
-    grew = max(peak) - before
-    assert grew < 64, f"the API grew by {grew:.0f} MB while it took a 300 MB body"
-    token = response.json()["job_id"]
-    assert wait(stack, [token], seconds=300)[token]["status"] == "succeeded"
-    with stack.client.stream("GET", f"/v1/jobs/{token}/result") as result:
-        lines = sum(chunk.count(b"\n") for chunk in result.iter_bytes())
-    assert lines == count
-
-
-def _metric(stack: Stack, sample: str) -> float:
-    """The value of one sample (name and labels, as exposed) on ``/metrics``; 0 if absent."""
-    for line in stack.client.get("/metrics").text.splitlines():
-        if line.startswith(sample + " "):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
-
-
-def _succeeded(stack: Stack, tokens: list[str]) -> int:
-    return sum(stack.client.get(f"/v1/jobs/{t}").json()["status"] == "succeeded" for t in tokens)
-
-
-def _rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS in /proc")
-
-
-def _s3(aws: AwsSettings):  # type: ignore[no-untyped-def]
-    return boto3.client(
-        "s3",
-        endpoint_url=aws.endpoint_url,
-        aws_access_key_id="test",
-        aws_secret_access_key="test",
-        region_name="us-east-1",
-    )
-
-
-def _s3_of(stack: Stack):  # type: ignore[no-untyped-def]
-    return boto3.client(
-        "s3",
-        endpoint_url=stack.env["AWS_ENDPOINT_URL"],
-        aws_access_key_id="test",
-        aws_secret_access_key="test",
-        region_name="us-east-1",
-    )
