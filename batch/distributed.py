@@ -16,7 +16,8 @@ from collections.abc import Iterator
 from dataclasses import asdict
 from typing import Any
 
-from batch.runner import Partition, PartResult, Run, done_part, write_part
+from batch.parts import Partition, PartResult, done_part, write_part
+from batch.runner import Run
 from batch.spec import BatchSpec, InputFile
 from serving.errors import MMServeError, ObjectNotFound
 from serving.predictor import Predictor

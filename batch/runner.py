@@ -1,20 +1,15 @@
 """The batch runner: plan -> partitions -> parts -> manifest.
 
-- **Plan**: one partition per input file, or per range of row groups of a large parquet file.
-- **Part**: a partition's rows, read as record batches (memory stays bounded whatever the
-  input's size), scored, and written as ``part-NNNNN.<format>``, atomically, in input order;
-  then ``_parts/part-NNNNN.json`` (rows, rejects, sha256). A part with its record is done.
-- **Manifest**: ``_manifest.json``, written last: the model version, the spec, every part.
-
 The run's identity (``_run.json``: id, spec, model version pinned at the start) is written
 first; running it again resumes it: done parts are skipped, the others written, and the
-output is the same as one uninterrupted run's, byte for byte.
+output is the same as one uninterrupted run's, byte for byte. ``_manifest.json`` (the model
+version, the spec, every part) is written last, after the answers are published online when
+the spec asks for it.
 """
 
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import multiprocessing
 import time
@@ -25,14 +20,15 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import pyarrow as pa
-import pyarrow.csv as pacsv
-import pyarrow.json as pajson
-import pyarrow.parquet as pq
-
-from batch.spec import BatchSpec, Format, InputFile, filesystem, input_files
-from serving.codecs import json_safe
-from serving.errors import AlreadyExists, InputError, MMServeError, ObjectNotFound
+from batch.parts import Partition, PartResult, done_part, plan, write_part
+from batch.spec import BatchSpec
+from serving.errors import (
+    AlreadyExists,
+    InputError,
+    MMServeError,
+    ObjectNotFound,
+    RedisUnavailable,
+)
 from serving.predictor import Predictor
 from serving.registry import Registry
 from serving.settings import Settings
@@ -41,220 +37,10 @@ from serving.store import Store
 RUN = "_run.json"
 MANIFEST = "_manifest.json"
 ERROR = "_error.json"  # why a run started elsewhere (API, schedule) stopped
-_EXTENSIONS = {"parquet": "parquet", "csv": "csv", "jsonl": "jsonl"}
-
-
-class BadRow(InputError):
-    def __init__(self, where: str, row: int, reason: str) -> None:
-        super().__init__(f"{where} row {row}: {reason}")
-        self.row = row
 
 
 class RunConflict(MMServeError):
     status = 409  # type: ignore[assignment]
-
-
-@dataclass(frozen=True)
-class Partition:
-    index: int
-    file: InputFile
-    row_groups: tuple[int, ...] | None = None  # None: the whole file
-
-    @property
-    def name(self) -> str:
-        return f"part-{self.index:05d}"
-
-
-@dataclass(frozen=True)
-class PartResult:
-    name: str
-    rows: int
-    rejected: int
-    sha256: str
-    seconds: float
-
-
-def plan(spec: BatchSpec, settings: Settings) -> list[Partition]:
-    """The partitions of the input, in input order."""
-    fs, files = input_files(spec.input, settings.aws)
-    partitions: list[Partition] = []
-    for file in files:
-        groups: list[tuple[int, ...] | None] = [None]
-        if file.format == "parquet":
-            with fs.open_input_file(file.path) as f:
-                groups = _row_group_ranges(pq.ParquetFile(f).metadata, spec.partition_rows)
-        for group in groups:
-            partitions.append(Partition(len(partitions), file, group))
-    return partitions
-
-
-def _row_group_ranges(metadata: Any, rows: int) -> list[tuple[int, ...] | None]:
-    ranges: list[tuple[int, ...] | None] = []
-    current: list[int] = []
-    size = 0
-    for i in range(metadata.num_row_groups):
-        current.append(i)
-        size += metadata.row_group(i).num_rows
-        if size >= rows:
-            ranges.append(tuple(current))
-            current, size = [], 0
-    if current or not ranges:
-        ranges.append(tuple(current))
-    return ranges if len(ranges) > 1 else [None]
-
-
-# -- one part --------------------------------------------------------------------------------
-
-
-def write_part(
-    spec: BatchSpec, partition: Partition, predictor: Predictor, out: Store, settings: Settings
-) -> PartResult:
-    """Score one partition into its part (and its rejects), atomically; return its record."""
-    started = time.perf_counter()
-    fs, _ = filesystem(spec.input, settings.aws)
-    rows = rejected = 0
-    ext = _EXTENSIONS[spec.format]
-    rejects: list[pa.Table] = []
-    with out.open_output(f"{partition.name}.{ext}") as raw:
-        sink = _Hashing(raw)
-        writer: _Writer | None = None
-        offset = 0
-        for table in _batches(fs, partition, spec.batch_rows, predictor):
-            scored, bad = _score(predictor, table, spec.passthrough(table.column_names))
-            if bad and spec.on_error == "fail":
-                row, reason = bad[0]
-                raise BadRow(partition.file.path, offset + row, reason)
-            if bad:
-                rejects.append(_rejects(table, bad, offset, spec.id_column))
-            writer = writer or _Writer(spec.format, sink, scored.schema)
-            writer.write(scored)
-            rows += scored.num_rows
-            rejected += len(bad)
-            offset += table.num_rows
-        if writer is not None:
-            writer.close()
-    if rejects:
-        _write_rejects(out, partition.name, pa.concat_tables(rejects))
-    seconds = time.perf_counter() - started
-    result = PartResult(partition.name, rows, rejected, sink.hash.hexdigest(), seconds)
-    out.write(f"_parts/{partition.name}.json", json.dumps(asdict(result)).encode())
-    return result  # done: the part, then its record
-
-
-def _batches(
-    fs: Any, partition: Partition, batch_rows: int, predictor: Predictor
-) -> Iterator[pa.Table]:
-    """The partition's rows, a batch at a time, in input order (streaming readers: memory is
-    a batch, not the file). CSV columns the model takes are read as its types."""
-    path, fmt = partition.file.path, partition.file.format
-    if fmt == "parquet":
-        with fs.open_input_file(path) as f:
-            parquet = pq.ParquetFile(f)
-            groups = partition.row_groups or range(parquet.num_row_groups)
-            for batch in parquet.iter_batches(batch_size=batch_rows, row_groups=list(groups)):
-                yield pa.Table.from_batches([batch])
-        return
-    with fs.open_input_stream(path) as f:
-        if fmt == "csv":
-            types = {field.name: field.type for field in predictor.version.inputs}
-            reader = pacsv.open_csv(f, convert_options=pacsv.ConvertOptions(column_types=types))
-        else:
-            reader = pajson.open_json(f)
-        for batch in reader:
-            yield from _split(pa.Table.from_batches([batch]), batch_rows)
-
-
-def _split(table: pa.Table, rows: int) -> Iterator[pa.Table]:
-    for start in range(0, table.num_rows, rows):
-        yield table.slice(start, rows)
-
-
-def _score(
-    predictor: Predictor, table: pa.Table, passthrough: list[str]
-) -> tuple[pa.Table, list[tuple[int, str]]]:
-    """The scored rows and the bad ones (row within ``table``, reason). A batch with a bad row
-    is halved until the bad rows stand alone: a few bad rows cost a few extra calls, and a
-    row's answer does not depend on the batch it is scored in."""
-    try:
-        return predictor.predict(table, passthrough), []
-    except InputError as err:
-        if table.num_rows <= 1:
-            return predictor.predict(table.slice(0, 0), passthrough), [(0, err.message)]
-    half = table.num_rows // 2
-    left, left_bad = _score(predictor, table.slice(0, half), passthrough)
-    right, right_bad = _score(predictor, table.slice(half), passthrough)
-    bad = left_bad + [(row + half, reason) for row, reason in right_bad]
-    return pa.concat_tables([left, right]), bad
-
-
-def _rejects(
-    table: pa.Table, bad: list[tuple[int, str]], offset: int, id_column: str | None
-) -> pa.Table:
-    rows = [row for row, _ in bad]
-    columns: dict[str, Any] = {"row": pa.array([offset + r for r in rows], pa.int64())}
-    if id_column and id_column in table.column_names:
-        columns[id_column] = table.column(id_column).take(rows)
-    columns["reason"] = pa.array([reason for _, reason in bad], pa.string())
-    return pa.table(columns)
-
-
-def _write_rejects(out: Store, name: str, rejects: pa.Table) -> None:
-    with out.open_output(f"_rejects/{name}.parquet") as raw:
-        pq.write_table(rejects, raw)
-
-
-class _Hashing:
-    """A file-like that forwards writes and hashes them (a part's sha256 without a re-read)."""
-
-    def __init__(self, raw: Any):
-        self.raw = raw
-        self.hash = hashlib.sha256()
-        self.size = 0
-        self.closed = False
-
-    def write(self, data: bytes) -> int:
-        view = memoryview(data)
-        self.hash.update(view)
-        self.raw.write(view)
-        self.size += len(view)
-        return len(view)
-
-    def tell(self) -> int:
-        return self.size
-
-    def flush(self) -> None:
-        pass
-
-    def close(self) -> None:
-        self.closed = True  # the store closes (and publishes) the real stream
-
-
-class _Writer:
-    def __init__(self, fmt: Format, sink: _Hashing, schema: pa.Schema):
-        self.fmt, self.sink = fmt, sink
-        # No dictionary encoding: scores and ids rarely repeat, and it was half a part's time.
-        self.parquet = (
-            pq.ParquetWriter(sink, schema, use_dictionary=False) if fmt == "parquet" else None
-        )
-        self.csv = pacsv.CSVWriter(sink, schema) if fmt == "csv" else None
-
-    def write(self, table: pa.Table) -> None:
-        if self.parquet is not None:
-            self.parquet.write_table(table)
-        elif self.csv is not None:
-            self.csv.write_table(table)
-        else:
-            lines = (json.dumps(row) + "\n" for row in json_safe(table).to_pylist())
-            self.sink.write("".join(lines).encode())
-
-    def close(self) -> None:
-        if self.parquet is not None:
-            self.parquet.close()
-        elif self.csv is not None:
-            self.csv.close()
-
-
-# -- the run ---------------------------------------------------------------------------------
 
 
 @dataclass
@@ -263,6 +49,7 @@ class Run:
     spec: BatchSpec
     model: str  # name:version, pinned
     out: Store
+    started: str
 
 
 def start(
@@ -270,6 +57,8 @@ def start(
 ) -> Run:
     """The run writing to ``spec.output``: resumed if its ``_run.json`` is there (with the same
     spec), else a new one with the model version pinned now."""
+    if spec.publish_online and settings.redis is None:
+        raise InputError("publish_online needs Redis: set MMSERVE_REDIS_URL (or a broker)")
     out = Store.from_url(spec.output, settings.aws)
     try:
         record = json.loads(out.read(RUN))
@@ -283,14 +72,14 @@ def start(
             )
         if BatchSpec.model_validate(record["spec"]) != spec:
             raise RunConflict(f"run {record['run_id']} was started with another spec")
-        return Run(record["run_id"], spec, record["model"], out)
+        return Run(record["run_id"], spec, record["model"], out, record["started"])
     name, version = registry.resolve(spec.model)
-    run = Run(run_id or uuid.uuid4().hex, spec, f"{name}:{version}", out)
+    run = Run(run_id or uuid.uuid4().hex, spec, f"{name}:{version}", out, _now())
     document = {
         "run_id": run.run_id,
         "model": run.model,
         "spec": spec.model_dump(),
-        "started": _now(),
+        "started": run.started,
     }
     try:
         out.create(RUN, json.dumps(document, indent=1).encode())
@@ -333,19 +122,33 @@ def run_batch(
         "parts": [asdict(p) for p in parts],
         "rows": sum(p.rows for p in parts),
         "rejected": sum(p.rejected for p in parts),
-        "finished": _now(),
-        "seconds": round(time.perf_counter() - started, 3),
     }
+    if spec.publish_online:
+        manifest["published"] = _publish(run, parts, registry, settings)
+    manifest["finished"] = _now()
+    manifest["seconds"] = round(time.perf_counter() - started, 3)
     run.out.write(MANIFEST, json.dumps(manifest, indent=1).encode())
     return manifest
 
 
-def done_part(out: Store, name: str) -> PartResult | None:
-    """The record of a part that is written; ``None`` if it is not (yet)."""
+def _publish(
+    run: Run, parts: list[PartResult], registry: Registry, settings: Settings
+) -> dict[str, Any]:
+    import redis
+
+    from batch.online import publish
+
+    url = str(settings.redis)
+    client = redis.Redis.from_url(url, decode_responses=True, socket_connect_timeout=5)
+    files = [f"{p.name}.{run.spec.format}" for p in parts]
+    started = time.perf_counter()
     try:
-        return PartResult(**json.loads(out.read(f"_parts/{name}.json")))
-    except ObjectNotFound:
-        return None
+        with client:
+            published = publish(client, run, files, registry.get(run.model).outputs)
+    except redis.RedisError as err:
+        raise RedisUnavailable(url, err) from err
+    seconds = round(time.perf_counter() - started, 3)
+    return {"rows": published.rows, "current": published.current, "seconds": seconds}
 
 
 def _execute(
@@ -392,6 +195,10 @@ def _predictor(model: str) -> Predictor:
     return Registry.from_settings(_settings()).load(model)
 
 
+def _since(moment: str) -> float:
+    return (datetime.now(UTC) - datetime.fromisoformat(moment)).total_seconds()
+
+
 def _now() -> str:
     return datetime.now(UTC).isoformat().replace("+00:00", "Z")
 
@@ -418,6 +225,8 @@ def status(registry: Registry, settings: Settings, run_id: str) -> dict[str, Any
     except ObjectNotFound:
         error = None
     state = "succeeded" if manifest else "failed" if error else "running"
+    rows = sum(p.rows for p in parts)
+    seconds = manifest["seconds"] if manifest else _since(record["started"])
     return {
         "run_id": run_id,
         "status": state,
@@ -428,6 +237,8 @@ def status(registry: Registry, settings: Settings, run_id: str) -> dict[str, Any
         "finished": manifest["finished"] if manifest else None,
         "parts_done": len(parts),
         "parts": total,
-        "rows": sum(p.rows for p in parts),
+        "rows": rows,
+        "rows_per_s": round(rows / seconds) if seconds > 0 else None,
         "rejected": sum(p.rejected for p in parts),
+        "published": manifest.get("published") if manifest else None,
     }

@@ -44,10 +44,18 @@ class BatchSpec(BaseModel):
         1_000_000, ge=1, description="Rows per partition of a large parquet file (row groups)"
     )
 
+    publish_online: bool = Field(
+        False,
+        description="Also publish each row's outputs, keyed by id_column, to Redis for "
+        "GET /v1/models/{ref}/precomputed/{id}; the run replaces the model's last one whole",
+    )
+
     @model_validator(mode="after")
-    def _one_way_to_keep(self) -> BatchSpec:
+    def _consistent(self) -> BatchSpec:
         if self.join_input and self.keep_columns:
             raise ValueError("keep_columns and join_input exclude each other")
+        if self.publish_online and not self.id_column:
+            raise ValueError("publish_online needs id_column: answers are looked up by id")
         return self
 
     def passthrough(self, columns: list[str]) -> list[str]:

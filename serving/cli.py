@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Annotated, Any, Literal, NoReturn, TypeVar
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -71,6 +72,13 @@ def _reports_errors(fn: F) -> F:
             return fn(*args, **kwargs)
         except MMServeError as e:
             _fail(e.message)
+        except ValidationError as e:  # options that contradict each other
+            _fail(
+                "; ".join(
+                    str(problem["msg"]).removeprefix("Value error, ") for problem in e.errors()
+                ),
+                2,
+            )
 
     return wrapper  # type: ignore[return-value]
 
@@ -596,6 +604,13 @@ def batch_run(
     partition_rows: Annotated[
         int, typer.Option(min=1, help="Rows per partition of a large parquet file.")
     ] = 1_000_000,
+    publish_online: Annotated[
+        bool,
+        typer.Option(
+            help="Also publish each row's outputs by --id-column to Redis, for the server's "
+            "GET /v1/models/{ref}/precomputed/{id}."
+        ),
+    ] = False,
 ) -> None:
     """Score every row of INPUT into OUTPUT: one part per partition, then _manifest.json.
     Run it again (--resume) after a crash: done parts are kept, the rest written."""
@@ -613,10 +628,12 @@ def batch_run(
         on_error=on_error,
         batch_rows=batch_rows,
         partition_rows=partition_rows,
+        publish_online=publish_online,
     )
     settings = Settings()
     with _progress() as progress:
-        task = progress.add_task("parts", total=None, rows=0)
+        task = progress.add_task("parts", total=None, rows=0, rate=0.0)
+        started = time.monotonic()
 
         def planned(run: Any, total: int, done: int) -> None:
             err.print(f"run {run.run_id}: {run.model}, {total} parts ({done} already done)")
@@ -624,7 +641,8 @@ def batch_run(
 
         def part_done(result: Any) -> None:
             rows = progress.tasks[task].fields["rows"] + result.rows
-            progress.update(task, advance=1, rows=rows)
+            rate = rows / max(time.monotonic() - started, 1e-9)
+            progress.update(task, advance=1, rows=rows, rate=rate)
 
         manifest = run_batch(
             spec,
@@ -671,6 +689,7 @@ def _progress() -> Any:
         BarColumn(),
         MofNCompleteColumn(),
         TextColumn("{task.fields[rows]:,} rows"),
+        TextColumn("{task.fields[rate]:,.0f} rows/s"),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
         console=err,

@@ -12,7 +12,8 @@ the batch runner writes it into rejects, the stream consumer dead-letters it.
     │   ├── VersionNotFound
     │   ├── AliasNotFound
     │   ├── ModelNotLoaded              a multi-model endpoint name that is not loaded
-    │   └── JobNotFound                 no async job has that token
+    │   ├── JobNotFound                 no async job has that token
+    │   └── NotPrecomputed              no published batch answer for that model or id
     ├── Conflict (409)
     │   ├── AlreadyExists               an exclusive store write found the key taken
     │   ├── ConcurrentUpdate            a compare-and-swap kept losing
@@ -39,7 +40,8 @@ the batch runner writes it into rejects, the stream consumer dead-letters it.
     ├── RequestTimeout (504)            a request ran past the configured timeout
     ├── ModelTooLarge (507)             a model bigger than the whole model cache
     ├── StoreUnavailable (503, retryable)
-    └── QueueUnavailable (503, retryable) the broker did not take a job (the sweep will)
+    ├── QueueUnavailable (503, retryable) the broker did not take a job (the sweep will)
+    └── RedisUnavailable (503, retryable) Redis (precomputed answers, streams) away
 """
 
 from __future__ import annotations
@@ -128,6 +130,12 @@ class JobNotFound(NotFound):
     def __init__(self, token: str) -> None:
         super().__init__(f"no job {token!r}")
         self.token = token
+
+
+class NotPrecomputed(NotFound):
+    def __init__(self, ref: str, why: str) -> None:
+        super().__init__(f"no precomputed answer of {ref}: {why}")
+        self.ref = ref
 
 
 class Conflict(MMServeError):
@@ -321,6 +329,17 @@ class QueueUnavailable(MMServeError):
             "it will be enqueued when the queue is back"
         )
         self.token = token
+
+
+class RedisUnavailable(MMServeError):
+    status = HTTPStatus.SERVICE_UNAVAILABLE
+    retryable = True
+    retry_after = 5
+
+    def __init__(self, url: str, err: BaseException) -> None:
+        host = url.rsplit("@", 1)[-1].removeprefix("redis://")  # never the password
+        super().__init__(f"Redis at {host} is unavailable: {err}")
+        self.host = host
 
 
 def _size(n: int) -> str:

@@ -17,7 +17,17 @@ from starlette.types import Receive, Scope, Send
 
 import serving
 from serving.errors import MMServeError
-from serving.http import batch, health, jobs, multimodel, repository, sagemaker, v1, v2
+from serving.http import (
+    batch,
+    health,
+    jobs,
+    multimodel,
+    precomputed,
+    repository,
+    sagemaker,
+    v1,
+    v2,
+)
 from serving.http._auth import SECURITY_SCHEMES
 from serving.http._dataplane import DataPlane
 from serving.http._errors import error_response, unexpected_response
@@ -51,13 +61,14 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
     app.state.metrics = metrics
     app.state.dataplane = dataplane
     app.state.jobs = job_runner(settings, registry)
+    app.state.online = precomputed.Online(settings.redis)
     metrics.watch_jobs(app.state.jobs.queue)
     lane = FastLane(
         [*v1.router.routes, *v2.router.routes, *sagemaker.router.routes],
         [v1.predict, v2.infer, sagemaker.invocations],
     )
     app.front = RequestContext(app.inner, metrics=metrics, settings=settings, lane=lane)
-    routers = [health, v1, v2, sagemaker, jobs, batch, repository, multimodel]
+    routers = [health, v1, v2, sagemaker, jobs, batch, precomputed, repository, multimodel]
     for router in (module.router for module in routers):
         # The routes themselves, not include_router: FastAPI re-checks every included
         # router's routes on each request, which cost the predict path ~40 us.

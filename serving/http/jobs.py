@@ -307,5 +307,3 @@ def _view(request: Request, runner: Runner, job: Job) -> dict[str, Any]:
         mode="json", exclude={"id", "status", "input_key", "callback_url", "notified"}
     )
     return view
-
-

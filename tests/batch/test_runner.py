@@ -18,7 +18,8 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 
-from batch.runner import BadRow, RunConflict, run_batch, status
+from batch.parts import BadRow
+from batch.runner import RunConflict, run_batch, status
 from batch.spec import BatchSpec
 from serving.registry import Registry
 from serving.settings import AwsSettings, Settings
