@@ -102,7 +102,7 @@ def write_part(
         writer: _Writer | None = None
         offset = 0
         for table in _batches(fs, partition, spec.batch_rows, predictor):
-            scored, bad = _score(predictor, table, spec.passthrough(table.column_names))
+            scored, bad = predictor.predict_valid(table, spec.passthrough(table.column_names))
             if bad and spec.on_error == "fail":
                 row, reason = bad[0]
                 raise BadRow(partition.file.path, offset + row, reason)
@@ -149,24 +149,6 @@ def _batches(
 def _split(table: pa.Table, rows: int) -> Iterator[pa.Table]:
     for start in range(0, table.num_rows, rows):
         yield table.slice(start, rows)
-
-
-def _score(
-    predictor: Predictor, table: pa.Table, passthrough: list[str]
-) -> tuple[pa.Table, list[tuple[int, str]]]:
-    """The scored rows and the bad ones (row within ``table``, reason). A batch with a bad row
-    is halved until the bad rows stand alone: a few bad rows cost a few extra calls, and a
-    row's answer does not depend on the batch it is scored in."""
-    try:
-        return predictor.predict(table, passthrough), []
-    except InputError as err:
-        if table.num_rows <= 1:
-            return predictor.predict(table.slice(0, 0), passthrough), [(0, err.message)]
-    half = table.num_rows // 2
-    left, left_bad = _score(predictor, table.slice(0, half), passthrough)
-    right, right_bad = _score(predictor, table.slice(half), passthrough)
-    bad = left_bad + [(row + half, reason) for row, reason in right_bad]
-    return pa.concat_tables([left, right]), bad
 
 
 def _rejects(

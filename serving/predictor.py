@@ -16,6 +16,7 @@ import pyarrow.compute as pc
 
 from serving.codecs import Matrix, Rows
 from serving.errors import (
+    InputError,
     MissingColumn,
     ModelError,
     NullValue,
@@ -73,6 +74,24 @@ class Predictor:
         """Score every row of ``rows`` (a table, or a :class:`~serving.codecs.Matrix` of its
         columns); ``passthrough`` columns of a table are copied to the front."""
         return self.run([self.prepare(rows, passthrough)])[0]
+
+    def predict_valid(
+        self, table: pa.Table, passthrough: Sequence[str] = ()
+    ) -> tuple[pa.Table, list[tuple[int, str]]]:
+        """Score the rows of ``table`` that fit the schema; the others come back as (row,
+        reason). A table with a bad row is halved until the bad rows stand alone: a few bad
+        rows cost a few extra calls, and a row's answer does not depend on its batch. Used
+        where one bad row must not stop the rest (batch ``skip``, a stream's dead letters)."""
+        try:
+            return self.predict(table, passthrough), []
+        except InputError as err:
+            if table.num_rows <= 1:
+                return self.predict(table.slice(0, 0), passthrough), [(0, err.message)]
+        half = table.num_rows // 2
+        left, left_bad = self.predict_valid(table.slice(0, half), passthrough)
+        right, right_bad = self.predict_valid(table.slice(half), passthrough)
+        bad = left_bad + [(row + half, reason) for row, reason in right_bad]
+        return pa.concat_tables([left, right]), bad
 
     def prepare(self, rows: Rows, passthrough: Sequence[str] = ()) -> Prepared:
         """Check ``rows`` against the input schema and turn them into model input: every

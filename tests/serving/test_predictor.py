@@ -295,3 +295,20 @@ def test_a_matrix_with_a_nan_is_refused_like_its_table(local_registry: Registry)
     with pytest.raises(NullValue) as caught:
         local_registry.load("m").predict(Matrix(x, fixtures.FEATURES))
     assert caught.value.message == "column 'f2' has an infinite value at row 3"
+
+
+def test_bad_rows_are_set_aside_and_the_rest_scored_as_whole(local_registry: Registry) -> None:
+    local_registry.register(fixtures.logistic(), "m")
+    predictor = local_registry.load("m")
+    x, _ = fixtures.numeric_data(40, seed=5)
+    table = fixtures.numeric_table(x).append_column("id", pa.array(range(40)))
+    f2 = table.column("f2").to_pylist()
+    f2[3] = f2[31] = float("nan")
+    bad_table = table.set_column(2, "f2", pa.array(f2))
+    scored, bad = predictor.predict_valid(bad_table, passthrough=["id"])
+    assert [row for row, _ in bad] == [3, 31]
+    assert all(reason == "column 'f2' has a NaN value at row 0" for _, reason in bad)
+    kept = [i for i in range(40) if i not in (3, 31)]
+    assert scored.column("id").to_pylist() == kept
+    whole = predictor.predict(table.take(kept), passthrough=["id"])
+    assert scored.to_pylist() == whole.to_pylist()
