@@ -18,8 +18,10 @@ R = TypeVar("R")
 
 Run = Callable[[Sequence[Any]], list[Any]]
 
-# Calls that take less than this on average run on the event loop (see MicroBatcher._cheap).
+# Calls that take less than this on average run on the event loop (see _Placement).
 _INLINE_SECONDS = 0.001
+_PROBE_INTERVAL_S = 1.0  # how often a call that looked cheap in a thread is tried on the loop
+_PROBE_LIMIT_S = 0.02  # never tried on the loop: calls that took longer than this in a thread
 
 
 @dataclass
@@ -55,7 +57,7 @@ class MicroBatcher(Generic[T, R]):
         self._queue: deque[_Pending] = deque()
         self._full = asyncio.Event()
         self._draining: asyncio.Task[None] | None = None
-        self._call_seconds: float | None = None  # moving average; None until the first call
+        self._placement = _Placement()
 
     async def submit(self, run: Callable[[Sequence[T]], list[R]], item: T) -> R:
         """``run([item, ...])``'s answer for ``item``, from a call it may share."""
@@ -102,29 +104,62 @@ class MicroBatcher(Generic[T, R]):
             self._on_call(len(batch), [started - p.queued for p in batch])
         items = [p.item for p in batch]
         try:
-            if self._cheap():
+            if self._placement.inline():
                 answers = batch[0].run(items)
+                self._placement.ran_inline(time.perf_counter() - started)
             else:
                 loop = asyncio.get_running_loop()
-                answers = await loop.run_in_executor(None, batch[0].run, items)
+                answers, cpu = await loop.run_in_executor(None, _timed, batch[0].run, items)
+                self._placement.ran_in_thread(time.perf_counter() - started, cpu)
         except Exception as err:
             for pending in batch:
                 if not pending.future.done():
                     pending.future.set_exception(err)
             return
-        finally:
-            self._timed(time.perf_counter() - started)
         for pending, answer in zip(batch, answers, strict=True):
             if not pending.future.done():
                 pending.future.set_result(answer)
 
-    def _cheap(self) -> bool:
-        """Whether calls take so little that a hop to a worker thread would cost more than
-        it saves. Such calls run on the event loop: the hop (two thread wake-ups) and the
-        GIL hand-offs it causes would dominate. Costly calls (forests) go to a thread, so
-        the loop goes on reading requests while the model runs without the GIL."""
-        return self._call_seconds is not None and self._call_seconds < _INLINE_SECONDS
 
-    def _timed(self, seconds: float) -> None:
-        previous = self._call_seconds
-        self._call_seconds = seconds if previous is None else 0.8 * previous + 0.2 * seconds
+class _Placement:
+    """Where one model's calls run: on the event loop, or in a worker thread.
+
+    Calls that take less than ``_INLINE_SECONDS`` run on the loop: for them the hop to a
+    thread (two wake-ups) and the GIL hand-offs it causes cost more than the call. Costly
+    calls (forests) go to a thread, so the loop goes on reading requests while the model
+    runs without the GIL; so do calls that wait (on I/O, a sleep), whatever their CPU.
+
+    What a call costs on the loop is known only by running it there: in a thread, its wall
+    time includes waiting for the GIL that the busy loop holds (up to the interpreter's
+    5 ms switch interval), so a cheap model measured there would look costly for good. A
+    call that used little CPU in the thread and was not long is tried on the loop again,
+    at most once a second.
+    """
+
+    def __init__(self) -> None:
+        self.seconds: float | None = None
+        """Moving average of a call's wall time on the loop; ``None``: not tried there."""
+        self._may_probe = False
+        self._next_probe = 0.0
+
+    def inline(self) -> bool:
+        if self.seconds is not None and self.seconds < _INLINE_SECONDS:
+            return True
+        return self._may_probe and time.monotonic() >= self._next_probe
+
+    def ran_inline(self, wall: float) -> None:
+        if self.seconds is None or self.seconds >= _INLINE_SECONDS:  # a probe: start over
+            self.seconds = wall
+            self._next_probe = time.monotonic() + _PROBE_INTERVAL_S
+        else:
+            self.seconds = 0.8 * self.seconds + 0.2 * wall
+
+    def ran_in_thread(self, wall: float, cpu: float) -> None:
+        self._may_probe = cpu < _INLINE_SECONDS and wall < _PROBE_LIMIT_S
+
+
+def _timed(run: Run, items: list[Any]) -> tuple[list[Any], float]:
+    """``run(items)`` and the CPU seconds it took the thread that ran it."""
+    started = time.thread_time()
+    answers = run(items)
+    return answers, time.thread_time() - started

@@ -8,6 +8,7 @@ micro-batch and hands back the request's own answer, all within the request time
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -124,8 +125,12 @@ class DataPlane:
 
     def _load_done(self, ref: str, load: asyncio.Future[tuple[Predictor, float | None]]) -> None:
         self._loads.pop(ref, None)
-        if not load.cancelled():
-            load.exception()  # retrieved, even if every waiter gave up (no asyncio warning)
+        if not load.cancelled() and load.exception() is None:  # retrieved: no asyncio warning
+            # The model's objects (and what its load imported) live as long as it stays
+            # loaded: out of the collector's way, like the server's own at startup. Tracked,
+            # the tens of thousands of them made every full collection a pause of tens of
+            # ms under load (p99 at 64 connections: 59 ms frozen at startup only, 14 ms so).
+            gc.freeze()
 
     async def provision(self) -> None:
         """Load the models marked ``provisioned`` (warm before their first request)."""
@@ -152,6 +157,10 @@ class DataPlane:
         unloaded = self.registry.cache.evict_idle(lambda key: self.idle_ttl(key[0]))  # type: ignore[index]
         for key in unloaded:
             self._batchers.pop(key, None)  # type: ignore[call-overload]
+        if unloaded:  # frozen objects are never collected: free the models' cycles, if any
+            gc.unfreeze()
+            gc.collect()
+            gc.freeze()
         return cast(list[Key], unloaded)
 
     def idle_ttl(self, name: str) -> float | None:

@@ -16,11 +16,13 @@ class Recorder:
 
     def __init__(self, seconds: float = 0.0, fail: bool = False):
         self.calls: list[list[int]] = []
+        self.threads: list[int] = []
         self.seconds, self.fail = seconds, fail
         self.started = threading.Event()
 
     def __call__(self, items: Sequence[int]) -> list[int]:
         self.calls.append(list(items))
+        self.threads.append(threading.get_ident())
         self.started.set()
         threading.Event().wait(self.seconds)
         if self.fail:
@@ -110,5 +112,31 @@ def test_under_load_a_batch_waits_up_to_max_wait_to_fill() -> None:
         await asyncio.sleep(0.3)  # the first call is over; the second batch is still waiting
         answers = await asyncio.gather(first, second, batcher.submit(run, 3))
         assert (answers, run.calls) == ([10, 20, 30], [[1], [2, 3]])
+
+    asyncio.run(main())
+
+
+def test_a_cheap_model_runs_on_the_event_loop_once_tried_there() -> None:
+    async def main() -> None:
+        run = Recorder()
+        batcher: MicroBatcher[int, int] = MicroBatcher()
+        for i in range(5):
+            await batcher.submit(run, i)
+        loop_thread = threading.get_ident()
+        # The first call's cost is unknown: a thread. It used little CPU: the next is tried
+        # on the loop, took little there, and so the rest stay there.
+        assert run.threads[0] != loop_thread
+        assert run.threads[1:] == [loop_thread] * 4
+
+    asyncio.run(main())
+
+
+def test_a_model_that_waits_never_runs_on_the_event_loop() -> None:
+    async def main() -> None:
+        run = Recorder(seconds=0.05)  # no CPU, but it would stall the loop 50 ms a call
+        batcher: MicroBatcher[int, int] = MicroBatcher()
+        for i in range(4):
+            await batcher.submit(run, i)
+        assert threading.get_ident() not in run.threads
 
     asyncio.run(main())
