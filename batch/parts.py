@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import socket
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -54,6 +56,7 @@ class PartResult:
     rejected: int
     sha256: str
     seconds: float
+    writer: str = ""  # host:pid of the process that wrote it
 
 
 def plan(spec: BatchSpec, settings: Settings) -> list[Partition]:
@@ -118,7 +121,8 @@ def write_part(
     if rejects:
         _write_rejects(out, partition.name, pa.concat_tables(rejects))
     seconds = time.perf_counter() - started
-    result = PartResult(partition.name, rows, rejected, sink.hash.hexdigest(), seconds)
+    writer = f"{socket.gethostname()}:{os.getpid()}"
+    result = PartResult(partition.name, rows, rejected, sink.hash.hexdigest(), seconds, writer)
     out.write(f"_parts/{partition.name}.json", json.dumps(asdict(result)).encode())
     return result  # done: the part, then its record
 

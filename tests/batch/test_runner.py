@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -131,20 +132,24 @@ def test_bad_rows_stop_the_run_or_are_set_aside(
 @pytest.mark.slow
 def test_two_processes_write_what_one_writes(tmp_path: Path) -> None:
     registry = Registry(Store.from_url(str(tmp_path / "store")))
-    registry.register(fixtures.forest(), "rf")
-    pq.write_table(dataset(4_000), tmp_path / "in.parquet", row_group_size=500)
+    x, y = fixtures.numeric_data(10)
+    slow = fixtures.SlowModel(0.4).fit(x, y)  # 16 parts: ~6 s alone, a helper starts in ~2
+    registry.register(slow, "slow", flavor="sklearn-pickle", trust_pickle=True)
+    pq.write_table(dataset(1_600), tmp_path / "in.parquet", row_group_size=100)
     settings = Settings(store_url=registry.store.url)
-    one = BatchSpec(model="rf", input=str(tmp_path / "in.parquet"), output=str(tmp_path / "one"),
-                    id_column="id", partition_rows=1_000)  # fmt: skip
+    one = BatchSpec(model="slow", input=str(tmp_path / "in.parquet"), output=str(tmp_path / "one"),
+                    id_column="id", partition_rows=100)  # fmt: skip
     two = one.model_copy(update={"output": str(tmp_path / "two")})
-    env = {"MMSERVE_STORE_URL": registry.store.url}
-    os.environ.update(env)  # the spawned workers read the store from the environment
-    try:
-        first = run_batch(one, registry, settings)
-        second = run_batch(two, registry, settings, workers=2)
-    finally:
-        os.environ.pop("MMSERVE_STORE_URL")
+    first = run_batch(one, registry, settings)
+    # Nothing in the environment says where the store is: the helper gets the settings.
+    second = run_batch(two, registry, settings, workers=2)
     assert [p["sha256"] for p in second["parts"]] == [p["sha256"] for p in first["parts"]]
+    assert second["rows"] == 1_600
+    writers = [p["writer"] for p in second["parts"]]
+    here = f"{socket.gethostname()}:{os.getpid()}"
+    # This process takes parts from the back, the helper from the front, until they meet.
+    assert writers[-1] == here and writers[0] != here
+    assert writers == sorted(writers, key=lambda w: w == here)
 
 
 @pytest.mark.slow
