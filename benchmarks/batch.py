@@ -82,7 +82,7 @@ class Usage:
     """What one measured process (and the processes it started) used."""
 
     wall_s: float  # Popen → exit
-    cpu_s: float  # user + system, of the process and the children it waited for
+    cpu_s: float  # user + system: wait4's, or the group's sampled sum if larger (helpers)
     largest_mib: float  # wait4's ru_maxrss: the largest peak among them (exact, not a sum)
     group_peak_mib: float  # the peak of the group's summed VmRSS, sampled every 50 ms
     processes: int  # processes seen in its group
@@ -195,19 +195,30 @@ def register_models(names: tuple[str, ...], folder: Path) -> None:
 
 
 class GroupSampler:
-    """Every 50 ms, in a thread: the summed VmRSS of every process in one process group."""
+    """Every 50 ms, in a thread: the summed VmRSS of every process in one process group, and
+    the CPU time each member had used when last seen (``--workers 2``'s helpers are children
+    of multiprocessing's fork server, which the measured process never waits for, so
+    ``wait4`` does not count them)."""
 
     def __init__(self, pgid: int):
         self.pgid = pgid
         self.peak_kib = 0
-        self.pids: set[int] = set()
+        self.cpu_ticks: dict[int, int] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="rss", daemon=True)
+
+    @property
+    def pids(self) -> set[int]:
+        return set(self.cpu_ticks)
+
+    @property
+    def cpu_s(self) -> float:
+        return sum(self.cpu_ticks.values()) / os.sysconf("SC_CLK_TCK")
 
     def _run(self) -> None:
         while not self._stop.is_set():
             members = _group_members(self.pgid)
-            self.pids |= set(members)
+            self.cpu_ticks.update(members)
             self.peak_kib = max(self.peak_kib, sum(_rss_kib(pid) for pid in members))
             self._stop.wait(SAMPLE_S)
 
@@ -220,8 +231,9 @@ class GroupSampler:
         self._thread.join()
 
 
-def _group_members(pgid: int) -> list[int]:
-    members = []
+def _group_members(pgid: int) -> dict[int, int]:
+    """The group's processes, each with the CPU ticks (user + system) it has used."""
+    members = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -229,9 +241,10 @@ def _group_members(pgid: int) -> list[int]:
             stat = Path(f"/proc/{entry}/stat").read_text()
         except OSError:
             continue
-        # pid (comm) state ppid pgrp ...: comm may hold spaces, so split after its ")".
-        if int(stat.rsplit(")", 1)[1].split()[2]) == pgid:
-            members.append(int(entry))
+        # pid (comm) state ppid pgrp ... utime stime: comm may hold spaces, so split after ")".
+        fields = stat.rsplit(")", 1)[1].split()
+        if int(fields[2]) == pgid:
+            members[int(entry)] = int(fields[11]) + int(fields[12])
     return members
 
 
@@ -291,7 +304,7 @@ def measure(argv: list[str], env: dict[str, str], log: Path) -> Usage:
         raise RuntimeError(f"{argv[0]} exited with {process.returncode}; {_tail_of(log)}")
     return Usage(
         wall_s=wall,
-        cpu_s=usage.ru_utime + usage.ru_stime,
+        cpu_s=max(usage.ru_utime + usage.ru_stime, sampler.cpu_s),
         largest_mib=usage.ru_maxrss / 1024,  # KiB on Linux
         group_peak_mib=sampler.peak_kib / 1024,
         processes=len(sampler.pids),

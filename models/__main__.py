@@ -1,5 +1,5 @@
 """``python -m models`` (``make demo``): register every demo model, then put it to work in
-every mode that has landed: in process, real time over HTTP, asynchronous jobs.
+every mode that has landed: in process, real time over HTTP, asynchronous jobs, batch.
 
 The demo is a list of sections run in order. Each gets the :class:`Demo` (console,
 registry, and the one ``mmserve serve`` that the sections needing a server share), prints
@@ -9,14 +9,17 @@ its part and returns a phrase for the closing summary; a new mode adds its secti
 
 from __future__ import annotations
 
+import tempfile
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 from rich.console import Console
 from rich.table import Column, Table
 
@@ -29,6 +32,7 @@ from serving.settings import Settings
 ALIAS = "production"
 SAMPLE_ROWS = 5
 SAMPLE_SEED = 2024
+BATCH_ROWS = 20_000
 
 
 @dataclass
@@ -127,7 +131,53 @@ def run_jobs(demo: Demo) -> str:
     return f"{len(jobs)} jobs succeeded"
 
 
-SECTIONS: list[Section] = [register_models, predict_samples, serve_real_time, run_jobs]
+def transform_datasets(demo: Demo) -> str:
+    """Score a dataset of each model (parquet, in a temporary folder) as a batch transform
+    started over HTTP; every row's answer must equal the in-process one."""
+    demo.console.rule("Batch transform")
+    server = demo.server()
+    folder = Path(demo.stack.enter_context(tempfile.TemporaryDirectory(prefix="mmserve-demo-")))
+    demo.console.print(
+        f"{BATCH_ROWS:,} rows of each model's input as parquet, POST /v1/batch-jobs, "
+        "the parts compared with the in-process answers:"
+    )
+    table = Table("model", "run", _right("rows"), _right("parts"), _right("rows/s"))
+    table.add_column("same as in-process")
+    problems = []
+    for recipe in RECIPES:
+        rows = recipe.sample(BATCH_ROWS, SAMPLE_SEED + 1)
+        source, scores = folder / f"{recipe.NAME}.parquet", folder / f"{recipe.NAME}-scores"
+        pq.write_table(rows, source, row_group_size=BATCH_ROWS // 4)
+        spec = {"model": _ref(recipe), "input": str(source), "output": str(scores),
+                "id_column": recipe.ID_COLUMN, "partition_rows": BATCH_ROWS // 4}  # fmt: skip
+        reply = server.post_json("/v1/batch-jobs", spec)
+        if reply.status != 202:
+            raise DemoError(f"starting the {recipe.NAME} batch run answered {_error(reply)}")
+        run = server.wait_batch(reply.json()["status_url"])
+        local = demo.registry.load(_ref(recipe)).predict(rows, passthrough=[recipe.ID_COLUMN])
+        equal = run["status"] == "succeeded" and pq.read_table(scores).equals(local)
+        rate = f"{run['rows_per_s']:,}" if run["rows_per_s"] else "-"
+        cells = (recipe.NAME, f"{run['run_id'][:8]}…", f"{run['rows']:,}", str(run["parts"]))
+        table.add_row(*cells, rate, _yes(equal))
+        if not equal:
+            why = run["error"] or f"{run['status']}, answers differ"
+            problems.append(f"{recipe.NAME} run {run['run_id']}: {why}")
+    demo.console.print(table)
+    demo.console.print(
+        "The same from the command line: mmserve batch run --model … --input … --output …",
+        style="dim",
+    )
+    _fail_on(problems, f"of {len(RECIPES)} batch runs went wrong")
+    return f"{BATCH_ROWS * len(RECIPES):,} batch rows identical"
+
+
+SECTIONS: list[Section] = [
+    register_models,
+    predict_samples,
+    serve_real_time,
+    run_jobs,
+    transform_datasets,
+]
 
 
 def _ref(recipe: Recipe) -> str:

@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import IO, Any
 from urllib.error import HTTPError
+from urllib.parse import urlparse
 from urllib.request import Request, urlopen
 
 import pyarrow as pa
@@ -142,6 +143,18 @@ class Server:
             if view["status"] not in ("queued", "running") or time.monotonic() > deadline:
                 return view
             time.sleep(0.01)
+
+    # -- batch transform
+
+    def wait_batch(self, status_url: str, timeout_s: float = JOB_TIMEOUT_S) -> dict[str, Any]:
+        """The run's status once it stopped running, or as it was when ``timeout_s`` ran out."""
+        path = urlparse(status_url).path
+        deadline = time.monotonic() + timeout_s
+        while True:
+            view: dict[str, Any] = self.request("GET", path).json()
+            if view["status"] != "running" or time.monotonic() > deadline:
+                return view
+            time.sleep(0.02)
 
     def job_result(self, job_id: str) -> tuple[Reply, Predictions | None]:
         reply = self.request("GET", f"/v1/jobs/{job_id}/result")

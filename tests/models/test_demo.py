@@ -163,9 +163,11 @@ def test_python_m_models_answers_the_same_in_every_mode(tmp_path: Path) -> None:
                 )
             job = (name, "[0-9a-f]{8}…", "succeeded", r"[\d.]+", "yes")
             assert len(table_rows(run.stdout, *job)) == 1
+            run_row = (name, "[0-9a-f]{8}…", "20,000", "4", r"[\d,]+", "yes")
+            assert len(table_rows(run.stdout, *run_row)) == 1
         assert "With MMSERVE_BROKER_URL set, these jobs go to Celery workers" in run.stdout
         done = "done: 3 models registered, 15 rows scored, 9 real-time answers identical, "
-        assert f"{done}3 jobs succeeded in" in run.stdout
+        assert f"{done}3 jobs succeeded, 60,000 batch rows identical in" in run.stdout
         server = re.search(r"mmserve serve answers at (http://\S+)", run.stdout)
         assert server is not None
         with pytest.raises(URLError):  # stopped with the demo
