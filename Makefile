@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: demo test install dev lint bench bench-realtime bench-async bench-batch clean
+.PHONY: demo test install dev lint bench bench-realtime bench-async bench-batch bench-precomputed clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,9 @@ bench-async: dev  # about 80 s; starts its own redis-server (apt-installed if ab
 
 bench-batch: dev  # about 3 minutes; writes about 1.3 GB of parquet to a temporary folder
 	$(BIN)/python benchmarks/batch.py
+
+bench-precomputed: dev  # about 2 minutes; starts its own redis-server, installs wrk if absent
+	$(BIN)/python benchmarks/precomputed.py
 
 clean:
 	rm -rf $(VENV) .mmserve .pytest_cache

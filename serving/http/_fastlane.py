@@ -1,7 +1,7 @@
-"""The fast lane: predict requests handed from the request middleware straight to their
-endpoint.
+"""The fast lane: predict requests (and precomputed lookups) handed from the request
+middleware straight to their endpoint.
 
-The predict endpoints take only path parameters and the request (they read their bodies
+These endpoints take only path parameters and the request (they read their bodies
 themselves, in several media types), so the generic layers between the middleware and
 them (exception middleware, exit stacks, the router, FastAPI's dependency solving) do
 nothing for them but cost about a third of a one-row request. Their FastAPI routes stay:
@@ -31,9 +31,9 @@ class FastLane:
         self.routes = [r for r in routes if isinstance(r, APIRoute) and r.endpoint in wanted]
 
     def match(self, scope: Scope) -> APIRoute | None:
-        if scope["method"] != "POST":
-            return None
         for route in self.routes:
+            if scope["method"] not in route.methods:
+                continue
             found = route.path_regex.match(scope["path"])
             if found is not None:
                 scope["route"], scope["path_params"] = route, found.groupdict()

@@ -64,8 +64,13 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
     app.state.online = precomputed.Online(settings.redis)
     metrics.watch_jobs(app.state.jobs.queue)
     lane = FastLane(
-        [*v1.router.routes, *v2.router.routes, *sagemaker.router.routes],
-        [v1.predict, v2.infer, sagemaker.invocations],
+        [
+            *v1.router.routes,
+            *v2.router.routes,
+            *sagemaker.router.routes,
+            *precomputed.router.routes,
+        ],
+        [v1.predict, v2.infer, sagemaker.invocations, precomputed.precomputed],
     )
     app.front = RequestContext(app.inner, metrics=metrics, settings=settings, lane=lane)
     routers = [health, v1, v2, sagemaker, jobs, batch, precomputed, repository, multimodel]
