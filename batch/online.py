@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
@@ -107,12 +108,29 @@ def publish(redis: Any, run: Run, parts: list[str], outputs: list[str]) -> Publi
 
 
 def _write(redis: Any, key: str, table: pa.Table, id_column: str, outputs: list[str]) -> int:
-    ids = [str(i) for i in table.column(id_column).to_pylist()]
-    values = json_safe(table.select(outputs)).to_pylist()
-    mapping = {i: json.dumps(v, separators=(",", ":")) for i, v in zip(ids, values, strict=True)}
-    if mapping:
-        redis.hset(key, mapping=mapping)
+    ids = pc.cast(table.column(id_column), pa.string()).to_pylist()
+    values = _json_objects(json_safe(table.select(outputs))).to_pylist()
+    if ids:
+        redis.hset(key, mapping=dict(zip(ids, values, strict=True)))
     return len(ids)
+
+
+def _json_objects(table: pa.Table) -> pa.ChunkedArray:
+    """Each row as a JSON object, built column-wise by Arrow (a per-row ``json.dumps`` was
+    most of the time of publishing). Arrow writes numbers in their shortest form that
+    reads back as the same value, as Python does; nulls (NaN, infinities) as ``null``;
+    other types are spelled by Python's json."""
+    pieces: list[Any] = []
+    for index, field in enumerate(table.schema):
+        column = table.column(index)
+        if pa.types.is_integer(field.type) or pa.types.is_floating(field.type):
+            text = pc.cast(column, pa.string())
+        elif pa.types.is_boolean(field.type):
+            text = pc.if_else(column, "true", "false")
+        else:
+            text = pa.chunked_array([pa.array(map(json.dumps, column.to_pylist()), pa.string())])
+        pieces += ["{" if index == 0 else ",", json.dumps(field.name) + ":", text.fill_null("null")]
+    return pc.binary_join_element_wise(*pieces, "}", "")
 
 
 def _rows(out: Store, parts: list[str], columns: list[str]) -> Iterator[pa.Table]:

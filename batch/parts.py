@@ -121,8 +121,8 @@ def write_part(
     if rejects:
         _write_rejects(out, partition.name, pa.concat_tables(rejects))
     seconds = time.perf_counter() - started
-    writer = f"{socket.gethostname()}:{os.getpid()}"
-    result = PartResult(partition.name, rows, rejected, sink.hash.hexdigest(), seconds, writer)
+    by = f"{socket.gethostname()}:{os.getpid()}"
+    result = PartResult(partition.name, rows, rejected, sink.hash.hexdigest(), seconds, by)
     out.write(f"_parts/{partition.name}.json", json.dumps(asdict(result)).encode())
     return result  # done: the part, then its record
 

@@ -32,7 +32,7 @@ class FastLane:
 
     def match(self, scope: Scope) -> APIRoute | None:
         for route in self.routes:
-            if scope["method"] not in route.methods:
+            if scope["method"] not in (route.methods or ()):
                 continue
             found = route.path_regex.match(scope["path"])
             if found is not None:
