@@ -267,16 +267,21 @@ def serve(
 
     if serverless:  # read by the Settings each server process builds
         os.environ["MMSERVE_SERVERLESS__ENABLED"] = "true"
-    uvicorn.run(
-        "serving.http:create_app",
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        log_level=log_level,
-        log_config=logs.config(log_level, access_log),
-        access_log=False,
-    )
+    with contextlib.ExitStack() as stack:
+        if workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+            # One /metrics for all the processes: each writes its counts here, any adds up.
+            metrics = stack.enter_context(tempfile.TemporaryDirectory(prefix="mmserve-metrics-"))
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics
+        uvicorn.run(
+            "serving.http:create_app",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            log_level=log_level,
+            log_config=logs.config(log_level, access_log),
+            access_log=False,
+        )
 
 
 @app.command("worker")

@@ -1,9 +1,10 @@
 """Prometheus metrics of the real-time server, served at ``GET /metrics``.
 
 Each app has its own collector registry (tests build several apps in one process). With
-``uvicorn --workers N`` each process counts its own; set ``PROMETHEUS_MULTIPROC_DIR`` to a
-writable directory to have ``/metrics`` add every process up (prometheus-client's
-multiprocess mode).
+``mmserve serve --workers N`` the processes write their counts to files in
+``PROMETHEUS_MULTIPROC_DIR`` (the CLI makes one when it is unset), and ``/metrics`` of any
+of them adds every process up (prometheus-client's multiprocess mode); the jobs' figures
+come from the queue, the models loaded from the process scraped.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
-    Gauge,
     Histogram,
     generate_latest,
     multiprocess,
@@ -90,13 +90,10 @@ class Metrics:
             ["kind"],
             registry=self.registry,
         )
-        loaded = Gauge(
-            "mmserve_models_loaded",
-            "Models loaded in memory.",
-            registry=self.registry,
-            multiprocess_mode="livesum",
-        )
-        loaded.set_function(loaded_models)
+        # Read at scrape time, beside the counters (and, in multiprocess mode, beside what
+        # the processes' files add up: these are not in them).
+        self._live: list[Collector] = [_LoadedCollector(loaded_models)]
+        self.registry.register(self._live[0])
 
     def observe_request(
         self, route: str, model: str, version: object, code: int, seconds: float
@@ -114,14 +111,27 @@ class Metrics:
     def watch_jobs(self, queue: Any) -> None:
         """Export the async jobs' figures: queue depth, and the counters every worker adds to
         (kept beside the queue, so one scrape of any API process sees all workers)."""
-        self.registry.register(_JobsCollector(queue))
+        self._live.append(_JobsCollector(queue))
+        self.registry.register(self._live[-1])
 
     def render(self) -> bytes:
         if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
             registry = CollectorRegistry()
             multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+            for collector in self._live:
+                registry.register(collector)
             return generate_latest(registry)
         return generate_latest(self.registry)
+
+
+class _LoadedCollector(Collector):
+    """Models loaded in memory: of the process scraped (each server process has its own)."""
+
+    def __init__(self, loaded: Callable[[], int]):
+        self.loaded = loaded
+
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily("mmserve_models_loaded", "Models loaded in memory.", self.loaded())
 
 
 class _JobsCollector(Collector):

@@ -221,3 +221,33 @@ def test_invocations_over_the_limit_are_sagemakers_503(server: Server) -> None:
         answers = list(pool.map(invoke, range(3)))
     assert sorted(a.status_code for a in answers) == [200, 503, 503]
     assert {a.headers.get("retry-after") for a in answers if a.status_code == 503} == {"1"}
+
+
+@pytest.mark.slow
+def test_with_several_server_processes_metrics_add_them_all_up(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    registry = Registry(Store.from_url(str(tmp_path / "store")))
+    registry.register(fixtures.logistic(), "lr")
+    env = {"MMSERVE_STORE_URL": str(tmp_path / "store")}
+    with mmserve_server(env, "--workers", "2") as url:
+        answered_by, counted = set(), set()
+        for _ in range(40):  # new connections: the kernel spreads them over both processes
+            with httpx.Client(base_url=url, timeout=30) as client:
+                answer = predict(client, "lr", rows(1))
+                assert answer.status_code == 200
+                answered_by.add(answer.headers["x-request-id"][:16])  # a process's own prefix
+        for _ in range(20):
+            with httpx.Client(base_url=url, timeout=30) as client:
+                scrape = client.get("/metrics")
+                counted.add((scrape.headers["x-request-id"][:16], _sample(scrape.text)))
+    assert len(answered_by) == 2
+    # Whichever process answers /metrics, it counts the requests of both.
+    assert {count for _, count in counted} == {40.0}
+    assert len({process for process, _ in counted}) == 2
+
+
+def _sample(text: str) -> float:
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "mmserve_requests_total" and sample.labels.get("model") == "lr":
+                return float(sample.value)
+    return 0.0
