@@ -10,12 +10,9 @@ the spec asks for it.
 from __future__ import annotations
 
 import json
-import multiprocessing
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -29,7 +26,6 @@ from serving.errors import (
     ObjectNotFound,
     RedisUnavailable,
 )
-from serving.predictor import Predictor
 from serving.registry import Registry
 from serving.settings import Settings
 from serving.store import Store
@@ -104,7 +100,9 @@ def run_batch(
     """Run (or resume) the batch; returns the manifest once every part is written."""
     started = time.perf_counter()
     if workers > 1 and not distributed:
-        _fork_server()
+        from batch.local import fork_server
+
+        fork_server()  # its imports overlap this process's start
     run = start(spec, registry, settings, run_id, resume)
     run.out.delete(ERROR)
     partitions = plan(spec, settings)
@@ -162,120 +160,18 @@ def _execute(
     distributed: bool,
 ) -> Iterator[PartResult]:
     if distributed:
-        from batch.distributed import execute
+        from batch.distributed import execute as on_workers
 
-        yield from execute(run, todo, settings)
+        yield from on_workers(run, todo, settings)
         return
     predictor = registry.load(run.model)
     if workers <= 1 or len(todo) <= 1:
         for partition in todo:
             yield write_part(run.spec, partition, predictor, run.out, settings)
         return
-    yield from _shared(run, todo, predictor, settings, workers - 1)
+    from batch.local import execute as here_and_helpers
 
-
-def _shared(
-    run: Run, todo: list[Partition], predictor: Predictor, settings: Settings, helpers: int
-) -> Iterator[PartResult]:
-    """The parts, written by ``helpers`` processes from the front of the list and by this
-    one from the back, until they meet. This process has the model loaded and starts at
-    once; the helpers fork from a server that imports the predict path and skops
-    (scikit-learn) once, meanwhile: a spawned process spends ~2 s of CPU on those imports
-    before its first row, and a fork of this process would copy its pyarrow and BLAS
-    threads mid-state."""
-    context = _fork_server()
-    spec = run.spec.model_dump_json()
-    ends = _Ends(len(todo))
-    futures: list[Future[PartResult]] = []
-    slots = threading.Semaphore(helpers + 1)  # each helper busy, and one part queued
-
-    def feed() -> None:  # a thread: the first submit waits for the fork server's imports
-        while slots.acquire() and (index := ends.front()) is not None:
-            future = pool.submit(_part_in_worker, spec, run.model, todo[index], settings)
-            future.add_done_callback(lambda _: slots.release())
-            futures.append(future)
-
-    pool = ProcessPoolExecutor(helpers, mp_context=context)
-    feeder = threading.Thread(target=feed, name="batch-feeder", daemon=True)
-    feeder.start()
-    reported: set[int] = set()
-    try:
-        while (index := ends.back()) is not None:
-            yield write_part(run.spec, todo[index], predictor, run.out, settings)
-            yield from _reported(futures, reported, block=False)
-        slots.release()  # the feeder may wait for a slot to learn that nothing is left
-        feeder.join()
-        yield from _reported(futures, reported, block=True)
-    finally:
-        ends.close()
-        slots.release()
-        pool.shutdown(cancel_futures=True)
-
-
-def _fork_server() -> Any:
-    """The context of the helpers' fork server, which is started now if it is not running:
-    its imports (~2 s) overlap this process's own start (resolve, plan, load)."""
-    from multiprocessing import forkserver
-
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["batch.runner", "skops.io"])
-    forkserver.ensure_running()
-    return context
-
-
-class _Ends:
-    """Indexes handed out from both ends of ``range(n)``, each once."""
-
-    def __init__(self, n: int):
-        self._low, self._high = 0, n
-        self._lock = threading.Lock()
-
-    def front(self) -> int | None:
-        with self._lock:
-            if self._low >= self._high:
-                return None
-            self._low += 1
-            return self._low - 1
-
-    def back(self) -> int | None:
-        with self._lock:
-            if self._low >= self._high:
-                return None
-            self._high -= 1
-            return self._high
-
-    def close(self) -> None:
-        with self._lock:
-            self._high = self._low
-
-
-def _reported(
-    futures: list[Future[PartResult]], reported: set[int], block: bool
-) -> Iterator[PartResult]:
-    """The helpers' parts not reported yet: the finished ones, or (``block``) all."""
-    for index, future in enumerate(list(futures)):
-        if index not in reported and (block or future.done()):
-            reported.add(index)
-            yield future.result()
-
-
-def _part_in_worker(
-    spec_json: str, model: str, partition: Partition, settings: Settings
-) -> PartResult:
-    """A helper's part, with the settings of the process that started the run (not the
-    environment the fork server happened to start with)."""
-    spec = BatchSpec.model_validate_json(spec_json)
-    out = Store.from_url(spec.output, settings.aws)
-    return write_part(spec, partition, _predictor(model, settings), out, settings)
-
-
-_loaded: dict[str, Predictor] = {}  # a helper's model, loaded with its first part
-
-
-def _predictor(model: str, settings: Settings) -> Predictor:
-    if model not in _loaded:
-        _loaded[model] = Registry.from_settings(settings).load(model)
-    return _loaded[model]
+    yield from here_and_helpers(run, todo, predictor, settings, workers - 1)
 
 
 def _since(moment: str) -> float:

@@ -1,0 +1,129 @@
+"""Batch runs on this machine: this process and ``--workers N - 1`` helper processes.
+
+The helpers take partitions from the front of the list and this process from the back,
+until they meet: this process has the model loaded and starts at once, while the helpers
+start from a fork server that imports the predict path and skops (scikit-learn) once. A
+spawned process would spend ~2 s of CPU on those imports before its first row, and a fork
+of this process would copy its pyarrow and BLAS threads mid-state. The helpers get the
+run's settings, not the environment the fork server happened to start with.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import threading
+from collections.abc import Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from typing import Any
+
+from batch.parts import Partition, PartResult, write_part
+from batch.runner import Run
+from batch.spec import BatchSpec
+from serving.predictor import Predictor
+from serving.registry import Registry
+from serving.settings import Settings
+from serving.store import Store
+
+
+def execute(
+    run: Run, todo: list[Partition], predictor: Predictor, settings: Settings, helpers: int
+) -> Iterator[PartResult]:
+    """Write ``todo`` here and in ``helpers`` processes; yields each part's record."""
+    context = fork_server()
+    spec = run.spec.model_dump_json()
+    ends = _Ends(len(todo))
+    futures: list[Future[PartResult]] = []
+    slots = threading.Semaphore(helpers + 1)  # each helper busy, and one part queued
+
+    def feed() -> None:  # a thread: the first submit waits for the fork server's imports
+        while slots.acquire() and (index := ends.front()) is not None:
+            future: Future[PartResult] = Future()
+            try:
+                future = pool.submit(_part_in_worker, spec, run.model, todo[index], settings)
+            except Exception as err:  # no helper could start: the part fails the run
+                future.set_exception(err)
+                ends.close()
+            future.add_done_callback(lambda _: slots.release())
+            futures.append(future)
+
+    pool = ProcessPoolExecutor(helpers, mp_context=context)
+    feeder = threading.Thread(target=feed, name="batch-feeder", daemon=True)
+    feeder.start()
+    reported: set[int] = set()
+    try:
+        while (index := ends.back()) is not None:
+            yield write_part(run.spec, todo[index], predictor, run.out, settings)
+            yield from _reported(futures, reported, block=False)
+        slots.release()  # the feeder may wait for a slot to learn that nothing is left
+        feeder.join()
+        yield from _reported(futures, reported, block=True)
+    finally:
+        ends.close()
+        slots.release()
+        pool.shutdown(cancel_futures=True)
+
+
+def fork_server() -> Any:
+    """The context of the helpers' fork server, which is started now if it is not running:
+    its imports (~2 s) overlap this process's own start (resolve, plan, load)."""
+    from multiprocessing import forkserver
+
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["batch.runner", "skops.io"])
+    forkserver.ensure_running()
+    return context
+
+
+class _Ends:
+    """Indexes handed out from both ends of ``range(n)``, each once."""
+
+    def __init__(self, n: int):
+        self._low, self._high = 0, n
+        self._lock = threading.Lock()
+
+    def front(self) -> int | None:
+        with self._lock:
+            if self._low >= self._high:
+                return None
+            self._low += 1
+            return self._low - 1
+
+    def back(self) -> int | None:
+        with self._lock:
+            if self._low >= self._high:
+                return None
+            self._high -= 1
+            return self._high
+
+    def close(self) -> None:
+        with self._lock:
+            self._high = self._low
+
+
+def _reported(
+    futures: list[Future[PartResult]], reported: set[int], block: bool
+) -> Iterator[PartResult]:
+    """The helpers' parts not reported yet: the finished ones, or (``block``) all."""
+    for index, future in enumerate(list(futures)):
+        if index not in reported and (block or future.done()):
+            reported.add(index)
+            yield future.result()
+
+
+def _part_in_worker(
+    spec_json: str, model: str, partition: Partition, settings: Settings
+) -> PartResult:
+    """A helper's part, with the settings of the process that started the run (not the
+    environment the fork server happened to start with)."""
+    spec = BatchSpec.model_validate_json(spec_json)
+    out = Store.from_url(spec.output, settings.aws)
+    return write_part(spec, partition, _predictor(model, settings), out, settings)
+
+
+_loaded: dict[str, Predictor] = {}  # a helper's model, loaded with its first part
+
+
+def _predictor(model: str, settings: Settings) -> Predictor:
+    if model not in _loaded:
+        _loaded[model] = Registry.from_settings(settings).load(model)
+    return _loaded[model]
