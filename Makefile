@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: demo test install dev lint bench bench-realtime bench-async bench-batch bench-precomputed clean
+.PHONY: demo test install dev lint bench bench-realtime bench-async bench-batch bench-precomputed bench-stream clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,9 @@ bench-batch: dev  # about 3 minutes; writes about 1.3 GB of parquet to a tempora
 
 bench-precomputed: dev  # about 2 minutes; starts its own redis-server, installs wrk if absent
 	$(BIN)/python benchmarks/precomputed.py
+
+bench-stream: dev  # about 2 minutes; starts its own redis-server (apt-installed if absent)
+	$(BIN)/python benchmarks/stream.py
 
 clean:
 	rm -rf $(VENV) .mmserve .pytest_cache

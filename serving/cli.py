@@ -186,6 +186,18 @@ def alias(
     force: Annotated[
         bool, typer.Option(help="Allow an unapproved version on a protected alias.")
     ] = False,
+    rollout: Annotated[
+        str | None,
+        typer.Option(
+            help="Move it through a guarded rollout of the endpoints that serve it: "
+            "canary:10%,wait=5m, linear:20%,every=1m or all-at-once (see endpoints shift)."
+        ),
+    ] = None,
+    max_error_rate: MaxErrorRate = 0.01,
+    max_p99_ms: MaxP99Ms = None,
+    min_requests: MinRequests = 10,
+    server: Servers = [],  # noqa: B006
+    interval: Interval = 1.0,
 ) -> None:
     """Point ALIAS of model NAME at VERSION (or remove it)."""
     registry = _registry()
@@ -195,6 +207,10 @@ def alias(
         return
     if version is None:
         raise typer.BadParameter("give a VERSION, or --delete")
+    if rollout is not None:
+        controller = _controller(server, max_error_rate, max_p99_ms, min_requests, interval)
+        _promote(registry, name, alias, version, rollout, force, controller)
+        return
     registry.set_alias(name, alias, version, force=force)
     out.print(f"{name}@{alias} → {name}:{version}")
 
@@ -703,3 +719,334 @@ def _progress() -> Any:
 
 def _when(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%d %H:%M:%S")
+
+
+# -- mmserve endpoints ----------------------------------------------------------------------
+
+endpoints_app = typer.Typer(
+    help="Endpoints: weighted variants, shadows, capture, pipelines; shift, roll back, compare.",
+    no_args_is_help=True,
+)
+app.add_typer(endpoints_app, name="endpoints")
+
+Servers = Annotated[
+    list[str],
+    typer.Option(
+        "--server",
+        help="A server whose /metrics the guardrails read; repeat for each.",
+        show_default=DEFAULT_URL,
+    ),
+]
+MaxErrorRate = Annotated[
+    float, typer.Option(min=0, max=1, help="Roll back when the new side's 5xx rate passes it.")
+]
+MaxP99Ms = Annotated[
+    float | None, typer.Option(min=0, help="Roll back when the new side's p99 passes it (ms).")
+]
+MinRequests = Annotated[
+    int, typer.Option(min=1, help="Requests the new side answers before guardrails judge it.")
+]
+Interval = Annotated[float, typer.Option(min=0.05, help="Seconds between metrics reads.")]
+
+
+def _endpoints_store() -> Any:
+    from serving.endpoints.catalog import Endpoints
+    from serving.store import Store
+
+    settings = Settings()
+    return Endpoints(Store.from_url(settings.store_url, settings.aws))
+
+
+@endpoints_app.command("apply")
+@_reports_errors
+def endpoints_apply(
+    file: Annotated[Path, typer.Argument(help="The endpoints YAML file.")],
+    check: Annotated[
+        bool, typer.Option(help="Refuse references to models the registry does not have.")
+    ] = True,
+) -> None:
+    """Validate FILE and write its endpoints to the store (servers follow within
+    MMSERVE_DEPLOYMENT__STATE_TTL_S). Live weights survive unless FILE changes them."""
+    from serving.endpoints import files
+
+    declared = files.load(file)
+    registry = _registry()
+    if check:
+        for name, endpoint in declared.endpoints.items():
+            refs = [r for v in endpoint.production_variants for r in v.steps]
+            for ref in [*refs, *([endpoint.shadow.model] if endpoint.shadow else [])]:
+                try:
+                    registry.resolve(ref)
+                except MMServeError as e:
+                    _fail(f"endpoint {name!r}: {e.message} (--no-check applies it anyway)")
+    changed = _endpoints_store().apply(declared)
+    for name in declared.endpoints:
+        out.print(f"{name}: {'applied' if name in changed else 'unchanged'}", highlight=False)
+
+
+@endpoints_app.command("list")
+@_reports_errors
+def endpoints_list() -> None:
+    """Every endpoint: mode, variants and their share of traffic, shadow, rollout."""
+    from serving.endpoints.state import percentages
+
+    table = Table("name", "mode", "variants", "shadow", "rollout")
+    for name, served in sorted(_endpoints_store().snapshot().items()):
+        shares = percentages(served.state.weights)
+        variants = ", ".join(f"{v} {share:g}%" for v, share in shares.items())
+        rollout = served.state.rollout
+        table.add_row(
+            name,
+            served.config.mode,
+            variants,
+            served.config.shadow.model if served.config.shadow else "",
+            f"{rollout.kind} to {rollout.target}: {rollout.share:g}%" if rollout else "",
+        )
+    out.print(table)
+
+
+@endpoints_app.command("show")
+@_reports_errors
+def endpoints_show(
+    name: str, as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False
+) -> None:
+    """An endpoint's variants and live weights, its rollout's progress, the last decision."""
+    from serving.endpoints.catalog import dumps
+    from serving.endpoints.state import percentages
+
+    served = _endpoints_store().served(name)
+    if as_json or not sys.stdout.isatty():
+        typer.echo(dumps(served))
+        return
+    state, config = served.state, served.config
+    shares = percentages(state.weights)
+    out.print(f"[bold]{name}[/bold] ({config.mode}, generation {state.generation})")
+    for variant in config.production_variants:
+        weight = state.weights.get(variant.name, 0.0)
+        models = ", ".join(variant.steps)
+        share = shares.get(variant.name, 0.0)
+        out.print(f"  {variant.name}: {models}  weight {weight:g} ({share:.1f}%)", highlight=False)
+    if config.shadow:
+        out.print(f"  shadow: {config.shadow.model} (sample {config.shadow.sample:g})")
+    if state.rollout:
+        r = state.rollout
+        out.print(
+            f"rollout: {r.kind} to {r.target}, {r.strategy}: step {r.step}/{r.steps}, "
+            f"{r.share:g}% (since {_when(r.started)}, by {r.owner})",
+            highlight=False,
+        )
+    if state.last:
+        d = state.last
+        out.print(
+            f"last decision: {d.outcome} {d.kind} to {d.target} at {_when(d.at)}: {d.reason}",
+            highlight=False,
+        )
+
+
+@endpoints_app.command("shift")
+@_reports_errors
+def endpoints_shift(
+    name: str,
+    to: Annotated[str, typer.Option(help="The variant the traffic moves to.")],
+    strategy: Annotated[
+        str,
+        typer.Option(help="all-at-once | canary:10%,wait=5m | linear:20%,every=1m [,bake=D]"),
+    ] = "all-at-once",
+    max_error_rate: MaxErrorRate = 0.01,
+    max_p99_ms: MaxP99Ms = None,
+    min_requests: MinRequests = 10,
+    server: Servers = [],  # noqa: B006
+    interval: Interval = 1.0,
+) -> None:
+    """Move NAME's traffic to a variant step by step; on a guardrail breach put it back at
+    once, record why and exit 1. Servers follow within MMSERVE_DEPLOYMENT__STATE_TTL_S."""
+    controller = _controller(server, max_error_rate, max_p99_ms, min_requests, interval)
+    _decided(controller.shift(name, to, strategy))
+
+
+@endpoints_app.command("rollback")
+@_reports_errors
+def endpoints_rollback(name: str) -> None:
+    """End NAME's rollout with its weights as they were before it (or undo the last shift)."""
+    from serving.endpoints.rollout import rollback
+
+    decision = rollback(_endpoints_store(), name)
+    out.print(f"{name}: rolled back {decision.kind} to {decision.target}", highlight=False)
+
+
+@endpoints_app.command("compare")
+@_reports_errors
+def endpoints_compare(
+    name: str, as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False
+) -> None:
+    """Primary vs shadow, from the capture: agreement, score deltas, latency."""
+    from serving.endpoints.compare import compare
+
+    report = compare(_endpoints_store().store, name)
+    if as_json or not sys.stdout.isatty():
+        typer.echo(json.dumps(report, indent=2))
+        return
+    agreement = report["agreement"]
+    shown = "n/a" if agreement is None else f"{agreement:.2%}"
+    out.print(f"{name}: {report['pairs']} rows answered by both; labels agree {shown}")
+    for column, delta in report["deltas"].items():
+        out.print(f"  {column}: mean |Δ| {delta['mean_abs']:.4g}, max |Δ| {delta['max_abs']:.4g}")
+    for side in ("primary", "shadow"):
+        s = report[side]
+        out.print(
+            f"  {side}: {', '.join(s['models'])}: {s['requests']} requests, {s['errors']} "
+            f"failed, p50 {s['latency_ms']['p50']} ms, p99 {s['latency_ms']['p99']} ms",
+            highlight=False,
+        )
+
+
+def _controller(
+    servers: list[str], max_error_rate: float, max_p99_ms: float | None, min_requests: int,
+    interval: float,
+) -> Any:  # fmt: skip
+    from serving.endpoints.guardrails import Guardrails
+    from serving.endpoints.rollout import Controller
+
+    guardrails = Guardrails(max_error_rate, max_p99_ms, min_requests)
+    return Controller(
+        _endpoints_store(),
+        servers or [DEFAULT_URL],
+        guardrails,
+        poll_s=interval,
+        report=lambda message: err.print(message, highlight=False, soft_wrap=True),
+    )
+
+
+def _decided(decision: Any) -> None:
+    """Print how a rollout ended; a rollback ends the command with exit 1."""
+    if decision.outcome != "completed":
+        _fail(f"rolled back {decision.kind} to {decision.target}: {decision.reason}")
+    out.print(f"completed: {decision.kind} to {decision.target}", highlight=False)
+
+
+def _promote(
+    registry: Registry, name: str, alias: str, version: int, strategy: str, force: bool,
+    controller: Any,
+) -> None:  # fmt: skip
+    """``models alias --rollout``: the alias moved through a guarded rollout of the
+    endpoints that serve it; left where it was on a rollback."""
+    from serving.errors import AliasNotFound, NotApproved
+
+    mv = registry.get(f"{name}:{version}")
+    if alias in registry.settings.protected_aliases and mv.approval != "approved" and not force:
+        raise NotApproved(mv.ref, mv.approval, alias)  # before any request goes to it
+    current = registry.aliases(name).get(alias)
+    if current is None:
+        raise AliasNotFound(name, alias)
+    if current == version:
+        out.print(f"{name}@{alias} is already {name}:{version}")
+        return
+    settings = Settings()
+    settle_s = settings.registry.alias_ttl_s + settings.deployment.state_ttl_s
+    decision = controller.promote(
+        name,
+        alias,
+        current,
+        version,
+        strategy,
+        lambda: registry.set_alias(name, alias, version, force=force),
+        settle_s,
+    )
+    _decided(decision)
+    out.print(f"{name}@{alias} → {name}:{version}")
+
+
+# -- mmserve stream -------------------------------------------------------------------------
+
+
+@app.command("stream")
+@_reports_errors
+def stream(
+    model: Annotated[str, typer.Option(help="Model reference: name, name:version, name@alias.")],
+    source: Annotated[str, typer.Option(help="The stream of events (a Redis key).")],
+    sink: Annotated[str, typer.Option(help="The stream the outputs are added to.")],
+    group: Annotated[str, typer.Option(help="Consumer group: its consumers share the events.")],
+    consumer: Annotated[
+        str | None,
+        typer.Option(
+            help="This consumer's name in the group; restarted under it, a consumer first "
+            "finishes what it left. One per process.",
+            show_default="the host name",
+        ),
+    ] = None,
+    batch_size: Annotated[
+        int | None,
+        typer.Option(min=1, help="Most events per model call.", show_default="256"),
+    ] = None,
+    max_wait_ms: Annotated[
+        float | None,
+        typer.Option(min=0, help="Longest an event waits for its batch to fill.", show_default="5"),
+    ] = None,
+    id_field: Annotated[
+        str | None, typer.Option(help="Event field copied to each output (required in events).")
+    ] = None,
+    dead_letter: Annotated[
+        str | None,
+        typer.Option(help="The stream of events that cannot be scored.", show_default="SINK-dlq"),
+    ] = None,
+    metrics_port: Annotated[
+        int | None, typer.Option(help="Serve Prometheus metrics on this port.")
+    ] = None,
+    start: Annotated[
+        Literal["$", "0"] | None,
+        typer.Option(help="Where a new group starts: '$' new events, 0 the whole stream."),
+    ] = None,
+    follow: Annotated[
+        bool | None,
+        typer.Option(
+            "--follow/--pin",
+            help="Score with the version an alias points at now (moves picked up between "
+            "batches), or pin the version it named at start.",
+            show_default="--follow",
+        ),
+    ] = None,
+    json_field: Annotated[
+        str | None, typer.Option(help="Event field holding a JSON object of the features.")
+    ] = None,
+    log_level: Annotated[str, typer.Option(help="Log level.")] = "info",
+) -> None:
+    """Score a Redis stream's events as they arrive, in micro-batches, each output written
+    once and atomically with its event's acknowledgement. SIGTERM: the batch in hand is
+    finished and committed, then the command exits 0."""
+    import logging
+    import signal
+    import socket
+    import threading
+
+    from serving.logs import JsonFormatter
+    from serving.settings import StreamSettings
+    from workers.stream import Names, serve
+
+    settings = Settings()
+    if settings.redis is None:
+        _fail("MMSERVE_REDIS_URL (or MMSERVE_BROKER_URL) is not set: streaming needs Redis", 2)
+    given = {
+        "batch_size": batch_size, "max_wait_ms": max_wait_ms, "id_field": id_field,
+        "metrics_port": metrics_port, "start": start, "follow": follow, "json_field": json_field,
+    }  # fmt: skip
+    options = StreamSettings.model_validate(
+        {**settings.stream.model_dump(), **{k: v for k, v in given.items() if v is not None}}
+    )
+    dead_letter = dead_letter or f"{sink}-dlq"
+    names = Names(source, sink, dead_letter, group, consumer or socket.gethostname())
+    if len({names.source, names.sink, names.dead_letter}) < 3:
+        _fail("--source, --sink and --dead-letter must be three different streams", 2)
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonFormatter())
+    logging.getLogger("mmserve").addHandler(handler)
+    logging.getLogger("mmserve").setLevel(log_level.upper())
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        if stop.is_set():  # asked twice: leave now; the batch in hand stays pending (claimed later)
+            raise KeyboardInterrupt
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    serve(settings, options, names, model, stop)

@@ -6,6 +6,8 @@ the batch runner writes it into rejects, the stream consumer dead-letters it.
     MMServeError (500)
     ├── InvalidName (400)               a model name, alias or store key that is refused
     ├── InvalidReference (400)          a model reference that does not parse
+    ├── InvalidEndpoints (400)          an endpoints file refused: its line and the reason
+    ├── UnsupportedOperation (400)      something an endpoint of that kind cannot do
     ├── NotFound (404)
     │   ├── ObjectNotFound              no object at a store key
     │   ├── ModelNotFound
@@ -13,14 +15,19 @@ the batch runner writes it into rejects, the stream consumer dead-letters it.
     │   ├── AliasNotFound
     │   ├── ModelNotLoaded              a multi-model endpoint name that is not loaded
     │   ├── JobNotFound                 no async job has that token
-    │   └── NotPrecomputed              no published batch answer for that model or id
+    │   ├── NotPrecomputed              no published batch answer for that model or id
+    │   ├── EndpointNotFound            no endpoint of that name is applied
+    │   ├── VariantNotFound             an endpoint has no variant of that name
+    │   └── EntryTrimmed                a pending stream entry trimmed before it was scored
     ├── Conflict (409)
     │   ├── AlreadyExists               an exclusive store write found the key taken
     │   ├── ConcurrentUpdate            a compare-and-swap kept losing
     │   ├── NotApproved                 a protected alias aimed at an unapproved version
     │   ├── AliasInUse                  rejecting a version a protected alias points at
     │   ├── ModelAlreadyLoaded          loading a multi-model endpoint name twice
-    │   └── JobNotReady                 a job's result before it succeeded, or a late cancel
+    │   ├── JobNotReady                 a job's result before it succeeded, or a late cancel
+    │   ├── RolloutInProgress           a shift or promotion while another one runs
+    │   └── NotServed                   promoting an alias no endpoint serves
     ├── Unauthorized (401)              a missing or wrong admin token or API key
     ├── Forbidden (403)
     │   ├── UntrustedArtifact           pickle without trust, or skops types not trusted
@@ -31,15 +38,19 @@ the batch runner writes it into rejects, the stream consumer dead-letters it.
     │   ├── UnexpectedColumns
     │   ├── WrongType
     │   ├── NullValue
+    │   ├── MissingField                a stream event without a feature (or the id field)
+    │   ├── InvalidField                a stream event's field that is not a number, not JSON...
     │   └── UnsupportedFormat (415)
     ├── IntegrityError (500)
     │   └── TamperedArtifact            the artifact's sha256 differs from the registered one
     ├── ModelError (500)                the model itself raised
+    ├── TooManyDeliveries (500)         a stream entry delivered past the limit, never committed
     ├── Overloaded (429, retryable)     a model's or the server's in-flight limit reached
     ├── ModelLoading (503, retryable)   the model did not finish loading in time
     ├── RequestTimeout (504)            a request ran past the configured timeout
     ├── ModelTooLarge (507)             a model bigger than the whole model cache
     ├── StoreUnavailable (503, retryable)
+    ├── MetricsUnavailable (503, retryable) a rollout cannot read a server's /metrics
     ├── QueueUnavailable (503, retryable) the broker did not take a job (the sweep will)
     └── RedisUnavailable (503, retryable) Redis (precomputed answers, streams) away
 """
@@ -138,6 +149,46 @@ class NotPrecomputed(NotFound):
         self.ref = ref
 
 
+class EntryTrimmed(NotFound):
+    def __init__(self, stream: str) -> None:
+        super().__init__(
+            f"trimmed from stream {stream!r} while pending: its fields are gone, it was not scored"
+        )
+        self.stream = stream
+
+
+class EndpointNotFound(NotFound):
+    def __init__(self, name: str, known: list[str]) -> None:
+        listed = f"endpoints: {', '.join(known)}" if known else "no endpoint is applied"
+        super().__init__(f"endpoint {name!r} does not exist ({listed})")
+        self.name, self.known = name, known
+
+
+class VariantNotFound(NotFound):
+    def __init__(self, endpoint: str, variant: str, variants: list[str]) -> None:
+        super().__init__(
+            f"endpoint {endpoint!r} has no variant {variant!r}; its variants: {', '.join(variants)}"
+        )
+        self.endpoint, self.variant, self.variants = endpoint, variant, variants
+
+
+class InvalidEndpoints(MMServeError):
+    status = HTTPStatus.BAD_REQUEST
+
+    def __init__(self, source: str, line: int | None, reason: str) -> None:
+        where = f"{source} line {line}" if line is not None else source
+        super().__init__(f"{where}: {reason}")
+        self.source, self.line, self.reason = source, line, reason
+
+
+class UnsupportedOperation(MMServeError):
+    status = HTTPStatus.BAD_REQUEST
+
+    def __init__(self, what: str, why: str) -> None:
+        super().__init__(f"{what}: {why}")
+        self.what = what
+
+
 class Conflict(MMServeError):
     status = HTTPStatus.CONFLICT
 
@@ -181,6 +232,24 @@ class JobNotReady(Conflict):
     def __init__(self, token: str, status: str, wanted: str) -> None:
         super().__init__(f"job {token} is {status}: {wanted}")
         self.token, self.job_status = token, status
+
+
+class RolloutInProgress(Conflict):
+    def __init__(self, endpoint: str, rollout: str) -> None:
+        super().__init__(
+            f"endpoint {endpoint!r} is in a rollout ({rollout}): wait for it, or end it with "
+            f"`mmserve endpoints rollback {endpoint}`"
+        )
+        self.endpoint = endpoint
+
+
+class NotServed(Conflict):
+    def __init__(self, ref: str) -> None:
+        super().__init__(
+            f"no endpoint has a variant serving {ref}: a rollout needs its traffic to watch "
+            "(move the alias without --rollout)"
+        )
+        self.ref = ref
 
 
 class Unauthorized(MMServeError):
@@ -242,6 +311,20 @@ class NullValue(InputError):
         self.column, self.row = column, row
 
 
+class MissingField(InputError):
+    def __init__(self, field: str) -> None:
+        super().__init__(f"missing field {field!r}")
+        self.field = field
+
+
+class InvalidField(InputError):
+    def __init__(self, field: str, value: object, wanted: str, why: str = "") -> None:
+        shown = repr(value) if len(repr(value)) <= 80 else repr(value)[:77] + "..."
+        detail = f" ({why})" if why else ""
+        super().__init__(f"field {field!r} is not {wanted}{detail}: {shown}")
+        self.field, self.wanted = field, wanted
+
+
 class UnsupportedFormat(InputError):
     status = HTTPStatus.UNSUPPORTED_MEDIA_TYPE
 
@@ -267,6 +350,16 @@ class ModelError(MMServeError):
     def __init__(self, ref: str, err: BaseException) -> None:
         super().__init__(f"model {ref} failed: {type(err).__name__}: {err}")
         self.ref = ref
+
+
+class TooManyDeliveries(MMServeError):
+    def __init__(self, deliveries: int, limit: int) -> None:
+        super().__init__(
+            f"delivered {deliveries} times, more than the limit of {limit} "
+            "(MMSERVE_STREAM__MAX_DELIVERIES), and never committed: every consumer that took it "
+            "stopped before finishing it"
+        )
+        self.deliveries, self.limit = deliveries, limit
 
 
 class Overloaded(MMServeError):
@@ -315,6 +408,15 @@ class StoreUnavailable(MMServeError):
 
     def __init__(self, url: str, err: BaseException) -> None:
         super().__init__(f"object store {url} is unavailable: {err}")
+        self.url = url
+
+
+class MetricsUnavailable(MMServeError):
+    status = HTTPStatus.SERVICE_UNAVAILABLE
+    retryable = True
+
+    def __init__(self, url: str, err: BaseException | str) -> None:
+        super().__init__(f"cannot read the metrics of {url}: {err}")
         self.url = url
 
 

@@ -105,6 +105,62 @@ class JobSettings(BaseModel):
     """Celery queue of the jobs."""
 
 
+class StreamSettings(BaseModel):
+    """Streaming (``mmserve stream``): batching, recovery and dead letters of a consumer."""
+
+    batch_size: int = Field(256, ge=1, le=4096)
+    """Most events scored in one model call."""
+    max_wait_ms: float = Field(5.0, ge=0)
+    """Longest an event waits (from its entry's time) for its batch to fill up to
+    ``batch_size``; 0 scores what one read returns."""
+    block_ms: int = Field(500, ge=1)
+    """How long an idle read waits for events before the consumer looks around again
+    (claims, shutdown, the pending gauge)."""
+    start: Literal["$", "0"] = "$"
+    """Where a new consumer group starts: ``$`` at new events only, ``0`` at the stream's
+    first entry (an existing group keeps its place)."""
+    json_field: str = "data"
+    """An event field holding a JSON object of features, instead of one field per feature."""
+    id_field: str | None = None
+    """An event field copied to each output (a transaction id); an event without it is
+    dead-lettered."""
+    claim_idle_ms: int = Field(30_000, ge=1)
+    """Entries pending this long on a consumer (a dead one) are claimed by a live one; keep
+    it well above the time one batch takes."""
+    max_deliveries: int = Field(3, ge=1)
+    """Deliveries an entry gets before it goes to the dead-letter stream (a model error
+    every time, or consumers that died with it)."""
+    follow: bool = True
+    """Score with the version an alias points at now, picked up between batches; ``False``
+    pins the version the reference named at start."""
+    metrics_host: str = "127.0.0.1"
+    """Interface of the Prometheus endpoint (``0.0.0.0`` lets a scraper elsewhere in)."""
+    metrics_port: int | None = Field(None, ge=0, le=65535)
+    """Port of the consumer's Prometheus endpoint; unset: no endpoint."""
+
+
+class DeploymentSettings(BaseModel):
+    """Endpoints (``MMSERVE_ENDPOINTS``): how servers follow their state, and data capture."""
+
+    state_ttl_s: float = Field(1.0, gt=0)
+    """How often a server reads the endpoints' configs and live state (weights, rollouts)
+    from the store: every server follows a shift within this time."""
+    reload_interval_s: float = Field(1.0, gt=0)
+    """How often a server looks at the endpoints file's modification time (a changed file is
+    applied again)."""
+    seed: int | None = None
+    """Seed of the traffic split of every endpoint that sets none (unset: random)."""
+    capture_flush_rows: int = Field(1000, ge=1)
+    """Captured rows that trigger a flush to the store before ``capture_flush_s``."""
+    capture_flush_s: float = Field(5.0, gt=0)
+    """Longest captured rows wait in memory before they are written."""
+    capture_max_rows: int = Field(100_000, ge=1)
+    """Most captured rows held in memory; past it new ones are dropped (and counted), never
+    waited for."""
+    max_shadows: int = Field(256, ge=1)
+    """Most shadow requests in flight; past it a sampled request is not shadowed (counted)."""
+
+
 class Settings(BaseSettings):
     """All of mmserve's settings. Nested groups use ``__``: ``MMSERVE_CACHE__MAX_MODELS=8``."""
 
@@ -125,6 +181,8 @@ class Settings(BaseSettings):
     """Bearer token for management routes; unset turns management routes off."""
     endpoints: Path | None = None
     """Endpoints YAML file (variants, shadow, serverless)."""
+    deployment: DeploymentSettings = DeploymentSettings()
+    """How servers follow the endpoints' state, and data capture (``MMSERVE_DEPLOYMENT__*``)."""
     schedules: Path | None = None
     """Schedules YAML file: batch runs that ``mmserve beat`` starts (cron or every N s)."""
     api_key: SecretStr | None = None
@@ -147,6 +205,8 @@ class Settings(BaseSettings):
     """Scale-to-zero policy."""
     jobs: JobSettings = JobSettings()
     """Asynchronous jobs (``MMSERVE_JOBS__TIME_LIMIT_S=600``...)."""
+    stream: StreamSettings = StreamSettings()
+    """The streaming consumer (``MMSERVE_STREAM__BATCH_SIZE=512``...)."""
     cache: CacheSettings = CacheSettings()
     """Loaded-model cache bounds."""
     registry: RegistrySettings = RegistrySettings()

@@ -1,0 +1,227 @@
+"""Stream events to the model's input table; scored rows and failures to stream entries.
+
+An event carries the features as fields (strings, as Redis keeps them), or one field
+(``data`` by default) holding a JSON object of them, beside any other fields. Arrow
+converts the values to the types registered with the model, so ``"0.1"`` in a field and
+``0.1`` in a JSON document become the same double as 0.1 in an HTTP request. Problems are
+found per event and name the field: ``missing field 'amount'``, ``field 'amount' is not a
+number: 'abc'``; such an event is set aside, the others are scored.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from serving.errors import InputError, InvalidField, MissingField, MMServeError
+from serving.metadata import Feature
+from workers._stream_log import DeadLetter, Event, Outputs
+
+_UNCONVERTIBLE = (
+    pa.ArrowInvalid,
+    pa.ArrowTypeError,
+    pa.ArrowNotImplementedError,
+    OverflowError,
+    TypeError,
+    ValueError,
+)
+Problems = dict[int, list[InputError]]
+"""Event index -> what is wrong with it, in the order found."""
+
+
+@dataclass(frozen=True, slots=True)
+class Decoded:
+    """A batch of events as model input."""
+
+    table: pa.Table
+    """The good events' features, in the registered order and types."""
+    rows: list[int]
+    """The index (in the batch) of the event of each row of ``table``."""
+    ids: list[str | None]
+    """The id field of every event of the batch (``None``: not asked for, or absent)."""
+    bad: Problems
+
+
+def decode(
+    events: Sequence[Event], features: Sequence[Feature], json_field: str, id_field: str | None
+) -> Decoded:
+    """The events' features as one table, and the events that do not fit, with why."""
+    rows, bad = _rows(events, json_field)
+    broken = set(bad)  # unreadable documents: their missing fields are no news
+    ids = _ids(rows, id_field, bad, broken)
+    columns = _columns(features, rows, bad, broken)
+    table = pa.Table.from_arrays(columns, names=[f.name for f in features])
+    good = [i for i in range(len(rows)) if i not in bad]
+    if len(good) < len(rows):
+        table = table.take(good)
+    return Decoded(table, good, ids, bad)
+
+
+def outputs(
+    scored: pa.Table,
+    events: Sequence[Event],
+    ids: Sequence[str | None],
+    id_field: str | None,
+    model: str,
+) -> Outputs:
+    """The output entries of the ``scored`` rows, the answers to ``events`` (whose id
+    fields are ``ids``): the source entry id, the id field, the outputs, the model's name and
+    version (``model`` is its ``name:version``)."""
+    columns: dict[str, list[str]] = {}
+    if id_field is not None:
+        columns[id_field] = [i or "" for i in ids]
+    for name, column in zip(scored.column_names, scored.columns, strict=True):
+        # Arrow writes floats in their shortest form that reads back to the same bits.
+        text = pc.cast(column, pa.string()).to_pylist()
+        columns[name] = [v if v is not None else "" for v in text]
+    name, version = model.split(":")
+    return Outputs([e.id for e in events], columns, {"model": name, "version": version})
+
+
+def dead_letter(
+    event: Event, errors: Sequence[MMServeError], id_field: str | None, event_id: str | None
+) -> DeadLetter:
+    """The dead-letter entry of ``event``: the first error's type, every error's message,
+    the deliveries so far and the event's own fields (as JSON, to replay it)."""
+    fields = {
+        "source_id": event.id,
+        "error": type(errors[0]).__name__,
+        "reason": "; ".join(e.message for e in errors),
+        "deliveries": str(event.deliveries),
+    }
+    if id_field is not None and event_id is not None:
+        fields[id_field] = event_id
+    if event.fields is not None:
+        fields["event"] = json.dumps(event.fields, separators=(",", ":"))
+    return DeadLetter(event.id, fields)
+
+
+def _rows(events: Sequence[Event], json_field: str) -> tuple[list[Mapping[str, Any]], Problems]:
+    rows: list[Mapping[str, Any]] = []
+    bad: Problems = {}
+    for i, event in enumerate(events):
+        fields = event.fields or {}
+        document = fields.get(json_field)
+        if document is None:
+            rows.append(fields)
+            continue
+        try:
+            parsed = json.loads(document)
+        except ValueError as err:
+            reason = err.msg if isinstance(err, json.JSONDecodeError) else str(err)
+            bad[i] = [InvalidField(json_field, document, "a JSON object", reason)]
+            parsed = {}
+        if not isinstance(parsed, dict):
+            bad[i] = [InvalidField(json_field, document, "a JSON object")]
+            parsed = {}
+        rows.append({**fields, **parsed})
+    return rows, bad
+
+
+def _ids(
+    rows: Sequence[Mapping[str, Any]], id_field: str | None, bad: Problems, broken: set[int]
+) -> list[str | None]:
+    if id_field is None:
+        return [None] * len(rows)
+    ids: list[str | None] = []
+    for i, row in enumerate(rows):
+        value = row.get(id_field)
+        if value is None and i not in broken:
+            bad.setdefault(i, []).append(MissingField(id_field))
+        ids.append(None if value is None else str(value))
+    return ids
+
+
+def _columns(
+    features: Sequence[Feature], rows: Sequence[Mapping[str, Any]], bad: Problems, broken: set[int]
+) -> list[pa.Array]:
+    """One array per feature. The features of one type are converted together, in one
+    Arrow cast of all their values (a call per column would cost more than the values);
+    when that fails, column by column and value by value, to name each bad one."""
+    by_type: dict[pa.DataType, list[int]] = {}
+    for j, feature in enumerate(features):
+        by_type.setdefault(feature.type, []).append(j)
+    n = len(rows)
+    columns: list[pa.Array] = [pa.nulls(n)] * len(features)
+    for target, members in by_type.items():
+        values = [row.get(features[j].name) for j in members for row in rows]
+        try:
+            together = _convert(values, target)
+        except _UNCONVERTIBLE:
+            for j in members:
+                columns[j] = _column(features[j], rows, bad, broken)
+            continue
+        for k, j in enumerate(members):
+            columns[j] = column = together.slice(k * n, n)
+            if column.null_count and not features[j].nullable:
+                nulls = np.flatnonzero(pc.is_null(column).to_numpy(zero_copy_only=False))
+                _absent(features[j], rows, nulls.tolist(), bad, broken)
+    return columns
+
+
+def _column(
+    feature: Feature, rows: Sequence[Mapping[str, Any]], bad: Problems, broken: set[int]
+) -> pa.Array:
+    values = [row.get(feature.name) for row in rows]
+    try:
+        column = _convert(values, feature.type)
+    except _UNCONVERTIBLE:
+        column = _by_value(feature, values, bad, broken)
+    if not feature.nullable:
+        _absent(feature, rows, [i for i, v in enumerate(values) if v is None], bad, broken)
+    return column
+
+
+def _by_value(feature: Feature, values: list[Any], bad: Problems, broken: set[int]) -> pa.Array:
+    """``values`` converted one by one: each that does not convert is reported (and is null
+    in the column; its event is set aside)."""
+    converted: list[Any] = []
+    for i, value in enumerate(values):
+        try:
+            converted.append(None if value is None else _convert([value], feature.type)[0].as_py())
+        except _UNCONVERTIBLE:
+            if i not in broken:
+                bad.setdefault(i, []).append(InvalidField(feature.name, value, _kind(feature)))
+            converted.append(None)
+    return pa.array(converted, type=feature.type)
+
+
+def _convert(values: list[Any], target: pa.DataType) -> pa.Array:
+    """``values`` (strings, or the numbers, booleans and strings of JSON) as an array of
+    ``target``: a safe Arrow cast, so a fraction never becomes an integer."""
+    array = pa.array(values)
+    return array if array.type == target else array.cast(target)
+
+
+def _absent(
+    feature: Feature,
+    rows: Sequence[Mapping[str, Any]],
+    indices: Sequence[int],
+    bad: Problems,
+    broken: set[int],
+) -> None:
+    """Report the events with no value for ``feature``, which takes no nulls."""
+    for i in indices:
+        if i in broken:
+            continue
+        if feature.name in rows[i]:  # a JSON null
+            bad.setdefault(i, []).append(InvalidField(feature.name, None, _kind(feature)))
+        else:
+            bad.setdefault(i, []).append(MissingField(feature.name))
+
+
+def _kind(feature: Feature) -> str:
+    t = feature.type
+    if pa.types.is_integer(t):
+        return "an integer"
+    if pa.types.is_floating(t):
+        return "a number"
+    if pa.types.is_boolean(t):
+        return "a boolean"
+    return "a string" if pa.types.is_string(t) else f"a value of type {t}"

@@ -1,0 +1,273 @@
+"""The streaming consumer: events from a log, scored in micro-batches, committed once.
+
+    mmserve stream --model fraud@production --source events --sink scores --group scorers
+
+Each turn gathers a batch (up to ``batch_size`` events, or what came until the oldest of
+them has waited ``max_wait_ms``), scores it in ONE predict call and commits outputs, dead
+letters and acknowledgements in one atomic step of the log (``workers/_stream_redis.py``),
+which writes only the entries still pending on this consumer: an output exists iff its
+input was acknowledged, and exists once. What becomes of an event:
+
+- it fits the model: an output in the sink (source entry id, id field, outputs, model,
+  version);
+- it does not (a missing field, not a number, bad JSON, a NaN the model refuses): a dead
+  letter at once, its reason naming the field;
+- the model raised: the batch is halved until the failing events stand alone (the others
+  are scored); those stay pending, are delivered again after ``claim_idle_ms``, and on
+  their ``max_deliveries``-th failure go to the dead letters with the model's error;
+- it was delivered more than ``max_deliveries`` times (consumers died with it), or it was
+  trimmed from the stream while pending: a dead letter, unscored.
+
+Redis away: each call is tried again with backoff, and the batch in hand is committed when
+Redis is back (a commit repeated after a lost reply writes nothing twice).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+from serving.errors import (
+    EntryTrimmed,
+    InputError,
+    InvalidName,
+    MMServeError,
+    RedisUnavailable,
+    TooManyDeliveries,
+)
+from serving.registry import Registry
+from serving.settings import Settings, StreamSettings
+from workers._stream_codec import dead_letter, decode, outputs
+from workers._stream_log import Committed, DeadLetter, Event, EventLog, Names, Outputs
+from workers._stream_metrics import StreamMetrics
+from workers._stream_redis import RedisEventLog
+from workers._stream_scoring import LiveModel, score
+from workers.queue import backoff
+
+__all__ = ["Consumer", "EventLog", "LiveModel", "Names", "RedisEventLog", "serve"]
+
+log = logging.getLogger("mmserve.stream")
+T = TypeVar("T")
+_POLL_S = 0.001
+"""How often a batch that has begun looks for more events (Redis times blocking reads out
+in steps of its ``hz``, 100 ms by default: too coarse to wait a few ms with)."""
+
+
+class Consumer:
+    """Scores a log's events with a model, batch after batch (see the module docstring)."""
+
+    def __init__(
+        self,
+        log: EventLog,
+        model: LiveModel,
+        settings: StreamSettings,
+        metrics: StreamMetrics | None = None,
+        source: str = "the source",
+    ):
+        self.log = log
+        self.model = model
+        self.settings = settings
+        self.metrics = metrics or StreamMetrics()
+        reserved = {"source_id", "model", "version", *model.predictor.version.outputs}
+        if settings.id_field in reserved:
+            raise InvalidName("id field", settings.id_field, "every output has a field so named")
+        self._source = source
+        trimmed = EntryTrimmed(source)
+        self._trimmed = {"error": type(trimmed).__name__, "reason": trimmed.message}
+        self._next_claim = self._next_gauge = 0.0
+
+    def open(self, stop: threading.Event) -> bool:
+        """Get the log ready (Redis may be away: tried until it answers); False if stopped."""
+
+        def opened() -> bool:
+            self.log.open()
+            return True
+
+        return self._retrying(opened, stop) is not None
+
+    def run(self, stop: threading.Event) -> None:
+        """Score batches until ``stop`` is set; the batch begun is committed first."""
+        while not stop.is_set():
+            self.step(stop)
+
+    def step(self, stop: threading.Event | None = None) -> int:
+        """Gather a batch, score it, commit it; the number of events it held."""
+        stop = stop or threading.Event()
+        events = self._retrying(lambda: self._gather(stop), stop)
+        if not events:
+            return 0
+        batch, dead, ref = self._score(events)
+        # Committed however long Redis is away, even once asked to stop: the work is done.
+        committed = self._retrying(lambda: self.log.commit(batch, dead), None)
+        assert committed is not None  # never given up on without a stop event
+        self._account(events, batch, dead, committed, ref)
+        return len(events)
+
+    # -- gathering -------------------------------------------------------------------------
+
+    def _gather(self, stop: threading.Event) -> list[Event]:
+        now = time.monotonic()
+        if now >= self._next_gauge:
+            self.metrics.pending.set(self.log.pending())
+            self._next_gauge = now + 1.0
+        if now >= self._next_claim:
+            claimed = self._claim(now)
+            if claimed:
+                return claimed
+        events = self.log.read(self.settings.batch_size, self.settings.block_ms)
+        if events and self.settings.max_wait_ms > 0:
+            self._fill(events, stop)
+        return events
+
+    def _claim(self, now: float) -> list[Event]:
+        """Entries other consumers left pending past ``claim_idle_ms`` (they died)."""
+        claimed = self.log.claim(self.settings.batch_size, self._trimmed)
+        if claimed.trimmed:
+            self.metrics.dead_lettered.labels("EntryTrimmed").inc(claimed.trimmed)
+        if claimed.done:  # a whole scan: the next when more entries could have gone idle
+            self._next_claim = now + self.settings.claim_idle_ms / 2000
+        return claimed.events
+
+    def _fill(self, events: list[Event], stop: threading.Event) -> None:
+        """Add to ``events`` what arrives, up to ``batch_size``, until the oldest of them
+        has waited ``max_wait_ms``: events that queued up during the last model call (a
+        slow model's) are scored at once. Their age is read on Redis' clock; a consumer
+        whose clock is ahead only batches less, one behind never waits more than that."""
+        size = self.settings.batch_size
+        waited = max(0.0, time.time() - events[0].time_ms / 1000)
+        deadline = time.monotonic() + self.settings.max_wait_ms / 1000 - waited
+        while len(events) < size and not stop.is_set():
+            more = self.log.read(size - len(events), 0)
+            events += more
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            if not more:
+                time.sleep(min(left, _POLL_S))
+
+    # -- scoring ---------------------------------------------------------------------------
+
+    def _score(self, events: Sequence[Event]) -> tuple[Outputs, list[DeadLetter], str]:
+        """The batch's outputs and dead letters, and the model version that scored it."""
+        predictor = self.model.current()
+        id_field = self.settings.id_field
+        live, dead = self._unscorable(events)
+        decoded = decode(live, predictor.version.inputs, self.settings.json_field, id_field)
+        dead += [self._letter(live[i], errs, decoded.ids[i]) for i, errs in decoded.bad.items()]
+        scored = score(predictor, decoded.table)
+        for row, err in scored.failed:
+            event, event_id = live[decoded.rows[row]], decoded.ids[decoded.rows[row]]
+            if isinstance(err, InputError) or event.deliveries >= self.settings.max_deliveries:
+                dead.append(self._letter(event, [err], event_id))
+            else:  # left pending: delivered again (and counted) after claim_idle_ms
+                log.warning("entry %s, delivery %d: %s", event.id, event.deliveries, err.message)
+        position = {e.id: k for k, e in enumerate(events)}
+        dead.sort(key=lambda letter: position[letter.source_id])
+        rows = [decoded.rows[row] for row in scored.rows]
+        scored_events, ids = [live[i] for i in rows], [decoded.ids[i] for i in rows]
+        batch = outputs(scored.table, scored_events, ids, id_field, predictor.ref)
+        return batch, dead, predictor.ref
+
+    def _unscorable(self, events: Sequence[Event]) -> tuple[list[Event], list[DeadLetter]]:
+        """The events to score, and the dead letters of those trimmed from the log or
+        delivered past the limit."""
+        limit, id_field = self.settings.max_deliveries, self.settings.id_field
+        live: list[Event] = []
+        dead: list[DeadLetter] = []
+        for event in events:
+            if event.fields is None:
+                dead.append(self._letter(event, [EntryTrimmed(self._source)]))
+            elif event.deliveries > limit:
+                given = event.fields.get(id_field) if id_field else None
+                dead.append(
+                    self._letter(event, [TooManyDeliveries(event.deliveries, limit)], given)
+                )
+            else:
+                live.append(event)
+        return live, dead
+
+    def _letter(
+        self, event: Event, errors: Sequence[MMServeError], event_id: str | None = None
+    ) -> DeadLetter:
+        return dead_letter(event, errors, self.settings.id_field, event_id)
+
+    def _account(
+        self,
+        events: Sequence[Event],
+        batch: Outputs,
+        dead: Sequence[DeadLetter],
+        committed: Committed,
+        ref: str,
+    ) -> None:
+        skipped = committed.skipped
+        written = {e.id: e.time_ms for e in events}
+        lags = [committed.time_s - written[i] / 1000 for i in batch.source_ids if i not in skipped]
+        name, version = ref.split(":")
+        self.metrics.scored(name, version, lags)
+        self.metrics.batch_size.observe(len(events))
+        for letter in dead:
+            if letter.source_id not in skipped:
+                self.metrics.dead_lettered.labels(letter.fields["error"]).inc()
+        if skipped:
+            log.info("%d entries of the batch were claimed by another consumer first", len(skipped))
+
+    # -- Redis away ------------------------------------------------------------------------
+
+    def _retrying(self, call: Callable[[], T], stop: threading.Event | None) -> T | None:
+        """``call()``, tried again with backoff (0.1 s doubling to 5 s) while Redis is away;
+        ``None`` if ``stop`` is set meanwhile (never, without one)."""
+        attempt = 0
+        while True:
+            try:
+                return call()
+            except RedisUnavailable as err:
+                delay = backoff(attempt, 0.1, 5.0)
+                log.warning("%s; trying again in %.1f s", err.message, delay)
+                self.metrics.retries.inc()
+                attempt += 1
+                if stop is None:
+                    time.sleep(delay)
+                elif stop.wait(delay):
+                    return None
+
+
+def serve(
+    settings: Settings, options: StreamSettings, names: Names, ref: str, stop: threading.Event
+) -> None:
+    """Run a consumer of ``names`` with the model ``ref`` on ``settings.redis`` until
+    ``stop`` is set; the batch begun when it is set is committed first."""
+    import redis
+
+    url = str(settings.redis)
+    client: Any = redis.Redis.from_url(
+        url,
+        decode_responses=True,
+        encoding_errors="replace",  # a binary value is a bad event, not a stuck consumer
+        socket_connect_timeout=2,
+        socket_timeout=options.block_ms / 1000 + 10,
+        health_check_interval=10,
+    )
+    model = LiveModel(Registry.from_settings(settings), ref, options.follow)
+    entries = RedisEventLog(
+        client, names, start=options.start, claim_idle_ms=options.claim_idle_ms, url=url
+    )
+    metrics = StreamMetrics()
+    consumer = Consumer(entries, model, options, metrics, names.source)
+    if options.metrics_port is not None:
+        metrics.serve(options.metrics_host, options.metrics_port)
+    try:
+        if not consumer.open(stop):
+            return
+        log.info(
+            "consuming %r as %s/%s with %s: outputs to %r, dead letters to %r",
+            names.source, names.group, names.consumer, model.predictor.ref,
+            names.sink, names.dead_letter,
+        )  # fmt: skip
+        consumer.run(stop)
+    finally:
+        metrics.close()
+        client.close()
+    log.info("stopped: every batch read was committed")
