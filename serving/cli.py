@@ -815,7 +815,7 @@ def endpoints_show(
     from serving.endpoints.state import percentages
 
     served = _endpoints_store().served(name)
-    if as_json or not sys.stdout.isatty():
+    if as_json:
         typer.echo(dumps(served))
         return
     state, config = served.state, served.config
@@ -883,7 +883,7 @@ def endpoints_compare(
     from serving.endpoints.compare import compare
 
     report = compare(_endpoints_store().store, name)
-    if as_json or not sys.stdout.isatty():
+    if as_json:
         typer.echo(json.dumps(report, indent=2))
         return
     agreement = report["agreement"]
@@ -900,10 +900,61 @@ def endpoints_compare(
         )
 
 
+@endpoints_app.command("batch")
+@_reports_errors
+def endpoints_batch(
+    name: str,
+    input: Annotated[str, typer.Option(help="A file, folder or glob; a path or s3://...")],
+    output: Annotated[str, typer.Option(help="A folder; a path or s3://...")],
+    variant: Annotated[
+        str | None, typer.Option(help="The variant to score with.", show_default="the busiest")
+    ] = None,
+    id_column: Annotated[str | None, typer.Option(help="Input column kept in the output.")] = None,
+    on_error: Annotated[
+        Literal["fail", "skip"], typer.Option(help="A bad row stops the run, or goes to _rejects/.")
+    ] = "fail",
+) -> None:
+    """Score a dataset with one of NAME's variants (the one with the most traffic now unless
+    --variant), as `mmserve batch run` does; its version is pinned at start."""
+    from batch.runner import run_batch
+    from batch.spec import BatchSpec
+    from serving.errors import UnsupportedOperation, VariantNotFound
+
+    served = _endpoints_store().served(name)
+    variants = served.config.production_variants
+    weights = served.state.weights
+    chosen = (
+        served.config.variant(variant)
+        if variant
+        else max(variants, key=lambda v: weights.get(v.name, 0.0))
+    )
+    if chosen is None:
+        raise VariantNotFound(name, str(variant), [v.name for v in variants])
+    if len(chosen.steps) != 1:
+        raise UnsupportedOperation(
+            f"a batch run of endpoint {name!r}",
+            f"variant {chosen.name!r} is a pipeline; the batch runner scores one model",
+        )
+    spec = BatchSpec(
+        model=chosen.steps[0], input=input, output=output, id_column=id_column, on_error=on_error
+    )
+    settings = Settings()
+    manifest = run_batch(spec, Registry.from_settings(settings), settings)
+    err.print(
+        f"{manifest['rows']} rows scored by {name}/{chosen.name} ({manifest['model']}) → {output}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    typer.echo(manifest["run_id"])
+
+
 def _controller(
-    servers: list[str], max_error_rate: float, max_p99_ms: float | None, min_requests: int,
+    servers: list[str],
+    max_error_rate: float,
+    max_p99_ms: float | None,
+    min_requests: int,
     interval: float,
-) -> Any:  # fmt: skip
+) -> Any:
     from serving.endpoints.guardrails import Guardrails
     from serving.endpoints.rollout import Controller
 
@@ -925,9 +976,14 @@ def _decided(decision: Any) -> None:
 
 
 def _promote(
-    registry: Registry, name: str, alias: str, version: int, strategy: str, force: bool,
+    registry: Registry,
+    name: str,
+    alias: str,
+    version: int,
+    strategy: str,
+    force: bool,
     controller: Any,
-) -> None:  # fmt: skip
+) -> None:
     """``models alias --rollout``: the alias moved through a guarded rollout of the
     endpoints that serve it; left where it was on a rollback."""
     from serving.errors import AliasNotFound, NotApproved

@@ -146,8 +146,7 @@ class DeploymentSettings(BaseModel):
     """How often a server reads the endpoints' configs and live state (weights, rollouts)
     from the store: every server follows a shift within this time."""
     reload_interval_s: float = Field(1.0, gt=0)
-    """How often a server looks at the endpoints file's modification time (a changed file is
-    applied again)."""
+    """How often a server reads the endpoints file again (a changed file is applied again)."""
     seed: int | None = None
     """Seed of the traffic split of every endpoint that sets none (unset: random)."""
     capture_flush_rows: int = Field(1000, ge=1)

@@ -90,6 +90,39 @@ class Metrics:
             ["kind"],
             registry=self.registry,
         )
+        endpoint = ["endpoint", "variant", "model"]
+        self.endpoint_requests = Counter(
+            "mmserve_endpoint_requests",
+            "Requests an endpoint's variant answered, by model version(s) and outcome "
+            "(ok, client_error, server_error).",
+            [*endpoint, "outcome"],
+            registry=self.registry,
+        )
+        self.endpoint_latency = Histogram(
+            "mmserve_endpoint_request_seconds",
+            "Time an endpoint's variant took to answer (rollout guardrails read its p99).",
+            endpoint,
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.shadow_requests = Counter(
+            "mmserve_shadow_requests",
+            "Requests also scored by an endpoint's shadow, by outcome (ok, error, skipped).",
+            ["endpoint", "model", "outcome"],
+            registry=self.registry,
+        )
+        self.capture_rows = Counter(
+            "mmserve_capture_rows",
+            "Captured rows written to the store.",
+            ["endpoint"],
+            registry=self.registry,
+        )
+        self.capture_dropped = Counter(
+            "mmserve_capture_dropped_rows",
+            "Captured rows dropped, by reason (buffer_full, store_error).",
+            ["endpoint", "reason"],
+            registry=self.registry,
+        )
         # Read at scrape time, beside the counters (and, in multiprocess mode, beside what
         # the processes' files add up: these are not in them).
         self._live: list[Collector] = [_LoadedCollector(loaded_models)]
@@ -113,6 +146,11 @@ class Metrics:
         (kept beside the queue, so one scrape of any API process sees all workers)."""
         self._live.append(_JobsCollector(queue))
         self.registry.register(self._live[-1])
+
+    def watch(self, collector: Collector) -> None:
+        """Export figures read at scrape time (endpoints' weights and rollouts)."""
+        self._live.append(collector)
+        self.registry.register(collector)
 
     def render(self) -> bytes:
         if "PROMETHEUS_MULTIPROC_DIR" in os.environ:

@@ -16,9 +16,11 @@ from starlette.exceptions import HTTPException
 from starlette.types import Receive, Scope, Send
 
 import serving
+from serving.endpoints.catalog import Endpoints
 from serving.errors import MMServeError
 from serving.http import (
     batch,
+    endpoints,
     health,
     jobs,
     multimodel,
@@ -30,8 +32,10 @@ from serving.http import (
 )
 from serving.http._auth import SECURITY_SCHEMES
 from serving.http._dataplane import DataPlane
+from serving.http._endpoints import EndpointPlane
 from serving.http._errors import error_response, unexpected_response
 from serving.http._fastlane import FastLane
+from serving.http._follow import EndpointCollector, Follower
 from serving.http._metrics import Metrics
 from serving.http._middleware import RequestContext
 from serving.registry import Registry
@@ -63,17 +67,30 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
     app.state.jobs = job_runner(settings, registry)
     app.state.online = precomputed.Online(settings.redis)
     metrics.watch_jobs(app.state.jobs.queue)
+    app.state.endpoints = EndpointPlane(dataplane, Endpoints(registry.store), settings, metrics)
+    app.state.endpoint_follower = Follower(app.state.endpoints)
+    metrics.watch(EndpointCollector(app.state.endpoints))
     lane = FastLane(
         [
             *v1.router.routes,
             *v2.router.routes,
             *sagemaker.router.routes,
             *precomputed.router.routes,
+            *endpoints.router.routes,
         ],
-        [v1.predict, v2.infer, sagemaker.invocations, precomputed.precomputed],
+        [
+            v1.predict,
+            v2.infer,
+            sagemaker.invocations,
+            precomputed.precomputed,
+            endpoints.invocations,
+            endpoints.predict,
+            endpoints.infer,
+        ],
     )
     app.front = RequestContext(app.inner, metrics=metrics, settings=settings, lane=lane)
     routers = [health, v1, v2, sagemaker, jobs, batch, precomputed, repository, multimodel]
+    routers.append(endpoints)
     for router in (module.router for module in routers):
         # The routes themselves, not include_router: FastAPI re-checks every included
         # router's routes on each request, which cost the predict path ~40 us.
@@ -120,6 +137,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Warm the provisioned models and, when serverless, unload idle ones, in the background."""
     dataplane: DataPlane = app.state.dataplane
     runner: Runner = app.state.jobs
+    follower: Follower = app.state.endpoint_follower
     # Everything imported and built so far lives as long as the server: out of the
     # collector's way, so no full collection walks it (pauses of tens of ms, seen as p99).
     gc.freeze()
@@ -129,7 +147,9 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     ]
     if isinstance(runner.queue, LocalQueue):  # embedded mode: this process sweeps its jobs
         tasks.append(asyncio.create_task(_sweep_forever(runner)))
+    await follower.start()  # endpoints file applied and the store read before any request
     yield
+    await follower.stop()  # shadows finished, captured rows written
     for task in tasks:
         task.cancel()
     if isinstance(runner.queue, LocalQueue):
