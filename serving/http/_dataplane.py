@@ -82,6 +82,13 @@ class DataPlane:
             policy = self._policies[name] = self.settings.serving_of(name)
         return policy
 
+    def set_policy(self, name: str, policy: ModelServing) -> None:
+        """Serve ``name`` by ``policy`` from now on (an endpoint's batching or serverless
+        settings); its batchers were made from the old one and start over."""
+        self._policies[name] = policy
+        for key in [k for k in self._batchers if k[0] == name]:
+            del self._batchers[key]
+
     # -- the model -----------------------------------------------------------------------
 
     async def predictor(self, ref: str) -> tuple[Predictor, float | None]:

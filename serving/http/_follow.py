@@ -141,11 +141,7 @@ class Follower:
             for name in sorted(served.config.model_names()):
                 policy = self.settings.serving_of(name).model_copy(update=update)
                 if dataplane.policy(name) != policy:
-                    # NOTE: the data plane has no public setter yet; its batchers are made
-                    # from the policy, so those of this model are dropped to take it up.
-                    dataplane._policies[name] = policy
-                    for key in [k for k in dataplane._batchers if k[0] == name]:
-                        dataplane._batchers.pop(key, None)
+                    dataplane.set_policy(name, policy)
                 if policy.provisioned and name not in self._provisioned:
                     self._provisioned.add(name)
                     await asyncio.to_thread(_warm, dataplane.registry, name, served)

@@ -4,7 +4,8 @@
   routes, streamed to the store, up to ``MMSERVE_JOBS__MAX_PAYLOAD_BYTES``), or
   ``{"input_location": ...}`` naming an object already in the store.
 - ``GET /v1/jobs/{token}``, ``GET /v1/jobs/{token}/result``, ``DELETE /v1/jobs/{token}``.
-- ``POST /endpoints/{name}/async-invocations``: SageMaker's asynchronous invocation.
+- ``POST /endpoints/{name}/async-invocations``: SageMaker's asynchronous invocation, of
+  the endpoint ``name`` (the variant drawn for it) if there is one, else of the model.
 
 A 202 is sent only once the input and the job record are in the store. The record is
 written before the message is published (an outbox): when the queue is away, the client
@@ -28,7 +29,14 @@ from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 
 from serving import codecs
 from serving.codecs import DecodeError, media_type, sagemaker
-from serving.errors import InvalidName, JobNotReady, PayloadTooLarge, QueueUnavailable
+from serving.errors import (
+    EndpointNotFound,
+    InvalidName,
+    JobNotReady,
+    PayloadTooLarge,
+    QueueUnavailable,
+    UnsupportedOperation,
+)
 from serving.http._body import invalid_body
 from serving.store import validate_key
 from workers.jobs import Job, JobError, Status, key, new_token, now, valid_token
@@ -79,7 +87,8 @@ async def async_invocations(name: str, request: Request) -> Response:
     kind = media_type(headers.get(f"{SAGEMAKER}content-type"), codecs.CSV, sagemaker.ACCEPTED)
     answer = media_type(headers.get(f"{SAGEMAKER}accept"), kind, sagemaker.ACCEPTED)
     inference_id = headers.get(f"{SAGEMAKER}inference-id") or str(uuid.uuid4())
-    job = _new_job(request, name, kind, answer, None, inference_id)
+    ref, variant = await _target(request, name)
+    job = _new_job(request, ref, kind, answer, None, inference_id)
     job.input_key = _store_key(runner, input_location)
     ttl = _seconds(headers, "requestttlseconds", 60, _SAGEMAKER_TTL_S) or _SAGEMAKER_TTL_S
     job.expires_at = job.created_at + timedelta(seconds=ttl)
@@ -87,15 +96,28 @@ async def async_invocations(name: str, request: Request) -> Response:
     job.time_limit_s = _seconds(headers, "invocationtimeoutseconds", 1, limit) or limit
     job = await _accept(runner, job, None)
     output = location(runner.store, job.output_key)
-    return JSONResponse(
-        {"InferenceId": inference_id, "OutputLocation": output},
-        status_code=202,
-        headers={
-            "X-Amzn-SageMaker-OutputLocation": output,
-            "X-Amzn-SageMaker-FailureLocation": location(runner.store, job.error_key),
-            "Location": str(request.url_for("status", token=job.id)),
-        },
-    )
+    answered = {
+        "X-Amzn-SageMaker-OutputLocation": output,
+        "X-Amzn-SageMaker-FailureLocation": location(runner.store, job.error_key),
+        "Location": str(request.url_for("status", token=job.id)),
+    }
+    if variant is not None:
+        answered |= {"X-Amzn-Invoked-Production-Variant": variant, "X-MMServe-Variant": variant}
+    body = {"InferenceId": inference_id, "OutputLocation": output}
+    return JSONResponse(body, status_code=202, headers=answered)
+
+
+async def _target(request: Request, name: str) -> tuple[str, str | None]:
+    """What SageMaker's endpoint ``name`` is here: an endpoint (the model of the variant
+    drawn for this request, and that variant), else the model so named."""
+    try:
+        _, variant, refs = await request.app.state.endpoints.choose(name, request.headers)
+    except EndpointNotFound:
+        return name, None
+    if len(refs) != 1:
+        why = f"variant {variant.name!r} is a pipeline and a job is scored by one model"
+        raise UnsupportedOperation(f"an async invocation of endpoint {name!r}", why)
+    return refs[0], variant.name
 
 
 @router.get("/v1/jobs/{token}", summary="A job's status")

@@ -371,3 +371,25 @@ def _arrow(table: pa.Table) -> bytes:
     with pa.ipc.new_stream(sink, table.schema) as writer:
         writer.write_table(table)
     return bytes(sink.getvalue())
+
+
+def test_sagemakers_async_invocation_of_an_endpoint_goes_to_a_variant(server: Server) -> None:
+    instances = rows(3, seed=4)
+    store = Store.from_url(str(server.store_dir))
+    store.write("inputs/churn.json", json.dumps({"instances": instances}).encode())
+    submitted = server.client.post(
+        "/endpoints/churn/async-invocations",
+        headers={
+            "X-Amzn-SageMaker-InputLocation": "inputs/churn.json",
+            "X-Amzn-SageMaker-Content-Type": "application/json",
+            "X-Target-Variant": "blue",
+        },
+    )
+    assert submitted.status_code == 202, submitted.text
+    assert submitted.headers["x-amzn-invoked-production-variant"] == "blue"
+    status_url = submitted.headers["location"]
+    eventually(lambda: server.client.get(status_url).json()["status"] == "succeeded")
+    job = server.client.get(status_url).json()
+    assert job["model"] == "lr:1"
+    answer = server.client.get(f"{status_url}/result").json()["predictions"]
+    assert answer == expected(server, "lr:1", instances)
