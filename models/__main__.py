@@ -1,8 +1,10 @@
 """``python -m models`` (``make demo``): register every demo model, then put it to work in
-every mode that has landed: in process, real time over HTTP, asynchronous jobs, batch.
+every mode: in process, real time over HTTP, asynchronous jobs, batch, streaming; and
+last, the same rows through all of them, every answer identical.
 
 The demo is a list of sections run in order. Each gets the :class:`Demo` (console,
-registry, and the one ``mmserve serve`` that the sections needing a server share), prints
+registry, the one ``mmserve serve`` and the ``mmserve stream`` consumers the sections
+share), prints
 its part and returns a phrase for the closing summary; a new mode adds its section to
 ``SECTIONS``.
 """
@@ -24,7 +26,10 @@ from rich.console import Console
 from rich.table import Column, Table
 
 from models import RECIPES, Recipe, register
+from models._modes import MODES, every_mode
+from models._redis import redis_server
 from models._server import JOB_TIMEOUT_S, DemoError, Predictions, Reply, Server, serve
+from models._stream import Consumer, Streamer, streamers
 from serving.errors import MMServeError
 from serving.registry import Registry
 from serving.settings import Settings
@@ -33,6 +38,7 @@ ALIAS = "production"
 SAMPLE_ROWS = 5
 SAMPLE_SEED = 2024
 BATCH_ROWS = 20_000
+PARITY_ROWS = 500
 
 
 @dataclass
@@ -45,12 +51,22 @@ class Demo:
     settings: Settings
     stack: ExitStack
     _server: Server | None = field(default=None, init=False)
+    _streamers: dict[str, Streamer] | None = field(default=None, init=False)
 
     def server(self) -> Server:
         if self._server is None:
             self._server = self.stack.enter_context(serve(self.settings))
             self.console.print(f"[bold]mmserve serve[/] answers at {self._server.url}\n")
         return self._server
+
+    def streamers(self) -> dict[str, Streamer]:
+        """One ``mmserve stream`` per model, by model name, on a throwaway Redis."""
+        if self._streamers is None:
+            url = self.stack.enter_context(redis_server())
+            consumers = [Consumer(r.NAME, _ref(r), r.ID_COLUMN) for r in RECIPES]
+            self._streamers = self.stack.enter_context(streamers(self.settings, url, consumers))
+            self.console.print(f"[bold]mmserve stream[/] consumes, one per model, on {url}\n")
+        return self._streamers
 
 
 Section = Callable[[Demo], str]
@@ -171,12 +187,72 @@ def transform_datasets(demo: Demo) -> str:
     return f"{BATCH_ROWS * len(RECIPES):,} batch rows identical"
 
 
+def stream_events(demo: Demo) -> str:
+    """Add each model's sample rows as events to a Redis stream that a real ``mmserve
+    stream`` consumes; every output read back must equal the in-process answer."""
+    demo.console.rule("Streaming")
+    streams = demo.streamers()
+    demo.console.print("Each model's sample rows XADDed as events, the outputs read back:")
+    table = Table("model", "source → sink", _right("events"), _right("event → output ms"))
+    table.add_column("same as in-process")
+    problems = []
+    for recipe in RECIPES:
+        rows = recipe.sample(SAMPLE_ROWS, SAMPLE_SEED)
+        local = demo.registry.load(_ref(recipe)).predict(rows.select(recipe.FEATURES))
+        stream = streams[recipe.NAME]
+        answers, seconds = stream.score(rows, local.schema)
+        equal = answers == local.to_pylist()
+        route = f"{stream.consumer.source} → {stream.consumer.sink}"
+        table.add_row(recipe.NAME, route, str(rows.num_rows), f"{seconds * 1000:.1f}", _yes(equal))
+        if not equal:
+            problems.append(f"{recipe.NAME}: the outputs differ from the in-process answers")
+    demo.console.print(table)
+    demo.console.print(
+        "The same by hand: mmserve stream --model … --source … --sink … --group …", style="dim"
+    )
+    _fail_on(problems, f"of {len(RECIPES)} streams answered differently")
+    return f"{SAMPLE_ROWS * len(RECIPES)} stream outputs identical"
+
+
+def every_mode_agrees(demo: Demo) -> str:
+    """Score the same rows of each model in real time, as an async job, as a batch
+    transform and as stream events; every answer must equal the in-process one."""
+    demo.console.rule("Every mode")
+    server, streams = demo.server(), demo.streamers()
+    folder = Path(demo.stack.enter_context(tempfile.TemporaryDirectory(prefix="mmserve-demo-")))
+    demo.console.print(f"The same {PARITY_ROWS} rows of each model in every mode:")
+    table = Table("model", _right("rows"), *(_right(f"{mode} ms") for mode in MODES), "identical")
+    took = dict.fromkeys(MODES, 0.0)
+    problems = []
+    for recipe in RECIPES:
+        rows = recipe.sample(PARITY_ROWS, SAMPLE_SEED + 2)
+        local = demo.registry.load(_ref(recipe)).predict(rows.select(recipe.FEATURES))
+        stream, ref = streams[recipe.NAME], _ref(recipe)
+        scored = every_mode(server, stream, ref, rows, recipe.ID_COLUMN, local.schema, folder)
+        differ = [mode for mode, s in scored.items() if s.answers != local.to_pylist()]
+        for mode, s in scored.items():
+            took[mode] += s.seconds
+        cells = [f"{scored[mode].seconds * 1000:.1f}" for mode in MODES]
+        table.add_row(recipe.NAME, str(rows.num_rows), *cells, _yes(not differ))
+        problems += [f"{recipe.NAME} in {mode}: answers differ from in-process" for mode in differ]
+    demo.console.print(table)
+    _fail_on(problems, "modes answered differently")
+    times = ", ".join(f"{mode} {took[mode]:.2f} s" for mode in MODES)
+    demo.console.print(
+        f"[green]all modes agree[/]: {PARITY_ROWS} rows of each of {len(RECIPES)} models, "
+        f"{times}: identical"
+    )
+    return f"every mode agrees on {PARITY_ROWS * len(RECIPES):,} rows"
+
+
 SECTIONS: list[Section] = [
     register_models,
     predict_samples,
     serve_real_time,
     run_jobs,
     transform_datasets,
+    stream_events,
+    every_mode_agrees,
 ]
 
 

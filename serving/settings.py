@@ -160,6 +160,37 @@ class DeploymentSettings(BaseModel):
     """Most shadow requests in flight; past it a sampled request is not shadowed (counted)."""
 
 
+class AdviseSettings(BaseModel):
+    """``mmserve advise``: its thresholds and the unit prices of its rough monthly cost
+    comparison. The prices are illustrative (roughly an on-demand 2-vCPU instance and a
+    serverless GB-second, as clouds listed them in 2024); set your own to compare yours."""
+
+    instance_hour_usd: float = Field(0.23, ge=0)
+    """Price of one instance for an hour: real time, async, batch and streaming run on them."""
+    instance_concurrency: int = Field(2, ge=1)
+    """Requests (or rows, or events) one instance works on at once (about its cores)."""
+    processing_s: float = Field(0.01, gt=0)
+    """Model time per request when ``--processing-s`` is not given."""
+    serverless_gb_second_usd: float = Field(0.00002, ge=0)
+    """Price of one GB of serverless memory for one second of processing."""
+    serverless_memory_gb: float = Field(2.0, gt=0)
+    """Memory of one serverless instance."""
+    serverless_request_usd: float = Field(0.0000002, ge=0)
+    """Price of one serverless request, on top of its duration."""
+    cold_start_ms: float = Field(1000.0, ge=0)
+    """A serverless cold start (the model loaded on the first request after an idle
+    period): a latency target below it rules serverless out."""
+    slow_request_s: float = Field(10.0, gt=0)
+    """Processing past this is too slow for a synchronous request, even under the timeout:
+    it holds a connection (and the client) that long; such requests are queued (async)."""
+    spike_factor: float = Field(3.0, gt=1)
+    """Busiest minute over the average one that makes traffic spiky (a capture read so);
+    spiky real time is sized for that peak."""
+    idle_share: float = Field(0.5, gt=0, le=1)
+    """Share of the time with no request for longer than the serverless idle TTL that makes
+    captured traffic rare (scale to zero pays)."""
+
+
 class Settings(BaseSettings):
     """All of mmserve's settings. Nested groups use ``__``: ``MMSERVE_CACHE__MAX_MODELS=8``."""
 
@@ -210,6 +241,8 @@ class Settings(BaseSettings):
     """Loaded-model cache bounds."""
     registry: RegistrySettings = RegistrySettings()
     """Registry policies."""
+    advise: AdviseSettings = AdviseSettings()
+    """Thresholds and illustrative unit prices of ``mmserve advise`` (``MMSERVE_ADVISE__*``)."""
     aws: AwsSettings = Field(default_factory=AwsSettings)
     """S3 endpoint and credentials (``AWS_*`` variables)."""
 

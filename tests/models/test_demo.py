@@ -7,6 +7,7 @@ import re
 import socket
 import subprocess
 import sys
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 from urllib.error import URLError
@@ -19,7 +20,10 @@ import pyarrow.compute as pc
 import pytest
 
 from models import RECIPES, Recipe, _server, churn, register
+from models._modes import every_mode
+from models._redis import redis_server
 from models._server import DemoError, serve
+from models._stream import Consumer, streamers
 from serving.registry import Registry
 from serving.settings import Settings
 from serving.store import Store
@@ -165,13 +169,30 @@ def test_python_m_models_answers_the_same_in_every_mode(tmp_path: Path) -> None:
             assert len(table_rows(run.stdout, *job)) == 1
             run_row = (name, "[0-9a-f]{8}…", "20,000", "4", r"[\d,]+", "yes")
             assert len(table_rows(run.stdout, *run_row)) == 1
+            stream = (name, rf"demo\.{name}\.events → demo\.{name}\.scores", "5", r"[\d.]+")
+            assert len(table_rows(run.stdout, *stream, "yes")) == 1
+            every = (name, "500", *[r"[\d.]+"] * 4, "yes")  # real time, async, batch, streaming
+            assert len(table_rows(run.stdout, *every)) == 1
         assert "With MMSERVE_BROKER_URL set, these jobs go to Celery workers" in run.stdout
+        parity = (
+            r"all modes agree: 500 rows of each of 3 models, real time [\d.]+ s, async [\d.]+ s, "
+            r"batch [\d.]+ s, streaming [\d.]+ s: identical"
+        )
+        assert len(re.findall(parity, run.stdout)) == 1
         done = "done: 3 models registered, 15 rows scored, 9 real-time answers identical, "
-        assert f"{done}3 jobs succeeded, 60,000 batch rows identical in" in run.stdout
+        batch = "60,000 batch rows identical"
+        streaming = "15 stream outputs identical, every mode agrees on 1,500 rows"
+        assert f"{done}3 jobs succeeded, {batch}, {streaming} in" in run.stdout
         server = re.search(r"mmserve serve answers at (http://\S+)", run.stdout)
         assert server is not None
         with pytest.raises(URLError):  # stopped with the demo
             urlopen(f"{server[1]}/v2/health/live", timeout=5)
+        redis_port = re.search(
+            r"mmserve stream consumes, one per model, on redis://[\d.]+:(\d+)/0", run.stdout
+        )
+        assert redis_port is not None
+        with pytest.raises(OSError):  # its Redis too
+            socket.create_connection(("127.0.0.1", int(redis_port[1])), timeout=5).close()
     registry = Registry(Store.from_url(store_url))
     assert registry.models() == sorted(r.NAME for r in RECIPES)
     assert all(registry.aliases(r.NAME) == {"production": 2} for r in RECIPES)
@@ -199,6 +220,47 @@ def test_a_demo_server_that_exits_at_start_is_reported_with_its_output(
     first, *tail = str(raised.value).splitlines()
     assert first == "mmserve serve exited with code 3 at start; its last output:"
     assert tail[-1].endswith(f"('127.0.0.1', {port}): address already in use")
+
+
+def test_a_stream_consumer_that_exits_at_start_is_reported_with_its_output(
+    tmp_path: Path,
+) -> None:
+    nope = [Consumer("nope", "nope@production", "id")]
+    with (
+        redis_server() as url,
+        pytest.raises(DemoError) as raised,
+        streamers(settings(tmp_path), url, nope),
+    ):
+        pass
+    assert str(raised.value).splitlines() == [
+        "mmserve stream (nope@production) exited with code 1 at start; its last output:",
+        "  error: model 'nope' is not registered",
+    ]
+
+
+@pytest.mark.slow
+def test_real_time_async_batch_and_streaming_answer_500_rows_identically(tmp_path: Path) -> None:
+    settings = Settings(_env_file=None, store_url=str(tmp_path / "store"))
+    registry = Registry.from_settings(settings)
+    for recipe in RECIPES:
+        register(recipe, registry)
+    consumers = [Consumer(r.NAME, f"{r.NAME}@production", r.ID_COLUMN) for r in RECIPES]
+    with ExitStack() as stack:
+        server = stack.enter_context(serve(settings))
+        streams = stack.enter_context(
+            streamers(settings, stack.enter_context(redis_server()), consumers)
+        )
+        for recipe in RECIPES:
+            ref, rows = f"{recipe.NAME}@production", recipe.sample(500, seed=99)
+            local = registry.load(ref).predict(rows.select(recipe.FEATURES))
+            scored = every_mode(
+                server, streams[recipe.NAME], ref, rows, recipe.ID_COLUMN, local.schema, tmp_path
+            )
+            assert list(scored) == ["real time", "async", "batch", "streaming"]
+            answers = {mode: s.answers for mode, s in scored.items()}
+            assert answers == dict.fromkeys(scored, local.to_pylist()), recipe.NAME
+            assert len(answers["streaming"]) == 500
+            assert list(answers["streaming"][0]) == OUTPUTS[recipe.NAME]
 
 
 def settings(tmp_path: Path) -> Settings:
