@@ -17,6 +17,7 @@ the batch runner writes it into rejects, the stream consumer dead-letters it.
     │   ├── JobNotFound                 no async job has that token
     │   ├── NotPrecomputed              no published batch answer for that model or id
     │   ├── EndpointNotFound            no endpoint of that name is applied
+    │   ├── NoCapture                   an endpoint with no captured traffic to advise from
     │   ├── VariantNotFound             an endpoint has no variant of that name
     │   └── EntryTrimmed                a pending stream entry trimmed before it was scored
     ├── Conflict (409)
@@ -162,6 +163,15 @@ class EndpointNotFound(NotFound):
         listed = f"endpoints: {', '.join(known)}" if known else "no endpoint is applied"
         super().__init__(f"endpoint {name!r} does not exist ({listed})")
         self.name, self.known = name, known
+
+
+class NoCapture(NotFound):
+    def __init__(self, endpoint: str, root: str = "capture") -> None:
+        super().__init__(
+            f"no captured traffic for endpoint {endpoint!r} (nothing under {root}/{endpoint}/): "
+            "give it a capture: {sample: ...} and some traffic"
+        )
+        self.endpoint = endpoint
 
 
 class VariantNotFound(NotFound):

@@ -26,20 +26,9 @@ import pyarrow.compute as pc
 from serving.advise.model import MB, Pattern, duration
 from serving.endpoints import capture
 from serving.endpoints.catalog import Endpoints
-from serving.errors import EndpointNotFound, NotFound
+from serving.errors import EndpointNotFound, NoCapture
 from serving.settings import Settings
 from serving.store import Store
-
-
-class NoCapture(NotFound):
-    """An endpoint with no captured traffic to read."""
-
-    def __init__(self, endpoint: str):
-        self.endpoint = endpoint
-        super().__init__(
-            f"no captured traffic for endpoint {endpoint!r} (nothing under "
-            f"{capture.ROOT}/{endpoint}/): give it a capture: {{sample: ...}} and some traffic"
-        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,7 +76,7 @@ def traffic_of(table: pa.Table, endpoint: str, sample: float, settings: Settings
     """The traffic in ``table`` (rows of :data:`capture.SCHEMA`), a ``sample`` of it."""
     primary = table.filter(pc.equal(table["role"], "primary"))
     if primary.num_rows == 0:
-        raise NoCapture(endpoint)
+        raise NoCapture(endpoint, capture.ROOT)
     sized = primary.append_column("bytes", pc.binary_length(primary["input"]))
     # One request is the rows captured together: one inference id at one time (clients may
     # reuse an id).
