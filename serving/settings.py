@@ -6,17 +6,20 @@ component needs) down; nothing else reads the environment.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import AliasChoices, BaseModel, Field, SecretStr
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class AwsSettings(BaseSettings):
     """S3 access for ``s3://`` store URLs, under the standard AWS variable names."""
 
-    model_config = SettingsConfigDict(env_prefix="AWS_", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="AWS_", extra="ignore", use_attribute_docstrings=True
+    )
 
     endpoint_url: str | None = None
     """An S3-compatible server (MinIO, moto, Ceph...) instead of AWS itself."""
@@ -33,6 +36,8 @@ class AwsSettings(BaseSettings):
 class CacheSettings(BaseModel):
     """Bounds of the in-memory cache of loaded models."""
 
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
     max_models: int = Field(32, ge=1)
     """Most models kept loaded at once."""
     max_memory_mb: float = Field(4096, gt=0)
@@ -41,6 +46,8 @@ class CacheSettings(BaseModel):
 
 class RegistrySettings(BaseModel):
     """Policies of the model registry."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True)
 
     default_approval: Literal["approved", "pending"] = "approved"
     """Approval status of a newly registered version; teams with a review step use ``pending``."""
@@ -54,6 +61,8 @@ class RegistrySettings(BaseModel):
 class ModelServing(BaseModel):
     """How the real-time server treats one model; ``Settings.serving`` holds the defaults and
     ``Settings.models`` the per-model overrides."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True)
 
     batching: bool = True
     """Join concurrent requests for the model into one model call."""
@@ -73,6 +82,8 @@ class ModelServing(BaseModel):
 class ServerlessSettings(BaseModel):
     """Scale to zero: idle models unload, the next request is a (measured) cold start."""
 
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
     enabled: bool = False
     """Unload idle models (``mmserve serve --serverless``)."""
     idle_ttl_s: float = Field(300.0, gt=0)
@@ -83,6 +94,8 @@ class ServerlessSettings(BaseModel):
 
 class JobSettings(BaseModel):
     """Asynchronous jobs: limits, delivery and recovery."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True)
 
     max_payload_bytes: int = Field(1024**3, gt=0)
     """Largest input a job may upload through the API (streamed to the store)."""
@@ -107,6 +120,8 @@ class JobSettings(BaseModel):
 
 class StreamSettings(BaseModel):
     """Streaming (``mmserve stream``): batching, recovery and dead letters of a consumer."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True)
 
     batch_size: int = Field(256, ge=1, le=4096)
     """Most events scored in one model call."""
@@ -142,6 +157,8 @@ class StreamSettings(BaseModel):
 class DeploymentSettings(BaseModel):
     """Endpoints (``MMSERVE_ENDPOINTS``): how servers follow their state, and data capture."""
 
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
     state_ttl_s: float = Field(1.0, gt=0)
     """How often a server reads the endpoints' configs and live state (weights, rollouts)
     from the store: every server follows a shift within this time."""
@@ -164,6 +181,8 @@ class AdviseSettings(BaseModel):
     """``mmserve advise``: its thresholds and the unit prices of its rough monthly cost
     comparison. The prices are illustrative (roughly an on-demand 2-vCPU instance and a
     serverless GB-second, as clouds listed them in 2024); set your own to compare yours."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True)
 
     instance_hour_usd: float = Field(0.23, ge=0)
     """Price of one instance for an hour: real time, async, batch and streaming run on them."""
@@ -199,6 +218,7 @@ class Settings(BaseSettings):
         env_nested_delimiter="__",
         extra="ignore",
         env_ignore_empty=True,  # MMSERVE_BROKER_URL= (empty) is unset, not a URL
+        use_attribute_docstrings=True,  # the docstrings below are the documentation
     )
 
     store_url: str = "./.mmserve"
@@ -257,3 +277,58 @@ class Settings(BaseSettings):
     def redis(self) -> str | None:
         """The Redis to use for streams and indexes: ``redis_url``, else the broker's."""
         return self.redis_url or self.broker_url
+
+
+def reference() -> list[tuple[str, str, str]]:
+    """Every setting as (its environment variable, what it does, its default), in the order
+    they are declared: the README's configuration table is made from it."""
+    rows: list[tuple[str, str, str]] = []
+    _walk(Settings, "MMSERVE_", rows)
+    return rows
+
+
+def markdown() -> str:
+    """:func:`reference` as a markdown table."""
+    lines = ["| variable | meaning | default |", "|---|---|---|"]
+    for variable, meaning, default in reference():
+        escaped = meaning.replace("|", r"\|")  # a pipe would end the cell
+        lines.append(f"| {variable} | {escaped} | {default} |")
+    return "\n".join(lines) + "\n"
+
+
+def _walk(model: type[BaseModel], prefix: str, rows: list[tuple[str, str, str]]) -> None:
+    for name, field in model.model_fields.items():
+        kind = field.annotation
+        if isinstance(kind, type) and issubclass(kind, BaseSettings):  # its own prefix (AWS_)
+            _walk(kind, str(kind.model_config.get("env_prefix", "")), rows)
+        elif isinstance(kind, type) and issubclass(kind, BaseModel):
+            _walk(kind, f"{prefix}{name.upper()}__", rows)
+        else:
+            rows.append((_variable(prefix, name, field), _text(field.description), _shown(field)))
+
+
+def _variable(prefix: str, name: str, field: Any) -> str:
+    alias = field.validation_alias
+    if isinstance(alias, AliasChoices):
+        first, *others = (str(choice) for choice in alias.choices)
+        return f"`{first}`" + "".join(f" (or `{other}`)" for other in others)
+    return f"`{prefix}{name.upper()}`"
+
+
+def _text(description: str | None) -> str:
+    return " ".join((description or "").split()).replace("``", "`")  # RST code to markdown
+
+
+def _shown(field: Any) -> str:
+    default = field.get_default(call_default_factory=True)
+    if default is None:
+        return "unset"
+    if isinstance(default, bool):
+        return f"`{str(default).lower()}`"
+    if isinstance(default, (dict, list)):
+        return f"`{json.dumps(default)}`"
+    return f"`{default}`"
+
+
+if __name__ == "__main__":  # python -m serving.settings: the table for the README
+    print(markdown(), end="")
