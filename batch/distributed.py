@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from typing import Any
 
 from batch.parts import Partition, PartResult, done_part, write_part
 from batch.runner import Run
 from batch.spec import BatchSpec, InputFile
+from serving import scorers
 from serving.errors import MMServeError, ObjectNotFound
 from serving.predictor import Predictor
 from serving.settings import Settings
@@ -73,14 +74,15 @@ def execute(run: Run, todo: list[Partition], settings: Settings) -> Iterator[Par
 def run_part(
     queue: RedisQueue,
     settings: Settings,
-    predictor_of: Any,
+    predictor_of: Callable[[str], Predictor],
     spec_json: str,
     run_id: str,
     model: str,
     partition_fields: dict[str, Any],
 ) -> None:
     """One part, in a worker: written once, under its lease (a duplicate delivery, or one
-    that finds the part written, does nothing)."""
+    that finds the part written, does nothing). ``model`` is the run's pinned reference
+    (a chain: each step's), each model loaded by ``predictor_of``."""
     spec = BatchSpec.model_validate_json(spec_json)
     file = InputFile(**partition_fields["file"])
     groups = partition_fields["row_groups"]
@@ -96,9 +98,9 @@ def run_part(
     with lease:
         if done_part(out, partition.name) is not None:
             return
-        predictor: Predictor = predictor_of(model)
+        scorer = scorers.assemble(model, predictor_of)
         try:
-            write_part(spec, partition, predictor, out, settings)
+            write_part(spec, partition, scorer, out, settings)
         except MMServeError as err:
             if err.retryable:
                 raise

@@ -19,16 +19,18 @@ from typing import Any
 from batch.parts import Partition, PartResult, write_part
 from batch.runner import Run
 from batch.spec import BatchSpec
-from serving.predictor import Predictor
+from serving import scorers
+from serving.predictor import Scorer
 from serving.registry import Registry
 from serving.settings import Settings
 from serving.store import Store
 
 
 def execute(
-    run: Run, todo: list[Partition], predictor: Predictor, settings: Settings, helpers: int
+    run: Run, todo: list[Partition], scorer: Scorer, settings: Settings, helpers: int
 ) -> Iterator[PartResult]:
-    """Write ``todo`` here and in ``helpers`` processes; yields each part's record."""
+    """Write ``todo`` here (with ``scorer``, loaded for ``run.model``) and in ``helpers``
+    processes (each loading ``run.model`` itself); yields each part's record."""
     context = fork_server()
     spec = run.spec.model_dump_json()
     ends = _Ends(len(todo))
@@ -52,7 +54,7 @@ def execute(
     reported: set[int] = set()
     try:
         while (index := ends.back()) is not None:
-            yield write_part(run.spec, todo[index], predictor, run.out, settings)
+            yield write_part(run.spec, todo[index], scorer, run.out, settings)
             yield from _reported(futures, reported, block=False)
         slots.release()  # the feeder may wait for a slot to learn that nothing is left
         feeder.join()
@@ -117,13 +119,13 @@ def _part_in_worker(
     environment the fork server happened to start with)."""
     spec = BatchSpec.model_validate_json(spec_json)
     out = Store.from_url(spec.output, settings.aws)
-    return write_part(spec, partition, _predictor(model, settings), out, settings)
+    return write_part(spec, partition, _scorer(model, settings), out, settings)
 
 
-_loaded: dict[str, Predictor] = {}  # a helper's model, loaded with its first part
+_loaded: dict[str, Scorer] = {}  # a helper's model (or chain), loaded with its first part
 
 
-def _predictor(model: str, settings: Settings) -> Predictor:
+def _scorer(model: str, settings: Settings) -> Scorer:
     if model not in _loaded:
-        _loaded[model] = Registry.from_settings(settings).load(model)
+        _loaded[model] = scorers.load(Registry.from_settings(settings), model)
     return _loaded[model]

@@ -13,6 +13,8 @@ readers that fetched the old pointer, then expires.
 The store stays the source of truth: the rows are read back from the run's parts, so a
 run resumed after a crash (or after Redis lost everything) is published whole again.
 Readers run one script, which needs a single Redis (not a cluster: its keys are derived).
+A run of a chain of models (``prep:1,fraud:7``) is published as its last model's, whose
+outputs its answers are; its meta names the whole chain.
 """
 
 from __future__ import annotations
@@ -29,7 +31,9 @@ import pyarrow.csv as pacsv
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
+from serving import scorers
 from serving.codecs import json_safe
+from serving.refs import ModelRef
 from serving.store import Store
 
 if TYPE_CHECKING:
@@ -82,7 +86,7 @@ class Published:
 def publish(redis: Any, run: Run, parts: list[str], outputs: list[str]) -> Published:
     """Write the ``outputs`` of the run's ``parts`` (file names in its output), under its id
     column, to the run's hash; then make the run its model's published one."""
-    name, id_column = run.model.split(":")[0], str(run.spec.id_column)
+    name, id_column = ModelRef.parse(scorers.steps(run.model)[-1]).name, str(run.spec.id_column)
     key = _run_key(name, run.run_id)
     if redis.get(pointer(name)) == run.run_id:  # published already (a run resumed when done)
         return Published(int(json.loads(redis.get(f"{pointer(name)}:meta"))["rows"]), True)

@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 from batch.spec import BatchSpec, Format, InputFile, filesystem, input_files
 from serving.codecs import json_safe
 from serving.errors import InputError, ObjectNotFound
-from serving.predictor import Predictor
+from serving.predictor import Scorer
 from serving.settings import Settings
 from serving.store import Store
 
@@ -92,9 +92,10 @@ def _row_group_ranges(metadata: Any, rows: int) -> list[tuple[int, ...] | None]:
 
 
 def write_part(
-    spec: BatchSpec, partition: Partition, predictor: Predictor, out: Store, settings: Settings
+    spec: BatchSpec, partition: Partition, scorer: Scorer, out: Store, settings: Settings
 ) -> PartResult:
-    """Score one partition into its part (and its rejects), atomically; return its record."""
+    """Score one partition with ``scorer`` (a model, or a chain of them) into its part (and
+    its rejects), atomically; return its record."""
     started = time.perf_counter()
     fs, _ = filesystem(spec.input, settings.aws)
     rows = rejected = 0
@@ -104,8 +105,8 @@ def write_part(
         sink = _Hashing(raw)
         writer: _Writer | None = None
         offset = 0
-        for table in _batches(fs, partition, spec.batch_rows, predictor):
-            scored, bad = predictor.predict_valid(table, spec.passthrough(table.column_names))
+        for table in _batches(fs, partition, spec.batch_rows, scorer):
+            scored, bad = scorer.predict_valid(table, spec.passthrough(table.column_names))
             if bad and spec.on_error == "fail":
                 row, reason = bad[0]
                 raise BadRow(partition.file.path, offset + row, reason)
@@ -127,11 +128,10 @@ def write_part(
     return result  # done: the part, then its record
 
 
-def _batches(
-    fs: Any, partition: Partition, batch_rows: int, predictor: Predictor
-) -> Iterator[pa.Table]:
+def _batches(fs: Any, partition: Partition, batch_rows: int, scorer: Scorer) -> Iterator[pa.Table]:
     """The partition's rows, a batch at a time, in input order (streaming readers: memory is
-    a batch, not the file). CSV columns the model takes are read as its types."""
+    a batch, not the file). CSV columns the model (a chain: any step) takes from the input
+    are read as its types."""
     path, fmt = partition.file.path, partition.file.format
     if fmt == "parquet":
         with fs.open_input_file(path) as f:
@@ -142,7 +142,7 @@ def _batches(
         return
     with fs.open_input_stream(path) as f:
         if fmt == "csv":
-            types = {field.name: field.type for field in predictor.version.inputs}
+            types = {field.name: field.type for field in scorer.inputs}
             reader = pacsv.open_csv(f, convert_options=pacsv.ConvertOptions(column_types=types))
         else:
             reader = pajson.open_json(f)

@@ -1,8 +1,9 @@
 """The batch runner: plan -> partitions -> parts -> manifest.
 
-The run's identity (``_run.json``: id, spec, model version pinned at the start) is written
-first; running it again resumes it: done parts are skipped, the others written, and the
-output is the same as one uninterrupted run's, byte for byte. ``_manifest.json`` (the model
+The run's identity (``_run.json``: id, spec, model version pinned at the start; each
+step's, for a chain of models such as ``prep:1,fraud@production``) is written first;
+running it again resumes it: done parts are skipped, the others written, and the output is
+the same as one uninterrupted run's, byte for byte. ``_manifest.json`` (the model
 version, the spec, every part) is written last, after the answers are published online when
 the spec asks for it.
 """
@@ -19,6 +20,7 @@ from typing import Any
 
 from batch.parts import Partition, PartResult, done_part, plan, write_part
 from batch.spec import BatchSpec
+from serving import scorers
 from serving.errors import (
     AlreadyExists,
     InputError,
@@ -43,7 +45,7 @@ class RunConflict(MMServeError):
 class Run:
     run_id: str
     spec: BatchSpec
-    model: str  # name:version, pinned
+    model: str  # name:version, pinned (a chain: each step's, joined by commas)
     out: Store
     started: str
 
@@ -52,7 +54,7 @@ def start(
     spec: BatchSpec, registry: Registry, settings: Settings, run_id: str | None, resume: bool
 ) -> Run:
     """The run writing to ``spec.output``: resumed if its ``_run.json`` is there (with the same
-    spec), else a new one with the model version pinned now."""
+    spec), else a new one with the model version (each step's, for a chain) pinned now."""
     if spec.publish_online and settings.redis is None:
         raise InputError("publish_online needs Redis: set MMSERVE_REDIS_URL (or a broker)")
     out = Store.from_url(spec.output, settings.aws)
@@ -69,8 +71,7 @@ def start(
         if BatchSpec.model_validate(record["spec"]) != spec:
             raise RunConflict(f"run {record['run_id']} was started with another spec")
         return Run(record["run_id"], spec, record["model"], out, record["started"])
-    name, version = registry.resolve(spec.model)
-    run = Run(run_id or uuid.uuid4().hex, spec, f"{name}:{version}", out, _now())
+    run = Run(run_id or uuid.uuid4().hex, spec, scorers.pin(registry, spec.model), out, _now())
     document = {
         "run_id": run.run_id,
         "model": run.model,
@@ -141,10 +142,12 @@ def _publish(
     url = str(settings.redis)
     client = redis.Redis.from_url(url, decode_responses=True, socket_connect_timeout=5)
     files = [f"{p.name}.{run.spec.format}" for p in parts]
+    # A chain's answers are its last model's outputs (read from metadata: no model loaded).
+    outputs = registry.get(scorers.steps(run.model)[-1]).outputs
     started = time.perf_counter()
     try:
         with client:
-            published = publish(client, run, files, registry.get(run.model).outputs)
+            published = publish(client, run, files, outputs)
     except redis.RedisError as err:
         raise RedisUnavailable(url, err) from err
     seconds = round(time.perf_counter() - started, 3)
@@ -164,14 +167,14 @@ def _execute(
 
         yield from on_workers(run, todo, settings)
         return
-    predictor = registry.load(run.model)
+    scorer = scorers.load(registry, run.model)
     if workers <= 1 or len(todo) <= 1:
         for partition in todo:
-            yield write_part(run.spec, partition, predictor, run.out, settings)
+            yield write_part(run.spec, partition, scorer, run.out, settings)
         return
     from batch.local import execute as here_and_helpers
 
-    yield from here_and_helpers(run, todo, predictor, settings, workers - 1)
+    yield from here_and_helpers(run, todo, scorer, settings, workers - 1)
 
 
 def _since(moment: str) -> float:

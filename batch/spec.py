@@ -29,7 +29,10 @@ SUFFIXES: dict[str, Format] = {
 class BatchSpec(BaseModel):
     """A batch transform: score every row of ``input`` with ``model`` into ``output``."""
 
-    model: str = Field(description="Model reference; its version is pinned at the start")
+    model: str = Field(
+        description="Model reference, or a chain of them (prep:1,fraud@production); "
+        "versions are pinned at the start"
+    )
     input: str = Field(description="A file, a folder or a glob; a local path or s3://...")
     output: str = Field(description="A folder, local or s3://...; parts and _manifest.json")
     id_column: str | None = Field(None, description="Input column copied to every output row")

@@ -915,10 +915,12 @@ def endpoints_batch(
     ] = "fail",
 ) -> None:
     """Score a dataset with one of NAME's variants (the one with the most traffic now unless
-    --variant), as `mmserve batch run` does; its version is pinned at start."""
+    --variant), as `mmserve batch run` does; its version (a pipeline: each step's) is pinned
+    at start."""
     from batch.runner import run_batch
     from batch.spec import BatchSpec
-    from serving.errors import UnsupportedOperation, VariantNotFound
+    from serving import scorers
+    from serving.errors import VariantNotFound
 
     served = _endpoints_store().served(name)
     variants = served.config.production_variants
@@ -930,13 +932,12 @@ def endpoints_batch(
     )
     if chosen is None:
         raise VariantNotFound(name, str(variant), [v.name for v in variants])
-    if len(chosen.steps) != 1:
-        raise UnsupportedOperation(
-            f"a batch run of endpoint {name!r}",
-            f"variant {chosen.name!r} is a pipeline; the batch runner scores one model",
-        )
     spec = BatchSpec(
-        model=chosen.steps[0], input=input, output=output, id_column=id_column, on_error=on_error
+        model=scorers.join(chosen.steps),
+        input=input,
+        output=output,
+        id_column=id_column,
+        on_error=on_error,
     )
     settings = Settings()
     manifest = run_batch(spec, Registry.from_settings(settings), settings)
@@ -1106,6 +1107,7 @@ def stream(
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     serve(settings, options, names, model, stop)
+
 
 # -- mmserve advise -------------------------------------------------------------------------
 

@@ -2,13 +2,16 @@
 
 Every mode (HTTP, async jobs, batch, streaming) decodes its rows into a table and calls
 :meth:`Predictor.predict`, so the same row gets the same answer, bit for bit, everywhere.
+The modes that score whole tables (jobs, batch, streams) program against :class:`Scorer`,
+which one model (a :class:`Predictor`) and a chain of them (a
+:class:`~serving.endpoints.pipeline.Pipeline`) both are.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -23,11 +26,59 @@ from serving.errors import (
     UnexpectedColumns,
     WrongType,
 )
-from serving.metadata import ModelVersion
+from serving.metadata import Feature, ModelVersion
 
 # From this size on the model's matrix is built column by column (see Predictor._matrix):
 # below it Arrow's to_tensor is faster, above it (out of L2 cache) 1.4x slower.
 _COLUMNWISE_BYTES = 1 << 20
+
+
+class Scorer(Protocol):
+    """What every mode that scores tables calls: one model or a chain of models."""
+
+    @property
+    def ref(self) -> str:
+        """The pinned reference: ``fraud:7``, or a chain's ``fraud-prep:1,fraud:7``."""
+        ...
+
+    @property
+    def inputs(self) -> list[Feature]:
+        """The columns a request must carry, with their registered types."""
+        ...
+
+    @property
+    def outputs(self) -> list[str]:
+        """The columns of every answer, in order (after any passthrough columns)."""
+        ...
+
+    def predict(self, rows: Rows, passthrough: Sequence[str] = ()) -> pa.Table:
+        """Score every row of ``rows``; ``passthrough`` columns are copied to the front."""
+        ...
+
+    def predict_valid(
+        self, table: pa.Table, passthrough: Sequence[str] = ()
+    ) -> tuple[pa.Table, list[tuple[int, str]]]:
+        """Score the rows that fit; the others come back as (row, reason)."""
+        ...
+
+
+def score_valid(
+    scorer: Scorer, table: pa.Table, passthrough: Sequence[str] = ()
+) -> tuple[pa.Table, list[tuple[int, str]]]:
+    """Score the rows of ``table`` that fit ``scorer``; the others come back as (row,
+    reason). A table with a bad row is halved until the bad rows stand alone: a few bad
+    rows cost a few extra calls, and a row's answer does not depend on its batch. Used
+    where one bad row must not stop the rest (batch ``skip``, a stream's dead letters)."""
+    try:
+        return scorer.predict(table, passthrough), []
+    except InputError as err:
+        if table.num_rows <= 1:
+            return scorer.predict(table.slice(0, 0), passthrough), [(0, err.message)]
+    half = table.num_rows // 2
+    left, left_bad = score_valid(scorer, table.slice(0, half), passthrough)
+    right, right_bad = score_valid(scorer, table.slice(half), passthrough)
+    bad = left_bad + [(row + half, reason) for row, reason in right_bad]
+    return pa.concat_tables([left, right]), bad
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +121,14 @@ class Predictor:
     def ref(self) -> str:
         return self.version.ref
 
+    @property
+    def inputs(self) -> list[Feature]:
+        return self.version.inputs
+
+    @property
+    def outputs(self) -> list[str]:
+        return self.version.outputs
+
     def predict(self, rows: Rows, passthrough: Sequence[str] = ()) -> pa.Table:
         """Score every row of ``rows`` (a table, or a :class:`~serving.codecs.Matrix` of its
         columns); ``passthrough`` columns of a table are copied to the front."""
@@ -79,19 +138,8 @@ class Predictor:
         self, table: pa.Table, passthrough: Sequence[str] = ()
     ) -> tuple[pa.Table, list[tuple[int, str]]]:
         """Score the rows of ``table`` that fit the schema; the others come back as (row,
-        reason). A table with a bad row is halved until the bad rows stand alone: a few bad
-        rows cost a few extra calls, and a row's answer does not depend on its batch. Used
-        where one bad row must not stop the rest (batch ``skip``, a stream's dead letters)."""
-        try:
-            return self.predict(table, passthrough), []
-        except InputError as err:
-            if table.num_rows <= 1:
-                return self.predict(table.slice(0, 0), passthrough), [(0, err.message)]
-        half = table.num_rows // 2
-        left, left_bad = self.predict_valid(table.slice(0, half), passthrough)
-        right, right_bad = self.predict_valid(table.slice(half), passthrough)
-        bad = left_bad + [(row + half, reason) for row, reason in right_bad]
-        return pa.concat_tables([left, right]), bad
+        reason): see :func:`score_valid`."""
+        return score_valid(self, table, passthrough)
 
     def prepare(self, rows: Rows, passthrough: Sequence[str] = ()) -> Prepared:
         """Check ``rows`` against the input schema and turn them into model input: every

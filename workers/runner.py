@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+from serving import scorers
 from serving.codecs import sagemaker
 from serving.errors import AlreadyExists, JobNotFound, MMServeError
 from serving.registry import Registry
@@ -115,11 +116,12 @@ class Runner:
         return self.jobs.update(job.id, finishing(Status.SUCCEEDED))
 
     def _score(self, job: Job) -> None:
-        """Read the input, predict, write the output once."""
-        predictor = self.registry.load(job.model)
-        features = [f.name for f in predictor.version.inputs]
+        """Read the input, predict (with the model, or the chain of models, pinned at
+        submit), write the output once."""
+        scorer = scorers.load(self.registry, job.model)
+        features = [f.name for f in scorer.inputs]
         rows = sagemaker.decode(self.store.read(job.input_key), job.content_type, features)
-        answer = sagemaker.encode(predictor.predict(rows), job.accept)
+        answer = sagemaker.encode(scorer.predict(rows), job.accept)
         with contextlib.suppress(AlreadyExists):  # an earlier run wrote it: the same answer
             self.store.create(job.output_key, answer)
 

@@ -2,6 +2,9 @@
 
     mmserve stream --model fraud@production --source events --sink scores --group scorers
 
+``--model`` may be a chain, ``fraud-prep,fraud@production``: each event is scored by the
+steps in turn, each step followed (or pinned) on its own.
+
 Each turn gathers a batch (up to ``batch_size`` events, or what came until the oldest of
 them has waited ``max_wait_ms``), scores it in ONE predict call and commits outputs, dead
 letters and acknowledgements in one atomic step of the log (``workers/_stream_redis.py``),
@@ -9,7 +12,7 @@ which writes only the entries still pending on this consumer: an output exists i
 input was acknowledged, and exists once. What becomes of an event:
 
 - it fits the model: an output in the sink (source entry id, id field, outputs, model,
-  version);
+  version; for a chain, the steps' names and versions, ``fraud-prep,fraud`` and ``1,7``);
 - it does not (a missing field, not a number, bad JSON, a NaN the model refuses): a dead
   letter at once, its reason naming the field;
 - the model raised: the batch is halved until the failing events stand alone (the others
@@ -30,6 +33,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
+from serving import scorers
 from serving.errors import (
     EntryTrimmed,
     InputError,
@@ -71,7 +75,7 @@ class Consumer:
         self.model = model
         self.settings = settings
         self.metrics = metrics or StreamMetrics()
-        reserved = {"source_id", "model", "version", *model.predictor.version.outputs}
+        reserved = {"source_id", "model", "version", *model.scorer.outputs}
         if settings.id_field in reserved:
             raise InvalidName("id field", settings.id_field, "every output has a field so named")
         self._source = source
@@ -151,13 +155,14 @@ class Consumer:
     # -- scoring ---------------------------------------------------------------------------
 
     def _score(self, events: Sequence[Event]) -> tuple[Outputs, list[DeadLetter], str]:
-        """The batch's outputs and dead letters, and the model version that scored it."""
-        predictor = self.model.current()
+        """The batch's outputs and dead letters, and the model version (a chain: each
+        step's) that scored it."""
+        scorer = self.model.current()
         id_field = self.settings.id_field
         live, dead = self._unscorable(events)
-        decoded = decode(live, predictor.version.inputs, self.settings.json_field, id_field)
+        decoded = decode(live, scorer.inputs, self.settings.json_field, id_field)
         dead += [self._letter(live[i], errs, decoded.ids[i]) for i, errs in decoded.bad.items()]
-        scored = score(predictor, decoded.table)
+        scored = score(scorer, decoded.table)
         for row, err in scored.failed:
             event, event_id = live[decoded.rows[row]], decoded.ids[decoded.rows[row]]
             if isinstance(err, InputError) or event.deliveries >= self.settings.max_deliveries:
@@ -168,8 +173,10 @@ class Consumer:
         dead.sort(key=lambda letter: position[letter.source_id])
         rows = [decoded.rows[row] for row in scored.rows]
         scored_events, ids = [live[i] for i in rows], [decoded.ids[i] for i in rows]
-        batch = outputs(scored.table, scored_events, ids, id_field, predictor.ref)
-        return batch, dead, predictor.ref
+        # outputs() takes "name:version"; a chain's is "prep,fraud:1,7", its fields step by step.
+        name, version = scorers.labels(scorer.ref)
+        batch = outputs(scored.table, scored_events, ids, id_field, f"{name}:{version}")
+        return batch, dead, scorer.ref
 
     def _unscorable(self, events: Sequence[Event]) -> tuple[list[Event], list[DeadLetter]]:
         """The events to score, and the dead letters of those trimmed from the log or
@@ -205,8 +212,7 @@ class Consumer:
         skipped = committed.skipped
         written = {e.id: e.time_ms for e in events}
         lags = [committed.time_s - written[i] / 1000 for i in batch.source_ids if i not in skipped]
-        name, version = ref.split(":")
-        self.metrics.scored(name, version, lags)
+        self.metrics.scored(*scorers.labels(ref), lags)
         self.metrics.batch_size.observe(len(events))
         for letter in dead:
             if letter.source_id not in skipped:
@@ -263,7 +269,7 @@ def serve(
             return
         log.info(
             "consuming %r as %s/%s with %s: outputs to %r, dead letters to %r",
-            names.source, names.group, names.consumer, model.predictor.ref,
+            names.source, names.group, names.consumer, model.scorer.ref,
             names.sink, names.dead_letter,
         )  # fmt: skip
         consumer.run(stop)

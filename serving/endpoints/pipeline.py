@@ -7,6 +7,11 @@ features, and a request column that no step outputs (``customer_id``, a raw feat
 later model also takes) reaches every step. Each step is a plain :class:`Predictor` call:
 its schema checks, casts and padding apply as they do alone, so a pipeline's answer equals
 applying its models by hand, bit for bit.
+
+A :class:`Pipeline` is a :class:`~serving.predictor.Scorer`: the jobs, batch and stream
+modes score one as they score a single model (:mod:`serving.scorers` builds it from a
+chain reference, ``fraud-prep:1,fraud@production``). An input error raised by a step
+names that step, since a later step's input is not only the request's own columns.
 """
 
 from __future__ import annotations
@@ -16,9 +21,9 @@ from collections.abc import Sequence
 import pyarrow as pa
 
 from serving.codecs import Matrix, Rows
-from serving.errors import MissingColumn
+from serving.errors import InputError, MissingColumn
 from serving.metadata import Feature, ModelVersion
-from serving.predictor import Predictor
+from serving.predictor import Predictor, score_valid
 
 
 def merge(inputs: pa.Table, outputs: pa.Table) -> pa.Table:
@@ -53,7 +58,8 @@ def table_of(rows: Rows) -> pa.Table:
 
 class Pipeline:
     """Models applied in order, with :class:`Predictor`'s interface (``predict``,
-    ``inputs``, ``outputs``, ``ref``), so any mode that scores a table can take one."""
+    ``predict_valid``, ``inputs``, ``outputs``, ``ref``): a
+    :class:`~serving.predictor.Scorer`, so any mode that scores a table can take one."""
 
     def __init__(self, predictors: Sequence[Predictor]):
         if not predictors:
@@ -71,12 +77,31 @@ class Pipeline:
     def predict(self, rows: Rows, passthrough: Sequence[str] = ()) -> pa.Table:
         """Score ``rows`` through every step; ``passthrough`` request columns go first."""
         table = table_of(rows)
-        current = table
-        for predictor in self.predictors[:-1]:
-            current = merge(current, predictor.predict(current))
-        answer = self.predictors[-1].predict(current)
         missing = [name for name in passthrough if name not in table.column_names]
-        if missing:
+        if missing:  # before any step runs: no model call for an answer that cannot be sent
             raise MissingColumn(missing[0])
+        current = table
+        for step, predictor in enumerate(self.predictors[:-1], 1):
+            current = merge(current, _step(step, predictor, current))
+        answer = _step(len(self.predictors), self.predictors[-1], current)
         kept = [table.column(name) for name in passthrough]
         return pa.table([*kept, *answer.columns], names=[*passthrough, *answer.column_names])
+
+    def predict_valid(
+        self, table: pa.Table, passthrough: Sequence[str] = ()
+    ) -> tuple[pa.Table, list[tuple[int, str]]]:
+        """Score the rows of ``table`` that every step takes; the others come back as (row,
+        reason), as :meth:`Predictor.predict_valid` does (rows keep their numbers through
+        the steps, so a row a later step refuses is the request's row of that number)."""
+        return score_valid(self, table, passthrough)
+
+
+def _step(number: int, predictor: Predictor, table: pa.Table) -> pa.Table:
+    """``predictor``'s answer to ``table``; an input error says which step refused it (a
+    model error names its model already)."""
+    try:
+        return predictor.predict(table)
+    except InputError as err:
+        err.message = f"step {number} ({predictor.ref}): {err.message}"
+        err.args = (err.message,)
+        raise

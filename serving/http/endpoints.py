@@ -22,13 +22,13 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request, Response
 from starlette.types import Receive, Scope, Send
 
-from serving import codecs
+from serving import codecs, scorers
 from serving.codecs import sagemaker as sagemaker_codec
 from serving.codecs import v1 as v1_codec
 from serving.codecs import v2 as v2_codec
 from serving.endpoints.catalog import Served
 from serving.endpoints.state import percentages
-from serving.errors import MMServeError, UnsupportedOperation
+from serving.errors import MMServeError
 from serving.http import _openapi, jobs
 from serving.http._auth import require_admin
 from serving.http._body import read_body
@@ -134,16 +134,10 @@ async def _infer(name: str, request: Request) -> Response:
 )
 async def submit_async(name: str, request: Request) -> Response:
     """An async job (as ``POST /v1/models/{ref}/async`` takes it) for the variant drawn (or
-    pinned) for it, its version pinned now. A pipeline variant is refused: a job is scored
-    by one model."""
+    pinned) for it, its version pinned now; a pipeline variant's job is scored by its chain
+    of models (each step's version pinned now)."""
     _, variant, refs = await plane_of(request).choose(name, request.headers)
-    if len(refs) != 1:
-        raise UnsupportedOperation(
-            f"an async job on endpoint {name!r}",
-            f"variant {variant.name!r} is a pipeline and a job is scored by one model; "
-            f"use POST /v1/endpoints/{name}/invocations",
-        )
-    response = await jobs.submit(refs[0], request)
+    response = await jobs.submit(scorers.join(refs), request)
     response.headers.update(_variant_headers(variant.name))
     return response
 

@@ -7,6 +7,9 @@
 - ``POST /endpoints/{name}/async-invocations``: SageMaker's asynchronous invocation, of
   the endpoint ``name`` (the variant drawn for it) if there is one, else of the model.
 
+``{ref}`` may be a chain, ``prep:1,fraud@production``: every step's version is pinned at
+submit, and the job is scored by the steps in turn (as a pipeline variant's jobs are).
+
 A 202 is sent only once the input and the job record are in the store. The record is
 written before the message is published (an outbox): when the queue is away, the client
 gets 503, the record says why, and the sweep enqueues the job when the queue is back.
@@ -27,7 +30,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field, ValidationError
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 
-from serving import codecs
+from serving import codecs, scorers
 from serving.codecs import DecodeError, media_type, sagemaker
 from serving.errors import (
     EndpointNotFound,
@@ -35,7 +38,6 @@ from serving.errors import (
     JobNotReady,
     PayloadTooLarge,
     QueueUnavailable,
-    UnsupportedOperation,
 )
 from serving.http._body import invalid_body
 from serving.store import validate_key
@@ -108,16 +110,13 @@ async def async_invocations(name: str, request: Request) -> Response:
 
 
 async def _target(request: Request, name: str) -> tuple[str, str | None]:
-    """What SageMaker's endpoint ``name`` is here: an endpoint (the model of the variant
-    drawn for this request, and that variant), else the model so named."""
+    """What SageMaker's endpoint ``name`` is here: an endpoint (the model, or the chain of
+    a pipeline variant, drawn for this request, and that variant), else the model so named."""
     try:
         _, variant, refs = await request.app.state.endpoints.choose(name, request.headers)
     except EndpointNotFound:
         return name, None
-    if len(refs) != 1:
-        why = f"variant {variant.name!r} is a pipeline and a job is scored by one model"
-        raise UnsupportedOperation(f"an async invocation of endpoint {name!r}", why)
-    return refs[0], variant.name
+    return scorers.join(refs), variant.name
 
 
 @router.get("/v1/jobs/{token}", summary="A job's status")
@@ -187,10 +186,10 @@ def _new_job(
 
 
 async def _accept(runner: Runner, job: Job, body: Request | None) -> Job:
-    """Pin the model version, store the input (``body``'s, if given) and the record, publish;
-    the job submitted earlier with the same idempotency key, if there is one."""
-    name, version = await run_in_threadpool(runner.registry.resolve, job.requested)
-    job.model = f"{name}:{version}"
+    """Pin the model version (each step's, for a chain), store the input (``body``'s, if
+    given) and the record, publish; the job submitted earlier with the same idempotency
+    key, if there is one."""
+    job.model = await run_in_threadpool(scorers.pin, runner.registry, job.requested)
     if job.idempotency_key is not None:
         earlier = await run_in_threadpool(runner.jobs.token_of, job.idempotency_key)
         if earlier is not None:

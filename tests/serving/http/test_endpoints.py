@@ -285,14 +285,39 @@ def test_a_pipeline_endpoint_equals_its_models_applied_by_hand(server: Server) -
         },
     )
     assert arrow.json()["predictions"] == by_hand
-    refused = server.client.post(
+    submitted = server.client.post(
         "/v1/endpoints/scoring/async", json={"instances": table.to_pylist()}
     )
-    assert refused.status_code == 400
-    assert (
-        "variant 'pipeline' is a pipeline and a job is scored by one model"
-        in refused.json()["error"]
+    assert submitted.status_code == 202, submitted.text
+    assert submitted.headers["x-mmserve-variant"] == "pipeline"
+    job = submitted.json()
+    assert (job["model"], job["requested"]) == ("prep:1,scored:1", "prep:1,scored:1")
+    eventually(lambda: server.client.get(job["status_url"]).json()["status"] == "succeeded")
+    assert server.client.get(job["result_url"]).json()["predictions"] == by_hand
+
+
+def test_an_async_job_of_a_chain_pins_each_step_and_answers_as_both_models(
+    server: Server,
+) -> None:
+    server.registry.set_alias("scored", "champion", 1)
+    table = request(6, seed=8)
+    prep, scored = server.registry.load("prep:1"), server.registry.load("scored:1")
+    by_hand = scored.predict(merge(table, prep.predict(table)))
+    columns = table.select([*fixtures.FEATURES, "bonus"]).to_pylist()  # as the chain takes them
+    body = "".join(",".join(repr(v) for v in row.values()) + "\n" for row in columns).encode()
+    submitted = server.client.post(
+        "/v1/models/prep,scored@champion/async",
+        content=body,
+        headers={"content-type": "text/csv", "accept": "application/json"},
     )
+    assert submitted.status_code == 202, submitted.text
+    job = submitted.json()
+    assert (job["model"], job["requested"]) == ("prep:1,scored:1", "prep,scored@champion")
+    eventually(lambda: server.client.get(job["status_url"]).json()["status"] == "succeeded")
+    assert server.client.get(job["result_url"]).json()["predictions"] == by_hand.to_pylist()
+    missing = server.client.post("/v1/models/prep,nope/async", content=body)
+    assert missing.status_code == 404
+    assert "'nope'" in missing.json()["error"]
 
 
 def test_an_async_job_goes_to_the_variant_drawn_for_it(server: Server) -> None:
@@ -393,3 +418,26 @@ def test_sagemakers_async_invocation_of_an_endpoint_goes_to_a_variant(server: Se
     assert job["model"] == "lr:1"
     answer = server.client.get(f"{status_url}/result").json()["predictions"]
     assert answer == expected(server, "lr:1", instances)
+
+
+def test_sagemakers_async_invocation_of_a_pipeline_endpoint_is_scored_by_its_chain(
+    server: Server,
+) -> None:
+    table = request(4, seed=2)
+    prep, scored = server.registry.load("prep:1"), server.registry.load("scored:1")
+    by_hand = scored.predict(merge(table, prep.predict(table))).to_pylist()
+    store = Store.from_url(str(server.store_dir))
+    store.write("inputs/scoring.json", json.dumps({"instances": table.to_pylist()}).encode())
+    submitted = server.client.post(
+        "/endpoints/scoring/async-invocations",
+        headers={
+            "X-Amzn-SageMaker-InputLocation": "inputs/scoring.json",
+            "X-Amzn-SageMaker-Content-Type": "application/json",
+        },
+    )
+    assert submitted.status_code == 202, submitted.text
+    assert submitted.headers["x-amzn-invoked-production-variant"] == "pipeline"
+    status_url = submitted.headers["location"]
+    eventually(lambda: server.client.get(status_url).json()["status"] == "succeeded")
+    assert server.client.get(status_url).json()["model"] == "prep:1,scored:1"
+    assert server.client.get(f"{status_url}/result").json()["predictions"] == by_hand
