@@ -268,8 +268,10 @@ def mmserve(artifacts: Path, batching: bool = True) -> Server:
 
 
 def build_servers(bench: Bench) -> list[list[Server]]:
-    """The servers to start, in groups that run at the same time: mmserve with mmserve-unbatched
-    (so their c=1 points can take turns), every other server alone."""
+    """The servers to start, in groups that run at the same time: the floor, mmserve and
+    mmserve-unbatched together, so that their points take turns (the targets compare mmserve
+    with the floor at c=64, and with itself unbatched at c=1: measured minutes apart, a
+    drift of the shared host would decide them), every other server alone."""
     folder, servers = bench.folder, []
     for name in bench.options.servers:
         if name == "floor":
@@ -291,8 +293,8 @@ def build_servers(bench: Bench) -> list[list[Server]]:
                 servers.append(mmserve(folder, batching=False))
             else:
                 bench.skip(name, "it is measured at c=1 only, and --concurrency has no 1")
-    twins = [s for s in servers if s.name.startswith("mmserve")]
-    return [[s] for s in servers if s not in twins] + ([twins] if twins else [])
+    paired = [s for s in servers if s.name.startswith("mmserve") or s.name == "floor"]
+    return [[s] for s in servers if s not in paired] + ([paired] if paired else [])
 
 
 @contextlib.contextmanager

@@ -73,12 +73,20 @@ def score_valid(
         return scorer.predict(table, passthrough), []
     except InputError as err:
         if table.num_rows <= 1:
-            return scorer.predict(table.slice(0, 0), passthrough), [(0, err.message)]
+            return scorer.predict(table.slice(0, 0), passthrough), [(0, _alone(err))]
     half = table.num_rows // 2
     left, left_bad = score_valid(scorer, table.slice(0, half), passthrough)
     right, right_bad = score_valid(scorer, table.slice(half), passthrough)
     bad = left_bad + [(row + half, reason) for row, reason in right_bad]
     return pa.concat_tables([left, right]), bad
+
+
+def _alone(err: InputError) -> str:
+    """The reason a row refused alone was refused: "at row 0" of its one-row table would
+    only contradict the row number the caller reports."""
+    if isinstance(err, NullValue):
+        return err.message.removesuffix(f" at row {err.row}")
+    return err.message
 
 
 @dataclass(frozen=True, slots=True)

@@ -59,7 +59,7 @@ def decode(
     table = pa.Table.from_arrays(columns, names=[f.name for f in features])
     good = [i for i in range(len(rows)) if i not in bad]
     if len(good) < len(rows):
-        table = table.take(good)
+        table = table.take(pa.array(good, pa.int64()))  # a bare [] would be null-typed
     return Decoded(table, good, ids, bad)
 
 

@@ -21,7 +21,7 @@ from celery.signals import worker_process_init
 
 from batch.distributed import PART_TASK, run_part
 from batch.runner import start
-from batch.schedules import SCHEDULED_TASK, load
+from batch.schedules import SCHEDULED_TASK, Schedule, load
 from batch.spec import BatchSpec
 from serving.registry import Registry
 from serving.settings import Settings
@@ -69,7 +69,8 @@ def make_celery(settings: Settings) -> Celery:
         app.conf.beat_schedule[f"mmserve-batch-{schedule.name}"] = {
             "task": SCHEDULED_TASK,
             "schedule": schedule.timing(),
-            "args": [schedule.name],
+            # The schedule itself travels with the message: a worker needs no schedules file.
+            "args": [schedule.model_dump_json()],
         }
 
     @worker_process_init.connect(weak=False)
@@ -100,9 +101,8 @@ def make_celery(settings: Settings) -> Celery:
         run_recorded(settings, registry, BatchSpec.model_validate_json(spec), run_id, distributed)
 
     @app.task(name=SCHEDULED_TASK)
-    def scheduled(name: str) -> None:
-        schedule = next(s for s in schedules if s.name == name)
-        spec, run_id = schedule.run_of(datetime.now(UTC))
+    def scheduled(schedule_json: str) -> None:
+        spec, run_id = Schedule.model_validate_json(schedule_json).run_of(datetime.now(UTC))
         registry = runner().registry
         start(spec, registry, settings, run_id, resume=False)  # again: the same run, resumed
         run_recorded(settings, registry, spec, run_id, distributed=False)

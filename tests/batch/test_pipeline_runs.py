@@ -108,7 +108,7 @@ def test_bad_rows_of_a_chain_name_the_step_that_refused_them(
     assert rejects.column("id").to_pylist() == [7, 250]
     assert (
         rejects.column("reason").to_pylist()
-        == ["step 2 (scored:1): column 'bonus' has a null value at row 0"] * 2
+        == ["step 2 (scored:1): column 'bonus' has a null value"] * 2
     )
 
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,7 +19,7 @@ from serving.registry import Registry
 from serving.store import Store
 from tests import fixtures
 from tests.batch.test_runner import dataset
-from tests.services import mmserve_worker, redis_server
+from tests.services import mmserve_worker, redis_server, stop
 
 
 def test_a_schedule_takes_cron_or_every_and_dates_its_output(tmp_path: Path) -> None:
@@ -50,15 +53,24 @@ def test_beat_fires_the_scheduled_run(tmp_path: Path) -> None:
     )
     manifest = tmp_path / "scores" / datetime.now(UTC).date().isoformat() / "_manifest.json"
     with redis_server() as broker:
-        env = {
-            "MMSERVE_STORE_URL": store.url,
-            "MMSERVE_BROKER_URL": broker.url,
-            "MMSERVE_SCHEDULES": str(tmp_path / "schedules.yaml"),
-        }
-        with mmserve_worker(env, str(tmp_path / "worker.log"), "--concurrency", "1", "--beat"):
-            deadline = time.monotonic() + 60
-            while not manifest.exists():
-                assert time.monotonic() < deadline, (tmp_path / "worker.log").read_text()[-2000:]
-                time.sleep(0.2)
+        env = {"MMSERVE_STORE_URL": store.url, "MMSERVE_BROKER_URL": broker.url}
+        # Only the beat reads the schedules: the schedule travels to the worker in its message.
+        beat_env = {**os.environ, **env, "MMSERVE_SCHEDULES": str(tmp_path / "schedules.yaml")}
+        mmserve = os.path.join(os.path.dirname(sys.executable), "mmserve")
+        with (
+            mmserve_worker(env, str(tmp_path / "worker.log"), "--concurrency", "1"),
+            open(tmp_path / "beat.log", "wb") as log,
+        ):
+            beat = subprocess.Popen(
+                [mmserve, "beat"], env=beat_env, stdout=log, stderr=subprocess.STDOUT
+            )
+            try:
+                deadline = time.monotonic() + 60
+                while not manifest.exists():
+                    said = (tmp_path / "worker.log").read_text()[-2000:]
+                    assert time.monotonic() < deadline and beat.poll() is None, said
+                    time.sleep(0.2)
+            finally:
+                stop(beat)
     written = json.loads(manifest.read_text())
     assert (written["rows"], written["model"]) == (300, "lr:1")

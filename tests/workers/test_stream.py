@@ -175,6 +175,23 @@ def test_bad_events_are_dead_lettered_at_once_naming_the_field(
     assert sample("mmserve_stream_dead_lettered_total", {"error": "InvalidField"}) == 4
 
 
+def test_a_batch_of_bad_events_only_is_dead_lettered_and_the_consumer_goes_on(
+    client: Any, registry: Registry
+) -> None:
+    good = events(rows(3))
+    bad = [{"txn_id": "t0", "amount": "12.5"}, {"txn_id": "t1", "data": '{"hour": 3}'}]
+    ids = produce(client, "events", bad)
+    c = consumer(client, registry)
+    assert drain(c) == 2
+    dead = by_source(client, "scores-dlq")
+    assert {i: dead[i]["error"] for i in ids} == {ids[0]: "MissingField", ids[1]: "MissingField"}
+    assert entries(client, "scores") == []
+    assert client.xpending("events", "scorers")["pending"] == 0
+    later = produce(client, "events", good)  # the consumer is still there
+    assert drain(c) == 3
+    assert [o["source_id"] for o in entries(client, "scores")] == later
+
+
 def test_a_commit_writes_only_the_entries_still_pending_on_its_consumer(
     client: Any, registry: Registry
 ) -> None:
