@@ -63,7 +63,7 @@ NAME_WIDTH = max(len(name) for name in SERVERS)
 MODELS = ("lr", "rf")
 FEATURES = 20
 TARGET_C = 64  # the concurrency the issue sets its throughput targets at
-TURNS = 2  # wrk runs per server when servers take turns at one concurrency (measure_in_turns)
+TURNS = 4  # wrk runs per server when servers take turns at one concurrency (measure_in_turns)
 PROBA_TOLERANCE = 1e-6
 # Servers get one BLAS/OpenMP thread each: they are pinned to one core, where a second
 # thread can only wait for the first.
@@ -450,9 +450,9 @@ def measure(server: Server, model: str, c: int, seconds: int, bench: Bench) -> P
 
 def measure_in_turns(servers: list[Server], model: str, c: int, bench: Bench) -> list[Point]:
     """One point per server at concurrency c. Servers measured at the same concurrency take
-    turns, back to back: TURNS runs each of duration / TURNS seconds, in the order A B B A, so
-    that a steady drift of the shared machine hits each alike. A point is the mean of its
-    runs (req/s, p50 and p99; requests and errors are summed)."""
+    turns, back to back: TURNS runs each of duration / TURNS seconds, in the order A B B A
+    A B B A, so that a steady drift of the shared machine hits each alike. A point is the
+    median of its runs (req/s, p50 and p99; requests and errors are summed)."""
     if len(servers) == 1:
         return [measure(servers[0], model, c, bench.options.duration, bench)]
     seconds = max(1, bench.options.duration // TURNS)
@@ -460,16 +460,17 @@ def measure_in_turns(servers: list[Server], model: str, c: int, bench: Bench) ->
     for turn in range(TURNS):
         for server in servers if turn % 2 == 0 else servers[::-1]:
             runs[server.name].append(measure(server, model, c, seconds, bench))
-    return [mean_point(points) for points in runs.values()]
+    return [median_point(points) for points in runs.values()]
 
 
-def mean_point(runs: list[Point]) -> Point:
+def median_point(runs: list[Point]) -> Point:
+    """The runs' medians: one turn that the host slowed moves it least."""
     return replace(
         runs[-1],
         requests=sum(p.requests for p in runs),
-        rps=float(np.mean([p.rps for p in runs])),
-        p50_ms=float(np.mean([p.p50_ms for p in runs])),
-        p99_ms=float(np.mean([p.p99_ms for p in runs])),
+        rps=float(np.median([p.rps for p in runs])),
+        p50_ms=float(np.median([p.p50_ms for p in runs])),
+        p99_ms=float(np.median([p.p99_ms for p in runs])),
         http_errors=sum(p.http_errors for p in runs),
         socket_errors=sum(p.socket_errors for p in runs),
         turns=len(runs),
