@@ -12,12 +12,16 @@ second worker; results are not kept in a result backend (the store holds them).
 
 from __future__ import annotations
 
+import ctypes
 import functools
+import os
+import signal
+import sys
 from datetime import UTC, datetime
 from typing import Any
 
 from celery import Celery, Task
-from celery.signals import worker_process_init
+from celery.signals import beat_embedded_init, worker_process_init
 
 from batch.distributed import PART_TASK, run_part
 from batch.runner import start
@@ -113,6 +117,22 @@ def make_celery(settings: Settings) -> Celery:
 
     app.runner = runner  # type: ignore[attr-defined]
     return app
+
+
+@beat_embedded_init.connect(weak=False)
+def _beat_dies_with_its_worker(**_: Any) -> None:
+    """``mmserve worker --beat`` runs beat in a child process, which outlived a worker killed
+    with SIGKILL (the OOM killer, a container runtime) and went on firing the sweep and the
+    schedules beside the next worker's beat. Linux ends it with its parent instead."""
+    if sys.platform != "linux":
+        return
+    ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != _WORKER:  # the worker died before the prctl
+        os._exit(0)
+
+
+_PR_SET_PDEATHSIG = 1
+_WORKER = os.getpid()  # a worker imports this module before it forks its beat
 
 
 def _gave_up(err: BaseException, retries: int) -> Any:

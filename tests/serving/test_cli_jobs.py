@@ -171,10 +171,9 @@ def stop_softly(process: subprocess.Popen[bytes]) -> int:
     process.send_signal(signal.SIGTERM)
     try:
         return process.wait(timeout=30)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+    except subprocess.TimeoutExpired:
+        process.kill()
+        return process.wait()  # -9, and the caller's assertion shows the logs
 
 
 @pytest.mark.slow
@@ -209,12 +208,44 @@ def test_the_periodic_sweep_hands_lost_jobs_to_a_worker(
     deployment: Deployment, processes: list[list[str]]
 ) -> None:
     token = submitted(deployment.store)
-    started = [deployment.start(*args, "--loglevel", "warning") for args in processes]
+    started = [deployment.start(*args, "--loglevel", "info") for args in processes]
     try:
         assert finished(deployment, token).status is Status.SUCCEEDED
     finally:
         assert [stop_softly(p) for p in started] == [0] * len(started), deployment.logs()
     assert list(deployment.workdir.iterdir()) == []  # no beat schedule file in the CWD
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(sys.platform != "linux", reason="a parent-death signal is Linux's")
+def test_a_worker_killed_with_sigkill_takes_its_embedded_beat_with_it(
+    deployment: Deployment,
+) -> None:
+    token = submitted(deployment.store)
+    worker = deployment.start("worker", "--beat", "--concurrency", "1", "--loglevel", "info")
+    try:
+        assert finished(deployment, token).status is Status.SUCCEEDED  # the beat swept it
+        children = children_of(worker.pid)
+        assert len(children) == 2, children  # the pool's process and the beat
+    finally:
+        worker.kill()
+        worker.wait()
+    deadline = time.monotonic() + 10
+    while alive := [pid for pid in children if running(pid)]:
+        assert time.monotonic() < deadline, f"{alive} outlived the worker\n{deployment.logs()}"
+        time.sleep(0.1)
+
+
+def children_of(pid: int) -> list[int]:
+    return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state not in ("Z", "X")  # a zombie has exited
 
 
 # -- the jobs client ------------------------------------------------------------------------
