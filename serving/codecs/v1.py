@@ -46,10 +46,13 @@ def rows_of(rows: Any, features: list[str]) -> Rows:
     raise DecodeError(_JSON, "instances must all be objects or all be lists")
 
 
-def encode(table: pa.Table, name: str, version: int) -> bytes:
+def encode(
+    table: pa.Table, name: str, version: int, rows: list[dict[str, Any]] | None = None
+) -> bytes:
     """``{"predictions": [row, ...], "model": name, "version": n}``; NaN and infinities
-    (which JSON cannot spell) as null."""
-    answer = {"predictions": table.to_pylist(), "model": name, "version": version}
+    (which JSON cannot spell) as null. ``rows``: the table's rows, if already made."""
+    predictions = rows if rows is not None else table.to_pylist()
+    answer = {"predictions": predictions, "model": name, "version": version}
     try:
         return json.dumps(answer, allow_nan=False, separators=(",", ":")).encode()
     except ValueError:  # rare: a model answered NaN or inf

@@ -12,8 +12,7 @@ from pydantic import BaseModel, ValidationError
 
 from serving.codecs import DecodeError
 from serving.errors import PayloadTooLarge
-from serving.http._dataplane import DataPlane
-from serving.predictor import Predictor
+from serving.http._dataplane import DataPlane, Scored
 from serving.registry import Registry
 
 M = TypeVar("M", bound=BaseModel)
@@ -68,14 +67,18 @@ def registry_of(request: Request) -> Registry:
 
 
 async def score(
-    request: Request, ref: str, decode: Callable[[list[str]], pa.Table], body_bytes: int
-) -> tuple[Predictor, pa.Table]:
+    request: Request,
+    ref: str,
+    decode: Callable[[list[str]], pa.Table],
+    body_bytes: int,
+    as_rows: bool = False,
+) -> Scored:
     """Score the rows ``decode(feature names)`` gives with the model ``ref``, through the
     data plane (load on first use, limits, micro-batching). What it learns about the
     request (model, cold start) goes to ``request.state`` for headers, metrics and logs."""
     dataplane: DataPlane = request.app.state.dataplane
-    scored = await dataplane.predict(ref, decode, body_bytes)
+    scored = await dataplane.predict(ref, decode, body_bytes, as_rows)
     version = scored.predictor.version
     request.state.model = (version.name, version.version)
     request.state.load_seconds = scored.load_seconds
-    return scored.predictor, scored.table
+    return scored

@@ -20,7 +20,7 @@ import pyarrow as pa
 from serving.errors import ModelLoading, Overloaded, RequestTimeout
 from serving.http._batching import MicroBatcher
 from serving.http._metrics import Metrics
-from serving.predictor import Predictor, Prepared
+from serving.predictor import Answer, Predictor, Prepared
 from serving.refs import ModelRef
 from serving.registry import Registry
 from serving.settings import ModelServing, Settings
@@ -46,6 +46,7 @@ class Scored:
     predictor: Predictor
     table: pa.Table
     load_seconds: float | None  # set when this request waited for its model to load
+    rows: list[dict[str, Any]] | None = None  # the table's rows, when asked for and cheap
 
 
 class DataPlane:
@@ -62,19 +63,22 @@ class DataPlane:
         self._loads: dict[str, asyncio.Future[tuple[Predictor, float | None]]] = {}
         self.provisioned = not any(p.provisioned for p in settings.models.values())
 
-    async def predict(self, ref: str, decode: Decode, body_bytes: int) -> Scored:
-        """Score the rows ``decode(feature names)`` gives with the model ``ref``."""
+    async def predict(
+        self, ref: str, decode: Decode, body_bytes: int, as_rows: bool = False
+    ) -> Scored:
+        """Score the rows ``decode(feature names)`` gives with the model ``ref``; ``as_rows``:
+        the answer's rows as Python dicts too, where a shared call made them (a JSON answer)."""
         name = ModelRef.parse(ref).name
         policy = self.policy(name)
         with self._admitted(name, policy):
             try:
                 async with asyncio.timeout(self.settings.request_timeout_s):
                     predictor, load_seconds = await self.predictor(ref)
-                    prepared = await self._prepare(predictor, decode, body_bytes)
-                    table = await self._run(predictor, policy, prepared)
+                    prepared = await self._prepare(predictor, decode, body_bytes, as_rows)
+                    answer = await self._run(predictor, policy, prepared)
             except TimeoutError:
                 raise RequestTimeout(self.settings.request_timeout_s) from None
-        return Scored(predictor, table, load_seconds)
+        return Scored(predictor, answer.table, load_seconds, answer.rows)
 
     def policy(self, name: str) -> ModelServing:
         policy = self._policies.get(name)
@@ -196,15 +200,16 @@ class DataPlane:
             self._in_flight[name] -= 1
             self._total_in_flight -= 1
 
-    async def _prepare(self, predictor: Predictor, decode: Decode, body_bytes: int) -> Prepared:
+    async def _prepare(
+        self, predictor: Predictor, decode: Decode, body_bytes: int, as_rows: bool
+    ) -> Prepared:
         def prepare() -> Prepared:
-            return predictor.prepare(decode([f.name for f in predictor.version.inputs]))
+            rows = decode([f.name for f in predictor.version.inputs])
+            return predictor.prepare(rows, as_rows=as_rows)
 
         return await off_loop_if_large(body_bytes, prepare)
 
-    async def _run(
-        self, predictor: Predictor, policy: ModelServing, prepared: Prepared
-    ) -> pa.Table:
+    async def _run(self, predictor: Predictor, policy: ModelServing, prepared: Prepared) -> Answer:
         if not policy.batching:
             loop = asyncio.get_running_loop()
             return (await loop.run_in_executor(None, predictor.run, [prepared]))[0]

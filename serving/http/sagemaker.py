@@ -37,15 +37,13 @@ async def invocations(request: Request) -> Response:
         answer = media_type(request.headers.get("accept"), kind, sagemaker.ACCEPTED)
         body = await read_body(request)
         ref = await _target(request)
-        predictor, out = await score(
-            request, ref, lambda f: sagemaker.decode(body, kind, f), len(body)
-        )
+        scored = await score(request, ref, lambda f: sagemaker.decode(body, kind, f), len(body))
     except MMServeError as err:
         return error_response(request, err, _status(err))
     return Response(
-        sagemaker.encode(out, answer),
+        sagemaker.encode(scored.table, answer),
         media_type=answer,
-        headers={"x-mmserve-model": predictor.ref},
+        headers={"x-mmserve-model": scored.predictor.ref},
     )
 
 

@@ -38,19 +38,21 @@ _ACCEPTED = [codecs.JSON, codecs.ARROW]
 async def predict(ref: str, request: Request) -> Response:
     """Score the rows in the body with the model ``ref`` (``name``, ``name:3``, ``name@alias``)."""
     kind = codecs.media_type(request.headers.get("content-type"), codecs.JSON, _ACCEPTED)
+    as_arrow = codecs.ARROW in request.headers.get("accept", "")
     body = await read_body(request)
     if kind == codecs.ARROW:
-        predictor, out = await score(
-            request, ref, lambda _: codecs.decode(body, codecs.ARROW), len(body)
+        scored = await score(
+            request, ref, lambda _: codecs.decode(body, codecs.ARROW), len(body), not as_arrow
         )
     else:
-        predictor, out = await score(
-            request, ref, lambda features: v1.decode(body, features), len(body)
+        scored = await score(
+            request, ref, lambda features: v1.decode(body, features), len(body), not as_arrow
         )
-    version = predictor.version
-    if codecs.ARROW in request.headers.get("accept", ""):
-        return Response(codecs.encode(out, codecs.ARROW), media_type=codecs.ARROW)
-    return Response(v1.encode(out, version.name, version.version), media_type=codecs.JSON)
+    if as_arrow:
+        return Response(codecs.encode(scored.table, codecs.ARROW), media_type=codecs.ARROW)
+    version = scored.predictor.version
+    answer = v1.encode(scored.table, version.name, version.version, scored.rows)
+    return Response(answer, media_type=codecs.JSON)
 
 
 @router.get("/v1/models")

@@ -59,12 +59,11 @@ async def infer(name: str, request: Request, version: str | None = None) -> Resp
     decoded = await off_loop_if_large(
         len(body), v2.decode, body, request.headers.get(v2.HEADER_LENGTH)
     )
-    predictor, out = await score(
+    scored = await score(
         request, _ref(name, version), lambda features: v2.to_rows(decoded, features), len(body)
     )
-    content, headers = v2.encode(
-        out, decoded.request, predictor.version.name, predictor.version.version
-    )
+    version_of = scored.predictor.version
+    content, headers = v2.encode(scored.table, decoded.request, version_of.name, version_of.version)
     return Response(content, headers=headers)
 
 

@@ -255,10 +255,28 @@ def test_one_call_for_many_requests_splits_back_exactly(local_registry: Registry
         table = pa.Table.from_pandas(frame, preserve_index=False)
     predictor = local_registry.load("m")
     requests = [table.slice(0, 1), table.slice(1, 9), table.slice(10, 0), table.slice(10, 13)]
-    answers = predictor.run([predictor.prepare(r) for r in requests])
-    assert [a.num_rows for a in answers] == [1, 9, 0, 13]
+    answers = predictor.run([predictor.prepare(r, as_rows=True) for r in requests])
+    assert [a.table.num_rows for a in answers] == [1, 9, 0, 13]
     for request, answer in zip(requests, answers, strict=True):
-        assert answer.equals(predictor.predict(request))
+        assert answer.table.equals(predictor.predict(request))
+        assert answer.rows == answer.table.to_pylist()  # made once for the batch
+
+
+def test_rows_are_made_only_for_the_requests_that_ask(local_registry: Registry) -> None:
+    local_registry.register(fixtures.logistic(), "m")
+    predictor = local_registry.load("m")
+    x, _ = fixtures.numeric_data(5, seed=5)
+    table = fixtures.numeric_table(x).append_column("id", pa.array(range(5)))
+    asked = [
+        predictor.prepare(table.slice(0, 2), as_rows=True),
+        predictor.prepare(table.slice(2, 2)),
+        predictor.prepare(table.slice(4, 1), ["id"], as_rows=True),  # its rows need the ids
+    ]
+    answers = predictor.run(asked)
+    assert [a.rows is None for a in answers] == [False, True, True]
+    assert answers[0].rows == predictor.predict(table.slice(0, 2)).to_pylist()
+    assert answers[2].table.column_names[0] == "id"
+    assert [predictor.run([p])[0].rows for p in asked] == [None, None, None]  # alone: no gain
 
 
 def test_a_bad_request_is_refused_before_it_joins_a_batch(local_registry: Registry) -> None:
@@ -285,7 +303,7 @@ def test_a_matrix_gets_the_answers_its_table_gets(local_registry: Registry, dtyp
             predictor.prepare(fixtures.numeric_table(x[5:])),
         ]
     )
-    assert pa.concat_tables(split).equals(predictor.predict(matrix))
+    assert pa.concat_tables([a.table for a in split]).equals(predictor.predict(matrix))
 
 
 def test_a_matrix_with_a_nan_is_refused_like_its_table(local_registry: Registry) -> None:
