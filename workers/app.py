@@ -123,7 +123,12 @@ def make_celery(settings: Settings) -> Celery:
 def _beat_dies_with_its_worker(**_: Any) -> None:
     """``mmserve worker --beat`` runs beat in a child process, which outlived a worker killed
     with SIGKILL (the OOM killer, a container runtime) and went on firing the sweep and the
-    schedules beside the next worker's beat. Linux ends it with its parent instead."""
+    schedules beside the next worker's beat. Linux ends it with its parent instead.
+
+    The worker stops it with SIGTERM, which now ends it at once, whatever it is doing: its
+    schedule file is in a temporary directory that goes with the worker, so there is
+    nothing to save, and nothing it was in the middle of can keep the worker waiting."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     if sys.platform != "linux":
         return
     ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
