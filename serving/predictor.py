@@ -210,12 +210,12 @@ class Predictor:
                 Answer(pa.table([*p.kept, *outputs.values()], names=[*p.passthrough, *outputs]))
             ]
         whole = pa.table(outputs)
-        rows_of = whole.to_pylist() if any(_wants_rows(p) for p in batch) else []
+        batch_rows = whole.to_pylist() if any(_wants_rows(p) for p in batch) else []
         offsets = np.cumsum([0, *(p.rows for p in batch)]).tolist()
         return [
             Answer(
                 _with_kept(p, whole.slice(start, p.rows)),
-                rows_of[start : start + p.rows] if _wants_rows(p) else None,
+                batch_rows[start : start + p.rows] if _wants_rows(p) else None,
             )
             for p, start in zip(batch, offsets, strict=False)
         ]
