@@ -12,7 +12,7 @@ from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from serving import codecs
-from serving.codecs import v1
+from serving.codecs import Rows, v1
 from serving.http import _openapi
 from serving.http._body import read_body, score
 from serving.registry import Registry
@@ -40,14 +40,13 @@ async def predict(ref: str, request: Request) -> Response:
     kind = codecs.media_type(request.headers.get("content-type"), codecs.JSON, _ACCEPTED)
     as_arrow = codecs.ARROW in request.headers.get("accept", "")
     body = await read_body(request)
-    if kind == codecs.ARROW:
-        scored = await score(
-            request, ref, lambda _: codecs.decode(body, codecs.ARROW), len(body), not as_arrow
+
+    def decode(features: list[str]) -> Rows:
+        return (
+            codecs.decode(body, codecs.ARROW) if kind == codecs.ARROW else v1.decode(body, features)
         )
-    else:
-        scored = await score(
-            request, ref, lambda features: v1.decode(body, features), len(body), not as_arrow
-        )
+
+    scored = await score(request, ref, decode, len(body), as_rows=not as_arrow)
     if as_arrow:
         return Response(codecs.encode(scored.table, codecs.ARROW), media_type=codecs.ARROW)
     version = scored.predictor.version
