@@ -39,6 +39,7 @@ the batch runner writes it into rejects, the stream consumer dead-letters it.
     │   ├── UnexpectedColumns
     │   ├── WrongType
     │   ├── NullValue
+    │   ├── OutOfRange                  a finite value the model's float32 arithmetic cannot hold
     │   ├── MissingField                a stream event without a feature (or the id field)
     │   ├── InvalidField                a stream event's field that is not a number, not JSON...
     │   └── UnsupportedFormat (415)
@@ -318,6 +319,15 @@ class WrongType(InputError):
 class NullValue(InputError):
     def __init__(self, column: str, row: int, what: str = "a null") -> None:
         super().__init__(f"column {column!r} has {what} value at row {row}")
+        self.column, self.row = column, row
+
+
+class OutOfRange(InputError):
+    def __init__(self, column: str, row: int, value: float, limit: float) -> None:
+        super().__init__(
+            f"column {column!r} has {value!r}, beyond the float32 range the model computes in "
+            f"(±{limit:.1e}), at row {row}"
+        )
         self.column, self.row = column, row
 
 

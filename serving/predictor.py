@@ -23,6 +23,7 @@ from serving.errors import (
     MissingColumn,
     ModelError,
     NullValue,
+    OutOfRange,
     UnexpectedColumns,
     WrongType,
 )
@@ -31,6 +32,7 @@ from serving.metadata import Feature, ModelVersion
 # From this size on the model's matrix is built column by column (see Predictor._matrix):
 # below it Arrow's to_tensor is faster, above it (out of L2 cache) 1.4x slower.
 _COLUMNWISE_BYTES = 1 << 20
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 class Scorer(Protocol):
@@ -84,7 +86,7 @@ def score_valid(
 def _alone(err: InputError) -> str:
     """The reason a row refused alone was refused: "at row 0" of its one-row table would
     only contradict the row number the caller reports."""
-    if isinstance(err, NullValue):
+    if isinstance(err, NullValue | OutOfRange):
         return err.message.removesuffix(f" at row {err.row}")
     return err.message
 
@@ -125,6 +127,9 @@ class Predictor:
             for i, f in enumerate(version.inputs)
             if not f.nullable and pa.types.is_floating(f.type)
         ]
+        self._floats = [i for i, t in enumerate(self._types) if pa.types.is_floating(t)]
+        # Tree models compare in float32: a finite float64 beyond its range makes them raise.
+        self._limit = _FLOAT32_MAX if _computes_in_float32(model) else None
         self._numeric = all(pa.types.is_integer(t) or pa.types.is_floating(t) for t in self._types)
         # A model fitted on a DataFrame wants one back (with the same column names).
         self._wants_frame = hasattr(model, "feature_names_in_")
@@ -275,7 +280,7 @@ class Predictor:
         ):
             return None
         x = _pad(np.ascontiguousarray(values, dtype=self._dtype), self.version.row_block)
-        return x if np.isfinite(x).all() else None
+        return x if self._fits(x) else None
 
     def _fast_input(self, table: pa.Table) -> np.ndarray | None:
         """The model input of a table that has exactly the registered float columns and no
@@ -284,7 +289,13 @@ class Predictor:
         if self._dtype is None or table.num_rows == 0 or not table.schema.equals(self._schema):
             return None
         x = self._matrix(table)
-        return x if np.isfinite(x).all() else None
+        return x if self._fits(x) else None
+
+    def _fits(self, x: np.ndarray) -> bool:
+        """Whether every value of ``x`` is finite and within what the model computes in."""
+        if not np.isfinite(x).all():
+            return False
+        return self._limit is None or x.dtype != np.float64 or np.abs(x).max() <= self._limit
 
     def _matrix(self, features: pa.Table) -> np.ndarray:
         """The features as one C-ordered matrix (what sklearn is called with directly), padded
@@ -303,15 +314,21 @@ class Predictor:
         return np.ascontiguousarray(by_column.T)
 
     def _check_finite_numpy(self, x: np.ndarray) -> None:
-        if not self._strict_floats or not np.issubdtype(x.dtype, np.floating):
+        if not np.issubdtype(x.dtype, np.floating):
             return
         # One fast pass first; only when it trips, look for the offending column and row.
-        if np.isfinite(x).all():
+        if self._fits(x):
             return
         for i in self._strict_floats:
             bad = ~np.isfinite(x[:, i])
             if bad.any():
                 raise NullValue(self._names[i], int(bad.argmax()), _what(x[bad.argmax(), i]))
+        if self._limit is not None:
+            for i in self._floats:
+                big = np.abs(x[:, i]) > self._limit  # NaN compares False: a null stays a null
+                if big.any():
+                    row = int(big.argmax())
+                    raise OutOfRange(self._names[i], row, float(x[row, i]), self._limit)
 
     def _check_finite_arrow(self, features: pa.Table) -> None:
         for i in self._strict_floats:
@@ -320,6 +337,13 @@ class Predictor:
             if pc.any(bad).as_py():
                 row = _first(bad)
                 raise NullValue(self._names[i], row, _what(column[row].as_py()))
+        if self._limit is not None:
+            for i in self._floats:
+                column = features.column(i)
+                big = pc.fill_null(pc.greater(pc.abs(column), self._limit), False)
+                if pc.any(big).as_py():
+                    row = _first(big)
+                    raise OutOfRange(self._names[i], row, column[row].as_py(), self._limit)
 
     # -- the call and the output ---------------------------------------------------------
 
@@ -430,6 +454,20 @@ def _what(value: Any) -> str:
     if value is None:
         return "a null"
     return "a NaN" if value != value else "an infinite"
+
+
+def _computes_in_float32(model: Any) -> bool:
+    """Whether the model (a pipeline's last step) is a tree model: scikit-learn's trees and
+    their ensembles compare features in float32."""
+    steps = getattr(model, "steps", None)
+    final = steps[-1][1] if steps else model
+    if hasattr(final, "tree_"):
+        return True
+    members = getattr(final, "estimators_", None)
+    if members is None:
+        return False
+    first = np.ravel(np.asarray(members, dtype=object))[:1]
+    return len(first) == 1 and hasattr(first[0], "tree_")
 
 
 def _own_threshold(model: Any) -> bool:

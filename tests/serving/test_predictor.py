@@ -16,7 +16,14 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 
 from serving.codecs import Matrix
-from serving.errors import MissingColumn, ModelError, NullValue, UnexpectedColumns, WrongType
+from serving.errors import (
+    MissingColumn,
+    ModelError,
+    NullValue,
+    OutOfRange,
+    UnexpectedColumns,
+    WrongType,
+)
 from serving.registry import Registry
 from serving.store import Store
 from tests import fixtures
@@ -330,3 +337,28 @@ def test_bad_rows_are_set_aside_and_the_rest_scored_as_whole(local_registry: Reg
     assert scored.column("id").to_pylist() == kept
     whole = predictor.predict(table.take(kept), passthrough=["id"])
     assert scored.to_pylist() == whole.to_pylist()
+
+
+@pytest.mark.parametrize("as_matrix", [False, True])
+def test_a_value_beyond_float32_is_refused_by_a_float32_model(
+    local_registry: Registry, as_matrix: bool
+) -> None:
+    local_registry.register(fixtures.forest(), "m")  # trees compare in float32
+    x, _ = fixtures.numeric_data(4, seed=5)
+    x[2, 1] = 1e39  # finite in float64, infinite in float32: sklearn raises on it
+    rows = Matrix(x, fixtures.FEATURES) if as_matrix else fixtures.numeric_table(x)
+    with pytest.raises(OutOfRange) as caught:
+        local_registry.load("m").predict(rows)
+    assert caught.value.message == (
+        "column 'f1' has 1e+39, beyond the float32 range the model computes in (±3.4e+38), "
+        "at row 2"
+    )
+    assert caught.value.status == 422
+
+
+def test_a_value_beyond_float32_is_scored_by_a_float64_model(local_registry: Registry) -> None:
+    local_registry.register(fixtures.logistic(), "m")
+    x, _ = fixtures.numeric_data(8, seed=5)
+    x[2, 1] = 1e39
+    answer = local_registry.load("m").predict(fixtures.numeric_table(x))
+    assert answer.num_rows == 8
