@@ -182,9 +182,21 @@ def _binary_size(tensor: TensorIn) -> int | None:
     return size
 
 
+_MAX_ELEMENTS = 2**31 - 1
+"""Most elements of one tensor: far more than a request within any payload limit carries."""
+
+
 def _elements(tensor: TensorIn) -> int:
     if any(d < 0 for d in tensor.shape) or not tensor.shape:
         raise TensorError(tensor.name, f"shape {tensor.shape} must be non-negative dimensions")
+    # A zero dimension makes any shape empty, but numpy still refuses to describe one whose
+    # other dimensions overflow its sizes: bound them all, zero or not.
+    if math.prod(d for d in tensor.shape if d) > _MAX_ELEMENTS:
+        raise TensorError(
+            tensor.name,
+            f"shape {tensor.shape} is too large: at most {_MAX_ELEMENTS} elements in its "
+            "non-zero dimensions",
+        )
     return math.prod(tensor.shape)  # exact: numpy's product wraps around past 2**63
 
 

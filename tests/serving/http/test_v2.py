@@ -137,6 +137,15 @@ def test_model_metadata(server: Server, client) -> None:  # type: ignore[no-unty
             422,
             "unknown outputs ['score']; the model gives ['label', 'proba_0', 'proba_1']",
         ),
+        *(  # zero values, yet a shape numpy cannot even describe: was a 500
+            (
+                {"inputs": [{"name": "x", "shape": shape, "datatype": "FP64", "data": []}]},
+                422,
+                f"input tensor 'x': shape {shape} is too large: at most 2147483647 "
+                "elements in its non-zero dimensions",
+            )
+            for shape in ([0, 2**63 - 1], [2**63 - 1, 0], [0, 2**40, 2**40])
+        ),
     ],
 )
 def test_bad_v2_requests_name_the_problem(server: Server, request_body, status, error) -> None:
