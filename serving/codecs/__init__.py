@@ -103,9 +103,9 @@ def decode(data: bytes, media_type: str) -> pa.Table:
         if media_type == JSON:
             return _records(json.loads(data))
         if media_type == PARQUET:
-            return pq.read_table(pa.BufferReader(data))
+            return _valid(pq.read_table(pa.BufferReader(data)))
         if media_type == ARROW:
-            return ipc.open_stream(data).read_all()
+            return _valid(ipc.open_stream(data).read_all())
     # A truncated Arrow or parquet body fails as an OSError (a read past its end); JSON nested
     # deeper than Python's stack, as a RecursionError.
     except (pa.ArrowException, OSError, ValueError, TypeError, RecursionError) as err:
@@ -164,6 +164,16 @@ def reason(err: BaseException) -> str:
     """The first line of ``err``'s message (pyarrow's run to several), or its type if none."""
     lines = str(err).strip().splitlines()
     return lines[0] if lines else type(err).__name__
+
+
+def _valid(table: pa.Table) -> pa.Table:
+    """``table``, once its bytes are known to hold what its schema says: binary formats carry
+    names and strings that are not UTF-8, or offsets past their buffers, which only fail
+    (or worse) where they are used. Raises a ValueError (or ArrowInvalid) otherwise."""
+    table.validate(full=True)
+    for field in table.schema:  # names are decoded only when read
+        _ = field.name
+    return table
 
 
 def _json_lines(data: bytes) -> pa.Table:

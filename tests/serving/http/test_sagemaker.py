@@ -147,3 +147,14 @@ def test_json_lines_of_null_are_a_400_and_the_server_lives_on(server: Server) ->
         },
     )
     assert server.client.get("/ping").status_code == 200
+
+
+def test_an_arrow_body_with_a_name_that_is_not_utf8_is_a_400(server: Server) -> None:
+    x, _ = fixtures.numeric_data(3, seed=23)
+    body = codecs.encode(fixtures.numeric_table(x), codecs.ARROW)
+    damaged = body.replace(b"f1", b"\xff1", 1)  # a column name of invalid UTF-8: was a 500
+    response = invoke(server, damaged, codecs.ARROW)
+    assert response.status_code == 400
+    assert response.json()["error"].startswith(
+        "cannot read the application/vnd.apache.arrow.stream body: "
+    )
