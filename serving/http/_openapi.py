@@ -10,6 +10,7 @@ the demo models (``make demo``): ``house_prices`` (five numeric features) and ``
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from copy import deepcopy
 from typing import Any
 
@@ -446,3 +447,61 @@ SAGEMAKER_RESPONSES: dict[int | str, Schema] = {
         "The model raised (SageMaker's code for it).", "model churn:1 failed: ValueError: ..."
     ),
 }
+
+# -- error answers every route can give ------------------------------------------------------
+
+_COMMON: dict[int, Schema] = {
+    400: _error(
+        "A name, reference, token or body the route cannot read.",
+        "invalid model name 'Bad Name': use lowercase letters, digits, '.', '_' and '-'",
+    ),
+    401: _error(
+        "A missing or wrong API key or admin token (with `WWW-Authenticate`).",
+        "a valid admin token is required: 'Authorization: Bearer <token>'",
+    ),
+    403: _error(
+        "Management routes are off: MMSERVE_ADMIN_TOKEN is not set.",
+        "management routes are disabled; set MMSERVE_ADMIN_TOKEN to enable them",
+    ),
+    404: _error("What the path names does not exist.", "model 'ghost' is not registered"),
+    413: _ERRORS[413],
+    422: _error(
+        "The body or a parameter is not what the route takes.", "body.name: Field required"
+    ),
+    500: _error(
+        "An unexpected failure (the error_id is in the server log; never a stack trace).",
+        "internal error; see the server log",
+    ),
+    503: _error(
+        "The store, the broker or Redis is unavailable, or a model is still loading "
+        "(with `Retry-After`).",
+        "the store s3://models/prod is unavailable: connection refused",
+    ),
+}
+
+
+def declare_errors(spec: Schema, probe: Callable[[str], bool], api_key: bool) -> Schema:
+    """``spec`` with the error answers each operation can give, read from what the spec
+    already says of it: every route can fail unexpectedly (500) and, but for the probes, find
+    the store away (503); a path parameter can be malformed (400) or name nothing (404); a
+    body can be unreadable (400), too large (413) or invalid (422); the admin token's routes
+    are off without one (403) and refuse a wrong one (401), as every route does without the
+    API key when one is set. ``probe(path)``: whether anyone may call ``path`` (health,
+    metrics). Codes a route declares itself keep its own description."""
+    for path, item in spec.get("paths", {}).items():
+        for operation in item.values():
+            codes = {500}
+            if not probe(path):
+                codes.add(503)
+            if any(p.get("in") == "path" for p in operation.get("parameters", [])):
+                codes |= {400, 404}
+            if "requestBody" in operation:
+                codes |= {400, 413, 422}
+            if any("AdminToken" in s for s in operation.get("security", [])):
+                codes |= {401, 403}
+            if api_key and not probe(path):
+                codes.add(401)
+            responses = operation.setdefault("responses", {})
+            for code in sorted(codes):
+                responses.setdefault(str(code), deepcopy(_COMMON[code]))
+    return spec

@@ -30,7 +30,7 @@ from serving.http import (
     v1,
     v2,
 )
-from serving.http._auth import SECURITY_SCHEMES
+from serving.http._auth import SECURITY_SCHEMES, needs_key
 from serving.http._dataplane import DataPlane
 from serving.http._endpoints import EndpointPlane
 from serving.http._errors import error_response, unexpected_response
@@ -38,6 +38,7 @@ from serving.http._fastlane import FastLane
 from serving.http._follow import EndpointCollector, Follower
 from serving.http._metrics import Metrics
 from serving.http._middleware import RequestContext
+from serving.http._openapi import declare_errors
 from serving.registry import Registry
 from serving.settings import Settings
 from workers import job_runner
@@ -95,8 +96,7 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
         # The routes themselves, not include_router: FastAPI re-checks every included
         # router's routes on each request, which cost the predict path ~40 us.
         app.router.routes.extend(router.routes)
-    if settings.api_key is not None:
-        _declare_api_key(app)
+    _document(app, api_key=settings.api_key is not None)
     _add_error_handlers(app)
     return app
 
@@ -117,16 +117,21 @@ class _App(FastAPI):
         await super().__call__(scope, receive, send)
 
 
-def _declare_api_key(app: FastAPI) -> None:
-    """State in the spec that the API key is the default security (the middleware checks it;
-    management routes state their admin token themselves)."""
+def _document(app: FastAPI, api_key: bool) -> None:
+    """Complete the spec FastAPI builds: the error answers of every route and, with an API
+    key, that the key is the default security (the middleware checks it; management routes
+    state their admin token themselves)."""
     build = app.openapi
 
     def openapi() -> dict[str, Any]:
-        spec = build()
-        schemes = spec.setdefault("components", {}).setdefault("securitySchemes", {})
-        schemes.update(SECURITY_SCHEMES)
-        spec["security"] = [{name: []} for name in SECURITY_SCHEMES]
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        spec = declare_errors(build(), lambda path: not needs_key(path), api_key)
+        if api_key:
+            schemes = spec.setdefault("components", {}).setdefault("securitySchemes", {})
+            schemes.update(SECURITY_SCHEMES)
+            spec["security"] = [{name: []} for name in SECURITY_SCHEMES]
+        app.openapi_schema = spec
         return spec
 
     app.openapi = openapi  # type: ignore[method-assign]
