@@ -31,7 +31,8 @@ the batch runner writes it into rejects, the stream consumer dead-letters it.
     │   └── NotServed                   promoting an alias no endpoint serves
     ├── Unauthorized (401)              a missing or wrong admin token or API key
     ├── Forbidden (403)
-    │   ├── UntrustedArtifact           pickle without trust, or skops types not trusted
+    │   ├── UntrustedArtifact           pickle without trust, skops types not trusted, or an
+    │   │                               artifact the trust root (pinned sha256) does not list
     │   └── ManagementDisabled          management routes while no admin token is set
     ├── PayloadTooLarge (413)           a request body over the configured limit
     ├── InputError (422)                a request's rows do not fit the model

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 import pyarrow as pa
 
-from serving import flavors
+from serving import flavors, trust
 from serving.cache import ModelCache
 from serving.codecs import read_file
 from serving.errors import (
@@ -265,6 +265,7 @@ class Registry:
         actual = hashlib.sha256(data).hexdigest()
         if actual != mv.sha256:
             raise TamperedArtifact(key, mv.sha256, actual)
+        trust.check(self.settings, mv.ref, actual)  # before any byte of it is decoded
         model = flavors.load(data, mv.flavor, mv.trusted_types, mv.trust_pickle, mv.ref)
         return Predictor(mv, model), mv.size_bytes
 

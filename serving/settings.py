@@ -7,11 +7,14 @@ component needs) down; nothing else reads the environment.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 
 
 class AwsSettings(BaseSettings):
@@ -56,6 +59,21 @@ class RegistrySettings(BaseModel):
     alias_ttl_s: float = Field(2.0, ge=0)
     """How long a resolved reference (``churn``, ``churn@staging``) is reused before the store
     is asked again; 0 asks every time."""
+    trusted_sha256: list[str] = []
+    """Trust root outside the store: sha256 of the only artifacts servers and workers may
+    load (with ``trusted_sha256_file``); any other is refused (403) before it is decoded. Unset
+    (both): the sha256 recorded in the store is trusted, and store writers can run code."""
+    trusted_sha256_file: Path | None = None
+    """A file of trusted artifact sha256 hashes, one a line (``#`` comments), read at every
+    load; set, an artifact it (or ``trusted_sha256``) does not list is refused."""
+
+    @field_validator("trusted_sha256")
+    @classmethod
+    def _sha256s(cls, hashes: list[str]) -> list[str]:
+        for value in hashes:
+            if not SHA256.fullmatch(value):
+                raise ValueError(f"not a sha256: {value!r}")
+        return [value.lower() for value in hashes]
 
 
 class ModelServing(BaseModel):

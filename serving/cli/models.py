@@ -81,8 +81,11 @@ def register(
         approval=approval,
         force=force,
     )
+    # The whole sha256, computed here from the file: what an operator pins in the servers'
+    # trust root (MMSERVE_REGISTRY__TRUSTED_SHA256), never read back from the store.
     out.print(
-        f"registered [bold]{mv.ref}[/bold] ({mv.flavor}, {mv.task}, sha256 {mv.sha256[:12]}...)"
+        f"registered [bold]{mv.ref}[/bold] ({mv.flavor}, {mv.task}, sha256 {mv.sha256})",
+        soft_wrap=True,
     )
 
 
