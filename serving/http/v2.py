@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
@@ -9,9 +10,10 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from serving.codecs import v2
+from serving.errors import MMServeError, ModelLoading, NotFound
 from serving.http import _openapi
 from serving.http._body import read_body, score
-from serving.http._dataplane import off_loop_if_large
+from serving.http._dataplane import DataPlane, off_loop_if_large
 from serving.metadata import ModelVersion
 from serving.registry import Registry
 
@@ -31,15 +33,39 @@ async def model_metadata(name: str, request: Request, version: str | None = None
     return _metadata(mv, versions)
 
 
+_READY_WAIT_S = 1.0
+"""How long a readiness call waits for the load it started before answering 503."""
+
+
 @router.get("/v2/models/{name}/ready")
 @router.get("/v2/models/{name}/versions/{version}/ready")
 async def model_ready(name: str, request: Request, version: str | None = None) -> JSONResponse:
-    """200 when the model is loaded; 503 (``"ready": false``) while it is not, e.g. before
-    its first request or after an idle unload: an infer request would then load it."""
+    """200 when the model is loaded. Otherwise asking loads it (the load an infer request
+    would start): 200 if it loads within a second, else 503 with ``Retry-After`` while it
+    loads; a model that cannot load is 503 with the reason (``error``), an unknown one 404.
+    So clients that wait for readiness before inferring (tritonclient, the KServe SDK, a
+    probe) see a registered model become ready without sending it a request."""
     registry: Registry = request.app.state.registry
-    key = await run_in_threadpool(registry.resolve, _ref(name, version))
-    ready = registry.cache.entry(key) is not None
-    return JSONResponse({"name": name, "ready": ready}, status_code=200 if ready else 503)
+    ref = _ref(name, version)
+    key = await run_in_threadpool(registry.resolve, ref)
+    if registry.cache.entry(key) is not None:  # not cache.get: a probe is not a use
+        return JSONResponse({"name": name, "ready": True})
+    dataplane: DataPlane = request.app.state.dataplane
+    try:
+        await asyncio.wait_for(dataplane.predictor(ref), _READY_WAIT_S)
+    except (TimeoutError, ModelLoading):
+        return _not_ready(name, "loading", retry_after=1)
+    except NotFound:
+        raise
+    except MMServeError as err:
+        return _not_ready(name, err.message, err.retry_after if err.retryable else None)
+    return JSONResponse({"name": name, "ready": True})
+
+
+def _not_ready(name: str, error: str, retry_after: int | None) -> JSONResponse:
+    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
+    body = {"name": name, "ready": False, "error": error}
+    return JSONResponse(body, status_code=503, headers=headers)
 
 
 @router.post(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 import pyarrow as pa
@@ -63,6 +64,36 @@ def test_a_standard_client_with_its_binary_defaults(server: Server, client) -> N
     np.testing.assert_array_equal(result.as_numpy("proba_1"), expected["proba_1"].to_numpy())
     np.testing.assert_array_equal(result.as_numpy("label"), expected["label"].to_numpy())
     assert client.is_model_ready("lr")  # loaded by the request (ready means loaded)
+
+
+def test_a_registered_model_becomes_ready_without_a_request(server: Server, client) -> None:  # type: ignore[no-untyped-def]
+    server.registry.register(fixtures.logistic(), "fresh")
+    # Asking loads it: ready at once, or after a few 503s with Retry-After while it loads.
+    answers = [client.is_model_ready("fresh") for _ in range(1)]
+    for _ in range(300):
+        if answers[-1]:
+            break
+        time.sleep(0.1)
+        answers.append(client.is_model_ready("fresh"))
+    assert answers[-1] is True
+    assert all(answer is False for answer in answers[:-1])
+    batches = [
+        line
+        for line in server.client.get("/metrics").text.splitlines()
+        if line.startswith("mmserve_batch_size_count") and 'model="fresh"' in line
+    ]
+    assert batches == []  # no model call: loaded, not used
+
+
+def test_a_model_that_cannot_load_is_not_ready_and_says_why(server: Server) -> None:
+    server.registry.register(fixtures.logistic(), "spoiled")
+    server.registry.store.write("registry/spoiled/1/model.skops", b"not the registered bytes")
+    response = server.client.get("/v2/models/spoiled/ready")
+    assert response.status_code == 503
+    assert response.json()["ready"] is False
+    assert response.json()["error"].startswith(
+        "artifact 'registry/spoiled/1/model.skops' fails its integrity check"
+    )
 
 
 def test_a_standard_client_with_named_tensors_and_strings(server: Server, client) -> None:  # type: ignore[no-untyped-def]
