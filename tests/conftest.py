@@ -6,6 +6,7 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
+import redis
 
 from serving.registry import Registry
 from serving.settings import AwsSettings
@@ -14,8 +15,17 @@ from tests.services import ensure_redis, moto_s3_server
 
 
 @pytest.fixture(scope="session")
-def redis_url() -> str:
-    return ensure_redis()
+def redis_url() -> Iterator[str]:
+    """The test Redis; what the session added to its database is deleted at the end (Celery's
+    bindings, the jobs' counters), so a run leaves the database as it found it."""
+    url = ensure_redis()
+    client = redis.Redis.from_url(url)
+    before = set(client.keys("*"))
+    yield url
+    added = set(client.keys("*")) - before
+    if added:
+        client.delete(*added)
+    client.close()
 
 
 @pytest.fixture(scope="session")
