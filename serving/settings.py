@@ -21,7 +21,7 @@ class AwsSettings(BaseSettings):
     """S3 access for ``s3://`` store URLs, under the standard AWS variable names."""
 
     model_config = SettingsConfigDict(
-        env_prefix="AWS_", extra="ignore", use_attribute_docstrings=True
+        env_prefix="AWS_", extra="ignore", use_attribute_docstrings=True, validate_by_name=True
     )
 
     endpoint_url: str | None = None
@@ -34,6 +34,9 @@ class AwsSettings(BaseSettings):
         "us-east-1", validation_alias=AliasChoices("AWS_REGION", "AWS_DEFAULT_REGION")
     )
     """Region of the bucket."""
+    part_mb: int = Field(16, ge=5, le=5120, validation_alias=AliasChoices("MMSERVE_S3_PART_MB"))
+    """Part size of the multipart uploads that write objects to S3 (an object up to one part
+    is a single PUT); an object holds at most 10,000 parts, and a write holds one in memory."""
 
 
 class CacheSettings(BaseModel):

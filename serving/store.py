@@ -12,20 +12,21 @@ from __future__ import annotations
 import builtins
 import contextlib
 import fcntl
+import functools
 import hashlib
 import os
 import random
 import re
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-import pyarrow as pa
 import pyarrow.fs as pafs
 
+from serving._upload import S3Upload
 from serving.errors import (
     AlreadyExists,
     ConcurrentUpdate,
@@ -151,26 +152,27 @@ class Store:
 
     def write(self, key: str, data: bytes) -> None:
         """Write ``data`` atomically: the object appears whole or not at all."""
-        if self.is_local:
-            with self.open_output(key) as out:
-                out.write(data)
-            return
-        # One S3 upload becomes visible only when it completes: atomic as it is.
-        with self._errors(key), self._fs.open_output_stream(self.path(key)) as out:
+        with self.open_output(key) as out:
             out.write(data)
 
     @contextlib.contextmanager
-    def open_output(self, key: str) -> Iterator[pa.NativeFile]:
-        """Stream a (possibly large) object; it appears at ``key`` only if the block succeeds.
+    def open_output(self, key: str) -> Iterator[Any]:
+        """Stream a (possibly large) object into a writable binary file; it appears at ``key``
+        only if the block succeeds.
 
-        It is written under a hidden temporary key and moved into place: an S3 upload
-        cannot be abandoned through pyarrow (closing one, even on error, completes it).
+        On S3 it is one PUT or one multipart upload, completed after the block and aborted
+        if it fails (:mod:`serving._upload`): never a copy, which S3 caps at 5 GiB and bills
+        as a second write (pyarrow's streams cannot be abandoned: closing one completes it).
+        On disk it is a temporary file in the same folder, renamed into place.
         """
+        if not self.is_local:
+            with self._s3_upload(key, exclusive=False) as upload:
+                yield upload
+            return
         path = self.path(key)
         temp = self._temp_path(path)
         with self._errors(key):
-            if self.is_local:
-                self._fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+            self._fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
             out = self._fs.open_output_stream(temp)
         try:
             yield out
@@ -186,9 +188,9 @@ class Store:
     def create(self, key: str, data: bytes) -> None:
         """Write ``data`` at ``key`` only if nothing is there; else :class:`AlreadyExists`."""
         path = self.path(key)
-        if not self.is_local:
-            bucket, s3_key = path.split("/", 1)
-            self._s3_call(key, "put_object", Bucket=bucket, Key=s3_key, Body=data, IfNoneMatch="*")
+        if not self.is_local:  # If-None-Match: * on the PUT or on the upload's completion
+            with self._s3_upload(key, exclusive=True) as upload:
+                upload.write(data)
             return
         tmp = self._temp_path(path)
         with self._errors(key):
@@ -233,7 +235,63 @@ class Store:
         with contextlib.suppress(ObjectNotFound), self._errors(key):
             self._fs.delete_file(self.path(key))
 
+    def clean(self, older_than_s: float) -> tuple[int, int]:
+        """Remove what failed writes left behind more than ``older_than_s`` ago (a killed
+        process aborts nothing): temporary files (``.tmp-*``, also S3 keys of older
+        versions) and incomplete multipart uploads. Returns how many of each."""
+        cutoff = time.time() - older_than_s
+        if self.is_local:
+            return _clean_local(Path(self._root), cutoff), 0
+        bucket, _, prefix = self._root.partition("/")
+        prefix = f"{prefix}/" if prefix else ""
+        temporaries = uploads = 0
+        pages = self._s3().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        for page in self._pages(pages):
+            for item in page.get("Contents", []):
+                name = item["Key"].rsplit("/", 1)[-1]
+                if name.startswith(_TMP_PREFIX) and item["LastModified"].timestamp() < cutoff:
+                    self._s3_call(item["Key"], "delete_object", Bucket=bucket, Key=item["Key"])
+                    temporaries += 1
+        pages = self._s3().get_paginator("list_multipart_uploads").paginate(
+            Bucket=bucket, Prefix=prefix
+        )
+        for page in self._pages(pages):
+            for upload in page.get("Uploads", []):
+                if upload["Initiated"].timestamp() < cutoff:
+                    self._s3_call(
+                        upload["Key"],
+                        "abort_multipart_upload",
+                        Bucket=bucket,
+                        Key=upload["Key"],
+                        UploadId=upload["UploadId"],
+                    )
+                    uploads += 1
+        return temporaries, uploads
+
     # -- helpers -------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _s3_upload(self, key: str, exclusive: bool) -> Iterator[S3Upload]:
+        bucket, s3_key = self.path(key).split("/", 1)
+        part_bytes = (self._aws or AwsSettings()).part_mb << 20
+        call = functools.partial(self._s3_call, key)
+        upload = S3Upload(call, bucket, s3_key, part_bytes, exclusive)
+        try:
+            yield upload
+            upload.commit()
+        except BaseException:
+            with contextlib.suppress(Exception):  # else the clean-up (or a lifecycle rule) will
+                upload.abort()
+            raise
+
+    def _pages(self, pages: Iterable[Any]) -> Iterator[Any]:
+        """A paginator's pages, its errors turned into mmserve's."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            yield from pages
+        except (BotoCoreError, ClientError) as err:
+            raise StoreUnavailable(self.url, err) from err
 
     @staticmethod
     def _temp_path(path: str) -> str:
@@ -313,6 +371,19 @@ def s3_filesystem(aws: AwsSettings) -> pafs.S3FileSystem:
         # than the writer would queue parts in memory without bound.
         background_writes=False,
     )
+
+
+def _clean_local(root: Path, cutoff: float) -> int:
+    removed = 0
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if d != ".locks"]
+        for name in files:
+            path = Path(folder, name)
+            with contextlib.suppress(FileNotFoundError):  # another cleaner was first
+                if name.startswith(_TMP_PREFIX) and path.stat().st_mtime < cutoff:
+                    path.unlink()
+                    removed += 1
+    return removed
 
 
 def _secret(value: Any) -> str | None:
