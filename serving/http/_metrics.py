@@ -153,13 +153,40 @@ class Metrics:
         self.registry.register(collector)
 
     def render(self) -> bytes:
-        if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
-            registry = CollectorRegistry()
-            multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-            for collector in self._live:
-                registry.register(collector)
-            return generate_latest(registry)
-        return generate_latest(self.registry)
+        return generate_latest(self._scraped())
+
+    def model_figures(self, name: str, version: str) -> dict[str, float]:
+        """What the counters hold of one model version (every process's, as ``/metrics``):
+        ``answered`` and ``failed`` requests (status below 400, and the rest),
+        ``request_seconds`` (their time), ``calls`` of the model, ``queued`` requests and
+        ``queue_seconds`` (their wait for a call)."""
+        wanted = {
+            "mmserve_request_seconds_sum": "request_seconds",
+            "mmserve_batch_size_count": "calls",
+            "mmserve_queue_wait_seconds_count": "queued",
+            "mmserve_queue_wait_seconds_sum": "queue_seconds",
+        }
+        figures = dict.fromkeys(["answered", "failed", *wanted.values()], 0.0)
+        for family in self._scraped().collect():
+            for sample in family.samples:
+                if (sample.labels.get("model"), sample.labels.get("version")) != (name, version):
+                    continue
+                if sample.name == "mmserve_requests_total":
+                    outcome = "answered" if int(sample.labels["code"]) < 400 else "failed"
+                    figures[outcome] += sample.value
+                elif sample.name in wanted:
+                    figures[wanted[sample.name]] += sample.value
+        return figures
+
+    def _scraped(self) -> CollectorRegistry:
+        """This process's registry or, with several processes, one adding them all up."""
+        if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+            return self.registry
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        for collector in self._live:
+            registry.register(collector)
+        return registry
 
 
 class _LoadedCollector(Collector):

@@ -93,6 +93,67 @@ async def infer(name: str, request: Request, version: str | None = None) -> Resp
     return Response(content, headers=headers)
 
 
+@router.get("/v2/models/{name}/config")
+@router.get("/v2/models/{name}/versions/{version}/config")
+async def model_config(name: str, request: Request, version: str | None = None) -> dict[str, Any]:
+    """Triton's model configuration extension (what perf_analyzer and Triton's clients read):
+    one tensor per feature and output, of any number of rows (``dims: [-1]``)."""
+    registry: Registry = request.app.state.registry
+    mv = await run_in_threadpool(registry.get, _ref(name, version))
+    metadata = _metadata(mv, [mv.version])
+
+    def tensor(meta: dict[str, Any]) -> dict[str, Any]:
+        datatype = "STRING" if meta["datatype"] == "BYTES" else meta["datatype"]
+        return {"name": meta["name"], "data_type": f"TYPE_{datatype}", "dims": [-1]}
+
+    return {
+        "name": mv.name,
+        "platform": mv.flavor,
+        "backend": "mmserve",
+        "max_batch_size": 0,  # the row dimension is the tensors' own, of any size
+        "input": [tensor(t) for t in metadata["inputs"]],
+        "output": [tensor(t) for t in metadata["outputs"]],
+    }
+
+
+@router.get("/v2/models/{name}/stats")
+@router.get("/v2/models/{name}/versions/{version}/stats")
+async def model_statistics(
+    name: str, request: Request, version: str | None = None
+) -> dict[str, Any]:
+    """Triton's statistics extension, from the server's own counters (every process's):
+    ``success`` counts the requests answered and the time of every request, ``fail`` those
+    that failed once their model was known (a request refused before, such as one whose
+    rows do not fit, is counted without a model), ``queue`` the wait for a model call,
+    ``execution_count`` the model calls (a micro-batch is one). Triton's compute split and
+    batch table are not kept: zeros and an empty list."""
+    registry: Registry = request.app.state.registry
+    mv = await run_in_threadpool(registry.get, _ref(name, version))
+    figures = request.app.state.metrics.model_figures(mv.name, str(mv.version))
+
+    def duration(count: float, seconds: float = 0.0) -> dict[str, int]:
+        return {"count": int(count), "ns": int(seconds * 1e9)}
+
+    nothing = duration(0)
+    stats = {
+        "name": mv.name,
+        "version": str(mv.version),
+        "last_inference": 0,
+        "inference_count": int(figures["answered"]),
+        "execution_count": int(figures["calls"]),
+        "inference_stats": {
+            "success": duration(figures["answered"], figures["request_seconds"]),
+            "fail": duration(figures["failed"]),
+            "queue": duration(figures["queued"], figures["queue_seconds"]),
+            "compute_input": nothing,
+            "compute_infer": nothing,
+            "compute_output": nothing,
+        },
+        "batch_stats": [],
+    }
+    return {"model_stats": [stats]}
+
+
 def _metadata(mv: ModelVersion, versions: list[int]) -> dict[str, Any]:
     def tensor(name: str, datatype: str) -> dict[str, Any]:
         return {"name": name, "datatype": datatype, "shape": [-1]}

@@ -96,6 +96,33 @@ def test_a_model_that_cannot_load_is_not_ready_and_says_why(server: Server) -> N
     )
 
 
+def test_tritons_configuration_and_statistics_extensions(server: Server, client) -> None:  # type: ignore[no-untyped-def]
+    server.registry.register(fixtures.logistic(), "counted")
+    x, _ = fixtures.numeric_data(3, seed=16)
+    for row in x:  # one at a time: three model calls
+        tensor = triton.InferInput("input__0", [1, 5], "FP64")
+        tensor.set_data_from_numpy(row.reshape(1, 5))
+        client.infer("counted", [tensor])
+    assert client.get_model_config("counted") == {
+        "name": "counted",
+        "platform": "sklearn-skops",
+        "backend": "mmserve",
+        "max_batch_size": 0,
+        "input": [{"name": f, "data_type": "TYPE_FP64", "dims": [-1]} for f in fixtures.FEATURES],
+        "output": [
+            {"name": "label", "data_type": "TYPE_INT64", "dims": [-1]},
+            {"name": "proba_0", "data_type": "TYPE_FP64", "dims": [-1]},
+            {"name": "proba_1", "data_type": "TYPE_FP64", "dims": [-1]},
+        ],
+    }
+    (stats,) = client.get_inference_statistics("counted", "1")["model_stats"]
+    assert (stats["name"], stats["version"]) == ("counted", "1")
+    assert (stats["inference_count"], stats["execution_count"]) == (3, 3)
+    assert stats["inference_stats"]["success"]["count"] == 3
+    assert stats["inference_stats"]["success"]["ns"] > 0
+    assert stats["inference_stats"]["fail"]["count"] == 0
+
+
 def test_a_standard_client_with_named_tensors_and_strings(server: Server, client) -> None:  # type: ignore[no-untyped-def]
     frame, _ = fixtures.mixed_frame(7, seed=15)
     inputs = []
