@@ -428,6 +428,7 @@ class StoreUnavailable(MMServeError):
     retryable = True
 
     def __init__(self, url: str, err: BaseException) -> None:
+        url = without_credentials(url)
         super().__init__(f"object store {url} is unavailable: {err}")
         self.url = url
 
@@ -472,3 +473,12 @@ def _size(n: int) -> str:
     if n < 2**20:
         return f"{n / 1024:.1f} KB"
     return f"{n / 2**20:.1f} MB"
+
+
+def without_credentials(url: str) -> str:
+    """``url`` without the ``user:secret@`` a URL may carry: errors name a store, never a key."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    host, slash, path = rest.partition("/")
+    return f"{scheme}://{host.rpartition('@')[2]}{slash}{path}"

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 import pyarrow as pa
 
 from serving import flavors, trust
+from serving._resolutions import Resolutions
 from serving.cache import ModelCache
 from serving.codecs import read_file
 from serving.errors import (
@@ -30,6 +30,7 @@ from serving.errors import (
     ModelNotFound,
     NotApproved,
     ObjectNotFound,
+    StoreUnavailable,
     TamperedArtifact,
     UntrustedArtifact,
     VersionNotFound,
@@ -66,7 +67,7 @@ class Registry:
         self.store = store
         self.settings = settings or RegistrySettings()
         self.cache = cache or ModelCache()
-        self._resolved: dict[str, tuple[float, tuple[str, int]]] = {}  # ref -> (until, answer)
+        self._resolved = Resolutions(self.settings)
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None) -> Registry:
@@ -183,22 +184,39 @@ class Registry:
     def resolve(self, ref: str) -> tuple[str, int]:
         """``(name, version)`` for ``name``, ``name:3`` or ``name@alias``. Answers are kept
         ``alias_ttl_s``: a server resolves on every request, and an alias moved by another
-        process is seen within that time (at once when moved through this registry)."""
-        known = self.resolved(ref)
+        process is seen within that time (at once when moved through this registry). While
+        the store cannot be reached, the last answer is served for ``stale_resolution_s``
+        after the store gave it (:meth:`staleness` says how old it is); past that, or with
+        no answer to fall back on, :class:`StoreUnavailable`."""
+        known = self._resolved.fresh(ref)
         if known is not None:
             return known
-        answer = self._resolve(ref)
-        if self.settings.alias_ttl_s > 0:
-            self._resolved[ref] = (time.monotonic() + self.settings.alias_ttl_s, answer)
+        try:
+            answer = self._resolve(ref)
+        except StoreUnavailable:
+            stale = self._resolved.fallback(ref)
+            if stale is None:
+                raise
+            return stale
+        if ref != f"{answer[0]}:{answer[1]}":  # a pinned version needs no remembering
+            self._resolved.confirmed(ref, answer)
         return answer
 
     def resolved(self, ref: str) -> tuple[str, int] | None:
-        """What ``ref`` resolved to within the last ``alias_ttl_s``, without touching the
-        store (so the event loop may ask); ``None`` when that is not known."""
-        known = self._resolved.get(ref)
-        if known is None or known[0] < time.monotonic():
-            return None
-        return known[1]
+        """What ``ref`` resolves to without touching the store (so the event loop may ask):
+        an answer within ``alias_ttl_s``, or a stale one while the store is away; ``None``
+        when that is not known."""
+        return self._resolved.fresh(ref)
+
+    def staleness(self, ref: str) -> float | None:
+        """Seconds since the store last confirmed what ``ref`` resolves to, when that answer
+        is served stale because the store could not be reached; ``None`` otherwise."""
+        return self._resolved.staleness(ref)
+
+    def servable_references(self) -> dict[str, tuple[tuple[str, int], float]]:
+        """References this registry can resolve without the store for now, with the age of
+        their answers (what a server keeps serving through a store outage)."""
+        return self._resolved.servable()
 
     def _resolve(self, ref: str) -> tuple[str, int]:
         r = ModelRef.parse(ref)

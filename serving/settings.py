@@ -37,6 +37,18 @@ class AwsSettings(BaseSettings):
     part_mb: int = Field(16, ge=5, le=5120, validation_alias=AliasChoices("MMSERVE_S3_PART_MB"))
     """Part size of the multipart uploads that write objects to S3 (an object up to one part
     is a single PUT); an object holds at most 10,000 parts, and a write holds one in memory."""
+    connect_timeout_s: float = Field(
+        2.0, gt=0, validation_alias=AliasChoices("MMSERVE_STORE_CONNECT_TIMEOUT_S")
+    )
+    """Longest an S3 store request waits to connect before it is tried again or fails."""
+    request_timeout_s: float = Field(
+        5.0, gt=0, validation_alias=AliasChoices("MMSERVE_STORE_REQUEST_TIMEOUT_S")
+    )
+    """Longest an S3 store request waits for the server's next bytes (not for a whole large
+    transfer) before it is tried again or fails: a hanging store is a 503 naming it within
+    about ``AWS_MAX_ATTEMPTS`` times this, well below ``MMSERVE_MODEL_LOAD_WAIT_S``."""
+    max_attempts: int = Field(3, ge=1)
+    """Tries of each S3 store request (the first one and its retries, with backoff)."""
 
 
 class CacheSettings(BaseModel):
@@ -62,6 +74,10 @@ class RegistrySettings(BaseModel):
     alias_ttl_s: float = Field(2.0, ge=0)
     """How long a resolved reference (``churn``, ``churn@staging``) is reused before the store
     is asked again; 0 asks every time."""
+    stale_resolution_s: float = Field(300.0, ge=0)
+    """While the store cannot be reached, how long after the store last confirmed it a
+    resolved reference keeps being served (answers carry ``X-MMServe-Stale-Seconds``); past
+    it, 503 naming the store. 0: never served stale."""
     trusted_sha256: list[str] = []
     """Trust root outside the store: sha256 of the only artifacts servers and workers may
     load (with ``trusted_sha256_file``); any other is refused (403) before it is decoded. Unset

@@ -332,6 +332,7 @@ class Store:
                 aws_access_key_id=_secret(aws.access_key_id),
                 aws_secret_access_key=_secret(aws.secret_access_key),
                 region_name=aws.region,
+                config=_boto_config(aws),
             )
         return self._s3_client
 
@@ -370,6 +371,23 @@ def s3_filesystem(aws: AwsSettings) -> pafs.S3FileSystem:
         # Upload parts as they fill, in the writer's thread: a background upload slower
         # than the writer would queue parts in memory without bound.
         background_writes=False,
+        # Every request ends: a hanging store is a StoreUnavailable within about
+        # max_attempts x request_timeout_s, never a request held for minutes.
+        connect_timeout=aws.connect_timeout_s,
+        request_timeout=aws.request_timeout_s,
+        retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=aws.max_attempts),
+    )
+
+
+def _boto_config(aws: AwsSettings) -> Any:
+    """boto3's timeouts and retries, the same as pyarrow's (botocore's own default is a
+    60 s read timeout, tried up to 5 times)."""
+    from botocore.config import Config
+
+    return Config(
+        connect_timeout=aws.connect_timeout_s,
+        read_timeout=aws.request_timeout_s,
+        retries={"mode": "standard", "total_max_attempts": aws.max_attempts},
     )
 
 

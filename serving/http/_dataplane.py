@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -17,9 +18,11 @@ from typing import Any, TypeAlias, TypeVar, cast
 
 import pyarrow as pa
 
-from serving.errors import ModelLoading, Overloaded, RequestTimeout
+from serving.errors import ModelLoading, Overloaded, RequestTimeout, StoreUnavailable
 from serving.http._batching import MicroBatcher
 from serving.http._metrics import Metrics
+from serving.http._middleware import note_stale
+from serving.http._storecheck import StoreCheck
 from serving.predictor import Answer, Predictor, Prepared
 from serving.refs import ModelRef
 from serving.registry import Registry
@@ -28,6 +31,9 @@ from serving.settings import ModelServing, Settings
 T = TypeVar("T")
 Key: TypeAlias = tuple[str, int]
 Decode: TypeAlias = Callable[[list[str]], pa.Table]
+
+log = logging.getLogger("mmserve.http")
+_PROVISION_RETRY_S = 2.0
 
 # Bodies up to this size are decoded and checked on the event loop: a thread hop would
 # cost more than the work. Larger ones are decoded in a worker thread.
@@ -62,6 +68,7 @@ class DataPlane:
         self._total_in_flight = 0
         self._loads: dict[str, asyncio.Future[tuple[Predictor, float | None]]] = {}
         self.provisioned = not any(p.provisioned for p in settings.models.values())
+        self.store_check = StoreCheck(registry.store, max(settings.registry.alias_ttl_s, 1.0))
 
     async def predict(
         self, ref: str, decode: Decode, body_bytes: int, as_rows: bool = False
@@ -106,7 +113,18 @@ class DataPlane:
         if key is not None:
             predictor = self.registry.cache.get(key)
             if predictor is not None:
+                self._note_staleness(ref)
                 return predictor, None
+        loaded = await self._wait_for_load(ref)
+        self._note_staleness(ref)
+        return loaded
+
+    def _note_staleness(self, ref: str) -> None:
+        stale_s = self.registry.staleness(ref)
+        if stale_s is not None:  # the store is away: the answer says how old its model's choice is
+            note_stale(stale_s)
+
+    async def _wait_for_load(self, ref: str) -> tuple[Predictor, float | None]:
         load = self._loads.get(ref)
         if load is None:
             loop = asyncio.get_running_loop()
@@ -144,11 +162,18 @@ class DataPlane:
             gc.freeze()
 
     async def provision(self) -> None:
-        """Load the models marked ``provisioned`` (warm before their first request)."""
+        """Load the models marked ``provisioned`` (warm before their first request); while
+        the store is away, try again every few seconds (readiness says so meanwhile)."""
+        self.store_check.state()  # the first look at the store, for readiness
         loop = asyncio.get_running_loop()
         for name, policy in self.settings.models.items():
-            if policy.provisioned:
-                await loop.run_in_executor(None, self.registry.load, name)
+            while policy.provisioned:
+                try:
+                    await loop.run_in_executor(None, self.registry.load, name)
+                    break
+                except StoreUnavailable as err:
+                    log.warning("provisioning %s: %s; trying again", name, err.message)
+                    await asyncio.sleep(_PROVISION_RETRY_S)
         self.provisioned = True
 
     async def unload_idle_forever(self) -> None:

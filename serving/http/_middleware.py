@@ -12,6 +12,7 @@ import logging
 import re
 import secrets
 import time
+from contextvars import ContextVar
 from typing import Any
 
 from starlette.responses import JSONResponse
@@ -25,9 +26,22 @@ from serving.settings import Settings
 REQUEST_ID = "x-request-id"
 COLD_START = "x-mmserve-cold-start"
 LOAD_SECONDS = "x-mmserve-load-seconds"
+STALE_SECONDS = "x-mmserve-stale-seconds"
 _VALID_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 access_log = logging.getLogger("mmserve.access")
+
+# The state of the request being answered, for what learns something about its answer deep
+# in the data plane (a resolution served stale) without a request object at hand.
+_request_state: ContextVar[dict[str, Any] | None] = ContextVar("request_state", default=None)
+
+
+def note_stale(seconds: float) -> None:
+    """The answer of the current request comes from a model reference the store has not
+    confirmed for ``seconds`` (it is away): said in ``X-MMServe-Stale-Seconds``."""
+    state = _request_state.get()
+    if state is not None:
+        state["stale_s"] = max(seconds, state.get("stale_s", 0.0))
 
 
 class RequestContext:
@@ -47,6 +61,7 @@ class RequestContext:
         request_id = _request_id(scope)
         state = scope.setdefault("state", {})
         state["request_id"] = request_id
+        token = _request_state.set(state)
         status = 500  # if the app fails before it answers
 
         async def send_with_headers(message: Message) -> None:
@@ -59,6 +74,9 @@ class RequestContext:
                 if load_seconds is not None:
                     headers.append((COLD_START.encode(), b"true"))
                     headers.append((LOAD_SECONDS.encode(), f"{load_seconds:.6f}".encode()))
+                stale_s = state.get("stale_s")
+                if stale_s is not None:
+                    headers.append((STALE_SECONDS.encode(), f"{stale_s:.3f}".encode()))
             await send(message)
 
         try:
@@ -69,6 +87,7 @@ class RequestContext:
             else:
                 await self.app(scope, receive, send_with_headers)
         finally:
+            _request_state.reset(token)
             self._record(scope, state, status, time.perf_counter() - started)
 
     def _record(self, scope: Scope, state: dict[str, Any], status: int, seconds: float) -> None:

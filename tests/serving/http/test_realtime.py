@@ -175,7 +175,8 @@ def test_an_idle_model_unloads_and_its_next_request_is_a_cold_start(server: Serv
 
 def test_provisioned_models_are_loaded_before_use_and_stay(server: Server) -> None:
     client = server.client
-    assert client.get("/v2/health/ready").json() == {"ready": True}
+    ready = client.get("/v2/health/ready").json()
+    assert ready["ready"] is True and "warm:1" in ready["models"]
     time.sleep(2 * IDLE_TTL_S)
     assert client.get("/v2/models/warm/ready").json() == {"name": "warm", "ready": True}
     response = predict(client, "warm", rows(1))

@@ -21,7 +21,12 @@ def post(server: Server, path: str, document: object, **kwargs: object):  # type
 
 def test_health_routes(server: Server) -> None:
     assert server.client.get("/v2/health/live").json() == {"live": True}
-    assert server.client.get("/v2/health/ready").json() == {"ready": True}
+    ready = server.client.get("/v2/health/ready").json()
+    assert (ready["ready"], ready["store"]["available"], ready["store"]["error"]) == (
+        True,
+        True,
+        None,
+    )
     assert server.client.get("/ping").status_code == 200
     assert server.client.get("/v2").json()["name"] == "mmserve"
 
