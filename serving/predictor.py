@@ -440,10 +440,24 @@ def _split(names: list[str], columns: np.ndarray, ref: str) -> dict[str, pa.Arra
 
 
 def _cast(column: pa.ChunkedArray, name: str, target: pa.DataType) -> pa.ChunkedArray:
+    """``column`` as ``target`` when that is lossless and unambiguous: text "3" is an int, 3.0
+    an int, 3 a double; but a boolean is no number, a number is no category (a headerless
+    CSV in the wrong order), and 3.5 is no int."""
+    source = column.type
+    if pa.types.is_null(source):
+        return pa.chunked_array([pa.nulls(len(column), target)])
+    if (pa.types.is_boolean(source) != pa.types.is_boolean(target)) and not _is_text(source):
+        raise WrongType(name, str(target), str(source))
+    if _is_text(target) and not _is_text(source):
+        raise WrongType(name, str(target), str(source))
     try:
         return column.cast(target, safe=True)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
         raise WrongType(name, str(target), str(column.type)) from None
+
+
+def _is_text(t: pa.DataType) -> bool:
+    return pa.types.is_string(t) or pa.types.is_large_string(t)
 
 
 def _first(mask: pa.ChunkedArray | pa.Array) -> int:

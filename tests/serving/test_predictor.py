@@ -362,3 +362,34 @@ def test_a_value_beyond_float32_is_scored_by_a_float64_model(local_registry: Reg
     x[2, 1] = 1e39
     answer = local_registry.load("m").predict(fixtures.numeric_table(x))
     assert answer.num_rows == 8
+
+
+@pytest.mark.parametrize(
+    ("column", "values", "message"),
+    [
+        ("income", [True, False, True, True, False], "column 'income' must be double, got bool"),
+        ("plan", [1, 2, 3, 1, 2], "column 'plan' must be string, got int64"),
+        ("plan", [1.5, 2.0, 3.0, 1.0, 2.0], "column 'plan' must be string, got double"),
+    ],
+)
+def test_types_that_do_not_convert_losslessly_are_refused(
+    local_registry: Registry, column: str, values: list[Any], message: str
+) -> None:
+    frame, _ = fixtures.mixed_frame(5)
+    local_registry.register(fixtures.mixed_pipeline(), "mixed", input_example=frame)
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    table = table.set_column(table.schema.get_field_index(column), column, pa.array(values))
+    with pytest.raises(WrongType) as info:
+        local_registry.load("mixed").predict(table)
+    assert info.value.message == message
+
+
+def test_text_and_whole_numbers_convert_where_nothing_is_lost(local_registry: Registry) -> None:
+    frame, _ = fixtures.mixed_frame(5)
+    local_registry.register(fixtures.mixed_pipeline(), "mixed", input_example=frame)
+    predictor = local_registry.load("mixed")
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    as_text = table.set_column(
+        table.schema.get_field_index("age"), "age", pa.array([str(v) for v in frame["age"]])
+    )
+    assert predictor.predict(as_text).equals(predictor.predict(table))
