@@ -62,7 +62,7 @@ def _example(summary: str, value: Any, description: str | None = None) -> Schema
     return example
 
 
-def _error(description: str, message: str) -> Schema:
+def error(description: str, message: str) -> Schema:
     schema: Schema = {
         "type": "object",
         "required": ["error"],
@@ -81,22 +81,22 @@ def _error(description: str, message: str) -> Schema:
 
 
 _ERRORS: dict[int | str, Schema] = {
-    400: _error(
+    400: error(
         "The model reference is malformed.",
         "invalid model reference 'churn:0': expected 'name', 'name:<version>' or 'name@<alias>'",
     ),
-    404: _error("The model, version or alias does not exist.", "model 'ghost' is not registered"),
-    413: _error(
+    404: error("The model, version or alias does not exist.", "model 'ghost' is not registered"),
+    413: error(
         "The body exceeds MMSERVE_MAX_PAYLOAD_BYTES.",
         "the request body exceeds the limit of 6291456 bytes",
     ),
-    415: _error(
+    415: error(
         "The Content-Type is not one the route takes.",
         "unsupported format 'text/plain'; use one of application/json, "
         "application/vnd.apache.arrow.stream",
     ),
-    422: _error("The rows do not fit the model.", "missing column 'contract'"),
-    500: _error(
+    422: error("The rows do not fit the model.", "missing column 'contract'"),
+    500: error(
         "The model raised (the error_id is in the server log; never a stack trace).",
         "model churn:1 failed: ValueError: ...",
     ),
@@ -433,17 +433,17 @@ SAGEMAKER_RESPONSES: dict[int | str, Schema] = {
             codecs.ARROW: {"schema": _BINARY},
         },
     },
-    400: _error(
+    400: error(
         "The body does not fit the model (SageMaker's code for it).",
         "column 'contract' must be string, got int64",
     ),
     404: _ERRORS[404],
     413: _ERRORS[413],
-    415: _error(
+    415: error(
         "The Content-Type or Accept is not one of the formats above.",
         f"unsupported format 'text/plain'; use one of {', '.join(sagemaker.ACCEPTED)}",
     ),
-    424: _error(
+    424: error(
         "The model raised (SageMaker's code for it).", "model churn:1 failed: ValueError: ..."
     ),
 }
@@ -451,28 +451,28 @@ SAGEMAKER_RESPONSES: dict[int | str, Schema] = {
 # -- error answers every route can give ------------------------------------------------------
 
 _COMMON: dict[int, Schema] = {
-    400: _error(
+    400: error(
         "A name, reference, token or body the route cannot read.",
         "invalid model name 'Bad Name': use lowercase letters, digits, '.', '_' and '-'",
     ),
-    401: _error(
+    401: error(
         "A missing or wrong API key or admin token (with `WWW-Authenticate`).",
         "a valid admin token is required: 'Authorization: Bearer <token>'",
     ),
-    403: _error(
+    403: error(
         "Management routes are off: MMSERVE_ADMIN_TOKEN is not set.",
         "management routes are disabled; set MMSERVE_ADMIN_TOKEN to enable them",
     ),
-    404: _error("What the path names does not exist.", "model 'ghost' is not registered"),
+    404: error("What the path names does not exist.", "model 'ghost' is not registered"),
     413: _ERRORS[413],
-    422: _error(
+    422: error(
         "The body or a parameter is not what the route takes.", "body.name: Field required"
     ),
-    500: _error(
+    500: error(
         "An unexpected failure (the error_id is in the server log; never a stack trace).",
         "internal error; see the server log",
     ),
-    503: _error(
+    503: error(
         "The store, the broker or Redis is unavailable, or a model is still loading "
         "(with `Retry-After`).",
         "the store s3://models/prod is unavailable: connection refused",

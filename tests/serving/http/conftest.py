@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import httpx
@@ -26,6 +27,15 @@ class Server:
 
 @pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    with serving_test_models(tmp_path_factory) as server:
+        yield server
+
+
+@contextmanager
+def serving_test_models(
+    tmp_path_factory: pytest.TempPathFactory, **env: str
+) -> Iterator[Server]:
+    """A real ``mmserve serve`` over a new store of the test models; ``env`` adds settings."""
     store_dir = tmp_path_factory.mktemp("served")
     registry = Registry(Store.from_url(str(store_dir)))
     registry.register(fixtures.logistic(), "lr", alias="production")
@@ -42,6 +52,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         "MMSERVE_MAX_PAYLOAD_BYTES": str(PAYLOAD_LIMIT),
         # The server unpickles tests.fixtures.ErrorModel: it must be importable there.
         "PYTHONPATH": os.getcwd(),
+        **env,
     }
     with mmserve_server(env) as url, httpx.Client(base_url=url, timeout=30) as client:
         yield Server(url, registry, client)

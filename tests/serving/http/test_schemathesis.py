@@ -1,5 +1,5 @@
 """Schemathesis against a real ``mmserve serve``: whatever the spec allows, and much that it
-does not, gets an answer below 500.
+does not, gets an answer below 500, and one the spec declares (status, media type, schema).
 
 Every operation of the spec runs its examples, coverage and fuzzing phases, derandomized
 (the same cases on every run). Model names in paths and in SageMaker's target header are
@@ -16,6 +16,7 @@ import json
 import math
 import struct
 import tempfile
+from collections.abc import Iterator
 from copy import deepcopy
 from typing import Any
 
@@ -24,13 +25,18 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import schemathesis
-from schemathesis.checks import not_a_server_error
+from schemathesis.checks import (
+    content_type_conformance,
+    not_a_server_error,
+    response_schema_conformance,
+    status_code_conformance,
+)
 
 from serving import codecs
 from serving.codecs import v2
 from serving.http import create_app
 from serving.settings import Settings
-from tests.serving.http.conftest import Server
+from tests.serving.http.conftest import Server, serving_test_models
 
 GOOD_REFS = ["lr", "lr:1", "lr:2", "lr@staging", "mixed", "price"]
 GOOD_NAMES = ["lr", "mixed", "price"]
@@ -42,6 +48,12 @@ _ENUMS = {
     ("header", "X-Amzn-SageMaker-Target-Model"): GOOD_NAMES,
 }
 _ODD_SIZES = ["8", 1.5, None, True, [1], 2**70]
+CHECKS = [  # no 5xx, and every answer is one the spec declares, in its media type and shape
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
+]
 SEED = 20240601  # with derandomized Hypothesis: the same cases on every run
 MAX_EXAMPLES = 30  # per operation and phase; about 25 s for the whole API
 
@@ -181,12 +193,24 @@ schema.config.generation.update(max_examples=MAX_EXAMPLES, deterministic=True, d
 schema.config.seed = SEED
 
 
+ADMIN_TOKEN = "schemathesis-admin-token"
+
+
+@pytest.fixture(scope="module")
+def admin_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A server of its own, with management routes on: the run loads, unloads and moves
+    aliases, which the other tests' server must not see."""
+    with serving_test_models(tmp_path_factory, MMSERVE_ADMIN_TOKEN=ADMIN_TOKEN) as server:
+        yield server
+
+
 def test_the_spec_tested_is_the_served_one(server: Server) -> None:
     assert server.client.get("/openapi.json").json() == SPEC
 
 
 @pytest.mark.slow
 @schema.parametrize()
-def test_no_request_gets_a_server_error(case: schemathesis.Case, server: Server) -> None:
+def test_no_request_gets_a_server_error(case: schemathesis.Case, admin_server: Server) -> None:
     _fit_header_length(case)
-    case.call_and_validate(base_url=server.url, checks=[not_a_server_error], timeout=30)
+    headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    case.call_and_validate(base_url=admin_server.url, checks=CHECKS, headers=headers, timeout=30)
