@@ -16,6 +16,12 @@ from serving.http._dataplane import DataPlane
 router = APIRouter(tags=["health"])
 
 
+@router.get("/")
+async def root_live() -> dict[str, str]:
+    """KServe V1's liveness (the KServe SDK's ``is_server_live``): the process answers."""
+    return {"status": "alive"}
+
+
 @router.get("/v2/health/live")
 async def live() -> dict[str, bool]:
     """The server process answers."""
