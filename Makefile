@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: demo test install dev lint bench bench-realtime bench-async bench-batch bench-precomputed bench-stream clean
+.PHONY: demo test install dev lint bench bench-realtime bench-async bench-async-memory bench-batch bench-precomputed bench-stream clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,9 @@ bench-realtime: dev  # about 5 minutes; installs wrk (apt) and MLServer (own ven
 
 bench-async: dev  # about 80 s; starts its own redis-server (apt-installed if absent)
 	$(BIN)/python benchmarks/async.py
+
+bench-async-memory: dev  # about 2 minutes; a 150 MiB and a 1 GiB CSV job, about 2 GB of disk
+	$(BIN)/python benchmarks/async_memory.py
 
 bench-batch: dev  # about 3 minutes; writes about 1.3 GB of parquet to a temporary folder
 	$(BIN)/python benchmarks/batch.py

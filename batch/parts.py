@@ -128,7 +128,22 @@ def write_part(
     return result  # done: the part, then its record
 
 
-def _batches(fs: Any, partition: Partition, batch_rows: int, scorer: Scorer) -> Iterator[pa.Table]:
+def read_batches(
+    fs: Any, file: InputFile, batch_rows: int, scorer: Scorer, column_names: list[str] | None = None
+) -> Iterator[pa.Table]:
+    """A whole file's rows, a batch at a time, read as a partition's are (an async job's
+    table); ``column_names`` name the columns of a CSV file without a header row. Errors are
+    the readers' own."""
+    return _batches(fs, Partition(0, file), batch_rows, scorer, column_names)
+
+
+def _batches(
+    fs: Any,
+    partition: Partition,
+    batch_rows: int,
+    scorer: Scorer,
+    column_names: list[str] | None = None,
+) -> Iterator[pa.Table]:
     """The partition's rows, a batch at a time, in input order (streaming readers: memory is
     a batch, not the file). CSV columns the model (a chain: any step) takes from the input
     are read as its types."""
@@ -143,7 +158,11 @@ def _batches(fs: Any, partition: Partition, batch_rows: int, scorer: Scorer) -> 
     with fs.open_input_stream(path) as f:
         if fmt == "csv":
             types = {field.name: field.type for field in scorer.inputs}
-            reader = pacsv.open_csv(f, convert_options=pacsv.ConvertOptions(column_types=types))
+            reader = pacsv.open_csv(
+                f,
+                read_options=pacsv.ReadOptions(column_names=column_names or []),
+                convert_options=pacsv.ConvertOptions(column_types=types),
+            )
         else:
             reader = pajson.open_json(f)
         for batch in reader:

@@ -136,6 +136,9 @@ class JobSettings(BaseModel):
 
     max_payload_bytes: int = Field(1024**3, gt=0)
     """Largest input a job may upload through the API (streamed to the store)."""
+    batch_rows: int = Field(65_536, ge=1)
+    """Rows of a job's table (CSV, JSON lines, parquet, Arrow) read and scored at a time, as
+    a batch run reads them: a job's memory is a batch's, whatever the size of its input."""
     time_limit_s: float = Field(3600.0, gt=0)
     """Longest a job may run (a job may ask for less); past it, it fails with that reason."""
     max_deliveries: int = Field(3, ge=1)

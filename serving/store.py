@@ -156,9 +156,10 @@ class Store:
             out.write(data)
 
     @contextlib.contextmanager
-    def open_output(self, key: str) -> Iterator[Any]:
+    def open_output(self, key: str, exclusive: bool = False) -> Iterator[Any]:
         """Stream a (possibly large) object into a writable binary file; it appears at ``key``
-        only if the block succeeds.
+        only if the block succeeds. With ``exclusive``, only if nothing is at ``key`` either
+        (else :class:`AlreadyExists`, and nothing is written): a streamed :meth:`create`.
 
         On S3 it is one PUT or one multipart upload, completed after the block and aborted
         if it fails (:mod:`serving._upload`): never a copy, which S3 caps at 5 GiB and bills
@@ -166,7 +167,7 @@ class Store:
         On disk it is a temporary file in the same folder, renamed into place.
         """
         if not self.is_local:
-            with self._s3_upload(key, exclusive=False) as upload:
+            with self._s3_upload(key, exclusive=exclusive) as upload:
                 yield upload
             return
         path = self.path(key)
@@ -178,7 +179,10 @@ class Store:
             yield out
             with self._errors(key):
                 out.close()
-                self._fs.move(temp, path)
+                if exclusive:
+                    _link(temp, path, key)
+                else:
+                    self._fs.move(temp, path)
         except BaseException:
             with contextlib.suppress(Exception):
                 out.close()
@@ -389,6 +393,17 @@ def _boto_config(aws: AwsSettings) -> Any:
         read_timeout=aws.request_timeout_s,
         retries={"mode": "standard", "total_max_attempts": aws.max_attempts},
     )
+
+
+def _link(temp: str, path: str, key: str) -> None:
+    """Publish the file ``temp`` at ``path`` unless something is there (``link(2)`` is atomic,
+    and fails if the name is taken)."""
+    try:
+        os.link(temp, path)
+    except FileExistsError:
+        raise AlreadyExists(key) from None
+    finally:
+        os.unlink(temp)
 
 
 def _clean_local(root: Path, cutoff: float) -> int:

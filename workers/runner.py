@@ -28,6 +28,7 @@ from serving.errors import AlreadyExists, JobNotFound, MMServeError
 from serving.registry import Registry
 from serving.settings import JobSettings
 from serving.store import Store
+from workers import _job_batches
 from workers.jobs import Job, JobError, Jobs, Status, finishing, now
 from workers.queue import Queue, backoff, latency_counts
 
@@ -117,12 +118,15 @@ class Runner:
 
     def _score(self, job: Job) -> None:
         """Read the input, predict (with the model, or the chain of models, pinned at
-        submit), write the output once."""
+        submit), write the output once. A table is read, scored and written a batch at a
+        time, as a batch run's (:mod:`workers._job_batches`); anything else whole."""
         scorer = scorers.load(self.registry, job.model)
-        features = [f.name for f in scorer.inputs]
-        rows = sagemaker.decode(self.store.read(job.input_key), job.content_type, features)
-        answer = sagemaker.encode(scorer.predict(rows), job.accept)
         with contextlib.suppress(AlreadyExists):  # an earlier run wrote it: the same answer
+            if _job_batches.score(self.store, job, scorer, self.settings.batch_rows):
+                return
+            features = [f.name for f in scorer.inputs]
+            rows = sagemaker.decode(self.store.read(job.input_key), job.content_type, features)
+            answer = sagemaker.encode(scorer.predict(rows), job.accept)
             self.store.create(job.output_key, answer)
 
     def fail(self, token: str, error: JobError) -> Job:
