@@ -19,11 +19,10 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
-import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
 from batch.spec import BatchSpec, Format, InputFile, filesystem, input_files
-from serving.codecs import json_safe
+from serving.codecs import json_safe, read_json_lines
 from serving.errors import InputError, ObjectNotFound
 from serving.predictor import Scorer
 from serving.settings import Settings
@@ -164,7 +163,7 @@ def _batches(
                 convert_options=pacsv.ConvertOptions(column_types=types),
             )
         else:
-            reader = pajson.open_json(f)
+            reader = read_json_lines(f, path)  # lines checked: pyarrow crashes on some
         for batch in reader:
             yield from _split(pa.Table.from_batches([batch]), batch_rows)
 

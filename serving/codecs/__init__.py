@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import io
 import json
-import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeAlias
@@ -22,6 +21,7 @@ import pyarrow.ipc as ipc
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
+from serving.codecs._jsonl import CheckedLines, NotJsonLines, check_json_lines
 from serving.errors import InputError, UnsupportedFormat
 
 CSV = "text/csv"
@@ -63,9 +63,6 @@ _SUFFIXES = {
     ".arrow": ARROW,
     ".arrows": ARROW,
 }
-
-
-_OBJECT_FIRST = re.compile(rb"\s*\{")
 
 
 class DecodeError(InputError):
@@ -176,11 +173,22 @@ def _valid(table: pa.Table) -> pa.Table:
     return table
 
 
+def read_json_lines(stream: object, where: str) -> Iterator[pa.RecordBatch]:
+    """The record batches of the JSON lines in ``stream`` (a file), read a block at a time;
+    each block is checked before pyarrow's reader sees it (:mod:`serving.codecs._jsonl`).
+    A refused line is a :class:`DecodeError` naming ``where`` and the line."""
+    try:
+        yield from pajson.open_json(CheckedLines(stream))
+    except NotJsonLines as err:
+        raise DecodeError(where, str(err)) from None
+
+
 def _json_lines(data: bytes) -> pa.Table:
-    # pyarrow's reader (26.0) kills the process, a segfault, when the first row is null:
-    # let it see an object first.
-    if not _OBJECT_FIRST.match(data):
-        raise ValueError("expected one JSON object per line, starting on the first line")
+    # pyarrow's reader kills the process on some lines (a null at a block's start, deep
+    # nesting): it reads only lines checked first.
+    if not data.strip():
+        raise ValueError("the body has no JSON object")
+    check_json_lines(data)
     return pajson.read_json(pa.BufferReader(data))
 
 

@@ -84,14 +84,17 @@ def test_a_truncated_arrow_or_parquet_body_is_an_input_error(media_type: str) ->
         codecs.decode(body, media_type)
 
 
-@pytest.mark.parametrize("body", [b"null", b"null\n{}", b'\n  [1, 2]\n{"x": 1}'])
-def test_json_lines_must_start_with_an_object(body: bytes) -> None:
+@pytest.mark.parametrize(
+    ("body", "line"), [(b"null", 1), (b"null\n{}", 1), (b'\n  [1, 2]\n{"x": 1}', 2)]
+)
+def test_json_lines_must_start_with_an_object(body: bytes, line: int) -> None:
     # pyarrow's JSON reader segfaults on a first row of null: it killed the server process.
+    # (Every line is checked: tests/serving/test_codecs_json_lines.py.)
     with pytest.raises(InputError) as info:
         codecs.decode(body, codecs.JSONL)
     assert info.value.message == (
-        "cannot read the application/jsonlines body: "
-        "expected one JSON object per line, starting on the first line"
+        f"cannot read the application/jsonlines body: line {line} is not a JSON object "
+        "(one object per line)"
     )
 
 

@@ -143,7 +143,7 @@ def test_json_lines_of_null_are_a_400_and_the_server_lives_on(server: Server) ->
         400,
         {
             "error": "cannot read the application/jsonlines body: "
-            "expected one JSON object per line, starting on the first line"
+            "line 1 is not a JSON object (one object per line)"
         },
     )
     assert server.client.get("/ping").status_code == 200
