@@ -6,6 +6,9 @@ start from a fork server that imports the predict path and skops (scikit-learn) 
 spawned process would spend ~2 s of CPU on those imports before its first row, and a fork
 of this process would copy its pyarrow and BLAS threads mid-state. The helpers get the
 run's settings, not the environment the fork server happened to start with.
+
+Killed, the run takes its helpers, the fork server and the resource tracker with it, and
+leaves no socket behind for long (:mod:`batch._lifeline`).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from typing import Any
 
+from batch import _lifeline
 from batch.parts import Partition, PartResult, write_part
 from batch.runner import Run
 from batch.spec import BatchSpec
@@ -32,6 +36,7 @@ def execute(
     """Write ``todo`` here (with ``scorer``, loaded for ``run.model``) and in ``helpers``
     processes (each loading ``run.model`` itself); yields each part's record."""
     context = fork_server()
+    lifeline, held = context.Pipe(duplex=False)  # the helpers watch it; this process holds it
     spec = run.spec.model_dump_json()
     ends = _Ends(len(todo))
     futures: list[Future[PartResult]] = []
@@ -48,7 +53,9 @@ def execute(
             future.add_done_callback(lambda _: slots.release())
             futures.append(future)
 
-    pool = ProcessPoolExecutor(helpers, mp_context=context)
+    pool = ProcessPoolExecutor(
+        helpers, mp_context=context, initializer=_lifeline.watch, initargs=(lifeline,)
+    )
     feeder = threading.Thread(target=feed, name="batch-feeder", daemon=True)
     feeder.start()
     reported: set[int] = set()
@@ -63,17 +70,33 @@ def execute(
         ends.close()
         slots.release()
         pool.shutdown(cancel_futures=True)
+        lifeline.close()
+        held.close()
 
 
 def fork_server() -> Any:
     """The context of the helpers' fork server, which is started now if it is not running:
     its imports (~2 s) overlap this process's own start (resolve, plan, load)."""
+    import tempfile
     from multiprocessing import forkserver
 
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(["batch.runner", "skops.io"])
-    forkserver.ensure_running()
+    # Its socket goes to multiprocessing's temporary folder, made now in this process's
+    # scratch folder (unless this process made one before): removed by the next start. A
+    # socket's path has at most 107 bytes: a scratch folder too deep for it is not used.
+    scratch = str(_lifeline.scratch())
+    default = tempfile.tempdir
+    if len(scratch.encode()) <= _SOCKET_PATH - len("/pymp-12345678/listener-12345678"):
+        tempfile.tempdir = scratch
+    try:
+        forkserver.ensure_running()
+    finally:
+        tempfile.tempdir = default
     return context
+
+
+_SOCKET_PATH = 107  # the longest path of a Unix socket (sun_path, less its final NUL)
 
 
 class _Ends:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import socket
 import time
 from collections.abc import Iterator
@@ -21,13 +22,15 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from batch.places import Roots
 from batch.spec import BatchSpec, Format, InputFile, filesystem, input_files
 from serving.codecs import json_safe, read_json_lines
-from serving.errors import InputError, ObjectNotFound
+from serving.errors import InputError, ObjectNotFound, UnreadableInput
 from serving.predictor import Scorer
 from serving.settings import Settings
 from serving.store import Store
 
+_COLUMN = re.compile(r"column #(\d+)")  # which column a CSV reader's error is about
 _EXTENSIONS = {"parquet": "parquet", "csv": "csv", "jsonl": "jsonl"}
 
 
@@ -58,18 +61,43 @@ class PartResult:
     writer: str = ""  # host:pid of the process that wrote it
 
 
-def plan(spec: BatchSpec, settings: Settings) -> list[Partition]:
-    """The partitions of the input, in input order."""
-    fs, files = input_files(spec.input, settings.aws)
+def plan(spec: BatchSpec, settings: Settings, roots: Roots | None = None) -> list[Partition]:
+    """The partitions of the input, in input order, from one bounded listing (``roots``: a
+    confined run's, see :func:`batch.spec.input_files`)."""
+    limit = settings.batch.max_input_files
+    fs, files = input_files(spec.input, settings.aws, limit, roots)
     partitions: list[Partition] = []
     for file in files:
         groups: list[tuple[int, ...] | None] = [None]
         if file.format == "parquet":
             with fs.open_input_file(file.path) as f:
-                groups = _row_group_ranges(pq.ParquetFile(f).metadata, spec.partition_rows)
+                try:
+                    metadata = pq.ParquetFile(f).metadata
+                except pa.ArrowException as err:
+                    raise UnreadableInput(file.path, "parquet", 0) from err
+                groups = _row_group_ranges(metadata, spec.partition_rows)
         for group in groups:
             partitions.append(Partition(len(partitions), file, group))
     return partitions
+
+
+def plan_document(partitions: list[Partition]) -> dict[str, Any]:
+    """The plan as JSON, for ``_run.json``: each file once, each partition by file index."""
+    files = list(dict.fromkeys(p.file for p in partitions))
+    index = {file: i for i, file in enumerate(files)}
+    return {
+        "files": [[f.path, f.format] for f in files],
+        "partitions": [[index[p.file], p.row_groups] for p in partitions],
+    }
+
+
+def plan_of(document: dict[str, Any]) -> list[Partition]:
+    """The partitions :func:`plan_document` recorded."""
+    files = [InputFile(path, fmt) for path, fmt in document["files"]]
+    return [
+        Partition(i, files[f], None if groups is None else tuple(groups))
+        for i, (f, groups) in enumerate(document["partitions"])
+    ]
 
 
 def _row_group_ranges(metadata: Any, rows: int) -> list[tuple[int, ...] | None]:
@@ -104,7 +132,7 @@ def write_part(
         sink = _Hashing(raw)
         writer: _Writer | None = None
         offset = 0
-        for table in _batches(fs, partition, spec.batch_rows, scorer):
+        for table in _readable(fs, partition, spec.batch_rows, scorer):
             scored, bad = scorer.predict_valid(table, spec.passthrough(table.column_names))
             if bad and spec.on_error == "fail":
                 row, reason = bad[0]
@@ -166,6 +194,25 @@ def _batches(
             reader = read_json_lines(f, path)  # lines checked: pyarrow crashes on some
         for batch in reader:
             yield from _split(pa.Table.from_batches([batch]), batch_rows)
+
+
+def _readable(fs: Any, partition: Partition, batch_rows: int, scorer: Scorer) -> Iterator[pa.Table]:
+    """:func:`_batches`, a reader's failure turned into :class:`UnreadableInput`: the file,
+    the rows read before it, the column if the reader says which; never the reader's
+    message, which may quote the file's bytes."""
+    batches = _batches(fs, partition, batch_rows, scorer)
+    rows = 0
+    while True:
+        try:
+            table = next(batches)
+        except StopIteration:
+            return
+        except pa.ArrowException as err:
+            column = _COLUMN.search(str(err))
+            number = int(column.group(1)) + 1 if column else None
+            raise UnreadableInput(partition.file.path, partition.file.format, rows, number) from err
+        rows += table.num_rows
+        yield table
 
 
 def _split(table: pa.Table, rows: int) -> Iterator[pa.Table]:

@@ -14,11 +14,20 @@ import json
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from batch.parts import Partition, PartResult, done_part, plan, write_part
+from batch.parts import (
+    Partition,
+    PartResult,
+    done_part,
+    plan,
+    plan_document,
+    plan_of,
+    write_part,
+)
+from batch.places import Roots
 from batch.spec import BatchSpec
 from serving import scorers
 from serving.errors import (
@@ -48,13 +57,21 @@ class Run:
     model: str  # name:version, pinned (a chain: each step's, joined by commas)
     out: Store
     started: str
+    partitions: list[Partition] = field(default_factory=list)  # planned once, at the start
 
 
 def start(
-    spec: BatchSpec, registry: Registry, settings: Settings, run_id: str | None, resume: bool
+    spec: BatchSpec,
+    registry: Registry,
+    settings: Settings,
+    run_id: str | None,
+    resume: bool,
+    roots: Roots | None = None,
 ) -> Run:
     """The run writing to ``spec.output``: resumed if its ``_run.json`` is there (with the same
-    spec), else a new one with the model version (each step's, for a chain) pinned now."""
+    spec and its plan), else a new one with the model version (each step's, for a chain)
+    pinned and the input listed and planned now. ``roots``: where a confined run (started
+    over HTTP, a queue or a schedule) may read, links resolved."""
     if spec.publish_online and settings.redis is None:
         raise InputError("publish_online needs Redis: set MMSERVE_REDIS_URL (or a broker)")
     out = Store.from_url(spec.output, settings.aws)
@@ -70,18 +87,23 @@ def start(
             )
         if BatchSpec.model_validate(record["spec"]) != spec:
             raise RunConflict(f"run {record['run_id']} was started with another spec")
-        return Run(record["run_id"], spec, record["model"], out, record["started"])
-    run = Run(run_id or uuid.uuid4().hex, spec, scorers.pin(registry, spec.model), out, _now())
+        # A run started before plans were recorded is planned again.
+        partitions = plan_of(record["plan"]) if "plan" in record else plan(spec, settings, roots)
+        return Run(record["run_id"], spec, record["model"], out, record["started"], partitions)
+    model = scorers.pin(registry, spec.model)
+    partitions = plan(spec, settings, roots)
+    run = Run(run_id or uuid.uuid4().hex, spec, model, out, _now(), partitions)
     document = {
         "run_id": run.run_id,
         "model": run.model,
         "spec": spec.model_dump(),
         "started": run.started,
+        "plan": plan_document(partitions),
     }
     try:
         out.create(RUN, json.dumps(document, indent=1).encode())
     except AlreadyExists:  # a concurrent start: take that one
-        return start(spec, registry, settings, None, True)
+        return start(spec, registry, settings, None, True, roots)
     registry.store.write(f"batch/{run.run_id}.json", json.dumps({"output": spec.output}).encode())
     return run
 
@@ -97,16 +119,21 @@ def run_batch(
     distributed: bool = False,
     on_plan: Callable[[Run, int, int], None] | None = None,
     on_part: Callable[[PartResult], None] | None = None,
+    roots: Roots | None = None,
 ) -> dict[str, Any]:
-    """Run (or resume) the batch; returns the manifest once every part is written."""
+    """Run (or resume) the batch; returns the manifest once every part is written.
+    ``roots``: where a confined run may read (see :func:`start`)."""
     started = time.perf_counter()
     if workers > 1 and not distributed:
         from batch.local import fork_server
 
         fork_server()  # its imports overlap this process's start
-    run = start(spec, registry, settings, run_id, resume)
+    run = start(spec, registry, settings, run_id, resume, roots)
     run.out.delete(ERROR)
-    partitions = plan(spec, settings)
+    # What a killed run left (temporary parts): all of it, unless workers elsewhere may be
+    # writing a part of this run now.
+    run.out.clean(settings.jobs.lease_s if distributed else 0)
+    partitions = run.partitions
     done = {p.name: r for p in partitions if (r := done_part(run.out, p.name)) is not None}
     todo = [p for p in partitions if p.name not in done]
     if on_plan is not None:
@@ -177,6 +204,15 @@ def _execute(
     yield from here_and_helpers(run, todo, scorer, settings, workers - 1)
 
 
+def failure_message(err: BaseException) -> str:
+    """What a run's status may say about ``err``: an mmserve error's message (it names
+    files, rows and columns, never their bytes), only the type of any other error (its text
+    may quote the input; the log has it)."""
+    if isinstance(err, MMServeError):
+        return err.message
+    return f"unexpected {type(err).__name__} (the log of the process that ran it has details)"
+
+
 def _since(moment: str) -> float:
     return (datetime.now(UTC) - datetime.fromisoformat(moment)).total_seconds()
 
@@ -201,7 +237,8 @@ def status(registry: Registry, settings: Settings, run_id: str) -> dict[str, Any
         manifest = json.loads(out.read(MANIFEST))
     except ObjectNotFound:
         manifest = None
-    total = len(plan(BatchSpec.model_validate(record["spec"]), settings))
+    # The plan recorded at the start: a status never lists the input (None: an older run).
+    total = len(record["plan"]["partitions"]) if "plan" in record else None
     try:
         error = json.loads(out.read(ERROR))
     except ObjectNotFound:

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import fnmatch
+import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
 from pydantic import BaseModel, Field, model_validator
 
+from batch.places import Roots
 from serving.errors import InvalidName
 from serving.settings import AwsSettings
 from serving.store import s3_filesystem
@@ -69,6 +71,14 @@ class BatchSpec(BaseModel):
         return [*wanted, *(c for c in self.keep_columns if c not in wanted)]
 
 
+def confined(spec: BatchSpec, roots: Roots) -> BatchSpec:
+    """``spec`` with its input and output under ``roots`` (a key made a URL in the store);
+    else :class:`InvalidName` (400) naming the field."""
+    places = {"input": roots.confine(spec.input, "input")}
+    places["output"] = roots.confine(spec.output, "output")
+    return spec.model_copy(update=places)
+
+
 @dataclass(frozen=True)
 class InputFile:
     path: str
@@ -76,30 +86,118 @@ class InputFile:
 
 
 def input_files(
-    url: str, aws: AwsSettings | None = None
+    url: str, aws: AwsSettings | None = None, limit: int = 10_000, roots: Roots | None = None
 ) -> tuple[pafs.FileSystem, list[InputFile]]:
     """The filesystem and the files (sorted) a batch input names: one file, every file under a
-    folder (but hidden or ``_``-prefixed ones), or the files a glob matches."""
+    folder (but hidden or ``_``-prefixed ones, and folders), or the files a glob matches.
+
+    The listing is bounded (past ``limit`` files and folders: :class:`InvalidName`), never
+    enters a folder through a link (no loops), and with ``roots`` (a confined run) refuses a
+    file whose link leads out of them."""
     fs, path = filesystem(url, aws)
     head, _, tail = path.rpartition("/")
+    local = isinstance(fs, pafs.LocalFileSystem)
+    listing = _local_listing if local else _s3_listing
+    aws = aws or AwsSettings()
     if any(c in tail for c in "*?["):
-        selector = pafs.FileSelector(head, recursive=False)
-        infos = [i for i in fs.get_file_info(selector) if fnmatch.fnmatch(i.base_name, tail)]
+        found = [
+            p for p in listing(aws, head, False, limit, url) if fnmatch.fnmatch(_name(p), tail)
+        ]
     else:
         info = fs.get_file_info(path)
         if info.type == pafs.FileType.NotFound:
             raise InvalidName("batch input", url, "no such file or folder")
-        infos = [info]
+        found = [path]
         if info.type == pafs.FileType.Directory:
-            infos = fs.get_file_info(pafs.FileSelector(path, recursive=True))
+            found = listing(aws, path, True, limit, url)
     files = [
-        InputFile(i.path, _format_of(i.path))
-        for i in sorted(infos, key=lambda i: i.path)
-        if i.type == pafs.FileType.File and not i.base_name.startswith((".", "_"))
+        InputFile(p, _format_of(p)) for p in sorted(found) if not _name(p).startswith((".", "_"))
     ]
+    for file in files:
+        if roots is not None and not roots.holds(file.path, local):
+            raise InvalidName("batch input", url, f"{file.path} links out of the allowed roots")
     if not files:
         raise InvalidName("batch input", url, "names no file")
     return fs, files
+
+
+def _local_listing(
+    aws: AwsSettings, folder: str, recursive: bool, limit: int, url: str
+) -> list[str]:
+    """The files under ``folder`` (links to files included; folders that are links not
+    entered), stopping past ``limit`` entries."""
+    found: list[str] = []
+    seen = 0
+    folders = [folder]
+    while folders:
+        with os.scandir(folders.pop()) as entries:
+            for entry in entries:
+                seen += 1
+                if seen > limit:
+                    raise _too_many(url, limit)
+                if entry.name.startswith((".", "_")):
+                    continue
+                if entry.is_dir(follow_symlinks=False):
+                    if recursive:
+                        folders.append(entry.path)
+                elif entry.is_file():
+                    found.append(entry.path)
+    return found
+
+
+def _s3_listing(aws: AwsSettings, folder: str, recursive: bool, limit: int, url: str) -> list[str]:
+    """The objects under ``bucket/prefix`` (but hidden or ``_``-prefixed ones, at any depth
+    below it), a page at a time, stopping past ``limit`` objects and folders."""
+    bucket, _, prefix = folder.partition("/")
+    prefix = f"{prefix}/" if prefix else ""
+    pages = (
+        _s3_client(aws)
+        .get_paginator("list_objects_v2")
+        .paginate(
+            Bucket=bucket,
+            Prefix=prefix,
+            **({} if recursive else {"Delimiter": "/"}),
+            PaginationConfig={"PageSize": min(limit + 1, 1000)},
+        )
+    )
+    found: list[str] = []
+    seen = 0
+    for page in pages:
+        seen += len(page.get("Contents", [])) + len(page.get("CommonPrefixes", []))
+        if seen > limit:
+            raise _too_many(url, limit)
+        keys = (o["Key"][len(prefix) :] for o in page.get("Contents", []))
+        found += [f"{folder}/{k}" for k in keys if k and not _hidden(k)]
+    return found
+
+
+def _s3_client(aws: AwsSettings) -> Any:
+    import boto3
+
+    return boto3.client(
+        "s3",
+        endpoint_url=aws.endpoint_url,
+        aws_access_key_id=_secret(aws.access_key_id),
+        aws_secret_access_key=_secret(aws.secret_access_key),
+        region_name=aws.region,
+    )
+
+
+def _secret(value: Any) -> str | None:
+    return value.get_secret_value() if value is not None else None
+
+
+def _hidden(key: str) -> bool:
+    return any(part.startswith((".", "_")) for part in key.split("/"))
+
+
+def _too_many(url: str, limit: int) -> InvalidName:
+    rule = f"lists more than {limit} files and folders (MMSERVE_BATCH__MAX_INPUT_FILES)"
+    return InvalidName("batch input", url, rule)
+
+
+def _name(path: str) -> str:
+    return path.rsplit("/", 1)[-1]
 
 
 def _format_of(path: str) -> Format:

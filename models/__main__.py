@@ -166,7 +166,7 @@ def transform_datasets(demo: Demo) -> str:
         pq.write_table(rows, source, row_group_size=BATCH_ROWS // 4)
         spec = {"model": _ref(recipe), "input": str(source), "output": str(scores),
                 "id_column": recipe.ID_COLUMN, "partition_rows": BATCH_ROWS // 4}  # fmt: skip
-        reply = server.post_json("/v1/batch-jobs", spec)
+        reply = server.start_batch(spec)
         if reply.status != 202:
             raise DemoError(f"starting the {recipe.NAME} batch run answered {_error(reply)}")
         run = server.wait_batch(reply.json()["status_url"])

@@ -75,7 +75,7 @@ def batch(server: Server, ref: str, rows: pa.Table, id_column: str, folder: Path
     pq.write_table(rows, source)
     started = time.perf_counter()
     spec = {"model": ref, "input": str(source), "output": str(scores), "id_column": id_column}
-    reply = server.post_json("/v1/batch-jobs", spec)
+    reply = server.start_batch(spec)
     if reply.status != 202:
         raise DemoError(f"starting the {ref} batch run answered {_error(reply)}")
     run = server.wait_batch(reply.json()["status_url"])

@@ -2,7 +2,9 @@
 HTTP calls the demo makes to it, in the standard library (httpx is a dev dependency only).
 
 With no ``MMSERVE_BROKER_URL`` the server runs asynchronous jobs in its own process
-(embedded mode), so the demo needs no Redis.
+(embedded mode), so the demo needs no Redis. Batch runs need the admin token (the one set,
+or a random one for this server) and read and write under the temporary folder, which the
+server allows (``MMSERVE_BATCH__ROOTS``) besides the store.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -67,9 +70,10 @@ class Reply:
 class Server:
     """A running ``mmserve serve``; :func:`serve` starts and stops it."""
 
-    def __init__(self, url: str, auth: Headers) -> None:
+    def __init__(self, url: str, auth: Headers, admin: Headers | None = None) -> None:
         self.url = url
         self._auth = auth
+        self._admin = admin or {}
 
     def request(
         self,
@@ -144,14 +148,18 @@ class Server:
                 return view
             time.sleep(0.01)
 
-    # -- batch transform
+    # -- batch transform (the admin token's)
+
+    def start_batch(self, spec: dict[str, Any]) -> Reply:
+        body = json.dumps(spec).encode()
+        return self.request("POST", "/v1/batch-jobs", body, {"Content-Type": JSON, **self._admin})
 
     def wait_batch(self, status_url: str, timeout_s: float = JOB_TIMEOUT_S) -> dict[str, Any]:
         """The run's status once it stopped running, or as it was when ``timeout_s`` ran out."""
         path = urlparse(status_url).path
         deadline = time.monotonic() + timeout_s
         while True:
-            view: dict[str, Any] = self.request("GET", path).json()
+            view: dict[str, Any] = self.request("GET", path, headers=self._admin).json()
             if view["status"] != "running" or time.monotonic() > deadline:
                 return view
             time.sleep(0.02)
@@ -183,13 +191,17 @@ def serve(settings: Settings) -> Iterator[Server]:
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if k != "MMSERVE_BROKER_URL"}
     env["MMSERVE_STORE_URL"] = settings.store_url
+    admin = settings.admin_token.get_secret_value() if settings.admin_token else None
+    env["MMSERVE_ADMIN_TOKEN"] = admin = admin or secrets.token_urlsafe(24)
+    env["MMSERVE_BATCH__ROOTS"] = json.dumps([*settings.batch.roots, tempfile.gettempdir()])
     mmserve = os.path.join(os.path.dirname(sys.executable), "mmserve")
     argv = [mmserve, "serve", "--port", str(port), "--log-level", "warning"]
     previous = signal.signal(signal.SIGTERM, _exit)
     with tempfile.TemporaryFile() as log:
         process = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
-            server = Server(f"http://127.0.0.1:{port}", _auth(settings))
+            admin_auth = {"Authorization": f"Bearer {admin}"}
+            server = Server(f"http://127.0.0.1:{port}", _auth(settings), admin_auth)
             _wait_ready(server, process, log)
             yield server
         finally:

@@ -27,7 +27,6 @@ the batch runner writes it into rejects, the stream consumer dead-letters it.
     │   ├── AliasInUse                  rejecting a version a protected alias points at
     │   ├── ModelAlreadyLoaded          loading a multi-model endpoint name twice
     │   ├── JobNotReady                 a job's result before it succeeded, or a late cancel
-    │   ├── IdempotencyConflict         an idempotency key sent again with another request
     │   ├── RolloutInProgress           a shift or promotion while another one runs
     │   └── NotServed                   promoting an alias no endpoint serves
     ├── Unauthorized (401)              a missing or wrong admin token or API key
@@ -44,6 +43,7 @@ the batch runner writes it into rejects, the stream consumer dead-letters it.
     │   ├── OutOfRange                  a finite value the model's float32 arithmetic cannot hold
     │   ├── MissingField                a stream event without a feature (or the id field)
     │   ├── InvalidField                a stream event's field that is not a number, not JSON...
+    │   ├── UnreadableInput             a batch input file its format cannot read (never its bytes)
     │   └── UnsupportedFormat (415)
     ├── IntegrityError (500)
     │   └── TamperedArtifact            the artifact's sha256 differs from the registered one
@@ -247,15 +247,6 @@ class JobNotReady(Conflict):
         self.token, self.job_status = token, status
 
 
-class IdempotencyConflict(Conflict):
-    def __init__(self, key: str, differing: list[str]) -> None:
-        super().__init__(
-            f"Idempotency-Key {key!r} was first sent with another request (its "
-            f"{', '.join(differing)} differ): send a new key for a new request"
-        )
-        self.key, self.differing = key, differing
-
-
 class RolloutInProgress(Conflict):
     def __init__(self, endpoint: str, rollout: str) -> None:
         super().__init__(
@@ -362,6 +353,16 @@ class UnsupportedFormat(InputError):
     def __init__(self, fmt: str, supported: list[str]) -> None:
         super().__init__(f"unsupported format {fmt!r}; use one of {', '.join(supported)}")
         self.fmt = fmt
+
+
+class UnreadableInput(InputError):
+    """A batch input file its reader cannot read from ``row`` on; the reader's own message
+    is not kept, as it may quote the file's bytes."""
+
+    def __init__(self, path: str, fmt: str, row: int, column: int | None = None) -> None:
+        which = f" (column {column}, counting from 1)" if column else ""
+        super().__init__(f"input file {path} is not valid {fmt}{which} at row {row} or after")
+        self.path, self.fmt, self.row, self.column = path, fmt, row, column
 
 
 class IntegrityError(MMServeError):

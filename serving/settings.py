@@ -158,6 +158,21 @@ class JobSettings(BaseModel):
     """Celery queue of the jobs."""
 
 
+class BatchSettings(BaseModel):
+    """Batch runs started over HTTP, a queue or a schedule: where they may read and write,
+    and how large an input may be."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
+    roots: list[str] = []
+    """Folders and URL prefixes (``s3://bucket/prefix``), besides the store, where batch runs
+    started over HTTP, a queue or a schedule may read and write, as JSON; empty: the store
+    only. ``mmserve batch run`` (this machine's own user) is not confined."""
+    max_input_files: int = Field(10_000, ge=1)
+    """Most files and folders a batch input may list; past it the run is refused. The list
+    is made once, when the run starts, and kept in its ``_run.json``."""
+
+
 class StreamSettings(BaseModel):
     """Streaming (``mmserve stream``): batching, recovery and dead letters of a consumer."""
 
@@ -295,6 +310,8 @@ class Settings(BaseSettings):
     """Scale-to-zero policy."""
     jobs: JobSettings = JobSettings()
     """Asynchronous jobs (``MMSERVE_JOBS__TIME_LIMIT_S=600``...)."""
+    batch: BatchSettings = BatchSettings()
+    """Batch runs' allowed places and input bounds (``MMSERVE_BATCH__ROOTS='["/data"]'``...)."""
     stream: StreamSettings = StreamSettings()
     """The streaming consumer (``MMSERVE_STREAM__BATCH_SIZE=512``...)."""
     cache: CacheSettings = CacheSettings()

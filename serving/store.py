@@ -128,8 +128,9 @@ class Store:
             raise StoreUnavailable(self.url, err) from err
 
     def exists(self, key: str) -> bool:
+        """Whether an object is at ``key``: a folder (an S3 prefix) is not one."""
         with self._errors(key):
-            return self._fs.get_file_info(self.path(key)).type != pafs.FileType.NotFound
+            return self._fs.get_file_info(self.path(key)).type == pafs.FileType.File
 
     def list(self, prefix: str = "") -> builtins.list[str]:
         """Names directly under ``prefix`` (objects and sub-prefixes), sorted."""

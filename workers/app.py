@@ -24,9 +24,10 @@ from celery import Celery, Task
 from celery.signals import beat_embedded_init, worker_process_init
 
 from batch.distributed import PART_TASK, run_part
+from batch.places import Roots
 from batch.runner import start
 from batch.schedules import SCHEDULED_TASK, Schedule, load
-from batch.spec import BatchSpec
+from batch.spec import BatchSpec, confined
 from serving.registry import Registry
 from serving.settings import Settings
 from workers.batch import RUN_TASK as BATCH_RUN_TASK
@@ -108,7 +109,9 @@ def make_celery(settings: Settings) -> Celery:
     def scheduled(schedule_json: str) -> None:
         spec, run_id = Schedule.model_validate_json(schedule_json).run_of(datetime.now(UTC))
         registry = runner().registry
-        start(spec, registry, settings, run_id, resume=False)  # again: the same run, resumed
+        roots = Roots.of(settings)  # a schedule comes over the queue: confined as any run
+        spec = confined(spec, roots)
+        start(spec, registry, settings, run_id, False, roots)  # again: the same run, resumed
         run_recorded(settings, registry, spec, run_id, distributed=False)
 
     @app.task(name=SWEEP_TASK)

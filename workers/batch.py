@@ -1,5 +1,9 @@
 """Batch runs started from the API: written by an ``mmserve worker`` (a Celery task) when a
-broker is configured, else by a thread of the server (embedded mode)."""
+broker is configured, else by a thread of the server (embedded mode).
+
+A run that comes over a queue is confined again (:mod:`batch.places`): whoever can send a
+message must not reach outside the store and the allowed roots either. A refused run is
+logged, and nothing is written where it pointed."""
 
 from __future__ import annotations
 
@@ -7,8 +11,10 @@ import json
 import logging
 import threading
 
-from batch.runner import ERROR, run_batch
-from batch.spec import BatchSpec
+from batch.places import Roots
+from batch.runner import ERROR, failure_message, run_batch
+from batch.spec import BatchSpec, confined
+from serving.errors import InvalidName
 from serving.registry import Registry
 from serving.settings import Settings
 from serving.store import Store
@@ -40,10 +46,21 @@ def launch(
 def run_recorded(
     settings: Settings, registry: Registry, spec: BatchSpec, run_id: str, distributed: bool
 ) -> None:
-    """Write the run; a failure is recorded in its output (``_error.json``) for its status."""
+    """Write the run; a failure is recorded in its output (``_error.json``) for its status:
+    an mmserve error's message (which names files, rows and columns, never their bytes), or
+    only the type of any other error (its text may quote the input; the log has it)."""
+    roots = Roots.of(settings)
     try:
-        run_batch(spec, registry, settings, run_id=run_id, resume=True, distributed=distributed)
+        spec = confined(spec, roots)
+    except InvalidName as err:
+        log.error("batch run %s refused: %s", run_id, err.message)
+        return
+    try:
+        run_batch(
+            spec, registry, settings, run_id=run_id, resume=True, distributed=distributed,
+            roots=roots,
+        )  # fmt: skip
     except Exception as err:
         log.exception("batch run %s failed", run_id)
-        error = {"type": type(err).__name__, "message": getattr(err, "message", str(err))}
+        error = {"type": type(err).__name__, "message": failure_message(err)}
         Store.from_url(spec.output, settings.aws).write(ERROR, json.dumps(error).encode())

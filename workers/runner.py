@@ -7,7 +7,8 @@ messages.
   died with it; after ``max_deliveries`` such deaths the job fails instead of looping.
 - The output is created exclusively: two runs write one output, the same bytes.
 - Bad payloads and model errors fail the job at once; only transient errors (store or
-  broker away) are retried, by the caller (Celery's retry with backoff).
+  broker away) are retried, by the caller (Celery's retry with backoff, or embedded mode's
+  sweep), ``retries`` times in all: then the job fails with that error.
 """
 
 from __future__ import annotations
@@ -109,7 +110,7 @@ class Runner:
         try:
             self._score(job)
         except Exception as err:
-            if transient(err):
+            if transient(err) and job.retries < self.settings.retries:  # else: it ends here
                 self.jobs.update(job.id, _requeued)
                 self.queue.count({"retries": 1})
                 raise

@@ -1,8 +1,11 @@
 """``POST /v1/batch-jobs`` and ``GET /v1/batch-jobs/{run_id}`` on a real ``mmserve serve``:
-written by the server itself (no broker), or by an ``mmserve worker``."""
+written by the server itself (no broker), or by an ``mmserve worker``; the admin token, and
+places under the store or the allowed roots only."""
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from pathlib import Path
 
@@ -17,9 +20,9 @@ from tests.batch.test_runner import dataset
 from tests.services import mmserve_process, mmserve_worker, redis_server
 
 
-def follow(client: httpx.Client, url: str) -> dict:
+def follow(client: httpx.Client, url: str, headers: dict[str, str] | None = None) -> dict:
     deadline = time.monotonic() + 60
-    while (state := client.get(url).json())["status"] == "running":
+    while (state := client.get(url, headers=headers).json())["status"] == "running":
         assert time.monotonic() < deadline, state
         time.sleep(0.1)
     return state
@@ -28,6 +31,16 @@ def follow(client: httpx.Client, url: str) -> dict:
 def spec(tmp_path: Path, output: str, **more: object) -> dict:
     return {"model": "lr", "input": str(tmp_path / "in.parquet"), "output": str(tmp_path / output),
             "id_column": "id", "partition_rows": 100, **more}  # fmt: skip
+
+
+ADMIN = {"Authorization": "Bearer admin-secret"}
+
+
+def env(store: Store, tmp_path: Path, **more: str) -> dict[str, str]:
+    """The server's: the admin token, an API key, and ``tmp_path`` as an allowed root."""
+    roots = json.dumps([str(tmp_path)])
+    return {"MMSERVE_STORE_URL": store.url, "MMSERVE_ADMIN_TOKEN": "admin-secret",
+            "MMSERVE_API_KEY": "key", "MMSERVE_BATCH__ROOTS": roots, **more}  # fmt: skip
 
 
 @pytest.fixture
@@ -40,8 +53,8 @@ def store(tmp_path: Path) -> Store:
 
 def test_a_batch_run_started_over_http(store: Store, tmp_path: Path) -> None:
     with (
-        mmserve_process({"MMSERVE_STORE_URL": store.url}) as (url, _),
-        httpx.Client(base_url=url, timeout=30) as client,
+        mmserve_process(env(store, tmp_path)) as (url, _),
+        httpx.Client(base_url=url, timeout=30, headers=ADMIN) as client,
     ):
         started = client.post("/v1/batch-jobs", json=spec(tmp_path, "out"))
         assert started.status_code == 202, started.text
@@ -68,13 +81,67 @@ def test_a_batch_run_started_over_http(store: Store, tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_with_a_broker_a_worker_writes_the_run(store: Store, tmp_path: Path) -> None:
     with redis_server() as broker:
-        env = {"MMSERVE_STORE_URL": store.url, "MMSERVE_BROKER_URL": broker.url}
+        both = env(store, tmp_path, MMSERVE_BROKER_URL=broker.url)
         with (
-            mmserve_worker(env, str(tmp_path / "worker.log"), "--concurrency", "1"),
-            mmserve_process(env) as (url, _),
-            httpx.Client(base_url=url, timeout=30) as client,
+            mmserve_worker(both, str(tmp_path / "worker.log"), "--concurrency", "1"),
+            mmserve_process(both) as (url, _),
+            httpx.Client(base_url=url, timeout=30, headers=ADMIN) as client,
         ):
             started = client.post("/v1/batch-jobs", json=spec(tmp_path, "out"))
             assert started.status_code == 202, started.text
             state = follow(client, started.json()["status_url"])
     assert (state["status"], state["rows"]) == ("succeeded", 500)
+
+
+def test_a_batch_run_needs_the_admin_token_and_reaches_only_the_store_and_the_roots(
+    store: Store, tmp_path: Path
+) -> None:
+    (tmp_path / "secret.csv").write_text("f0,f1,f2,f3\n1,2,3,4\nroot:x:0:0:the secret\n")
+    outside = tmp_path.parent / f"{tmp_path.name}-outside"
+    outside.mkdir()
+    (tmp_path / "escape").symlink_to(outside)
+    with (
+        mmserve_process(env(store, tmp_path)) as (url, _),
+        httpx.Client(base_url=url, timeout=30) as client,
+    ):
+        body = spec(tmp_path, "out")
+        assert client.post("/v1/batch-jobs", json=body).status_code == 401
+        for headers in ({"Authorization": "Bearer key"}, {"X-API-Key": "key"}):  # the API key
+            refused = client.post("/v1/batch-jobs", json=body, headers=headers)
+            assert refused.status_code == 401, refused.text
+            assert refused.json()["error"] == (
+                "missing or wrong admin token: send 'Authorization: Bearer <token>'"
+            )
+        assert not (tmp_path / "out").exists()
+        places = {
+            "input": ["/etc/passwd", "../x.parquet", "http://example.com/x.csv"],
+            "output": ["/tmp", str(tmp_path / "escape" / "out"), str(tmp_path / "a/../../b")],
+        }
+        for field, values in places.items():
+            for value in values:
+                refused = client.post("/v1/batch-jobs", json={**body, field: value}, headers=ADMIN)
+                assert refused.status_code == 400, refused.text
+                assert refused.json()["error"].startswith(f"invalid batch {field} {value!r}: ")
+        assert os.listdir(outside) == []
+        store.write("in/a.parquet", (tmp_path / "in.parquet").read_bytes())  # store keys
+        started = client.post(
+            "/v1/batch-jobs", json={**body, "input": "in/*.parquet", "output": "scores"},
+            headers=ADMIN,
+        )  # fmt: skip
+        assert started.status_code == 202, started.text
+        status_url = started.json()["status_url"]
+        assert client.get(status_url, headers={"X-API-Key": "key"}).status_code == 401
+        state = follow(client, status_url, ADMIN)
+        assert (state["status"], state["rows"], state["output"]) == (
+            "succeeded",
+            500,
+            f"{Path(store.url).resolve()}/scores",
+        )
+        secret = {**body, "input": str(tmp_path / "secret.csv"), "output": str(tmp_path / "o")}
+        started = client.post("/v1/batch-jobs", json=secret, headers=ADMIN)
+        state = follow(client, started.json()["status_url"], ADMIN)
+        assert state["status"] == "failed"
+        assert state["error"] == {
+            "type": "UnreadableInput",
+            "message": f"input file {tmp_path / 'secret.csv'} is not valid csv at row 0 or after",
+        }

@@ -154,7 +154,8 @@ def test_a_chain_run_on_helpers_or_on_workers_equals_both_models_by_hand(
     argv += ["--input", str(tmp_path / "in.parquet"), "--output", str(tmp_path / "spread")]
     argv += ["--id-column", "id", "--partition-rows", "400"]
     with redis_server() as broker:
-        env = {"MMSERVE_STORE_URL": registry.store.url, "MMSERVE_BROKER_URL": broker.url}
+        env = {"MMSERVE_STORE_URL": registry.store.url, "MMSERVE_BROKER_URL": broker.url,
+               "MMSERVE_BATCH__ROOTS": json.dumps([str(tmp_path)])}  # fmt: skip
         with mmserve_worker(env, str(tmp_path / "worker.log"), "--concurrency", "1"):
             spread = subprocess.run(
                 argv, env={**os.environ, **env}, capture_output=True, text=True, timeout=120

@@ -203,6 +203,7 @@ def test_a_distributed_run_survives_a_killed_worker(tmp_path: Path) -> None:
             "MMSERVE_STORE_URL": store.url,
             "MMSERVE_BROKER_URL": broker.url,
             "MMSERVE_JOBS__LEASE_S": "2",
+            "MMSERVE_BATCH__ROOTS": json.dumps([str(tmp_path)]),  # the workers confine parts
             "PYTHONPATH": os.getcwd(),
         }
         argv = [os.path.join(os.path.dirname(sys.executable), "mmserve"), "batch", "run"]

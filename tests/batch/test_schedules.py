@@ -53,7 +53,8 @@ def test_beat_fires_the_scheduled_run(tmp_path: Path) -> None:
     )
     manifest = tmp_path / "scores" / datetime.now(UTC).date().isoformat() / "_manifest.json"
     with redis_server() as broker:
-        env = {"MMSERVE_STORE_URL": store.url, "MMSERVE_BROKER_URL": broker.url}
+        env = {"MMSERVE_STORE_URL": store.url, "MMSERVE_BROKER_URL": broker.url,
+               "MMSERVE_BATCH__ROOTS": json.dumps([str(tmp_path)])}  # fmt: skip
         # Only the beat reads the schedules: the schedule travels to the worker in its message.
         beat_env = {**os.environ, **env, "MMSERVE_SCHEDULES": str(tmp_path / "schedules.yaml")}
         mmserve = os.path.join(os.path.dirname(sys.executable), "mmserve")
