@@ -27,6 +27,7 @@ the batch runner writes it into rejects, the stream consumer dead-letters it.
     │   ├── AliasInUse                  rejecting a version a protected alias points at
     │   ├── ModelAlreadyLoaded          loading a multi-model endpoint name twice
     │   ├── JobNotReady                 a job's result before it succeeded, or a late cancel
+    │   ├── IdempotencyConflict         an idempotency key sent again with another request
     │   ├── RolloutInProgress           a shift or promotion while another one runs
     │   └── NotServed                   promoting an alias no endpoint serves
     ├── Unauthorized (401)              a missing or wrong admin token or API key
@@ -245,6 +246,15 @@ class JobNotReady(Conflict):
     def __init__(self, token: str, status: str, wanted: str) -> None:
         super().__init__(f"job {token} is {status}: {wanted}")
         self.token, self.job_status = token, status
+
+
+class IdempotencyConflict(Conflict):
+    def __init__(self, key: str, differing: list[str]) -> None:
+        super().__init__(
+            f"Idempotency-Key {key!r} was first sent with another request (its "
+            f"{', '.join(differing)} differ): send a new key for a new request"
+        )
+        self.key, self.differing = key, differing
 
 
 class RolloutInProgress(Conflict):

@@ -8,14 +8,21 @@ the store alone::
     jobs/<token>/output       the answer, written once (exclusive create)
     jobs/<token>/error.json   why it failed
     jobs/open/<token>         present while the job is not finished: what the sweep walks
-    jobs/keys/<sha256>        an idempotency key's token
+    jobs/keys/<sha256>        an idempotency key's job and request (by credential and key)
 
 Tokens are 128 random bits in hex: unguessable, and safe as a key segment.
+
+An idempotency key belongs to the credential that sent it (``admin``, ``api-key``, ``none``):
+the same key from another credential is another key. Under it the first job's token is kept
+with what its request was (the model named, a hash of the body or the input's location, the
+formats...): the same key with another request is :class:`IdempotencyConflict` (409), never
+the first job, as in Stripe's and AWS's APIs.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import secrets
 from collections.abc import Callable
@@ -24,7 +31,7 @@ from enum import StrEnum
 
 from pydantic import BaseModel
 
-from serving.errors import AlreadyExists, JobNotFound, ObjectNotFound
+from serving.errors import AlreadyExists, IdempotencyConflict, JobNotFound, ObjectNotFound
 from serving.store import Store
 
 _TOKEN = re.compile(r"^[0-9a-f]{32}$")
@@ -154,19 +161,23 @@ class Jobs:
         """The jobs not finished (as far as the open markers say)."""
         return [t for t in self.store.list(OPEN) if _TOKEN.match(t)]
 
-    def claim_key(self, idempotency_key: str, token: str) -> str:
-        """The token of the job submitted with ``idempotency_key``: ``token`` if it is the
-        first, else the first one's."""
-        index = f"{PREFIX}/keys/{hashlib.sha256(idempotency_key.encode()).hexdigest()}"
+    def claim_key(
+        self, credential: str, idempotency_key: str, token: str, request: dict[str, str]
+    ) -> str:
+        """The token of the job ``credential`` submitted first with ``idempotency_key``:
+        ``token`` if this is the first; the first one's if it was the same ``request``;
+        else :class:`IdempotencyConflict` naming what differs."""
+        scoped = json.dumps([credential, idempotency_key]).encode()
+        index = f"{PREFIX}/keys/{hashlib.sha256(scoped).hexdigest()}"
         try:
-            self.store.create(index, token.encode())
+            self.store.create(index, json.dumps({"token": token, "request": request}).encode())
             return token
         except AlreadyExists:
-            return self.store.read(index).decode()
-
-    def token_of(self, idempotency_key: str) -> str | None:
-        index = f"{PREFIX}/keys/{hashlib.sha256(idempotency_key.encode()).hexdigest()}"
-        try:
-            return self.store.read(index).decode()
-        except ObjectNotFound:
-            return None
+            first = json.loads(self.store.read(index))
+        earlier: dict[str, str] = first["request"]
+        differing = sorted(
+            k for k in request.keys() | earlier.keys() if request.get(k) != earlier.get(k)
+        )
+        if differing:
+            raise IdempotencyConflict(idempotency_key, differing)
+        return str(first["token"])

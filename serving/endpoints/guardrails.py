@@ -1,11 +1,19 @@
 """Guardrails of a rollout, measured from the servers' own ``/metrics``.
 
 A rollout watches the requests of the new side only (a variant, or a model version): the
-``mmserve_endpoint_requests_total`` counter (``outcome="server_error"`` are its errors) and
-the ``mmserve_endpoint_request_seconds`` histogram, summed over the servers, as increases
-since the rollout started. A server whose counters went down restarted: its new counts are
-all increase (as Prometheus' ``rate`` reads a counter reset). The p99 is interpolated within
-its histogram bucket, as Prometheus' ``histogram_quantile`` does.
+``mmserve_endpoint_requests_total`` counter and the ``mmserve_endpoint_request_seconds``
+histogram, summed over the servers, as increases since the rollout started. Its errors are
+its own failures, ``outcome="server_error"``: a 5xx, which includes a model that raised, a
+request past its timeout (504) and a model that could not load in time (503). A 4xx
+(``outcome="client_error"``: a body that does not decode, rows that do not fit the model, a
+429 past the in-flight limit) is the caller's and is not counted at all, neither as an error
+nor as a request: whoever can call the endpoint, pinning the new variant or not, cannot make
+it look worse with bad input, nor make up the ``min_requests`` that lets a few real failures
+decide.
+
+A server whose counters went down restarted: its new counts are all increase (as
+Prometheus' ``rate`` reads a counter reset). The p99 is interpolated within its histogram
+bucket, as Prometheus' ``histogram_quantile`` does.
 """
 
 from __future__ import annotations
@@ -21,12 +29,14 @@ from serving.errors import MetricsUnavailable
 
 REQUESTS = "mmserve_endpoint_requests"
 SECONDS = "mmserve_endpoint_request_seconds"
+SERVER_ERROR, CLIENT_ERROR = "server_error", "client_error"
 Select = Callable[[dict[str, str]], bool]
 
 
 @dataclass
 class Counts:
-    """Requests, server errors and the latency histogram (cumulative, by upper bound in s)."""
+    """Requests the variant answered or failed on its own (4xx left out), its server errors,
+    and the latency histogram (cumulative, by upper bound in s)."""
 
     requests: float = 0.0
     errors: float = 0.0
@@ -72,9 +82,12 @@ def parse(text: str, select: Select) -> Counts:
     for family in text_string_to_metric_families(text):
         if family.name == REQUESTS:
             for sample in family.samples:
-                if sample.name.endswith("_total") and select(sample.labels):
+                outcome = sample.labels.get("outcome")
+                if not sample.name.endswith("_total") or outcome == CLIENT_ERROR:
+                    continue  # a caller's 4xx says nothing about the variant
+                if select(sample.labels):
                     counts.requests += sample.value
-                    if sample.labels.get("outcome") == "server_error":
+                    if outcome == SERVER_ERROR:
                         counts.errors += sample.value
         elif family.name == SECONDS:
             for sample in family.samples:

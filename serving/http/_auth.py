@@ -9,12 +9,16 @@
   than the rest of the check. The spec states it as the API's default security.
 
 Secrets are compared in constant time (``hmac.compare_digest``), so a wrong guess takes as
-long as a nearly right one.
+long as a nearly right one. :func:`credential` names which one a request carried (``admin``,
+``api-key`` or ``none``): what an async job's idempotency key is scoped by. There is one
+secret of each kind, so the name is the credential, and no secret (nor a hash of one, which
+could be guessed offline) is ever written to the store.
 """
 
 from __future__ import annotations
 
 import hmac
+from collections.abc import Iterator
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
@@ -25,8 +29,8 @@ from starlette.exceptions import HTTPException
 from serving.errors import ManagementDisabled, Unauthorized
 from serving.settings import Settings
 
-# Paths anyone may call, key or not: probes, metrics, the docs.
-OPEN_PATHS = frozenset(["/ping", "/v2", "/metrics", "/openapi.json", "/docs", "/redoc"])
+# Paths anyone may call, key or not: probes (``/`` is KServe V1's), metrics, the docs.
+OPEN_PATHS = frozenset(["/", "/ping", "/v2", "/metrics", "/openapi.json", "/docs", "/redoc"])
 OPEN_PREFIXES = ("/v2/health/", "/docs/")
 
 NO_KEY = Unauthorized("API key", "'Authorization: Bearer <key>' or 'X-API-Key: <key>'")
@@ -68,19 +72,31 @@ def needs_key(path: str) -> bool:
 
 def has_key(headers: list[tuple[bytes, bytes]], settings: Settings) -> bool:
     """Whether the raw request headers carry the API key (or the admin token)."""
-    secrets = [s for s in (settings.api_key, settings.admin_token) if s is not None]
+    return credential(headers, settings) != NONE
+
+
+ADMIN, API_KEY, NONE = "admin", "api-key", "none"
+
+
+def credential(headers: list[tuple[bytes, bytes]], settings: Settings) -> str:
+    """Which secret the raw request headers carry: ``admin`` (the admin token, which also
+    passes for the key), ``api-key``, or ``none`` (neither, or none is set)."""
+    given = list(_presented(headers))
+    for name, secret in ((ADMIN, settings.admin_token), (API_KEY, settings.api_key)):
+        if secret is not None and any(_matches(g, secret) for g in given):
+            return name
+    return NONE
+
+
+def _presented(headers: list[tuple[bytes, bytes]]) -> Iterator[str]:
+    """The secrets a request presents: ``X-API-Key`` and ``Authorization: Bearer`` values."""
     for name, value in headers:
         if name == b"x-api-key":
-            given: str | None = value.decode("latin-1")
+            yield value.decode("latin-1")
         elif name == b"authorization":
             scheme, _, given = value.decode("latin-1").partition(" ")
-            if scheme.lower() != "bearer":
-                continue
-        else:
-            continue
-        if any(_matches(given, secret) for secret in secrets):
-            return True
-    return False
+            if scheme.lower() == "bearer":
+                yield given
 
 
 def _matches(given: str | None, secret: SecretStr) -> bool:

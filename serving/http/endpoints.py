@@ -4,7 +4,8 @@
   ``/endpoints/{name}/invocations``): CSV, JSON, JSON lines, parquet or Arrow bodies;
 - ``POST /v1/endpoints/{name}:predict`` (V1 bodies), ``POST /v2/endpoints/{name}/infer`` (V2);
 - ``POST /v1/endpoints/{name}/async``: an async job for the variant drawn for it;
-- ``GET /v1/endpoints``, ``GET /v1/endpoints/{name}``: config, live state, per-variant figures;
+- ``GET /v1/endpoints``, ``GET /v1/endpoints/{name}`` (admin token): config, live state,
+  per-variant figures;
 - ``POST /v1/endpoints:reload`` (admin token): apply the endpoints file again.
 
 ``X-Target-Variant`` (or SageMaker's ``X-Amzn-SageMaker-Target-Variant``) pins a variant.
@@ -137,18 +138,26 @@ async def submit_async(name: str, request: Request) -> Response:
     pinned) for it, its version pinned now; a pipeline variant's job is scored by its chain
     of models (each step's version pinned now)."""
     _, variant, refs = await plane_of(request).choose(name, request.headers)
-    response = await jobs.submit(scorers.join(refs), request)
+    # An idempotent resend names the same endpoint, whichever variant is drawn for it.
+    response = await jobs.submit_as(scorers.join(refs), f"endpoint {name}", request)
     response.headers.update(_variant_headers(variant.name))
     return response
 
 
-@router.get("/v1/endpoints", summary="Endpoints this server serves")
+_ADMIN = [Depends(require_admin)]
+
+
+@router.get("/v1/endpoints", summary="Endpoints this server serves", dependencies=_ADMIN)
 async def list_endpoints(request: Request) -> dict[str, Any]:
     plane = plane_of(request)
     return {"endpoints": [_summary(s) for _, s in sorted(plane.snapshot.items())]}
 
 
-@router.get("/v1/endpoints/{name}", summary="An endpoint: config, live state, variants' figures")
+@router.get(
+    "/v1/endpoints/{name}",
+    summary="An endpoint: config, live state, variants' figures",
+    dependencies=_ADMIN,
+)
 async def describe(name: str, request: Request) -> dict[str, Any]:
     plane = plane_of(request)
     served = await plane.served(name)
@@ -164,7 +173,7 @@ async def describe(name: str, request: Request) -> dict[str, Any]:
 @router.post(
     "/v1/endpoints:reload",
     summary="Apply the endpoints file again",
-    dependencies=[Depends(require_admin)],
+    dependencies=_ADMIN,
 )
 async def reload(request: Request) -> dict[str, Any]:
     """Apply ``MMSERVE_ENDPOINTS`` again (400 naming the line and reason when it is bad; the

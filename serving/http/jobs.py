@@ -10,6 +10,10 @@
 ``{ref}`` may be a chain, ``prep:1,fraud@production``: every step's version is pinned at
 submit, and the job is scored by the steps in turn (as a pipeline variant's jobs are).
 
+An ``Idempotency-Key`` (SageMaker's inference id) belongs to the credential that sent it and
+to one request: sent again with the same request it answers the first job; with another
+model, body, input location, format, callback or limit it is a 409 naming the key.
+
 A 202 is sent only once the input and the job record are in the store. The record is
 written before the message is published (an outbox): when the queue is away, the client
 gets 503, the record says why, and the sweep enqueues the job when the queue is back.
@@ -17,6 +21,7 @@ gets 503, the record says why, and the sweep enqueues the job when the queue is 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -39,7 +44,9 @@ from serving.errors import (
     PayloadTooLarge,
     QueueUnavailable,
 )
+from serving.http._auth import credential
 from serving.http._body import invalid_body
+from serving.http._endpoints import TARGET_HEADERS
 from serving.store import validate_key
 from workers.jobs import Job, JobError, Status, key, new_token, now, valid_token
 from workers.runner import Runner, location
@@ -49,6 +56,7 @@ router = APIRouter(tags=["async"])
 SAGEMAKER = "x-amzn-sagemaker-"
 _POINTER_BYTES = 64 * 1024  # a JSON body this small may be {"input_location": ...}
 _CHUNK = 1024 * 1024
+_MAX_KEY = 256  # characters of an idempotency key (SageMaker's inference ids: 64)
 _SAGEMAKER_TTL_S = 6 * 3600  # SageMaker's default and longest RequestTTLSeconds
 _CANCELLED = JobError(type="Cancelled", message="cancelled by the client")
 
@@ -57,6 +65,12 @@ _CANCELLED = JobError(type="Cancelled", message="cancelled by the client")
 async def submit(ref: str, request: Request) -> Response:
     """Store the payload (the body, or the object ``{"input_location": ...}`` names) and queue
     a job for it; answers 202 with the job's token and where its answer will be."""
+    return await submit_as(ref, ref, request)
+
+
+async def submit_as(ref: str, named: str, request: Request) -> Response:
+    """:func:`submit` of ``ref`` for a caller who named ``named`` (an endpoint, whose drawn
+    variant may differ between two sends of one idempotent request)."""
     runner = _runner(request)
     headers = request.headers
     kind = media_type(headers.get("content-type"), codecs.JSON, sagemaker.ACCEPTED)
@@ -69,7 +83,8 @@ async def submit(ref: str, request: Request) -> Response:
     if pointer is not None:
         job.input_key = _store_key(runner, pointer.input_location)
         job.content_type = media_type(pointer.content_type, codecs.CSV, sagemaker.ACCEPTED)
-    job = await _accept(runner, job, request if pointer is None else None)
+    asked = {"model": named, "variant": _pinned(headers)}
+    job = await _accept(runner, job, request, pointer is None, asked)
     view = _view(request, runner, job)
     return JSONResponse(view, status_code=202, headers={"Location": view["status_url"]})
 
@@ -96,7 +111,8 @@ async def async_invocations(name: str, request: Request) -> Response:
     job.expires_at = job.created_at + timedelta(seconds=ttl)
     limit = runner.settings.time_limit_s
     job.time_limit_s = _seconds(headers, "invocationtimeoutseconds", 1, limit) or limit
-    job = await _accept(runner, job, None)
+    asked = {"model": name, "variant": _pinned(headers), "ttl_s": str(ttl)}
+    job = await _accept(runner, job, request, False, asked)
     output = location(runner.store, job.output_key)
     answered = {
         "X-Amzn-SageMaker-OutputLocation": output,
@@ -170,6 +186,9 @@ def _new_job(
     callback: str | None,
     idempotency_key: str | None,
 ) -> Job:
+    if idempotency_key is not None and len(idempotency_key) > _MAX_KEY:
+        rule = f"use at most {_MAX_KEY} characters"
+        raise InvalidName("idempotency key", idempotency_key[:64] + "...", rule)
     token = new_token()
     return Job(
         id=token,
@@ -181,26 +200,26 @@ def _new_job(
         created_at=now(),
         time_limit_s=_runner(request).settings.time_limit_s,
         callback_url=callback,
-        idempotency_key=idempotency_key,
+        idempotency_key=idempotency_key or None,
     )
 
 
-async def _accept(runner: Runner, job: Job, body: Request | None) -> Job:
-    """Pin the model version (each step's, for a chain), store the input (``body``'s, if
-    given) and the record, publish; the job submitted earlier with the same idempotency
-    key, if there is one."""
+async def _accept(
+    runner: Runner, job: Job, request: Request, upload: bool, asked: dict[str, str]
+) -> Job:
+    """Pin the model version (each step's, for a chain), store the input (the body, if
+    ``upload``) and the record, publish; the job submitted earlier with the same idempotency
+    key by the same credential, if that was the same request (``asked``, and the input)."""
     job.model = await run_in_threadpool(scorers.pin, runner.registry, job.requested)
-    if job.idempotency_key is not None:
-        earlier = await run_in_threadpool(runner.jobs.token_of, job.idempotency_key)
-        if earlier is not None:
-            return await run_in_threadpool(runner.jobs.get, earlier)
-    if body is not None:
-        await _upload(body, runner, job.input_key)
-    elif not await run_in_threadpool(runner.store.exists, job.input_key):
+    if upload:
+        asked = {**asked, "body": await _upload(request, runner, job.input_key)}
+    elif await run_in_threadpool(runner.store.exists, job.input_key):
+        asked = {**asked, "input_location": job.input_key}
+    else:
         raise DecodeError("request", f"no object at the input location {job.input_key!r}")
     if job.idempotency_key is not None:
-        first = await run_in_threadpool(runner.jobs.claim_key, job.idempotency_key, job.id)
-        if first != job.id:  # a concurrent submit with the same key won
+        first = await _claim(runner, job, request, upload, asked)
+        if first != job.id:
             return await run_in_threadpool(runner.jobs.get, first)
     await run_in_threadpool(runner.jobs.create, job)
     try:
@@ -210,6 +229,35 @@ async def _accept(runner: Runner, job: Job, body: Request | None) -> Job:
         await run_in_threadpool(runner.jobs.update, job.id, lambda j: j.model_copy(update=update))
         raise
     return job
+
+
+async def _claim(
+    runner: Runner, job: Job, request: Request, uploaded: bool, asked: dict[str, str]
+) -> str:
+    """The job that holds ``job``'s idempotency key for the caller's credential: ``job``'s
+    own token if it is the first; the earlier job's for the same request (the input just
+    uploaded is then dropped); :class:`IdempotencyConflict` for another request."""
+    asked |= {
+        "content_type": job.content_type,
+        "accept": job.accept,
+        "callback_url": job.callback_url or "",
+        "time_limit_s": str(job.time_limit_s),
+    }
+    who = credential(request.scope["headers"], request.app.state.settings)
+    first = ""
+    try:
+        first = await run_in_threadpool(
+            runner.jobs.claim_key, who, str(job.idempotency_key), job.id, asked
+        )
+    finally:
+        if uploaded and first != job.id:
+            await run_in_threadpool(runner.store.delete, job.input_key)
+    return first
+
+
+def _pinned(headers: Any) -> str:
+    """The variant a request pins (an endpoint's), or ``""``."""
+    return next((str(headers[h]) for h in TARGET_HEADERS if headers.get(h)), "")
 
 
 class InputPointer(BaseModel):
@@ -269,27 +317,29 @@ def _seconds(headers: Any, name: str, low: int, high: float) -> int | None:
     return int(value)
 
 
-async def _upload(request: Request, runner: Runner, input_key: str) -> None:
+async def _upload(request: Request, runner: Runner, input_key: str) -> str:
     """Stream the body into the store; the object appears only whole, and the body is never
-    held whole in memory. 413 as soon as it passes the limit."""
+    held whole in memory. 413 as soon as it passes the limit. Returns the body's sha256."""
     limit = runner.settings.max_payload_bytes
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(limit)
     chunks = request.stream().__aiter__()
 
-    def write() -> None:
-        size = 0
+    def write() -> str:
+        size, digest = 0, hashlib.sha256()
         with runner.store.open_output(input_key) as out:
             for chunk in _pulled(chunks):
                 size += len(chunk)
                 if size > limit:
                     raise PayloadTooLarge(limit)
+                digest.update(chunk)
                 out.write(chunk)
         if size == 0:
             raise DecodeError("request", "the body is empty")
+        return digest.hexdigest()
 
-    await anyio.to_thread.run_sync(write)
+    return await anyio.to_thread.run_sync(write)
 
 
 def _pulled(chunks: AsyncIterator[bytes]) -> Iterator[bytes]:

@@ -1,8 +1,10 @@
 """SageMaker's multi-model endpoint container contract: ``GET|POST /models``,
 ``GET|DELETE /models/{name}``, ``POST /models/{name}/invoke``.
 
-Loading and unloading need the admin token (off without one); ``invoke`` predicts, like
-``/invocations``. A multi-model endpoint's ``model_name`` is SageMaker's opaque key: it is
+Loading, unloading and listing need the admin token (off without one). ``invoke`` predicts,
+like ``/invocations`` (the API key), but only with a name ``POST /models`` loaded: any other
+name is 404, as the contract says, and never loads a model, so which models take memory is
+the admin's choice. A multi-model endpoint's ``model_name`` is SageMaker's opaque key: it is
 kept with the version its ``url`` (a model reference; empty means ``model_name`` itself)
 resolved to when loaded. That bookkeeping is per server process, like the cache. The cache
 may drop the version later (LRU, idle eviction): the name stays listed and its next invoke
@@ -162,10 +164,12 @@ async def unload(name: str, request: Request) -> dict[str, Any]:
     responses=_openapi.SAGEMAKER_RESPONSES,
 )
 async def invoke(name: str, request: Request) -> Response:
-    """``/invocations`` with the model ``name`` as target: the version loaded as ``name``,
-    else ``name`` taken as a model reference (loaded on first use)."""
+    """``/invocations`` with the version loaded as ``name`` as target (loaded again if the
+    cache dropped it); 404 for a name that is not loaded."""
     key = _endpoint(request).loaded.get(name)
-    return await sagemaker.invocations(_targeting(request, _ref(key) if key else name))
+    if key is None:
+        raise ModelNotLoaded(name)
+    return await sagemaker.invocations(_targeting(request, _ref(key)))
 
 
 def _targeting(request: Request, ref: str) -> Request:

@@ -2,8 +2,9 @@
 (``POST /v2/repository/index``, ``POST /v2/repository/models/{name}/load|unload``) and
 registry aliases (``PUT|DELETE /v1/models/{name}/aliases/{alias}``).
 
-Changing routes need the admin token (and are off without one). The index is read-only,
-like ``GET /v1/models``. SageMaker's multi-model routes are in :mod:`serving.http.multimodel`.
+Every route here needs the admin token (and is off without one): they load, change or list
+what is served; the index lists it, like ``GET /v1/models``. SageMaker's multi-model routes
+are in :mod:`serving.http.multimodel`.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ class IndexEntry(BaseModel):
     "/v2/repository/index",
     tags=["repository"],
     summary="Repository index (V2)",
+    dependencies=_ADMIN,
     openapi_extra=json_body(IndexRequest, required=False),
 )
 async def repository_index(request: Request) -> list[IndexEntry]:

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from serving import codecs
 from serving.codecs import Rows, v1
 from serving.http import _openapi
+from serving.http._auth import require_admin
 from serving.http._body import read_body, score
 from serving.registry import Registry
 
@@ -54,8 +55,9 @@ async def predict(ref: str, request: Request) -> Response:
     return Response(answer, media_type=codecs.JSON)
 
 
-@router.get("/v1/models")
+@router.get("/v1/models", dependencies=[Depends(require_admin)])
 async def list_models(request: Request) -> dict[str, Any]:
+    """Every registered model, its versions and aliases (a listing: the admin token)."""
     registry: Registry = request.app.state.registry
 
     def listing() -> list[dict[str, Any]]:

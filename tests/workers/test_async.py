@@ -197,9 +197,16 @@ def test_a_job_can_name_an_input_already_in_the_store(stack: Stack, worker: None
 def test_the_same_idempotency_key_gives_the_same_job(stack: Stack) -> None:
     key = uuid.uuid4().hex
     first = submit(stack, "lr", **{"idempotency-key": key})
-    again = submit(stack, "lr", "9,9,9", **{"idempotency-key": key})
+    again = submit(stack, "lr", **{"idempotency-key": key})
     assert again == first
     assert submit(stack, "lr", **{"idempotency-key": uuid.uuid4().hex}) != first
+    # Another request under the same key is refused (tests/workers/test_idempotency.py).
+    other = stack.client.post(
+        "/v1/models/lr/async",
+        content="9,9,9",
+        headers={"content-type": "text/csv", "accept": "application/json", "idempotency-key": key},
+    )
+    assert other.status_code == 409
 
 
 def test_callbacks_arrive_once_per_job(stack: Stack, worker: None) -> None:

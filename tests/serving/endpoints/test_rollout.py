@@ -182,3 +182,26 @@ def test_counts_read_a_restarted_server_as_new_traffic() -> None:
     assert grown.since(before) == Counts(5, 0, {0.1: 4, float("inf"): 5})
     assert Counts(4, 0, {0.1: 2, 1.0: 4, float("inf"): 4}).quantile(0.5) == 0.1
     assert Counts(4, 0, {0.1: 2, 1.0: 4, float("inf"): 4}).quantile(0.75) == pytest.approx(0.55)
+
+
+def test_a_callers_bad_requests_never_count_against_the_new_variant(setup) -> None:  # type: ignore[no-untyped-def]
+    """4xx are the caller's: they are not the variant's errors, and do not make up the
+    --min-requests that lets one server error decide (9 of them + 1 error was a rollback)."""
+    endpoints, server, controller = setup
+    failed_once: list[bool] = []
+
+    def traffic(s: Server) -> None:
+        if endpoints.state("churn").rollout is None:
+            return  # the baseline read
+        if not failed_once:
+            s.answer("green", "churn:2", "server_error")
+            failed_once.append(True)
+        for _ in range(9):
+            s.answer("green", "churn:2", "client_error")
+
+    server.traffic = traffic
+    decision = controller(max_error_rate=0.01, min_requests=10).shift(
+        "churn", "green", "canary:10%,wait=5s"
+    )
+    assert (decision.outcome, decision.guardrail) == ("completed", None)
+    assert endpoints.state("churn").weights == {"blue": 0.0, "green": 100.0}

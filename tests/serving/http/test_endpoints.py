@@ -36,6 +36,7 @@ from tests.serving.endpoints.test_pipeline import register_pair, request
 pytestmark = pytest.mark.slow
 
 TOKEN = "s3cret"
+ADMIN = {"authorization": f"Bearer {TOKEN}"}  # describing endpoints is management
 MMSERVE = str(Path(sys.executable).with_name("mmserve"))
 FILE = """\
 endpoints:
@@ -153,7 +154,7 @@ def test_a_90_10_split_lands_within_five_sigma(server: Server) -> None:
     assert abs(counts["green"] - 200) <= 5 * (2000 * 0.1 * 0.9) ** 0.5
     for name, count in counts.items():
         assert metric(server, "mmserve_endpoint_requests", endpoint="churn", variant=name) == count
-    view = server.client.get("/v1/endpoints/churn").json()
+    view = server.client.get("/v1/endpoints/churn", headers=ADMIN).json()
     assert {v["name"]: v["stats"]["requests"] for v in view["variants"]} == dict(counts)
     assert metric(server, "mmserve_endpoint_weight", endpoint="churn", variant="green") == 10.0
 
@@ -180,7 +181,7 @@ def test_unknown_variants_and_endpoints_are_clear_404s(server: Server) -> None:
         response.json()["error"]
         == "endpoint 'nope' does not exist (endpoints: captured, churn, napping, scoring, shadowed)"
     )
-    assert server.client.get("/v1/endpoints/BAD").status_code == 404
+    assert server.client.get("/v1/endpoints/BAD", headers=ADMIN).status_code == 404
 
 
 def test_every_shape_answers_as_the_model_does(server: Server) -> None:
@@ -343,7 +344,10 @@ def test_weights_written_to_the_store_reach_the_server(server: Server) -> None:
         "churn", lambda s: s.changed(weights={"blue": 0.0, "green": 100.0})
     )
     eventually(
-        lambda: server.client.get("/v1/endpoints/churn").json()["generation"] == state.generation
+        lambda: (
+            server.client.get("/v1/endpoints/churn", headers=ADMIN).json()["generation"]
+            == state.generation
+        )
     )
     assert {predict(server, "churn", rows(1)).headers["x-mmserve-variant"] for _ in range(30)} == {
         "green"
@@ -351,7 +355,10 @@ def test_weights_written_to_the_store_reach_the_server(server: Server) -> None:
     assert metric(server, "mmserve_endpoint_weight", endpoint="churn", variant="green") == 100.0
     back = endpoints.update_state("churn", lambda s: s.changed(weights=dict(s.declared)))
     eventually(
-        lambda: server.client.get("/v1/endpoints/churn").json()["generation"] == back.generation
+        lambda: (
+            server.client.get("/v1/endpoints/churn", headers=ADMIN).json()["generation"]
+            == back.generation
+        )
     )
 
 
@@ -365,7 +372,7 @@ def test_a_bad_file_is_refused_with_its_line_and_the_old_config_serves(server: S
         f"{server.file} line 5: endpoints.churn.variants[1].weight: "
         "Input should be greater than or equal to 0"
     )
-    view = server.client.get("/v1/endpoints/churn").json()
+    view = server.client.get("/v1/endpoints/churn", headers=ADMIN).json()
     assert [v["weight"] for v in view["variants"]] == [90.0, 10.0]
     assert predict(server, "churn", rows(1), **{"x-target-variant": "green"}).status_code == 200
     server.file.write_text(FILE + "  extra:\n    variants: [{name: only, model: lr:2}]\n")
@@ -373,13 +380,13 @@ def test_a_bad_file_is_refused_with_its_line_and_the_old_config_serves(server: S
     assert applied.status_code == 200, applied.text
     assert "extra" in applied.json()["endpoints"]
     assert predict(server, "extra", rows(1)).headers["x-mmserve-variant"] == "only"
-    listed = server.client.get("/v1/endpoints").json()["endpoints"]
+    listed = server.client.get("/v1/endpoints", headers=ADMIN).json()["endpoints"]
     assert [e["name"] for e in listed] == [
         "captured", "churn", "extra", "napping", "scoring", "shadowed"
     ]  # fmt: skip
     # The file is watched too: a change is applied without a reload.
     server.file.write_text(FILE + "  watched:\n    variants: [{name: only, model: lr:1}]\n")
-    eventually(lambda: server.client.get("/v1/endpoints/watched").status_code == 200)
+    eventually(lambda: server.client.get("/v1/endpoints/watched", headers=ADMIN).status_code == 200)
     assert predict(server, "watched", rows(1)).headers["x-mmserve-model"] == "lr:1"
 
 

@@ -32,7 +32,7 @@ class Served:
         return self.client.request(method, path, json=body, headers=ADMIN)
 
     def index(self, body: object = None) -> dict[str, dict[str, Any]]:
-        response = self.client.post("/v2/repository/index", json=body, headers=KEY)
+        response = self.client.post("/v2/repository/index", json=body, headers=ADMIN)
         assert response.status_code == 200
         return {entry["name"]: entry for entry in response.json()}
 
@@ -142,10 +142,10 @@ def test_unknown_or_invalid_models_are_refused(
 def test_a_standard_v2_client_drives_the_repository(served: Served) -> None:
     client = triton.InferenceServerClient(str(served.client.base_url).removeprefix("http://"))
     client.unload_model("price", headers=ADMIN)
-    index = {m["name"]: m for m in client.get_model_repository_index(headers=KEY)}
+    index = {m["name"]: m for m in client.get_model_repository_index(headers=ADMIN)}
     assert index["price"]["state"] == "UNAVAILABLE"
     client.load_model("price", headers=ADMIN)
-    index = {m["name"]: m for m in client.get_model_repository_index(headers=KEY)}
+    index = {m["name"]: m for m in client.get_model_repository_index(headers=ADMIN)}
     assert index["price"]["state"] == "READY"
     with pytest.raises(InferenceServerException, match="model 'ghost' is not registered"):
         client.load_model("ghost", headers=ADMIN)
@@ -200,8 +200,9 @@ def test_a_multi_model_endpoint_loads_lists_invokes_and_unloads(served: Served) 
             404,
             {"error": "model 'churn-v2' is not loaded"},
         )
-    # Unloaded, the name is only a model reference again, and no model has it.
-    assert invoke(served, "churn-v2", x).json() == {"error": "model 'churn-v2' is not registered"}
+    # Unloaded, the name is not invoked (SageMaker loads it again first).
+    gone = invoke(served, "churn-v2", x)
+    assert (gone.status_code, gone.json()) == (404, {"error": "model 'churn-v2' is not loaded"})
 
 
 def test_an_empty_url_loads_the_model_named(served: Served) -> None:
@@ -269,14 +270,37 @@ def test_invoke_takes_the_api_key_or_the_admin_token(served: Served) -> None:
     x, _ = fixtures.numeric_data(1, seed=34)
     body = ",".join(repr(v) for v in x[0].tolist())
     headers = {"content-type": "text/csv"}
-    assert served.client.post("/models/lr/invoke", content=body, headers=headers).status_code == 401
-    as_admin = served.client.post("/models/lr/invoke", content=body, headers={**headers, **ADMIN})
-    assert as_admin.status_code == 200
-    bearer = {**headers, "authorization": f"Bearer {API_KEY}"}
-    assert served.client.post("/models/lr/invoke", content=body, headers=bearer).status_code == 200
+    assert served.admin("POST", "/models", {"model_name": "keyed", "url": "lr"}).is_success
+    try:
+        path = "/models/keyed/invoke"
+        assert served.client.post(path, content=body, headers=headers).status_code == 401
+        as_admin = served.client.post(path, content=body, headers={**headers, **ADMIN})
+        assert as_admin.status_code == 200
+        bearer = {**headers, "authorization": f"Bearer {API_KEY}"}
+        assert served.client.post(path, content=body, headers=bearer).status_code == 200
+    finally:
+        served.admin("DELETE", "/models/keyed")
+
+
+def test_invoke_never_loads_a_name_that_was_not_loaded(served: Served) -> None:
+    """A predict caller may not choose what takes memory: only POST /models (admin) loads."""
+    served.admin("POST", "/v2/repository/models/price/unload")
+    x, _ = fixtures.numeric_data(1, seed=38)
+    response = invoke(served, "price", x)
+    assert (response.status_code, response.json()) == (
+        404,
+        {"error": "model 'price' is not loaded"},
+    )
+    assert served.index()["price"]["state"] == "UNAVAILABLE"
 
 
 # -- registry aliases --------------------------------------------------------------------------
+
+
+def test_models_are_listed_with_the_admin_token(served: Served) -> None:
+    listed = {m["name"]: m for m in served.admin("GET", "/v1/models").json()["models"]}
+    assert listed["lr"] == {"name": "lr", "versions": [1, 2], "aliases": {"production": 1}}
+    assert set(listed) == {"lr", "price", PREDICT_ALIASES, GATED, DROPPED}
 
 
 def test_moving_an_alias_changes_what_the_name_answers_at_once(served: Served) -> None:

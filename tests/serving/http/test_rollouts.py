@@ -44,8 +44,14 @@ endpoints:
       - {name: red, model: broken, weight: 0}
   promo:
     variants: [{name: main, model: lr@champion}]
+  pinned:
+    variants:
+      - {name: blue, model: lr:1, weight: 100}
+      - {name: green, model: lr:2, weight: 0}
 """
 FAST = ["--interval", "0.2"]
+TOKEN = "rollouts-admin"
+ADMIN = {"authorization": f"Bearer {TOKEN}"}  # GET /v1/endpoints/{name} is management
 
 
 @dataclass
@@ -78,6 +84,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     env = {
         **os.environ,
         "MMSERVE_STORE_URL": str(root / "store"),
+        "MMSERVE_ADMIN_TOKEN": TOKEN,
         "MMSERVE_DEPLOYMENT__STATE_TTL_S": "0.2",
         "MMSERVE_REGISTRY__ALIAS_TTL_S": "0.2",
         "PYTHONPATH": os.getcwd(),  # the server unpickles tests.fixtures.ErrorModel
@@ -87,7 +94,10 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         [MMSERVE, "endpoints", "apply", str(root / "endpoints.yaml")],
         env=env, capture_output=True, text=True, check=True,
     )  # fmt: skip
-    assert applied.stdout.split() == ["good:", "applied", "bad:", "applied", "promo:", "applied"]
+    assert applied.stdout.split() == [
+        *("good:", "applied", "bad:", "applied"),
+        *("promo:", "applied", "pinned:", "applied"),
+    ]
     with mmserve_server(env) as url, httpx.Client(base_url=url, timeout=30) as client:
         yield Server(url, env, registry, Endpoints(store), client)
 
@@ -125,7 +135,10 @@ def settled(server: Server, endpoint: str, check: Callable[[tuple[int, str, str]
     """Once the server follows the state's generation, every answer passes ``check``."""
     generation = server.endpoints.state(endpoint).generation
     deadline = time.monotonic() + 20
-    while server.client.get(f"/v1/endpoints/{endpoint}").json()["generation"] != generation:
+    while (
+        server.client.get(f"/v1/endpoints/{endpoint}", headers=ADMIN).json()["generation"]
+        != generation
+    ):
         assert time.monotonic() < deadline
         time.sleep(0.05)
     deadline = time.monotonic() + 20
@@ -196,6 +209,51 @@ def test_a_healthy_linear_shift_completes_and_can_be_rolled_back_by_hand(server:
     assert server.endpoints.state("good").weights == {"blue": 100.0, "green": 0.0}
     shown = server.run("endpoints", "show", "good")
     assert "last decision: rolled_back variant to green" in shown.stdout
+
+
+@contextmanager
+def bad_requests(server: Server, endpoint: str, variant: str) -> Iterator[list[int]]:
+    """A caller pinning ``variant`` of ``endpoint`` with bodies that fail, until the block
+    ends: the statuses it got."""
+    seen: list[int] = []
+    stop = threading.Event()
+    bodies = [
+        {"instances": [[1.0]]},  # too few values
+        {"instances": [["a", "b", "c", "d", "e"]]},  # strings
+        {"instances": [[None] * 5]},  # nulls
+        {"instances": [[1e308] * 5]},  # beyond the float32 a forest computes in
+    ]
+
+    def loop() -> None:
+        headers = {"x-target-variant": variant}
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            while not stop.is_set():
+                for body in bodies:
+                    r = client.post(f"/v1/endpoints/{endpoint}:predict", json=body, headers=headers)
+                    seen.append(r.status_code)
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    try:
+        yield seen
+    finally:
+        stop.set()
+        thread.join(30)
+
+
+def test_a_caller_pinning_the_new_variant_with_bad_input_cannot_roll_it_back(
+    server: Server,
+) -> None:
+    with traffic(server, "pinned") as seen, bad_requests(server, "pinned", "green") as bad:
+        result = server.run(
+            "endpoints", "shift", "pinned", "--to", "green", "--strategy", "linear:50%,every=1s",
+            "--min-requests", "1", "--server", server.url, *FAST,
+        )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "completed: variant to green" in result.stdout
+    assert set(bad) == {422} and len(bad) > len(seen)  # more bad requests than good ones
+    assert {status for status, _, _ in seen} == {200}
+    assert server.endpoints.state("pinned").weights == {"blue": 0.0, "green": 100.0}
 
 
 def test_a_promotion_moves_the_alias_at_the_end_and_not_on_a_rollback(server: Server) -> None:
