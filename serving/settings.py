@@ -6,6 +6,7 @@ component needs) down; nothing else reads the environment.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 from pathlib import Path
@@ -154,6 +155,21 @@ class JobSettings(BaseModel):
     """Retries, with backoff, of a job that met a transient error (store or Redis away)."""
     callback_attempts: int = Field(5, ge=1)
     """Attempts to deliver a notification, with backoff; a failing callback never fails the job."""
+    callback_timeout_s: float = Field(10.0, gt=0)
+    """Longest one notification attempt may take in all (connect, send, answer); a callback
+    still silent then is cut off, and the attempt failed."""
+    callback_allowed: list[str] = []
+    """Hosts and networks (``10.0.0.0/8``), as JSON, that callbacks may reach besides public
+    addresses: loopback, private, link-local, multicast and metadata addresses are refused
+    unless listed. Empty: public addresses only."""
+
+    @field_validator("callback_allowed")
+    @classmethod
+    def _networks(cls, entries: list[str]) -> list[str]:
+        for entry in entries:  # a network must be one; anything else is a host name
+            if "/" in entry:
+                ipaddress.ip_network(entry, strict=False)  # ValueError: refused at start
+        return entries
     queue: str = "mmserve.jobs"
     """Celery queue of the jobs."""
 

@@ -162,6 +162,16 @@ class RedisServer:
         self.stop()
         self.start()
 
+    def shutdown(self) -> None:
+        """Stop it the way an operator does (``SHUTDOWN NOSAVE``): clients see it close
+        their connections, and everything in it is lost."""
+        if self._proc is not None:
+            with suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 5) as s:
+                s.sendall(b"SHUTDOWN NOSAVE\r\n")
+                s.recv(16)  # the connection closes when it is down
+            self._proc.wait(10)
+            self._proc = None
+
 
 @contextmanager
 def redis_server() -> Iterator[RedisServer]:

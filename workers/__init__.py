@@ -19,6 +19,6 @@ def job_runner(settings: Settings, registry: Registry | None = None) -> Runner:
         url = settings.redis or settings.broker_url
         queue = RedisQueue(make_celery(settings), url, settings.jobs)
         return Runner(registry, queue, settings.jobs)
-    local = LocalQueue(lambda token: runner.run(token))
+    local = LocalQueue(lambda token: runner.run(token), notify=lambda t, n: runner.notify(t, n))
     runner = Runner(registry, local, settings.jobs)
     return runner

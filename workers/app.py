@@ -32,7 +32,14 @@ from serving.registry import Registry
 from serving.settings import Settings
 from workers.batch import RUN_TASK as BATCH_RUN_TASK
 from workers.batch import run_recorded
-from workers.queue import RUN_TASK, SWEEP_TASK, RedisQueue, backoff, visibility_timeout
+from workers.queue import (
+    NOTIFY_TASK,
+    RUN_TASK,
+    SWEEP_TASK,
+    RedisQueue,
+    backoff,
+    visibility_timeout,
+)
 from workers.runner import Runner, transient
 
 
@@ -53,7 +60,12 @@ def make_celery(settings: Settings) -> Celery:
         worker_prefetch_multiplier=1,
         task_default_queue=jobs.queue,
         broker_transport_options={"visibility_timeout": visibility_timeout(jobs)},
+        # A worker outlives its broker: it reconnects (with jittered backoff, see
+        # workers/_consumer.py) for as long as Redis is away, and never exits for it.
+        worker_consumer="workers._consumer:Consumer",
+        broker_connection_retry=True,
         broker_connection_retry_on_startup=True,
+        broker_connection_max_retries=None,
         broker_connection_timeout=2,
         worker_hijack_root_logger=False,
         worker_send_task_events=False,
@@ -93,6 +105,19 @@ def make_celery(settings: Settings) -> Celery:
                 runner().fail(token, _gave_up(err, task.request.retries))
                 return
             raise task.retry(exc=err, countdown=backoff(task.request.retries)) from err
+
+    @app.task(name=NOTIFY_TASK, bind=True, max_retries=None)
+    def notify_job(task: Task, token: str) -> None:
+        # Its own task: a callback that hangs holds a worker process for one attempt's
+        # deadline at most, and never the job's slot; the wait between attempts holds none.
+        try:
+            delay = runner().notify(token, task.request.retries)
+        except Exception as err:
+            if not transient(err) or task.request.retries >= jobs.retries:
+                raise
+            delay = backoff(task.request.retries)
+        if delay is not None:
+            raise task.retry(countdown=delay)
 
     @app.task(name=PART_TASK)
     def batch_part(spec: str, run_id: str, model: str, partition: dict[str, Any]) -> None:

@@ -28,6 +28,7 @@ import secrets
 from collections.abc import Callable
 from datetime import UTC, datetime
 from enum import StrEnum
+from typing import Literal
 
 from pydantic import BaseModel
 
@@ -54,6 +55,16 @@ class Status(StrEnum):
 class JobError(BaseModel):
     type: str
     message: str
+
+
+class Notification(BaseModel):
+    """How the notification of a finished job to its callback ended."""
+
+    status: Literal["delivered", "failed", "refused"]
+    attempts: int
+    detail: str
+    """The last attempt's outcome. Not shown to the caller: it may name the addresses the
+    callback's host resolved to inside the deployment."""
 
 
 class Job(BaseModel):
@@ -84,7 +95,8 @@ class Job(BaseModel):
     error: JobError | None = None
     callback_url: str | None = None
     idempotency_key: str | None = None
-    notified: bool = False
+    notification: Notification | None = None
+    """Set once the notification owed to ``callback_url`` was delivered or given up."""
     queue_error: str | None = None
     """Why the queue did not take the job at submit (the sweep enqueues it later)."""
 

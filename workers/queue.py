@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import re
 import socket
 import threading
@@ -27,6 +28,7 @@ from serving.settings import JobSettings
 from workers.jobs import Job
 
 RUN_TASK = "mmserve.jobs.run"
+NOTIFY_TASK = "mmserve.jobs.notify"
 SWEEP_TASK = "mmserve.jobs.sweep"
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0, 3600.0)
 
@@ -34,6 +36,10 @@ LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
 class Queue(Protocol):
     def enqueue(self, job: Job) -> None:
         """Hand the job to a worker; :class:`QueueUnavailable` if the queue is away."""
+
+    def notify(self, token: str) -> None:
+        """Deliver the finished job's notification apart from the job (its own task or
+        thread): a callback that hangs holds no job's slot."""
 
     def claim(self, token: str) -> contextlib.AbstractContextManager[None] | None:
         """The lease of the job for as long as the block runs; ``None`` if a live worker
@@ -92,6 +98,9 @@ class RedisQueue:
     def enqueue(self, job: Job) -> None:
         limits = {"soft_time_limit": job.time_limit_s, "time_limit": job.time_limit_s + 30}
         self.publish(RUN_TASK, job.id, [job.id], **limits)
+
+    def notify(self, token: str) -> None:
+        self.publish(NOTIFY_TASK, f"notify-{token}", [token])
 
     def publish(self, task: str, unit: str, args: list[Any], **options: Any) -> None:
         """Send ``task`` for a unit of work (a job token, a batch part); its task id carries
@@ -156,11 +165,20 @@ class RedisQueue:
 
 
 class LocalQueue:
-    """Embedded mode: jobs run in a few threads of this process (no broker)."""
+    """Embedded mode: jobs run in a few threads of this process (no broker), and their
+    notifications in a few others."""
 
-    def __init__(self, run: Callable[[str], object], threads: int = 2):
+    def __init__(
+        self,
+        run: Callable[[str], object],
+        threads: int = 2,
+        notify: Callable[[str, int], float | None] | None = None,
+    ):
         self._run = run
+        self._notify = notify
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="mmserve-job")
+        self._notifier = ThreadPoolExecutor(threads, thread_name_prefix="mmserve-notify")
+        self._closed = threading.Event()
         self._lock = threading.Lock()
         self._queued: set[str] = set()
         self._leased: set[str] = set()
@@ -181,6 +199,21 @@ class LocalQueue:
         finally:
             with self._lock:
                 self._queued.discard(token)
+
+    def notify(self, token: str) -> None:
+        if self._notify is not None:
+            self._notifier.submit(self._notify_logged, self._notify, token)
+
+    def _notify_logged(self, notify: Callable[[str, int], float | None], token: str) -> None:
+        """Every attempt at the notification, in this thread, waiting between them."""
+        attempt = 0
+        try:
+            while (delay := notify(token, attempt)) is not None and not self._closed.wait(delay):
+                attempt += 1
+        except Exception:
+            import logging
+
+            logging.getLogger("mmserve.jobs").exception("notification of job %s", token)
 
     def claim(self, token: str) -> contextlib.AbstractContextManager[None] | None:
         with self._lock:
@@ -221,7 +254,9 @@ class LocalQueue:
 
     def close(self, wait: bool = False) -> None:
         """Stop; with ``wait``, after every job handed over so far ran (else drop the queued)."""
+        self._closed.set()  # notifications waiting for their next attempt give up
         self._pool.shutdown(wait=wait, cancel_futures=not wait)
+        self._notifier.shutdown(wait=wait, cancel_futures=not wait)
 
 
 def visibility_timeout(settings: JobSettings) -> float:
@@ -230,8 +265,13 @@ def visibility_timeout(settings: JobSettings) -> float:
     return settings.time_limit_s + 2 * settings.lease_s + 300
 
 
-def backoff(attempt: int, base: float = 1.0, cap: float = 60.0) -> float:
-    return float(min(cap, base * 2**attempt))
+def backoff(
+    attempt: int, base: float = 1.0, cap: float = 60.0, rng: random.Random | None = None
+) -> float:
+    """How long to wait before retry ``attempt`` (0 for the first): a random time up to
+    ``base * 2**attempt`` (at most ``cap``). Full jitter, so the workers and consumers a
+    Redis restart cut off come back spread out, not all at once at each step."""
+    return (rng or random).uniform(0, min(cap, base * 2 ** min(attempt, 64)))
 
 
 _STATS = "mmserve:jobs:stats"

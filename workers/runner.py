@@ -16,9 +16,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -30,7 +27,8 @@ from serving.registry import Registry
 from serving.settings import JobSettings
 from serving.store import Store
 from workers import _job_batches
-from workers.jobs import Job, JobError, Jobs, Status, finishing, now
+from workers.jobs import Job, JobError, Jobs, Notification, Status, finishing, now
+from workers.notify import Policy, deliver
 from workers.queue import Queue, backoff, latency_counts
 
 log = logging.getLogger("mmserve.jobs")
@@ -149,28 +147,38 @@ class Runner:
     # -- notifications ---------------------------------------------------------------------
 
     def _notify(self, job: Job) -> Job:
-        """POST the job's notification to its callback once (retried with backoff; a
-        callback that keeps failing is logged, and never fails the job)."""
-        if job.callback_url is None or job.notified:
-            return job
+        """Hand the job's notification, if it is owed one, to the queue: it is delivered off
+        this job's slot (a task of its own, or a thread), never holding it."""
+        if job.callback_url is not None and job.notification is None:
+            self.queue.notify(job.id)
+        return job
+
+    def notify(self, token: str, attempt: int) -> float | None:
+        """One attempt (``attempt`` from 0) at job ``token``'s notification: the delay before
+        the next one, or ``None`` once it is over (delivered, refused, or failed for good;
+        the outcome recorded in the job). A failing callback never fails the job."""
+        job = self.jobs.get(token)
+        if job.callback_url is None or job.notification is not None:
+            return None
         body = json.dumps(notification(job, self.store)).encode()
-        for attempt in range(self.settings.callback_attempts):
-            if attempt:
-                time.sleep(backoff(attempt - 1, base=0.5, cap=10))
-            try:
-                request = urllib.request.Request(
-                    job.callback_url,
-                    data=body,
-                    method="POST",
-                    headers={"Content-Type": "application/json", "X-MMServe-Job-Id": job.id},
-                )
-                with urllib.request.urlopen(request, timeout=10):
-                    break
-            except (urllib.error.URLError, OSError) as err:
-                log.warning("callback of job %s failed (attempt %d): %s", job.id, attempt + 1, err)
-        else:
-            log.error("callback of job %s gave up after %d attempts", job.id, attempt + 1)
-        return self.jobs.update(job.id, lambda j: j.model_copy(update={"notified": True}))
+        policy = Policy.of(self.settings.callback_allowed)
+        outcome = deliver(
+            job.callback_url,
+            body,
+            {"X-MMServe-Job-Id": job.id},
+            policy,
+            self.settings.callback_timeout_s,
+        )
+        if outcome.retry and attempt + 1 < self.settings.callback_attempts:
+            log.warning(
+                "callback of job %s failed (attempt %d): %s", job.id, attempt + 1, outcome.detail
+            )
+            return backoff(attempt, base=0.5, cap=10)
+        record = Notification(status=outcome.status, attempts=attempt + 1, detail=outcome.detail)
+        level = logging.INFO if outcome.status == "delivered" else logging.ERROR
+        log.log(level, "callback of job %s %s: %s", job.id, outcome.status, outcome.detail)
+        self.jobs.update(token, lambda j: j.model_copy(update={"notification": record}))
+        return None
 
     # -- recovery -----------------------------------------------------------------------
 

@@ -223,7 +223,8 @@ class Consumer:
     # -- Redis away ------------------------------------------------------------------------
 
     def _retrying(self, call: Callable[[], T], stop: threading.Event | None) -> T | None:
-        """``call()``, tried again with backoff (0.1 s doubling to 5 s) while Redis is away;
+        """``call()``, tried again with jittered backoff (a random wait up to 0.1 s, doubling
+        to 5 s: consumers cut off together do not all come back together) while Redis is away;
         ``None`` if ``stop`` is set meanwhile (never, without one)."""
         attempt = 0
         while True:

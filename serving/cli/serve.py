@@ -117,8 +117,20 @@ def _celery(settings: Settings) -> Celery:
 def _run_celery(celery: Celery, argv: list[str]) -> None:
     """Run a celery command with its beat schedule file in a temporary directory (never the
     working directory, which may be read-only or shared), and exit with its exit code."""
+    from celery.bin.celery import celery as command
+
     with tempfile.TemporaryDirectory(prefix="mmserve-celery-") as tmp:
-        # start(), not worker_main(): it returns the exit code, which worker_main drops.
-        code = celery.start([*argv, f"--schedule={Path(tmp) / 'beat-schedule'}"])
+        # What Celery.start() does, keeping the exit code it drops (click returns it in
+        # non-standalone mode): a worker stopped by an unrecoverable error exited 0, and
+        # nothing restarted it.
+        command.params[0].default = celery
+        try:
+            code = command.main(
+                [*argv, f"--schedule={Path(tmp) / 'beat-schedule'}"],
+                "celery",
+                standalone_mode=False,
+            )
+        finally:
+            command.params[0].default = None
     if code:
         raise typer.Exit(code)

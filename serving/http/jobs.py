@@ -27,7 +27,6 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
 from typing import Any
-from urllib.parse import urlparse
 
 import anyio
 from fastapi import APIRouter, Request, Response
@@ -49,6 +48,7 @@ from serving.http._body import invalid_body
 from serving.http._endpoints import TARGET_HEADERS
 from serving.store import validate_key
 from workers.jobs import Job, JobError, Status, key, new_token, now, valid_token
+from workers.notify import check_url
 from workers.runner import Runner, location
 
 router = APIRouter(tags=["async"])
@@ -78,7 +78,9 @@ async def submit_as(ref: str, named: str, request: Request) -> Response:
     given = pointer or InputPointer(input_location="-")
     answer = media_type(given.accept or headers.get("accept"), kind, sagemaker.ACCEPTED)
     idempotency_key = given.idempotency_key or headers.get("idempotency-key")
-    callback = _callback(given.callback_url or headers.get("x-callback-url"))
+    callback = _callback(given.callback_url, "callback_url") or _callback(
+        headers.get("x-callback-url"), "X-Callback-Url"
+    )
     job = _new_job(request, ref, kind, answer, callback, idempotency_key)
     if pointer is not None:
         job.input_key = _store_key(runner, pointer.input_location)
@@ -298,12 +300,13 @@ def _store_key(runner: Runner, where: str) -> str:
     return validate_key(relative)
 
 
-def _callback(url: str | None) -> str | None:
+def _callback(url: str | None, field: str) -> str | None:
+    """A callback URL checked as far as it can be before the job runs (the addresses it
+    may reach are checked when it is called, on what its host resolves to then)."""
     if url is None:
         return None
-    parsed = urlparse(url)
-    if parsed.scheme not in ("http", "https") or not parsed.netloc:
-        raise InvalidName("callback URL", url, "must be an http:// or https:// URL")
+    if (problem := check_url(url)) is not None:
+        raise InvalidName(f"callback URL ({field})", url, problem)
     return url
 
 
@@ -375,6 +378,13 @@ def _view(request: Request, runner: Runner, job: Job) -> dict[str, Any]:
         "input_location": location(runner.store, job.input_key),
     }
     view |= job.model_dump(
-        mode="json", exclude={"id", "status", "input_key", "callback_url", "notified"}
+        mode="json",
+        exclude={
+            "id": True,
+            "status": True,
+            "input_key": True,
+            "callback_url": True,
+            "notification": {"detail"},  # may name addresses inside the deployment
+        },
     )
     return view

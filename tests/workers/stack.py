@@ -66,6 +66,7 @@ def async_stack(broker: RedisServer, aws: AwsSettings, logs: Path) -> Iterator[S
         "MMSERVE_JOBS__LEASE_S": "2",
         "MMSERVE_JOBS__SWEEP_INTERVAL_S": "1",
         "MMSERVE_JOBS__SWEEP_GRACE_S": "1",
+        "MMSERVE_JOBS__CALLBACK_ALLOWED": '["127.0.0.1"]',  # the tests' hooks; not 127.0.0.2
         "PYTHONPATH": os.getcwd(),  # the workers unpickle tests.fixtures models
     }
     with (

@@ -5,11 +5,15 @@ needs, so no other worker takes its jobs."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -111,3 +115,41 @@ def test_a_300_mb_payload_passes_with_bounded_api_memory(stack: Stack) -> None:
     with stack.client.stream("GET", f"/v1/jobs/{token}/result") as result:
         lines = sum(chunk.count(b"\n") for chunk in result.iter_bytes())
     assert lines == count
+
+
+def test_a_worker_rides_a_redis_restart_with_a_job_in_flight(stack: Stack) -> None:
+    """It reconnects and goes on: under a plain process manager, a worker that exits (even
+    with 0) after a Redis restart is a worker gone."""
+    with mmserve_worker(stack.env, str(stack.logs / "ride.log"), "--concurrency", "2") as proc:
+        in_flight = submit(stack, "sleepy")
+        deadline = time.monotonic() + 60
+        while stack.client.get(f"/v1/jobs/{in_flight}").json()["status"] != "running":
+            assert time.monotonic() < deadline, "the job never started"
+            time.sleep(0.1)
+        stack.broker.shutdown()
+        time.sleep(2)  # down for a moment: the worker notices while Redis is away
+        stack.broker.start()
+        # The job in flight ends (its message cannot be acknowledged: Redis lost it), then
+        # the worker takes a new one.
+        assert wait(stack, [in_flight], seconds=60)[in_flight]["status"] == "succeeded"
+        after = submit(stack, "lr")
+        deadline = time.monotonic() + 120
+        while proc.poll() is None and succeeded(stack, [after]) == 0:
+            assert time.monotonic() < deadline, "the worker never ran the job after the restart"
+            time.sleep(0.2)
+        assert proc.poll() is None, f"the worker exited with {proc.returncode}"
+
+
+def test_a_worker_that_gives_up_exits_non_zero(tmp_path: Path) -> None:
+    """A worker that stops on an error it cannot recover from says so with its exit code,
+    so a process manager restarts it (here: a broker URL whose database is not a number)."""
+    env = {"MMSERVE_STORE_URL": str(tmp_path), "MMSERVE_BROKER_URL": "redis://127.0.0.1:1/x"}
+    mmserve = os.path.join(os.path.dirname(sys.executable), "mmserve")
+    done = subprocess.run(
+        [mmserve, "worker", "--concurrency", "1"],
+        env={**os.environ, **env},
+        capture_output=True,
+        timeout=120,
+    )
+    assert b"Unrecoverable error" in done.stdout + done.stderr
+    assert done.returncode == 1
