@@ -7,6 +7,7 @@ the batch runner writes it into rejects, the stream consumer dead-letters it.
     ├── InvalidName (400)               a model name, alias or store key that is refused
     ├── InvalidReference (400)          a model reference that does not parse
     ├── InvalidEndpoints (400)          an endpoints file refused: its line and the reason
+    ├── InvalidSchedules (400)          a schedules file refused: the schedule and the reason
     ├── UnsupportedOperation (400)      something an endpoint of that kind cannot do
     ├── NotFound (404)
     │   ├── ObjectNotFound              no object at a store key
@@ -193,6 +194,14 @@ class InvalidEndpoints(MMServeError):
         where = f"{source} line {line}" if line is not None else source
         super().__init__(f"{where}: {reason}")
         self.source, self.line, self.reason = source, line, reason
+
+
+class InvalidSchedules(MMServeError):
+    status = HTTPStatus.BAD_REQUEST
+
+    def __init__(self, source: str, reason: str) -> None:
+        super().__init__(f"{source}: {reason}")
+        self.source, self.reason = source, reason
 
 
 class UnsupportedOperation(MMServeError):

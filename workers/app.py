@@ -21,12 +21,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from celery import Celery, Task
+from celery.beat import BeatLazyFunc
 from celery.signals import beat_embedded_init, worker_process_init
 
 from batch.distributed import PART_TASK, run_part
 from batch.places import Roots
 from batch.runner import start
-from batch.schedules import SCHEDULED_TASK, Schedule, load
+from batch.schedules import SCHEDULED_TASK, Schedule, fired_now, load
 from batch.spec import BatchSpec, confined
 from serving.registry import Registry
 from serving.settings import Settings
@@ -88,6 +89,9 @@ def make_celery(settings: Settings) -> Celery:
             "schedule": schedule.timing(),
             # The schedule itself travels with the message: a worker needs no schedules file.
             "args": [schedule.model_dump_json()],
+            # So does the time it fired, taken by the beat as it sends it: the run's output
+            # and id, however late a worker takes the message (or takes it again).
+            "kwargs": {"fired": BeatLazyFunc(fired_now)},
         }
 
     @worker_process_init.connect(weak=False)
@@ -131,8 +135,9 @@ def make_celery(settings: Settings) -> Celery:
         run_recorded(settings, registry, BatchSpec.model_validate_json(spec), run_id, distributed)
 
     @app.task(name=SCHEDULED_TASK)
-    def scheduled(schedule_json: str) -> None:
-        spec, run_id = Schedule.model_validate_json(schedule_json).run_of(datetime.now(UTC))
+    def scheduled(schedule_json: str, fired: str | None = None) -> None:
+        when = datetime.fromisoformat(fired) if fired else datetime.now(UTC)
+        spec, run_id = Schedule.model_validate_json(schedule_json).run_of(when)
         registry = runner().registry
         roots = Roots.of(settings)  # a schedule comes over the queue: confined as any run
         spec = confined(spec, roots)

@@ -109,9 +109,13 @@ def beat(loglevel: Annotated[str, typer.Option(help="Log level.")] = "info") -> 
 def _celery(settings: Settings) -> Celery:
     if settings.broker_url is None:
         fail("MMSERVE_BROKER_URL is not set: workers need a Redis broker (redis://host:6379/0)", 2)
+    from serving.errors import InvalidSchedules
     from workers.app import make_celery
 
-    return make_celery(settings)
+    try:
+        return make_celery(settings)
+    except InvalidSchedules as refused:  # MMSERVE_SCHEDULES: said before anything starts
+        fail(refused.message, 2)
 
 
 def _run_celery(celery: Celery, argv: list[str]) -> None:
