@@ -45,7 +45,7 @@ class FastLane:
         try:
             response = await route.endpoint(request=request, **scope["path_params"])
         except MMServeError as err:
-            response = error_response(request, err, err.status)
+            response = error_response(request, err)
         except Exception as err:
             response = unexpected_response(request, err)
         await response(scope, receive, send)

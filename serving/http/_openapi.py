@@ -359,6 +359,36 @@ V2_RESPONSES: dict[int | str, Schema] = {
 
 # -- SageMaker -------------------------------------------------------------------------------
 
+
+def _sagemaker_error(description: str, kind: str, message: str) -> Schema:
+    """An error answer of SageMaker's routes: mmserve's ``error``, and what SageMaker's SDKs
+    read (``X-Amzn-ErrorType``, ``__type``, ``message``; a ModelError's original status)."""
+    answer = error(description, message)
+    content = answer["content"][codecs.JSON]
+    schema = content["schema"]
+    schema["required"] = ["error", "message", "__type"]
+    schema["properties"] |= {
+        "message": {"type": "string", "description": "the error, as SageMaker's SDKs read it"},
+        "__type": {"type": "string", "description": "SageMaker's error type", "example": kind},
+    }
+    example: Schema = {"error": message, "message": message, "__type": kind}
+    if kind == "ModelError":
+        schema["properties"] |= {
+            "OriginalStatusCode": {"type": "integer"},
+            "OriginalMessage": {"type": "string"},
+        }
+        example |= {"OriginalStatusCode": 500, "OriginalMessage": message}
+    content["example"] = example
+    answer["headers"] = {
+        "X-Amzn-ErrorType": {
+            "description": "SageMaker's error type: what boto3 raises "
+            "(ValidationError, ModelError, ModelNotReadyException, ...)",
+            "schema": {"type": "string", "example": kind},
+        }
+    }
+    return answer
+
+
 _SAGEMAKER_JSON: Schema = {
     "anyOf": [
         V1_REQUEST,
@@ -367,16 +397,23 @@ _SAGEMAKER_JSON: Schema = {
 }
 _JSON_LINES = "".join(json.dumps(row) + "\n" for row in _CUSTOMERS)
 
+
+def _target_model(description: str) -> Schema:
+    return {
+        "name": "X-Amzn-SageMaker-Target-Model",
+        "in": "header",
+        "required": False,
+        "schema": {"type": "string"},
+        "description": description,
+    }
+
+
 SAGEMAKER_INVOCATIONS: Schema = {
     "parameters": [
-        {
-            "name": "X-Amzn-SageMaker-Target-Model",
-            "in": "header",
-            "required": False,
-            "schema": {"type": "string"},
-            "description": "The model to invoke (a reference; a '.tar.gz' suffix is dropped). "
-            "Needed unless exactly one model is registered.",
-        }
+        _target_model(
+            "The model to invoke (a reference; a '.tar.gz' suffix is dropped). "
+            "Needed unless exactly one model is registered."
+        )
     ],
     "requestBody": {
         "required": True,
@@ -433,19 +470,58 @@ SAGEMAKER_RESPONSES: dict[int | str, Schema] = {
             codecs.ARROW: {"schema": _BINARY},
         },
     },
-    400: error(
-        "The body does not fit the model (SageMaker's code for it).",
+    400: _sagemaker_error(
+        "The body does not fit the model, or an endpoint with variants was sent a target model.",
+        "ValidationError",
         "column 'contract' must be string, got int64",
     ),
-    404: _ERRORS[404],
-    413: _ERRORS[413],
-    415: error(
+    404: _sagemaker_error(
+        "The model, version, alias or endpoint does not exist.",
+        "ValidationError",
+        "model 'ghost' is not registered",
+    ),
+    413: _sagemaker_error(
+        "The body exceeds MMSERVE_MAX_PAYLOAD_BYTES.",
+        "ValidationError",
+        "the request body exceeds the limit of 6291456 bytes",
+    ),
+    415: _sagemaker_error(
         "The Content-Type or Accept is not one of the formats above.",
+        "ValidationError",
         f"unsupported format 'text/plain'; use one of {', '.join(sagemaker.ACCEPTED)}",
     ),
-    424: error(
-        "The model raised (SageMaker's code for it).", "model churn:1 failed: ValueError: ..."
+    424: _sagemaker_error(
+        "The model raised, or did not answer within MMSERVE_REQUEST_TIMEOUT_S "
+        "(`OriginalStatusCode`: 500 or 504).",
+        "ModelError",
+        "model churn:1 failed: ValueError: ...",
     ),
+    429: _sagemaker_error(
+        "The model is still loading (with `Retry-After`).",
+        "ModelNotReadyException",
+        "model churn:1 is still loading after 30 s; retry shortly",
+    ),
+    500: _sagemaker_error(
+        "An unexpected failure (the error_id is in the server log; never a stack trace).",
+        "InternalFailure",
+        "internal error; see the server log",
+    ),
+    503: _sagemaker_error(
+        "The model or the server is at its concurrency limit (with `Retry-After`), or the "
+        "store is unavailable.",
+        "ServiceUnavailable",
+        "model 'churn' already has 8 requests in flight, its limit; retry later",
+    ),
+}
+SAGEMAKER_ENDPOINT_INVOCATIONS: Schema = {
+    "parameters": [
+        _target_model(
+            "For a name no endpoint is applied under: the model to invoke, as on /invocations "
+            "(without it, the model so named answers). An applied endpoint refuses it (400): "
+            "its variants fix its models; X-Amzn-SageMaker-Target-Variant pins one."
+        )
+    ],
+    "requestBody": SAGEMAKER_INVOCATIONS["requestBody"],
 }
 
 # -- error answers every route can give ------------------------------------------------------

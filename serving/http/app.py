@@ -177,7 +177,7 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(MMServeError)
     async def mmserve_error(request: Request, err: MMServeError) -> JSONResponse:
-        return error_response(request, err, err.status)
+        return error_response(request, err)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, err: RequestValidationError) -> JSONResponse:

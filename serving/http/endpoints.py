@@ -30,19 +30,16 @@ from serving.codecs import v2 as v2_codec
 from serving.endpoints.catalog import Served
 from serving.endpoints.state import percentages
 from serving.errors import MMServeError
-from serving.http import _openapi, jobs
+from serving.http import _openapi, jobs, sagemaker
 from serving.http._auth import require_admin
 from serving.http._body import read_body
 from serving.http._dataplane import Decode, off_loop_if_large
 from serving.http._endpoints import Answer, EndpointPlane
 from serving.http._errors import error_response
 from serving.http._follow import Follower
-from serving.http.sagemaker import _status as sagemaker_status
 
 router = APIRouter(tags=["endpoints"])
 _V1_ACCEPTED = [codecs.JSON, codecs.ARROW]
-# The bodies of /invocations, without its target-model header (an endpoint picks the model).
-_SAGEMAKER_BODY = {"requestBody": _openapi.SAGEMAKER_INVOCATIONS["requestBody"]}
 
 
 def plane_of(request: Request) -> EndpointPlane:
@@ -53,18 +50,21 @@ def plane_of(request: Request) -> EndpointPlane:
 @router.post(
     "/v1/endpoints/{name}/invocations",
     summary="Invoke an endpoint (SageMaker bodies)",
-    openapi_extra=_SAGEMAKER_BODY,
+    openapi_extra=_openapi.SAGEMAKER_ENDPOINT_INVOCATIONS,
     responses=_openapi.SAGEMAKER_RESPONSES,
 )
 @router.post(
     "/endpoints/{name}/invocations",
     summary="Invoke an endpoint (SageMaker runtime)",
-    openapi_extra=_SAGEMAKER_BODY,
+    openapi_extra=_openapi.SAGEMAKER_ENDPOINT_INVOCATIONS,
     responses=_openapi.SAGEMAKER_RESPONSES,
 )
 async def invocations(name: str, request: Request) -> Response:
-    """Score the body with the variant drawn (or pinned) for it; errors use SageMaker's codes."""
+    """Score the body with the variant drawn (or pinned) for it; errors are SageMaker's. A
+    name no endpoint is applied under is a model's (:func:`sagemaker.as_model`)."""
     try:
+        if (model := await sagemaker.as_model(request, name)) is not None:
+            return model
         kind = codecs.media_type(
             request.headers.get("content-type"), codecs.CSV, sagemaker_codec.ACCEPTED
         )
@@ -74,7 +74,7 @@ async def invocations(name: str, request: Request) -> Response:
         answer = await _invoke(request, name, decode, len(body))
         content = sagemaker_codec.encode(answer.table, accept)
     except MMServeError as err:
-        return _failed(request, err, sagemaker_status(err))
+        return _failed(request, err)
     return _respond(request, answer, decode, len(body), content, {"content-type": accept})
 
 
@@ -88,7 +88,7 @@ async def predict(name: str, request: Request) -> Response:
     try:
         return await _predict(name, request)
     except MMServeError as err:
-        return _failed(request, err, err.status)
+        return _failed(request, err)
 
 
 async def _predict(name: str, request: Request) -> Response:
@@ -116,7 +116,7 @@ async def infer(name: str, request: Request) -> Response:
     try:
         return await _infer(name, request)
     except MMServeError as err:
-        return _failed(request, err, err.status)
+        return _failed(request, err)
 
 
 async def _infer(name: str, request: Request) -> Response:
@@ -210,9 +210,9 @@ def _respond(
     return _ThenResponse(content, headers, lambda: plane.after(answer, decode, body_bytes))
 
 
-def _failed(request: Request, err: MMServeError, status: int) -> Response:
+def _failed(request: Request, err: MMServeError) -> Response:
     """The error's answer, naming the variant that failed when one was chosen."""
-    response = error_response(request, err, status)
+    response = error_response(request, err)
     chosen = getattr(request.state, "variant", None)
     if chosen is not None:
         response.headers.update({**_variant_headers(chosen[0]), "x-mmserve-model": chosen[1]})

@@ -1,24 +1,24 @@
 """SageMaker's inference container contract: ``GET /ping`` (in health) and
-``POST /invocations``, with ``X-Amzn-SageMaker-Target-Model`` for multi-model endpoints.
+``POST /invocations``, with ``X-Amzn-SageMaker-Target-Model`` for multi-model endpoints;
+and what the endpoint names of its runtime API stand for here (:func:`as_model`).
 
-Errors follow SageMaker's codes: 400 for a request that does not fit, 424 when the model
-itself failed, 404 for an unknown model, 415 for a format it does not take, 503 (with
-Retry-After) when the model or the server is at its concurrency limit.
+Errors are SageMaker's on these routes (:mod:`serving.http._errors`): 400 ValidationError for
+a request that does not fit, 424 ModelError when the model itself failed, 429
+ModelNotReadyException while it loads, 503 ServiceUnavailable (with Retry-After) at the
+concurrency limit; a model that does not exist or a format not taken keep their 404 and 415.
 """
 
 from __future__ import annotations
-
-from http import HTTPStatus
 
 from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from serving import codecs
 from serving.codecs import media_type, sagemaker
-from serving.errors import InputError, InvalidName, MMServeError, ModelError, Overloaded
+from serving.errors import InvalidName, InvalidReference, ModelNotFound, UnsupportedOperation
 from serving.http import _openapi
 from serving.http._body import read_body, score
-from serving.http._errors import error_response
+from serving.http._endpoints import EndpointPlane
 from serving.registry import Registry
 
 router = APIRouter(tags=["sagemaker"])
@@ -32,19 +32,57 @@ TARGET_MODEL = "x-amzn-sagemaker-target-model"
     responses=_openapi.SAGEMAKER_RESPONSES,
 )
 async def invocations(request: Request) -> Response:
-    try:
-        kind = media_type(request.headers.get("content-type"), codecs.CSV, sagemaker.ACCEPTED)
-        answer = media_type(request.headers.get("accept"), kind, sagemaker.ACCEPTED)
-        body = await read_body(request)
-        ref = await _target(request)
-        scored = await score(request, ref, lambda f: sagemaker.decode(body, kind, f), len(body))
-    except MMServeError as err:
-        return error_response(request, err, _status(err))
+    return await invoke(request, None)
+
+
+async def invoke(request: Request, ref: str | None) -> Response:
+    """Score the body with the model ``ref``; ``None``: the one the target-model header
+    names, else the only registered model."""
+    kind = media_type(request.headers.get("content-type"), codecs.CSV, sagemaker.ACCEPTED)
+    answer = media_type(request.headers.get("accept"), kind, sagemaker.ACCEPTED)
+    body = await read_body(request)
+    ref = ref or await _target(request)
+    scored = await score(request, ref, lambda f: sagemaker.decode(body, kind, f), len(body))
     return Response(
         sagemaker.encode(scored.table, answer),
         media_type=answer,
         headers={"x-mmserve-model": scored.predictor.ref},
     )
+
+
+async def as_model(request: Request, name: str) -> Response | None:
+    """SageMaker's endpoint ``name`` answered by a model when no endpoint ``name`` is applied:
+    the model the target-model header names (this server is then a multi-model endpoint, as
+    on ``/invocations``), else the model ``name`` (an endpoint of one variant). ``None`` for
+    an applied endpoint, whose variants answer: they fix its models, so the header is refused,
+    as SageMaker refuses it on an endpoint that is not multi-model. A name that is neither
+    is :class:`EndpointNotFound`, naming the endpoints."""
+    plane: EndpointPlane = request.app.state.endpoints
+    target = request.headers.get(TARGET_MODEL)
+    # The snapshot holds every applied endpoint (read every state_ttl_s): no store read here.
+    if name not in plane.snapshot and (target or await _is_model(request, name)):
+        return await invoke(request, None if target else name)
+    served = await plane.served(name)  # one applied since the last read, or 404
+    if target:
+        variants = ", ".join(v.name for v in served.config.production_variants)
+        raise UnsupportedOperation(
+            f"X-Amzn-SageMaker-Target-Model {target!r} on endpoint {name!r}",
+            f"it is not a multi-model endpoint, its variants ({variants}) fix its models; pin "
+            "a variant with X-Amzn-SageMaker-Target-Variant, or invoke the model by its own name",
+        )
+    return None
+
+
+async def _is_model(request: Request, ref: str) -> bool:
+    """Whether ``ref`` names a registered model (a version or alias it lacks is its 404)."""
+    registry: Registry = request.app.state.registry
+    if registry.resolved(ref) is not None:
+        return True
+    try:
+        await run_in_threadpool(registry.resolve, ref)
+    except (InvalidName, InvalidReference, ModelNotFound):
+        return False
+    return True
 
 
 async def _target(request: Request) -> str:
@@ -59,13 +97,3 @@ async def _target(request: Request) -> str:
             "target model", "", f"name one of {models} in X-Amzn-SageMaker-Target-Model"
         )
     return models[0]
-
-
-def _status(err: MMServeError) -> int:
-    if isinstance(err, ModelError):
-        return HTTPStatus.FAILED_DEPENDENCY  # 424: SageMaker's "the model failed"
-    if isinstance(err, InputError) and err.status == HTTPStatus.UNPROCESSABLE_ENTITY:
-        return HTTPStatus.BAD_REQUEST
-    if isinstance(err, Overloaded):
-        return HTTPStatus.SERVICE_UNAVAILABLE  # 503: SageMaker's "overloaded", Retry-After kept
-    return err.status

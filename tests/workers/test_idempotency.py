@@ -110,4 +110,8 @@ def test_a_sagemaker_inference_id_is_a_key_of_its_endpoint(client: httpx.Client)
     assert (once.status_code, twice.status_code) == (202, 202)
     assert once.headers["location"] == twice.headers["location"]
     other = invoke("other")
-    assert (other.status_code, other.json()) == (409, conflict(inference_id, "model"))
+    assert (other.status_code, other.json()["error"]) == (
+        409,
+        conflict(inference_id, "model")["error"],
+    )
+    assert other.headers["x-amzn-errortype"] == "ValidationError"  # SageMaker's error type

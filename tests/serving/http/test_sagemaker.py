@@ -123,9 +123,16 @@ def test_errors_use_sagemakers_codes(
 ) -> None:
     response = invoke(server, body, content_type, target=target)
     answer = response.json()
+    kind = "ModelError" if status == 424 else "ValidationError"
+    want = {"error": error, "message": error, "__type": kind}  # SageMaker's SDKs read the last two
     if status == 424:  # the model failed: an id to find its traceback in the server log
         assert len(answer.pop("error_id")) == 32
-    assert (response.status_code, answer) == (status, {"error": error})
+        want |= {"OriginalStatusCode": 500, "OriginalMessage": error}
+    assert (response.status_code, response.headers["x-amzn-errortype"], answer) == (
+        status,
+        kind,
+        want,
+    )
 
 
 def test_without_a_target_model_several_models_need_naming(server: Server) -> None:
@@ -139,12 +146,12 @@ def test_without_a_target_model_several_models_need_naming(server: Server) -> No
 def test_json_lines_of_null_are_a_400_and_the_server_lives_on(server: Server) -> None:
     # pyarrow's JSON reader segfaulted on them, and took the server process with it.
     response = invoke(server, b"null\nnull\n", "application/jsonlines")
-    assert (response.status_code, response.json()) == (
+    assert (response.status_code, response.json()["error"]) == (
         400,
-        {
-            "error": "cannot read the application/jsonlines body: "
+        (
+            "cannot read the application/jsonlines body: "
             "line 1 is not a JSON object (one object per line)"
-        },
+        ),
     )
     assert server.client.get("/ping").status_code == 200
 
