@@ -14,11 +14,21 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from serving.codecs import DecodeError, Matrix, Rows, json_safe
+from serving.codecs import ARROW, JSON, DecodeError, Matrix, Rows, json_safe, media_type
 from serving.errors import WrongType
 
-_JSON = "application/json"
+FORM = "application/x-www-form-urlencoded"
+ACCEPTED = [JSON, ARROW]
 _SHAPE = "expected {'instances': [...]} or {'inputs': {column: [values]}}"
+
+
+def body_type(content_type: str | None) -> str:
+    """The media type a V1 body is read as: Arrow IPC, else JSON; 415 for another format. A
+    form's type is JSON too, as KServe reads any body: ``curl -d`` labels a body a form
+    unless told otherwise."""
+    if content_type is not None and content_type.lower().startswith(FORM):
+        return JSON
+    return media_type(content_type, JSON, ACCEPTED)
 
 
 def decode(body: bytes, features: list[str]) -> Rows:
@@ -26,9 +36,9 @@ def decode(body: bytes, features: list[str]) -> Rows:
     try:
         document = json.loads(body)
     except (ValueError, RecursionError) as err:  # RecursionError: nested past the stack
-        raise DecodeError(_JSON, str(err)) from None
+        raise DecodeError(JSON, str(err)) from None
     if not isinstance(document, dict):
-        raise DecodeError(_JSON, _SHAPE)
+        raise DecodeError(JSON, _SHAPE)
     rows = document.get("instances", document.get("inputs"))
     if isinstance(rows, dict):
         return _columns(rows)
@@ -38,12 +48,12 @@ def decode(body: bytes, features: list[str]) -> Rows:
 def rows_of(rows: Any, features: list[str]) -> Rows:
     """Instances (all objects by feature name, or all lists in ``features`` order) as a table."""
     if not isinstance(rows, list) or not rows:
-        raise DecodeError(_JSON, f"{_SHAPE}, with at least one row")
+        raise DecodeError(JSON, f"{_SHAPE}, with at least one row")
     if all(isinstance(row, dict) for row in rows):
         return _columns({name: [row.get(name) for row in rows] for name in _keys(rows)})
     if all(isinstance(row, list) for row in rows):
         return _positional(rows, features)
-    raise DecodeError(_JSON, "instances must all be objects or all be lists")
+    raise DecodeError(JSON, "instances must all be objects or all be lists")
 
 
 def encode(
@@ -68,7 +78,7 @@ def _positional(rows: list[list[Any]], features: list[str]) -> Rows:
     for index, row in enumerate(rows):
         if len(row) != len(features):
             raise DecodeError(
-                _JSON,
+                JSON,
                 f"instance {index} has {len(row)} values; the model takes {len(features)} "
                 f"({', '.join(features)})",
             )
@@ -94,22 +104,22 @@ def _columns(columns: dict[str, Any]) -> pa.Table:
     arrays, lengths = {}, set()
     for name, values in columns.items():
         if not isinstance(values, list):
-            raise DecodeError(_JSON, f"column {name!r} must be a list of values")
+            raise DecodeError(JSON, f"column {name!r} must be a list of values")
         arrays[name] = _array(name, values)
         lengths.add(len(values))
     if len(lengths) > 1:
-        raise DecodeError(_JSON, "columns have different lengths")
+        raise DecodeError(JSON, "columns have different lengths")
     return pa.table(arrays)
 
 
 def _array(name: str, values: list[Any]) -> pa.Array:
     # JSON can escape a lone surrogate ("\ud800"), which is no character: Arrow refuses it.
     if not _is_text(name):
-        raise DecodeError(_JSON, f"column name {name!r} is not valid Unicode text")
+        raise DecodeError(JSON, f"column name {name!r} is not valid Unicode text")
     try:
         return pa.array(values)
     except UnicodeEncodeError:
-        raise DecodeError(_JSON, f"column {name!r} has text that is not valid Unicode") from None
+        raise DecodeError(JSON, f"column {name!r} has text that is not valid Unicode") from None
     except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError):
         raise WrongType(name, "one type (numbers, strings or booleans)", "mixed values") from None
 

@@ -155,7 +155,9 @@ V1_RESPONSE: Schema = {
 V1_PREDICT: Schema = {
     "requestBody": {
         "required": True,
-        "description": "Rows as JSON, or an Arrow IPC stream whose columns are the features.",
+        "description": "Rows as JSON (also when labelled a form, "
+        "`application/x-www-form-urlencoded`, as `curl -d` sends it, or not labelled), or an "
+        "Arrow IPC stream whose columns are the features.",
         "content": {
             codecs.JSON: {
                 "schema": V1_REQUEST,

@@ -39,7 +39,6 @@ from serving.http._errors import error_response
 from serving.http._follow import Follower
 
 router = APIRouter(tags=["endpoints"])
-_V1_ACCEPTED = [codecs.JSON, codecs.ARROW]
 
 
 def plane_of(request: Request) -> EndpointPlane:
@@ -92,7 +91,7 @@ async def predict(name: str, request: Request) -> Response:
 
 
 async def _predict(name: str, request: Request) -> Response:
-    kind = codecs.media_type(request.headers.get("content-type"), codecs.JSON, _V1_ACCEPTED)
+    kind = v1_codec.body_type(request.headers.get("content-type"))
     body = await read_body(request)
     if kind == codecs.ARROW:
         decode: Decode = lambda _: codecs.decode(body, codecs.ARROW)  # noqa: E731

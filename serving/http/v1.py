@@ -1,7 +1,8 @@
 """Native / KServe V1 routes: predict by model reference, list and describe models.
 
 Bodies are JSON (``{"instances": ...}`` or ``{"inputs": ...}``) or Arrow IPC streams; the
-answer is JSON, or Arrow IPC when the ``Accept`` header asks for it.
+answer is JSON, or Arrow IPC when the ``Accept`` header asks for it. A body labelled a form
+(``curl -d``'s default) or not labelled is read as JSON, as KServe reads it.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from serving.http._body import read_body, score
 from serving.registry import Registry
 
 router = APIRouter(tags=["v1"])
-_ACCEPTED = [codecs.JSON, codecs.ARROW]
 
 
 @router.post(
@@ -38,7 +38,7 @@ _ACCEPTED = [codecs.JSON, codecs.ARROW]
 )
 async def predict(ref: str, request: Request) -> Response:
     """Score the rows in the body with the model ``ref`` (``name``, ``name:3``, ``name@alias``)."""
-    kind = codecs.media_type(request.headers.get("content-type"), codecs.JSON, _ACCEPTED)
+    kind = v1.body_type(request.headers.get("content-type"))
     as_arrow = codecs.ARROW in request.headers.get("accept", "")
     body = await read_body(request)
 
