@@ -37,6 +37,7 @@ the batch runner writes it into rejects, the stream consumer dead-letters it.
     │   │                               artifact the trust root (pinned sha256) does not list
     │   └── ManagementDisabled          management routes while no admin token is set
     ├── PayloadTooLarge (413)           a request body over the configured limit
+    │   └── DecodedTooLarge             a body whose rows, decoded, pass a decode bound
     ├── InputError (422)                a request's rows do not fit the model
     │   ├── MissingColumn
     │   ├── UnexpectedColumns
@@ -313,6 +314,17 @@ class PayloadTooLarge(MMServeError):
     def __init__(self, limit: int) -> None:
         super().__init__(f"the request body exceeds the limit of {limit} bytes")
         self.limit = limit
+
+
+class DecodedTooLarge(PayloadTooLarge):
+    """A body small enough to read whose rows, decoded, pass a bound (a few KB of parquet
+    or compressed Arrow can decode to GBs): refused as they are read, before they are all."""
+
+    def __init__(self, limit: int, unit: str, setting: str) -> None:
+        MMServeError.__init__(
+            self, f"the body's rows, decoded, exceed the limit of {limit} {unit} ({setting})"
+        )
+        self.limit, self.unit, self.setting = limit, unit, setting
 
 
 class InputError(MMServeError):

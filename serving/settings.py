@@ -313,6 +313,15 @@ class Settings(BaseSettings):
     costs nothing (on, it looks the providers up on every request)."""
     max_payload_bytes: int = Field(6 * 1024 * 1024, gt=0)
     """Real-time request body limit."""
+    max_decoded_bytes: int = Field(256 * 1024 * 1024, gt=0)
+    """Most memory a body's rows may take once decoded (Arrow bytes, dictionary columns
+    counted expanded), checked as they are read; past it, 413. Parquet and compressed Arrow
+    expand far past their size (455 KB of parquet decoded to 3.2 GB): this, not the body
+    limit, bounds a decode's memory. CSV and JSON bodies within the body limit stay well
+    under it."""
+    max_decoded_cells: int = Field(16 * 1024 * 1024, gt=0)
+    """Most cells (rows times columns) of a body's rows once decoded; past it, 413. Columns of
+    nulls take no bytes yet become a float each when scored: this bounds them."""
     request_timeout_s: float = Field(60.0, gt=0)
     """Real-time request timeout."""
     model_load_wait_s: float = Field(30.0, gt=0)

@@ -21,6 +21,7 @@ import pyarrow.ipc as ipc
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
+from serving.codecs._bounds import Bounds, Tally
 from serving.codecs._jsonl import CheckedLines, NotJsonLines, check_json_lines
 from serving.errors import InputError, UnsupportedFormat
 
@@ -88,24 +89,30 @@ def media_type_of(path: Path) -> str:
         raise UnsupportedFormat(path.suffix or path.name, sorted(_SUFFIXES)) from None
 
 
-def decode(data: bytes, media_type: str) -> pa.Table:
-    """The rows in ``data``, read as ``media_type``."""
+_UNREADABLE = (pa.ArrowException, OSError, ValueError, TypeError, OverflowError, RecursionError)
+
+
+def decode(data: bytes, media_type: str, bounds: Bounds | None = None) -> pa.Table:
+    """The rows in ``data``, read as ``media_type``, within ``bounds`` (by default, the
+    default settings'): past one, :class:`~serving.errors.DecodedTooLarge` (413), or past
+    its deadline :class:`~serving.errors.RequestTimeout`, as soon as the rows read show it."""
     if not data:
         raise DecodeError(media_type, "the body is empty")
+    bounds = bounds or Bounds()
     try:
         if media_type == CSV:
-            return pacsv.read_csv(pa.BufferReader(data))
+            return bounds.table(pacsv.read_csv(pa.BufferReader(data)))
         if media_type == JSONL:
-            return _json_lines(data)
+            return bounds.table(_json_lines(data))
         if media_type == JSON:
-            return _records(json.loads(data))
+            return bounds.table(_records(json.loads(data)))
         if media_type == PARQUET:
-            return _valid(pq.read_table(pa.BufferReader(data)))
+            return _valid(_parquet(data, bounds))
         if media_type == ARROW:
-            return _valid(ipc.open_stream(data).read_all())
+            return _valid(_arrow(data, bounds))
     # A truncated Arrow or parquet body fails as an OSError (a read past its end); JSON nested
-    # deeper than Python's stack, as a RecursionError.
-    except (pa.ArrowException, OSError, ValueError, TypeError, RecursionError) as err:
+    # deeper than Python's stack, as a RecursionError; an integer past int64, as an OverflowError.
+    except _UNREADABLE as err:
         raise DecodeError(media_type, reason(err)) from None
     raise UnsupportedFormat(media_type, MEDIA_TYPES)
 
@@ -146,11 +153,12 @@ def json_safe(table: pa.Table) -> pa.Table:
 
 
 def read_file(path: Path) -> pa.Table:
+    """The rows of a local file (the machine's own user's: no decode bound)."""
     try:
         data = path.read_bytes()
     except OSError as err:
         raise DecodeError(str(path), err.strerror or str(err)) from None
-    return decode(data, media_type_of(path))
+    return decode(data, media_type_of(path), Bounds.unbounded())
 
 
 def write_file(table: pa.Table, path: Path) -> None:
@@ -181,6 +189,32 @@ def read_json_lines(stream: object, where: str) -> Iterator[pa.RecordBatch]:
         yield from pajson.open_json(CheckedLines(stream))
     except NotJsonLines as err:
         raise DecodeError(where, str(err)) from None
+
+
+_BATCH_ROWS = 4096
+"""Rows of parquet read at a time: a decode is stopped within a batch of its bound."""
+
+
+def _parquet(data: bytes, bounds: Bounds) -> pa.Table:
+    """The rows of a parquet body, counted from its metadata first, then a batch at a time."""
+    file = pq.ParquetFile(pa.BufferReader(data))
+    meta = file.metadata
+    declared = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
+    bounds.check(meta.num_rows, meta.num_columns, declared)
+    return _counted(file.iter_batches(batch_size=_BATCH_ROWS), file.schema_arrow, bounds)
+
+
+def _arrow(data: bytes, bounds: Bounds) -> pa.Table:
+    reader = ipc.open_stream(data)
+    return _counted(reader, reader.schema, bounds)
+
+
+def _counted(batches: Iterator[pa.RecordBatch], schema: pa.Schema, bounds: Bounds) -> pa.Table:
+    tally, read = Tally(bounds), []
+    for batch in batches:
+        tally.add(batch)
+        read.append(batch)
+    return pa.Table.from_batches(read, schema=schema)
 
 
 def _json_lines(data: bytes) -> pa.Table:

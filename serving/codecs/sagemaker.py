@@ -17,19 +17,21 @@ from serving.codecs import v1
 ACCEPTED = [codecs.CSV, codecs.JSON, codecs.JSONL, codecs.PARQUET, codecs.ARROW]
 
 
-def decode(body: bytes, kind: str, features: list[str]) -> codecs.Rows:
+def decode(
+    body: bytes, kind: str, features: list[str], bounds: codecs.Bounds | None = None
+) -> codecs.Rows:
     if not body.strip():
         raise codecs.DecodeError(kind, "the body is empty")
     if kind == codecs.CSV:
-        return _csv(body, features)
+        return _csv(body, features, bounds)
     if kind == codecs.JSON:
         return _json(body, features)
     if kind == codecs.JSONL:
         lines = [line for line in body.splitlines() if line.strip()]
         if lines[0].lstrip().startswith(b"["):  # positional rows, one per line
             return v1.rows_of([_parse(line) for line in lines], features)
-        return codecs.decode(body, codecs.JSONL)
-    return codecs.decode(body, kind)
+        return codecs.decode(body, codecs.JSONL, bounds)
+    return codecs.decode(body, kind, bounds)
 
 
 def encode(table: pa.Table, kind: str) -> bytes:
@@ -42,11 +44,11 @@ def encode(table: pa.Table, kind: str) -> bytes:
     return codecs.encode(table, kind)
 
 
-def _csv(body: bytes, features: list[str]) -> pa.Table:
+def _csv(body: bytes, features: list[str], bounds: codecs.Bounds | None) -> pa.Table:
     first_line = body.split(b"\n", 1)[0].decode("utf-8", "replace").strip()
     has_header = {cell.strip().strip('"') for cell in first_line.split(",")} >= set(features)
     if has_header:
-        return codecs.decode(body, codecs.CSV)
+        return codecs.decode(body, codecs.CSV, bounds)
     width = len(first_line.split(","))
     if width != len(features):
         raise codecs.DecodeError(
@@ -56,9 +58,10 @@ def _csv(body: bytes, features: list[str]) -> pa.Table:
         )
     try:
         options = pacsv.ReadOptions(column_names=features)
-        return pacsv.read_csv(pa.BufferReader(body), read_options=options)
+        table = pacsv.read_csv(pa.BufferReader(body), read_options=options)
     except pa.ArrowInvalid as err:
         raise codecs.DecodeError(codecs.CSV, codecs.reason(err)) from None
+    return (bounds or codecs.Bounds()).table(table)
 
 
 def _json(body: bytes, features: list[str]) -> codecs.Rows:

@@ -10,7 +10,7 @@ from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 
-from serving.codecs import DecodeError
+from serving.codecs import Bounds, DecodeError
 from serving.errors import PayloadTooLarge
 from serving.http._dataplane import DataPlane, Scored
 from serving.registry import Registry
@@ -59,6 +59,13 @@ def json_body(model: type[BaseModel], required: bool = True) -> dict[str, Any]:
     :func:`parsed`."""
     schema = {"schema": model.model_json_schema()}
     return {"requestBody": {"required": required, "content": {"application/json": schema}}}
+
+
+def decode_bounds(request: Request) -> Bounds:
+    """A real-time request's decode bounds: the settings', and its timeout from now (a
+    decode still going when the client has had its 504 stops)."""
+    settings = request.app.state.settings
+    return Bounds.of(settings, settings.request_timeout_s)
 
 
 def registry_of(request: Request) -> Registry:

@@ -32,7 +32,7 @@ from serving.endpoints.state import percentages
 from serving.errors import MMServeError
 from serving.http import _openapi, jobs, sagemaker
 from serving.http._auth import require_admin
-from serving.http._body import read_body
+from serving.http._body import decode_bounds, read_body
 from serving.http._dataplane import Decode, off_loop_if_large
 from serving.http._endpoints import Answer, EndpointPlane
 from serving.http._errors import error_response
@@ -69,7 +69,8 @@ async def invocations(name: str, request: Request) -> Response:
         )
         accept = codecs.media_type(request.headers.get("accept"), kind, sagemaker_codec.ACCEPTED)
         body = await read_body(request)
-        decode: Decode = lambda features: sagemaker_codec.decode(body, kind, features)  # noqa: E731
+        bounds = decode_bounds(request)
+        decode: Decode = lambda features: sagemaker_codec.decode(body, kind, features, bounds)  # noqa: E731
         answer = await _invoke(request, name, decode, len(body))
         content = sagemaker_codec.encode(answer.table, accept)
     except MMServeError as err:
@@ -94,7 +95,8 @@ async def _predict(name: str, request: Request) -> Response:
     kind = v1_codec.body_type(request.headers.get("content-type"))
     body = await read_body(request)
     if kind == codecs.ARROW:
-        decode: Decode = lambda _: codecs.decode(body, codecs.ARROW)  # noqa: E731
+        bounds = decode_bounds(request)
+        decode: Decode = lambda _: codecs.decode(body, codecs.ARROW, bounds)  # noqa: E731
     else:
         decode = lambda features: v1_codec.decode(body, features)  # noqa: E731
     answer = await _invoke(request, name, decode, len(body))

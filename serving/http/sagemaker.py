@@ -17,7 +17,7 @@ from serving import codecs
 from serving.codecs import media_type, sagemaker
 from serving.errors import InvalidName, InvalidReference, ModelNotFound, UnsupportedOperation
 from serving.http import _openapi
-from serving.http._body import read_body, score
+from serving.http._body import decode_bounds, read_body, score
 from serving.http._endpoints import EndpointPlane
 from serving.registry import Registry
 
@@ -42,7 +42,9 @@ async def invoke(request: Request, ref: str | None) -> Response:
     answer = media_type(request.headers.get("accept"), kind, sagemaker.ACCEPTED)
     body = await read_body(request)
     ref = ref or await _target(request)
-    scored = await score(request, ref, lambda f: sagemaker.decode(body, kind, f), len(body))
+    bounds = decode_bounds(request)
+    decode = lambda f: sagemaker.decode(body, kind, f, bounds)  # noqa: E731
+    scored = await score(request, ref, decode, len(body))
     return Response(
         sagemaker.encode(scored.table, answer),
         media_type=answer,

@@ -16,7 +16,7 @@ from serving import codecs
 from serving.codecs import Rows, v1
 from serving.http import _openapi
 from serving.http._auth import require_admin
-from serving.http._body import read_body, score
+from serving.http._body import decode_bounds, read_body, score
 from serving.registry import Registry
 
 router = APIRouter(tags=["v1"])
@@ -42,10 +42,12 @@ async def predict(ref: str, request: Request) -> Response:
     as_arrow = codecs.ARROW in request.headers.get("accept", "")
     body = await read_body(request)
 
+    bounds = decode_bounds(request)
+
     def decode(features: list[str]) -> Rows:
-        return (
-            codecs.decode(body, codecs.ARROW) if kind == codecs.ARROW else v1.decode(body, features)
-        )
+        if kind == codecs.ARROW:
+            return codecs.decode(body, codecs.ARROW, bounds)
+        return v1.decode(body, features)
 
     scored = await score(request, ref, decode, len(body), as_rows=not as_arrow)
     if as_arrow:

@@ -98,6 +98,15 @@ def test_json_lines_must_start_with_an_object(body: bytes, line: int) -> None:
     )
 
 
+def test_a_json_integer_past_int64_is_an_input_error() -> None:
+    body = b'[{"a": 1}, {"a": 100000000000000000000000}]'  # found by tests/serving/_fuzz.py
+    with pytest.raises(InputError) as info:  # pyarrow raised a bare OverflowError: a 500
+        codecs.decode(body, codecs.JSON)
+    assert info.value.message == (
+        "cannot read the application/json body: Python int too large to convert to C long"
+    )
+
+
 def test_json_nested_past_the_stack_is_an_input_error() -> None:
     deep = b"[" * 100_000 + b"]" * 100_000  # json.loads raised RecursionError
     with pytest.raises(InputError, match="maximum recursion depth exceeded"):
