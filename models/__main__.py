@@ -1,6 +1,7 @@
 """``python -m models`` (``make demo``): register every demo model, then put it to work in
 every mode: in process, real time over HTTP, asynchronous jobs, batch, streaming; and
-last, the same rows through all of them, every answer identical.
+last, the same rows through all of them, every answer identical. It leaves the files the
+README's commands use in ``demo/`` and says how to get ``mmserve`` on the PATH.
 
 The demo is a list of sections run in order. Each gets the :class:`Demo` (console,
 registry, the one ``mmserve serve`` and the ``mmserve stream`` consumers the sections
@@ -26,6 +27,7 @@ from rich.console import Console
 from rich.table import Column, Table
 
 from models import RECIPES, Recipe, register
+from models import _examples as examples
 from models._modes import MODES, every_mode
 from models._redis import redis_server
 from models._server import JOB_TIMEOUT_S, DemoError, Predictions, Reply, Server, serve
@@ -363,12 +365,14 @@ def main() -> int:
         with ExitStack() as stack:
             demo = Demo(console, Registry.from_settings(settings), settings, stack)
             done = [section(demo) for section in SECTIONS]
+            examples.write(demo.registry)
     except (MMServeError, DemoError) as err:
         Console(stderr=True).print(f"[red]error:[/] {err}", highlight=False)
         return 1
     except KeyboardInterrupt:  # the server, if started, is stopped by now
         return 130
     console.print(f"\n[green]done[/]: {', '.join(done)} in {time.perf_counter() - started:.1f} s.")
+    console.print("\n".join(examples.closing_lines()), highlight=False, soft_wrap=True)
     return 0
 
 

@@ -26,6 +26,7 @@ the batch runner writes it into rejects, the stream consumer dead-letters it.
     │   ├── ConcurrentUpdate            a compare-and-swap kept losing
     │   ├── NotApproved                 a protected alias aimed at an unapproved version
     │   ├── AliasInUse                  rejecting a version a protected alias points at
+    │   │   └── VersionInUse            deleting a version aliases or endpoints point at
     │   ├── ModelAlreadyLoaded          loading a multi-model endpoint name twice
     │   ├── JobNotReady                 a job's result before it succeeded, or a late cancel
     │   ├── IdempotencyConflict         an idempotency key sent again with another request
@@ -244,6 +245,15 @@ class AliasInUse(Conflict):
     def __init__(self, ref: str, alias: str) -> None:
         super().__init__(f"{ref} is the target of alias {alias!r}: move the alias first, or force")
         self.ref, self.alias = ref, alias
+
+
+class VersionInUse(AliasInUse):
+    def __init__(self, ref: str, users: list[str]) -> None:
+        named = " and ".join([", ".join(users[:-1]), users[-1]] if len(users) > 1 else users)
+        them = "them" if len(users) > 1 else "it"
+        message = f"{ref} is in use, by {named}: point {them} at another version first"
+        Conflict.__init__(self, message)
+        self.ref, self.users = ref, users
 
 
 class ModelAlreadyLoaded(Conflict):

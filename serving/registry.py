@@ -33,6 +33,7 @@ from serving.errors import (
     StoreUnavailable,
     TamperedArtifact,
     UntrustedArtifact,
+    VersionInUse,
     VersionNotFound,
 )
 from serving.metadata import (
@@ -268,6 +269,25 @@ class Registry:
 
         data = self.store.update(self._key(name, version, "model.json"), change)
         return ModelVersion.model_validate_json(data)
+
+    def delete_version(self, name: str, version: int, *, users: Iterable[str] = ()) -> None:
+        """Remove a version's objects from the store and from this process's cache, refused
+        (:class:`VersionInUse`) while aliases point at it or ``users`` (what else names it,
+        such as endpoints, as the caller found them) is not empty. ``model.json`` goes first:
+        from then on no reader finds the version, so none loads half of one. Its ``.claim``
+        stays, so the number is never given to another model."""
+        mv = self._read_version(name, version)
+        aliases = sorted(a for a, v in self.aliases(name).items() if v == version)
+        in_use = [*(f"alias {a!r}" for a in aliases), *users]
+        if in_use:
+            raise VersionInUse(mv.ref, in_use)
+        folder = f"registry/{name}/{version}"
+        self.store.delete(f"{folder}/model.json")
+        for key in self.store.walk(folder):
+            if key not in (".claim", "model.json"):
+                self.store.delete(f"{folder}/{key}")
+        self.cache.discard((name, version))
+        self._resolved.clear()  # a bare name may have meant this version
 
     # -- loading -------------------------------------------------------------------------
 

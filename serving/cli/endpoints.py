@@ -125,6 +125,17 @@ def endpoints_show(
         )
 
 
+@endpoints_app.command("delete")
+@reports_errors
+def endpoints_delete(name: str) -> None:
+    """Delete endpoint NAME (refused during a rollout); servers stop serving it within
+    MMSERVE_DEPLOYMENT__STATE_TTL_S. Its captured traffic stays. An endpoint a server's
+    MMSERVE_ENDPOINTS file declares comes back when the file is applied again: remove it
+    there too."""
+    endpoints_store().delete(name)
+    out.print(f"deleted endpoint {name}", highlight=False)
+
+
 @endpoints_app.command("shift")
 @reports_errors
 def endpoints_shift(

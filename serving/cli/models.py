@@ -13,6 +13,7 @@ from rich.table import Table
 from serving.cli._app import (
     app,
     err,
+    fail,
     load_registry,
     out,
     reports_errors,
@@ -174,6 +175,27 @@ def reject(
 ) -> None:
     """Mark a version rejected."""
     out.print(f"{load_registry().set_approval(ref, 'rejected', force=force).ref} rejected")
+
+
+@models_app.command("delete")
+@reports_errors
+def delete(
+    ref: Annotated[str, typer.Argument(help="NAME:VERSION, the version to delete.")],
+) -> None:
+    """Delete a version no alias nor endpoint points at: its artifact and metadata leave the
+    store, and its number is never given again. Servers that have it loaded keep it until
+    they unload it."""
+    from serving.endpoints.catalog import Endpoints
+    from serving.refs import ModelRef
+
+    parsed = ModelRef.parse(ref)
+    if parsed.version is None:
+        why = "a version is deleted by its number"
+        fail(f"give NAME:VERSION ({parsed.name}:3), not {ref!r}: {why}", 2)
+    registry = load_registry()
+    users = Endpoints(registry.store).naming(parsed.name, parsed.version)
+    registry.delete_version(parsed.name, parsed.version, users=users)
+    out.print(f"deleted {parsed}", highlight=False)
 
 
 @app.command("predict")

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 from serving.endpoints.config import Endpoint, EndpointsFile
 from serving.endpoints.state import Decision, EndpointState
-from serving.errors import EndpointNotFound, ObjectNotFound
-from serving.refs import validate_name
+from serving.errors import EndpointNotFound, ObjectNotFound, RolloutInProgress
+from serving.refs import ModelRef, validate_name
 from serving.store import Store
 
 ROOT = "endpoints"
@@ -69,7 +69,34 @@ class Endpoints:
                 continue
         return found
 
+    def naming(self, name: str, version: int) -> list[str]:
+        """The endpoints whose variants (or shadow) name version ``version`` of model ``name``
+        itself (``churn:3``), as ``endpoint 'x' (variant blue)``: what deleting it would break.
+        References through an alias are the alias' business."""
+        pinned = ModelRef(name, version=version)
+        found = []
+        for endpoint, served in sorted(self.snapshot().items()):
+            config = served.config
+            for variant in config.production_variants:
+                if any(ModelRef.parse(step) == pinned for step in variant.steps):
+                    found.append(f"endpoint {endpoint!r} (variant {variant.name})")
+            if config.shadow is not None and ModelRef.parse(config.shadow.model) == pinned:
+                found.append(f"endpoint {endpoint!r} (shadow)")
+        return found
+
     # -- changing --------------------------------------------------------------------------
+
+    def delete(self, name: str) -> None:
+        """Remove an endpoint: its config first (servers stop serving it at their next read of
+        the store), then its state. Refused while a rollout runs on it; its captured traffic
+        stays. An endpoint still declared in a server's endpoints file comes back when that
+        file is applied again."""
+        state = self.served(name).state
+        if state.rollout is not None:
+            rollout = state.rollout
+            raise RolloutInProgress(name, f"{rollout.kind} to {rollout.target}")
+        self.store.delete(self._key(name, "config.json"))
+        self.store.delete(self._key(name, "state.json"))
 
     def apply(self, file: EndpointsFile) -> list[str]:
         """Write each endpoint's config (when it changed) and seed its state; returns the

@@ -39,6 +39,7 @@ class Follower:
         self._seen: str | None = None  # the file's text last applied (or refused)
         self._tasks: list[asyncio.Task[None]] = []
         self._provisioned: set[str] = set()
+        self._reads = self._shown = 0  # store reads started, and the latest one applied
 
     async def start(self) -> None:
         """Apply the file and read the store once (before the first request), then follow."""
@@ -93,11 +94,16 @@ class Follower:
         return changed
 
     async def refresh(self) -> None:
+        self._reads += 1
+        read = self._reads
         try:
             snapshot = await asyncio.to_thread(self.plane.endpoints.snapshot)
         except MMServeError as err:  # the store away: keep following what was read last
             log.warning("endpoints not refreshed: %s", err.message)
             return
+        if read < self._shown:  # a read started later (after a delete) was applied already
+            return
+        self._shown = read
         self.plane.snapshot = snapshot
         await self._apply_policies(snapshot)
 

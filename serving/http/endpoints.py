@@ -6,7 +6,8 @@
 - ``POST /v1/endpoints/{name}/async``: an async job for the variant drawn for it;
 - ``GET /v1/endpoints``, ``GET /v1/endpoints/{name}`` (admin token): config, live state,
   per-variant figures;
-- ``POST /v1/endpoints:reload`` (admin token): apply the endpoints file again.
+- ``POST /v1/endpoints:reload`` (admin token): apply the endpoints file again;
+- ``DELETE /v1/endpoints/{name}`` (admin token): delete an endpoint.
 
 ``X-Target-Variant`` (or SageMaker's ``X-Amzn-SageMaker-Target-Variant``) pins a variant.
 Every answer names its variant (``X-Amzn-Invoked-Production-Variant``, ``X-MMServe-Variant``),
@@ -21,6 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request, Response
+from starlette.concurrency import run_in_threadpool
 from starlette.types import Receive, Scope, Send
 
 from serving import codecs, scorers
@@ -169,6 +171,30 @@ async def describe(name: str, request: Request) -> dict[str, Any]:
         stats = plane.stats.get((name, variant["name"]))
         variant["stats"] = stats.view() if stats is not None else None
     return view
+
+
+@router.delete(
+    "/v1/endpoints/{name}",
+    summary="Delete an endpoint",
+    dependencies=_ADMIN,
+    responses={
+        409: _openapi.error(
+            "A rollout runs on the endpoint.",
+            "endpoint 'churn' is in a rollout (variant to green): wait for it, or end it with "
+            "`mmserve endpoints rollback churn`",
+        )
+    },
+)
+async def delete(name: str, request: Request) -> dict[str, list[str]]:
+    """Delete the endpoint (409 while a rollout runs on it): this server stops serving it at
+    once, the others at their next read of the store (``MMSERVE_DEPLOYMENT__STATE_TTL_S``).
+    Its captured traffic stays. One the endpoints file declares comes back when the file is
+    applied again. Answers the endpoints left."""
+    plane = plane_of(request)
+    await run_in_threadpool(plane.endpoints.delete, name)
+    follower: Follower = request.app.state.endpoint_follower
+    await follower.refresh()  # what this server serves now, whatever a read under way finds
+    return {"endpoints": sorted(plane.snapshot)}
 
 
 @router.post(

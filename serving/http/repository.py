@@ -1,6 +1,7 @@
 """Model repository control over HTTP: the Open Inference Protocol repository extension
 (``POST /v2/repository/index``, ``POST /v2/repository/models/{name}/load|unload``) and
-registry aliases (``PUT|DELETE /v1/models/{name}/aliases/{alias}``).
+registry aliases (``PUT|DELETE /v1/models/{name}/aliases/{alias}``) and versions
+(``DELETE /v1/models/{name}/versions/{version}``).
 
 Every route here needs the admin token (and is off without one): they load, change or list
 what is served; the index lists it, like ``GET /v1/models``. SageMaker's multi-model routes
@@ -15,10 +16,12 @@ from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
+from serving.endpoints.catalog import Endpoints
 from serving.errors import MMServeError, ModelNotFound
+from serving.http import _openapi
 from serving.http._auth import require_admin
 from serving.http._body import json_body, parsed, registry_of
-from serving.refs import validate_name
+from serving.refs import ModelRef, validate_name
 from serving.registry import Registry
 
 router = APIRouter()
@@ -176,3 +179,40 @@ async def remove_alias(name: str, alias: str, request: Request) -> Aliases:
         return registry.aliases(name)
 
     return Aliases(name=name, aliases=await run_in_threadpool(remove))
+
+
+# -- registry versions -------------------------------------------------------------------------
+
+
+class Versions(BaseModel):
+    name: str
+    versions: list[int]
+
+
+@router.delete(
+    "/v1/models/{name}/versions/{version}",
+    tags=["registry"],
+    summary="Delete a version",
+    dependencies=_ADMIN,
+    responses={
+        409: _openapi.error(
+            "An alias or an endpoint points at the version.",
+            "churn:2 is in use, by alias 'staging': point it at another version first",
+        )
+    },
+)
+async def delete_version(name: str, version: str, request: Request) -> Versions:
+    """Delete a version no alias nor endpoint points at (409 naming them otherwise): its
+    artifact and metadata leave the store and this server's cache; its number is never given
+    again. Other servers that have it loaded keep it until they unload it."""
+    registry = registry_of(request)
+    endpoints: Endpoints = request.app.state.endpoints.endpoints
+
+    def delete() -> list[int]:
+        ref = ModelRef.parse(f"{validate_name(name)}:{version}")
+        assert ref.version is not None
+        users = endpoints.naming(ref.name, ref.version)
+        registry.delete_version(ref.name, ref.version, users=users)
+        return registry.version_numbers(ref.name)
+
+    return Versions(name=name, versions=await run_in_threadpool(delete))

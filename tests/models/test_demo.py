@@ -20,6 +20,7 @@ import pyarrow.compute as pc
 import pytest
 
 from models import RECIPES, Recipe, _server, churn, register
+from models import _examples as examples
 from models._modes import every_mode
 from models._redis import redis_server
 from models._server import DemoError, serve
@@ -29,6 +30,7 @@ from serving.settings import Settings
 from serving.store import Store
 
 ROOT = Path(__file__).resolve().parents[2]
+README = (ROOT / "README.md").read_text()
 OUTPUTS = {
     "churn": ["label", "proba_0", "proba_1"],
     "fraud": ["label", "proba_0", "proba_1"],
@@ -129,17 +131,57 @@ def test_training_returns_an_example_of_feature_columns_only(recipe: Recipe) -> 
     assert example.num_rows > 0
 
 
-def run_demo(store_url: str, **env: str) -> subprocess.CompletedProcess[str]:
+def run_demo(store_url: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    """``python -m models`` run in ``cwd`` (where it leaves ``demo/``), as ``make demo`` runs
+    it: the venv's python, its ``bin`` not on the PATH."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith("MMSERVE_")}
-    clean.update(MMSERVE_STORE_URL=store_url, COLUMNS="200", **env)
+    clean.update(MMSERVE_STORE_URL=store_url, COLUMNS="200", PYTHONPATH=str(ROOT), **env)
+    clean["PATH"] = os.pathsep.join(
+        p for p in clean["PATH"].split(os.pathsep) if Path(p) != Path(sys.executable).parent
+    )
     return subprocess.run(
         [sys.executable, "-W", "error", "-m", "models"],
-        cwd=ROOT,
+        cwd=cwd,
         env=clean,
         capture_output=True,
         text=True,
         timeout=120,
     )
+
+
+def readme_commands() -> list[str]:
+    """Every ``mmserve`` command of the README's shell blocks, as one line each."""
+    commands = []
+    for block in re.findall(r"```\n(.*?)```", README, re.S):
+        for command in re.sub(r"\\\n\s*", "", block).splitlines():
+            if "mmserve " in command and not command.lstrip().startswith(("#", "-", "endpoints:")):
+                commands.append(command.split(" #")[0].strip())
+    return commands
+
+
+def test_the_readme_commands_use_the_files_the_demo_leaves_in_its_folder() -> None:
+    # A new user ran them after make demo: churn.skops, rows.csv... did not exist.
+    assert Path("demo") == examples.FOLDER
+    used = [c for c in readme_commands() if any(name in c for name in examples.FILES)]
+    assert len(used) >= 5
+    for command in used:
+        for word in command.split():
+            if any(word.endswith(name) for name in examples.FILES):
+                assert word.startswith("demo/"), command
+    for name in examples.FILES:
+        assert any(f"demo/{name}" in command for command in used), name
+    ids = examples.customers()[churn.ID_COLUMN].to_pylist()
+    asked = re.search(r"curl -s localhost:8080/v1/models/churn/precomputed/(\S+)", README)
+    assert asked is not None and asked[1] in ids
+
+
+def test_the_quick_start_says_how_to_get_mmserve_on_the_path() -> None:
+    start = README.index("## Quick start")
+    after = README[README.index("```", README.index("```", start) + 3) + 3 :]
+    said = after[: after.index("\n## ")]
+    assert "source .venv/bin/activate" in said
+    assert "export PATH=$PWD/.venv/bin:$PATH" in said
+    assert "`demo/`" in said
 
 
 def table_rows(output: str, *cells: str) -> list[str]:
@@ -151,9 +193,9 @@ def table_rows(output: str, *cells: str) -> list[str]:
 @pytest.mark.slow
 def test_python_m_models_answers_the_same_in_every_mode(tmp_path: Path) -> None:
     store_url = str(tmp_path / "store")
-    first = run_demo(store_url)
+    first = run_demo(store_url, tmp_path)
     # A broker in the environment is not the demo's: its server still runs jobs itself.
-    second = run_demo(store_url, MMSERVE_BROKER_URL="redis://127.0.0.1:9/0")
+    second = run_demo(store_url, tmp_path, MMSERVE_BROKER_URL="redis://127.0.0.1:9/0")
     for run, version in ((first, 1), (second, 2)):
         assert (run.returncode, run.stderr) == (0, "")
         for recipe in RECIPES:
@@ -196,6 +238,26 @@ def test_python_m_models_answers_the_same_in_every_mode(tmp_path: Path) -> None:
     registry = Registry(Store.from_url(store_url))
     assert registry.models() == sorted(r.NAME for r in RECIPES)
     assert all(registry.aliases(r.NAME) == {"production": 2} for r in RECIPES)
+    # Its last lines say how to get mmserve on the PATH, and where the README's files are.
+    venv = Path(sys.prefix)
+    assert first.stdout.splitlines()[-4:] == [
+        f"mmserve is in {venv / 'bin'}, not on your PATH: run",
+        f"  source {venv / 'bin' / 'activate'}",
+        f'  (or: export PATH="{venv / "bin"}:$PATH")',
+        f"The README's commands use the files in demo/: {', '.join(examples.FILES)}",
+    ]
+    assert sorted(p.name for p in (tmp_path / "demo").iterdir()) == sorted(examples.FILES)
+    # The README's commands that need no server run as written, in the demo's folder.
+    env = {**os.environ, "MMSERVE_STORE_URL": store_url, "COLUMNS": "200"}
+    offline = [c for c in readme_commands() if re.match(r"mmserve (models register|predict) ", c)]
+    assert len(offline) == 3
+    for command in offline:
+        words = re.sub(r" \[.*?\]", "", command).split()[1:]  # without its [optional] parts
+        argv = [Path(sys.executable).with_name("mmserve"), *words]
+        done = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True)
+        assert done.returncode == 0, (command, done.stderr)
+    assert registry.version_numbers("churn") == [1, 2, 3]
+    assert registry.version_numbers("legacy") == [1]
 
 
 def test_the_demo_server_stops_when_the_demo_fails(tmp_path: Path) -> None:

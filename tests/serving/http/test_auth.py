@@ -266,12 +266,16 @@ ROUTES: dict[tuple[str, str], Call] = {
     ("DELETE", "/v1/models/{name}/aliases/{alias}"): _call(
         MANAGED, f"/v1/models/{GHOST}/aliases/staging"
     ),
+    ("DELETE", "/v1/models/{name}/versions/{version}"): _call(
+        MANAGED, f"/v1/models/{GHOST}/versions/1"
+    ),
     ("GET", "/models"): _call(MANAGED, "/models", 200),
     ("POST", "/models"): _call(MANAGED, "/models", 404, {"model_name": "x", "url": GHOST}),
     ("GET", "/models/{name}"): _call(MANAGED, f"/models/{GHOST}"),
     ("DELETE", "/models/{name}"): _call(MANAGED, f"/models/{GHOST}"),
     ("GET", "/v1/endpoints"): _call(MANAGED, "/v1/endpoints", 200),
     ("GET", "/v1/endpoints/{name}"): _call(MANAGED, f"/v1/endpoints/{GHOST}"),
+    ("DELETE", "/v1/endpoints/{name}"): _call(MANAGED, f"/v1/endpoints/{GHOST}"),
     ("POST", "/v1/endpoints:reload"): _call(MANAGED, "/v1/endpoints:reload", 400),
     ("POST", "/v1/batch-jobs"): _call(MANAGED, "/v1/batch-jobs", 422, {}),
     ("GET", "/v1/batch-jobs/{run_id}"): _call(MANAGED, f"/v1/batch-jobs/{GHOST}"),
