@@ -201,6 +201,12 @@ async def delete(name: str, request: Request) -> dict[str, list[str]]:
     "/v1/endpoints:reload",
     summary="Apply the endpoints file again",
     dependencies=_ADMIN,
+    responses={
+        400: _openapi.error(
+            "MMSERVE_ENDPOINTS names no file, or the file is refused (its line and reason).",
+            "endpoints.yaml line 4: weights must add up to 100",
+        )
+    },
 )
 async def reload(request: Request) -> dict[str, Any]:
     """Apply ``MMSERVE_ENDPOINTS`` again (400 naming the line and reason when it is bad; the
