@@ -199,3 +199,10 @@ def test_a_nan_prediction_is_null_not_a_500(server: Server) -> None:
     row = [1e308, -1e308, 1e308, -1e308, 1e308]
     response = post(server, "/v1/models/price:predict", {"instances": [row]})
     assert (response.status_code, response.json()["predictions"]) == (200, [{"prediction": None}])
+
+
+def test_kserve_v1_liveness_is_the_root(server: Server) -> None:
+    # The KServe SDK's is_server_live (V1): GET {base}/, alive when status is "alive". The SDK
+    # itself pins pandas<3, which this project is past, so its request is made by hand.
+    response = server.client.get("/")
+    assert (response.status_code, response.json()["status"].lower()) == (200, "alive")
