@@ -103,7 +103,7 @@ def run_part(
     partition_fields: dict[str, Any],
 ) -> None:
     """One part, in a worker: written once, under its lease (a duplicate delivery, or one
-    that finds the part written, does nothing). ``model`` is the run's pinned reference
+    that finds the part written or failed, does nothing). ``model`` is the run's pinned reference
     (a chain: each step's), each model loaded by ``predictor_of``."""
     roots = Roots.of(settings)
     file = InputFile(**partition_fields["file"])
@@ -125,8 +125,8 @@ def run_part(
     lease = queue.claim(_unit(run_id, partition))
     if lease is None:
         return
-    with lease:
-        if done_part(out, partition.name) is not None:
+    with lease:  # written, or failed until the coordinator sends it again: nothing to do
+        if done_part(out, partition.name) is not None or _failure(out, partition) is not None:
             return
         failure = _attempt(
             spec, partition, lambda: scorers.assemble(model, predictor_of), out, settings
