@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -22,9 +23,11 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from batch import cells
+from batch.cells import Unread
 from batch.places import Roots
 from batch.spec import BatchSpec, Format, InputFile, filesystem, input_files
-from serving.codecs import json_safe, read_json_lines
+from serving.codecs import json_safe
 from serving.errors import InputError, ObjectNotFound, UnreadableInput
 from serving.predictor import Scorer
 from serving.settings import Settings
@@ -130,22 +133,25 @@ def write_part(
     rejects: list[pa.Table] = []
     with out.open_output(f"{partition.name}.{ext}") as raw:
         sink = _Hashing(raw)
-        writer: _Writer | None = None
-        offset = 0
-        for table in _readable(fs, partition, spec.batch_rows, scorer):
-            scored, bad = scorer.predict_valid(table, spec.passthrough(table.column_names))
-            if bad and spec.on_error == "fail":
-                row, reason = bad[0]
-                raise BadRow(partition.file.path, offset + row, reason)
-            if bad:
-                rejects.append(_rejects(table, bad, offset, spec.id_column))
-            writer = writer or _Writer(spec.format, sink, scored.schema)
-            writer.write(scored)
-            rows += scored.num_rows
-            rejected += len(bad)
-            offset += table.num_rows
-        if writer is not None:
-            writer.close()
+        # Closed on a failure too: a parquet writer left open would close itself on exit.
+        with contextlib.closing(_Writer(spec.format, sink)) as writer:
+            offset = 0
+            for piece in _readable(fs, partition, spec.batch_rows, scorer):
+                if isinstance(piece, Unread):  # a cell its column's type cannot hold
+                    table, scored, bad = piece.row, None, [(0, piece.reason)]
+                else:
+                    table = piece
+                    scored, bad = scorer.predict_valid(table, spec.passthrough(table.column_names))
+                if bad and spec.on_error == "fail":
+                    row, reason = bad[0]
+                    raise BadRow(partition.file.path, offset + row, reason)
+                if bad:
+                    rejects.append(_rejects(table, bad, offset, spec.id_column))
+                if scored is not None:
+                    writer.write(scored)
+                    rows += scored.num_rows
+                rejected += len(bad)
+                offset += table.num_rows
     if rejects:
         _write_rejects(out, partition.name, pa.concat_tables(rejects))
     seconds = time.perf_counter() - started
@@ -159,21 +165,28 @@ def read_batches(
     fs: Any, file: InputFile, batch_rows: int, scorer: Scorer, column_names: list[str] | None = None
 ) -> Iterator[pa.Table]:
     """A whole file's rows, a batch at a time, read as a partition's are (an async job's
-    table); ``column_names`` name the columns of a CSV file without a header row. Errors are
-    the readers' own."""
-    return _batches(fs, Partition(0, file), batch_rows, scorer, column_names)
+    table); ``column_names`` name the columns of a CSV file without a header row. A cell its
+    column's type cannot hold is an :class:`InputError` naming its row (not the file: an
+    async job's is the store's); other errors are the readers' own."""
+    rows = 0
+    for piece in _pieces(fs, Partition(0, file), batch_rows, scorer, column_names):
+        if isinstance(piece, Unread):
+            raise InputError(f"{piece.reason} at row {rows}")
+        rows += piece.num_rows
+        yield piece
 
 
-def _batches(
+def _pieces(
     fs: Any,
     partition: Partition,
     batch_rows: int,
     scorer: Scorer,
     column_names: list[str] | None = None,
-) -> Iterator[pa.Table]:
+) -> Iterator[cells.Piece]:
     """The partition's rows, a batch at a time, in input order (streaming readers: memory is
-    a batch, not the file). CSV columns the model (a chain: any step) takes from the input
-    are read as its types."""
+    a batch, not the file); a row with a cell its column cannot hold, alone, as an
+    :class:`Unread`. CSV columns the model (a chain: any step) takes from the input are
+    read as its types."""
     path, fmt = partition.file.path, partition.file.format
     if fmt == "parquet":
         with fs.open_input_file(path) as f:
@@ -181,43 +194,33 @@ def _batches(
             groups = partition.row_groups or range(parquet.num_row_groups)
             for batch in parquet.iter_batches(batch_size=batch_rows, row_groups=list(groups)):
                 yield pa.Table.from_batches([batch])
-        return
-    with fs.open_input_stream(path) as f:
-        if fmt == "csv":
-            types = {field.name: field.type for field in scorer.inputs}
-            reader = pacsv.open_csv(
-                f,
-                read_options=pacsv.ReadOptions(column_names=column_names or []),
-                convert_options=pacsv.ConvertOptions(column_types=types),
-            )
-        else:
-            reader = read_json_lines(f, path)  # lines checked: pyarrow crashes on some
-        for batch in reader:
-            yield from _split(pa.Table.from_batches([batch]), batch_rows)
+    elif fmt == "csv":
+        types = {field.name: field.type for field in scorer.inputs}
+        opened = lambda: fs.open_input_stream(path)  # noqa: E731
+        yield from cells.csv_pieces(opened, types, column_names or [], batch_rows)
+    else:
+        yield from cells.json_pieces(lambda: fs.open_input_stream(path), path, batch_rows)
 
 
-def _readable(fs: Any, partition: Partition, batch_rows: int, scorer: Scorer) -> Iterator[pa.Table]:
-    """:func:`_batches`, a reader's failure turned into :class:`UnreadableInput`: the file,
+def _readable(
+    fs: Any, partition: Partition, batch_rows: int, scorer: Scorer
+) -> Iterator[cells.Piece]:
+    """:func:`_pieces`, a reader's failure turned into :class:`UnreadableInput`: the file,
     the rows read before it, the column if the reader says which; never the reader's
     message, which may quote the file's bytes."""
-    batches = _batches(fs, partition, batch_rows, scorer)
+    pieces = _pieces(fs, partition, batch_rows, scorer)
     rows = 0
     while True:
         try:
-            table = next(batches)
+            piece = next(pieces)
         except StopIteration:
             return
         except pa.ArrowException as err:
             column = _COLUMN.search(str(err))
             number = int(column.group(1)) + 1 if column else None
             raise UnreadableInput(partition.file.path, partition.file.format, rows, number) from err
-        rows += table.num_rows
-        yield table
-
-
-def _split(table: pa.Table, rows: int) -> Iterator[pa.Table]:
-    for start in range(0, table.num_rows, rows):
-        yield table.slice(start, rows)
+        rows += 1 if isinstance(piece, Unread) else piece.num_rows
+        yield piece
 
 
 def _rejects(
@@ -263,18 +266,22 @@ class _Hashing:
 
 
 class _Writer:
-    def __init__(self, fmt: Format, sink: _Hashing, schema: pa.Schema):
+    """A part's rows onto ``sink`` as ``fmt``, its schema the first table's."""
+
+    def __init__(self, fmt: Format, sink: _Hashing):
         self.fmt, self.sink = fmt, sink
-        # No dictionary encoding: scores and ids rarely repeat, and it was half a part's time.
-        self.parquet = (
-            pq.ParquetWriter(sink, schema, use_dictionary=False) if fmt == "parquet" else None
-        )
-        self.csv = pacsv.CSVWriter(sink, schema) if fmt == "csv" else None
+        self.parquet: pq.ParquetWriter | None = None
+        self.csv: pacsv.CSVWriter | None = None
 
     def write(self, table: pa.Table) -> None:
-        if self.parquet is not None:
+        if self.fmt == "parquet":
+            # No dictionary encoding: scores and ids rarely repeat, and it was half a part's time.
+            self.parquet = self.parquet or pq.ParquetWriter(
+                self.sink, table.schema, use_dictionary=False
+            )
             self.parquet.write_table(table)
-        elif self.csv is not None:
+        elif self.fmt == "csv":
+            self.csv = self.csv or pacsv.CSVWriter(self.sink, table.schema)
             self.csv.write_table(table)
         else:
             lines = (json.dumps(row) + "\n" for row in json_safe(table).to_pylist())

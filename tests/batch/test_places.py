@@ -138,7 +138,7 @@ def test_the_input_is_listed_once_when_the_run_starts(
     assert resumed["parts"] == manifest["parts"]
 
 
-def test_a_file_that_cannot_be_read_is_named_never_quoted(
+def test_a_file_that_cannot_be_read_is_named_never_quoted_a_bad_cell_by_its_value(
     registry: Registry, settings: Settings, tmp_path: Path
 ) -> None:
     bad = tmp_path / "data" / "in.csv"
@@ -150,13 +150,12 @@ def test_a_file_that_cannot_be_read_is_named_never_quoted(
         "type": "UnreadableInput",
         "message": f"input file {bad} is not valid csv at row 0 or after",
     }
-    bad.write_text("f0,f1,f2,f3\n1,2,3,4\n5,6,nope-secret,8\n")
+    bad.write_text("f0,f1,f2,f3,f4\n1,2,3,4,5\n5,6,nope-secret,8,9\n")
     again = spec.model_copy(update={"output": str(tmp_path / "data" / "again")})
     run_recorded(settings, registry, again, "r2", distributed=False)
     error = json.loads((tmp_path / "data" / "again" / "_error.json").read_text())
-    assert error["message"] == (
-        f"input file {bad} is not valid csv (column 3, counting from 1) at row 0 or after"
-    )
+    # A cell its column cannot hold is named by its value (its first 40 characters).
+    assert error["message"] == f"{bad} row 1: column 'f2' must be double, got 'nope-secret'"
 
 
 def test_a_run_or_part_from_the_queue_outside_the_roots_writes_nothing(
