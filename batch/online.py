@@ -28,11 +28,10 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
-import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
 from serving import scorers
-from serving.codecs import json_safe
+from serving.codecs import json_safe, read_json_lines
 from serving.refs import ModelRef
 from serving.store import Store
 
@@ -147,6 +146,6 @@ def _rows(out: Store, parts: list[str], columns: list[str]) -> Iterator[pa.Table
                 for batch in pq.ParquetFile(f).iter_batches(columns=columns):
                     yield pa.Table.from_batches([batch])
                 continue
-            reader = pacsv.open_csv(f) if part.endswith(".csv") else pajson.open_json(f)
+            reader = pacsv.open_csv(f) if part.endswith(".csv") else read_json_lines(f, path)
             for batch in reader:
                 yield pa.Table.from_batches([batch]).select(columns)
