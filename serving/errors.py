@@ -45,6 +45,7 @@ the batch runner writes it into rejects, the stream consumer dead-letters it.
     │   ├── WrongType
     │   ├── NullValue
     │   ├── OutOfRange                  a finite value the model's float32 arithmetic cannot hold
+    │   │   └── OutOfTypeRange          a value its column's type cannot hold (1e400, 2**70)
     │   ├── MissingField                a stream event without a feature (or the id field)
     │   ├── InvalidField                a stream event's field that is not a number, not JSON...
     │   ├── UnreadableInput             a batch input file its format cannot read (never its bytes)
@@ -354,9 +355,13 @@ class UnexpectedColumns(InputError):
 
 
 class WrongType(InputError):
-    def __init__(self, column: str, expected: str, actual: str) -> None:
-        super().__init__(f"column {column!r} must be {expected}, got {actual}")
-        self.column, self.expected, self.actual = column, expected, actual
+    """``actual``: the column's type, or the offending value as the request spelled it (text
+    that is no number): quoted only that far, never more of the body."""
+
+    def __init__(self, column: str, expected: str, actual: str, row: int | None = None) -> None:
+        at = "" if row is None else f" at row {row}"
+        super().__init__(f"column {column!r} must be {expected}, got {actual}{at}")
+        self.column, self.expected, self.actual, self.row = column, expected, actual, row
 
 
 class NullValue(InputError):
@@ -372,6 +377,18 @@ class OutOfRange(InputError):
             f"(±{limit:.1e}), at row {row}"
         )
         self.column, self.row = column, row
+
+
+class OutOfTypeRange(OutOfRange):
+    """A number its column's type cannot hold: ``1e400`` as float64, a 30-digit integer as
+    int64. ``value`` is the request's own spelling of it (cut at 40 characters)."""
+
+    def __init__(self, column: str, row: int, value: str, type_name: str) -> None:
+        shown = value if len(value) <= 40 else value[:37] + "..."
+        InputError.__init__(
+            self, f"column {column!r} has {shown}, out of range for {type_name}, at row {row}"
+        )
+        self.column, self.row, self.type_name = column, row, type_name
 
 
 class MissingField(InputError):

@@ -24,6 +24,7 @@ from serving.errors import (
     ModelError,
     NullValue,
     OutOfRange,
+    OutOfTypeRange,
     UnexpectedColumns,
     WrongType,
 )
@@ -86,8 +87,8 @@ def score_valid(
 def _alone(err: InputError) -> str:
     """The reason a row refused alone was refused: "at row 0" of its one-row table would
     only contradict the row number the caller reports."""
-    if isinstance(err, NullValue | OutOfRange):
-        return err.message.removesuffix(f" at row {err.row}")
+    if isinstance(err, NullValue | OutOfRange | WrongType) and err.row is not None:
+        return err.message.removesuffix(f" at row {err.row}").removesuffix(",")
     return err.message
 
 
@@ -442,18 +443,63 @@ def _split(names: list[str], columns: np.ndarray, ref: str) -> dict[str, pa.Arra
 def _cast(column: pa.ChunkedArray, name: str, target: pa.DataType) -> pa.ChunkedArray:
     """``column`` as ``target`` when that is lossless and unambiguous: text "3" is an int, 3.0
     an int, 3 a double; but a boolean is no number, a number is no category (a headerless
-    CSV in the wrong order), and 3.5 is no int."""
+    CSV in the wrong order), and 3.5 is no int. A refusal names the first row refused."""
     source = column.type
-    if pa.types.is_null(source):
+    if pa.types.is_null(source) or column.null_count == len(column):
         return pa.chunked_array([pa.nulls(len(column), target)])
     if (pa.types.is_boolean(source) != pa.types.is_boolean(target)) and not _is_text(source):
-        raise WrongType(name, str(target), str(source))
+        raise WrongType(name, str(target), str(source), _first(pc.is_valid(column)))
     if _is_text(target) and not _is_text(source):
-        raise WrongType(name, str(target), str(source))
+        raise WrongType(name, str(target), str(source), _first(pc.is_valid(column)))
     try:
         return column.cast(target, safe=True)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
-        raise WrongType(name, str(target), str(column.type)) from None
+    except _CAST_ERRORS:
+        raise _refusal(column, name, target) from None
+
+
+_CAST_ERRORS = (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError)
+
+
+def _refusal(column: pa.ChunkedArray, name: str, target: pa.DataType) -> InputError:
+    """Why ``column`` is not ``target``, at the first row refused: a number beyond the
+    type's range, or the value (text that is no number, 3.5 for an int)."""
+    try:
+        column.slice(0, 0).cast(target, safe=True)
+    except _CAST_ERRORS:  # no value of this type is one of that type (a list, a date)
+        return WrongType(name, str(target), str(column.type), _first(pc.is_valid(column)))
+    row = _first_refused(column, target)
+    value = column[row].as_py()
+    if _is_integral(value):
+        return OutOfTypeRange(name, row, str(value).strip(), str(target))
+    shown = value if len(str(value)) <= 40 else str(value)[:37] + "..."
+    return WrongType(name, str(target), repr(shown), row)
+
+
+def _first_refused(column: pa.ChunkedArray, target: pa.DataType) -> int:
+    """The first row of ``column`` that does not cast to ``target``: the half holding it is
+    halved again (log2(rows) casts, of half the rows, a quarter...: one cast's work in all)."""
+    start, end = 0, len(column)
+    while end - start > 1:
+        middle = (start + end) // 2
+        try:
+            column.slice(start, middle - start).cast(target, safe=True)
+            start = middle
+        except _CAST_ERRORS:
+            end = middle
+    return start
+
+
+def _is_integral(value: Any) -> bool:
+    """Whether ``value`` is a whole number (an int, 1e30, or text "123456789012345678901")."""
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, str):
+        try:
+            int(value.strip())
+        except ValueError:
+            return False
+        return True
+    return isinstance(value, int) or (isinstance(value, float) and value.is_integer())
 
 
 def _is_text(t: pa.DataType) -> bool:

@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 
 from serving.codecs._bounds import Bounds, Tally
 from serving.codecs._jsonl import CheckedLines, NotJsonLines, check_json_lines
-from serving.errors import InputError, UnsupportedFormat
+from serving.errors import InputError, OutOfTypeRange, UnsupportedFormat, WrongType
 
 CSV = "text/csv"
 JSON = "application/json"
@@ -67,8 +67,11 @@ _SUFFIXES = {
 
 
 class DecodeError(InputError):
-    def __init__(self, media_type: str, reason: str) -> None:
-        super().__init__(f"cannot read the {media_type} body: {reason}")
+    """A body (or, with ``source``, a file) its format cannot read."""
+
+    def __init__(self, media_type: str, reason: str, source: str | None = None) -> None:
+        super().__init__(f"cannot read {source or f'the {media_type} body'}: {reason}")
+        self.media_type, self.reason, self.source = media_type, reason, source
 
 
 def media_type(header: str | None, default: str, accepted: list[str]) -> str:
@@ -153,12 +156,17 @@ def json_safe(table: pa.Table) -> pa.Table:
 
 
 def read_file(path: Path) -> pa.Table:
-    """The rows of a local file (the machine's own user's: no decode bound)."""
+    """The rows of a local file (the machine's own user's: no decode bound). A file that
+    cannot be read or decoded is named, not called a body."""
+    kind = media_type_of(path)
     try:
         data = path.read_bytes()
     except OSError as err:
-        raise DecodeError(str(path), err.strerror or str(err)) from None
-    return decode(data, media_type_of(path), Bounds.unbounded())
+        raise DecodeError(kind, err.strerror or str(err), str(path)) from None
+    try:
+        return decode(data, kind, Bounds.unbounded())
+    except DecodeError as err:
+        raise DecodeError(kind, err.reason, str(path)) from None
 
 
 def write_file(table: pa.Table, path: Path) -> None:
@@ -229,4 +237,43 @@ def _json_lines(data: bytes) -> pa.Table:
 def _records(document: object) -> pa.Table:
     if not isinstance(document, list) or not all(isinstance(r, dict) for r in document):
         raise ValueError("expected a JSON array of objects, one per row")
-    return pa.Table.from_pylist(document)
+    try:
+        return pa.Table.from_pylist(document)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+        for name in document[0] if document else ():  # the columns from_pylist takes
+            column([row.get(name) for row in document], name)  # raises naming the row
+        raise
+
+
+def column(values: list[object], name: str) -> pa.Array:
+    """JSON values as one Arrow column; a refusal names the column and the first row that
+    does not fit: an integer past int64 (Arrow's JSON numbers), or a value of another kind
+    than the column's first (a string among numbers)."""
+    try:
+        return pa.array(values)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError):
+        raise _refusal(values, name) from None
+
+
+_INT64 = range(-(2**63), 2**63)
+
+
+def _refusal(values: list[object], name: str) -> InputError:
+    first = next(((row, v) for row, v in enumerate(values) if v is not None), None)
+    for row, value in enumerate(values):
+        if type(value) is int and value not in _INT64:
+            return OutOfTypeRange(name, row, str(value), "int64")
+        if first is not None and value is not None and _kind(value) != _kind(first[1]):
+            got = f"{_kind(first[1])} then {_kind(value)}"
+            return WrongType(name, "one type (numbers, strings or booleans)", got, row)
+    return WrongType(name, "one type (numbers, strings or booleans)", "mixed values")
+
+
+def _kind(value: object) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    return "a list" if isinstance(value, list) else "an object"

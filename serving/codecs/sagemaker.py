@@ -46,8 +46,9 @@ def encode(table: pa.Table, kind: str) -> bytes:
 
 def _csv(body: bytes, features: list[str], bounds: codecs.Bounds | None) -> pa.Table:
     first_line = body.split(b"\n", 1)[0].decode("utf-8", "replace").strip()
-    has_header = {cell.strip().strip('"') for cell in first_line.split(",")} >= set(features)
-    if has_header:
+    # A first line naming any feature is a header row, one missing a feature too: the
+    # predictor then names the missing column (a count of values would not).
+    if {cell.strip().strip('"') for cell in first_line.split(",")} & set(features):
         return codecs.decode(body, codecs.CSV, bounds)
     width = len(first_line.split(","))
     if width != len(features):

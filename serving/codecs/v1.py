@@ -14,8 +14,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from serving.codecs import ARROW, JSON, DecodeError, Matrix, Rows, json_safe, media_type
-from serving.errors import WrongType
+from serving.codecs import ARROW, JSON, DecodeError, Matrix, Rows, column, json_safe, media_type
 
 FORM = "application/x-www-form-urlencoded"
 ACCEPTED = [JSON, ARROW]
@@ -117,11 +116,9 @@ def _array(name: str, values: list[Any]) -> pa.Array:
     if not _is_text(name):
         raise DecodeError(JSON, f"column name {name!r} is not valid Unicode text")
     try:
-        return pa.array(values)
+        return column(values, name)
     except UnicodeEncodeError:
         raise DecodeError(JSON, f"column {name!r} has text that is not valid Unicode") from None
-    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError):
-        raise WrongType(name, "one type (numbers, strings or booleans)", "mixed values") from None
 
 
 def _is_text(value: str) -> bool:

@@ -19,7 +19,7 @@ import pyarrow as pa
 from pydantic import BaseModel, ValidationError
 
 from serving.codecs import DecodeError, Matrix, Rows, json_safe
-from serving.errors import InputError
+from serving.errors import InputError, OutOfTypeRange
 
 _NUMPY = {
     "BOOL": np.bool_, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32,
@@ -69,6 +69,16 @@ class TensorError(InputError):
 class Decoded:
     request: InferenceRequest
     columns: dict[str, np.ndarray]
+    overflow: Overflow | None = None
+    """The first JSON number its tensor's type cannot hold (read as infinite)."""
+
+
+@dataclass(frozen=True)
+class Overflow:
+    tensor: TensorIn
+    index: int  # in the tensor's values, flattened
+    literal: str  # as the body spells it
+    type_name: str
 
 
 def decode(body: bytes, header_length: str | None) -> Decoded:
@@ -94,11 +104,13 @@ def decode(body: bytes, header_length: str | None) -> Decoded:
             arrays[tensor.name] = _from_bytes(tensor, chunk)
         else:
             arrays[tensor.name] = _from_json(tensor)
-    return Decoded(request, arrays)
+    return Decoded(request, arrays, _overflow(body[:split], request, arrays))
 
 
 def to_rows(decoded: Decoded, features: list[str]) -> Rows:
     tensors = decoded.request.inputs
+    if decoded.overflow is not None:
+        _refuse_overflow(decoded.overflow, len(tensors), features)
     if len(tensors) == 1 and len(tensors[0].shape) == 2 and tensors[0].shape[1] != 1:
         matrix = decoded.columns[tensors[0].name]
         if matrix.shape[1] != len(features):
@@ -164,6 +176,64 @@ def encode(
     }
 
 
+def _refuse_overflow(overflow: Overflow, tensors: int, features: list[str]) -> None:
+    """Raise :class:`OutOfTypeRange` naming the overflowing value's column and row: a
+    feature's own tensor, or a column of the one ``[N, K]`` tensor of them all. (A tensor
+    of another shape leaves its refusal to the shape checks.)"""
+    tensor, index = overflow.tensor, overflow.index
+    column, row = tensor.name, index
+    if tensors == 1 and len(tensor.shape) == 2 and tensor.shape[1] != 1:
+        if tensor.shape[1] != len(features):
+            return
+        row, j = divmod(index, tensor.shape[1])
+        column = features[j]
+    elif len(tensor.shape) > 2 or tensor.shape[1:] not in ([], [1]):
+        return
+    raise OutOfTypeRange(column, row, overflow.literal, overflow.type_name)
+
+
+class _Spelled(float):
+    """A JSON number that remembers how the body spelled it."""
+
+    text: str
+
+
+def _spelled(text: str) -> float:
+    number = _Spelled(text)
+    number.text = text
+    return number
+
+
+def _overflow(
+    header: bytes, request: InferenceRequest, arrays: dict[str, np.ndarray]
+) -> Overflow | None:
+    """The first number of a JSON float tensor its type cannot hold (``1e400`` as FP64,
+    ``1e39`` as FP32), which reading made infinite; ``None`` if none (one vectorised check:
+    only then is the header read again, for the number's spelling). ``Infinity`` itself is
+    no overflow: the predictor refuses it as infinite."""
+    suspects = [
+        (i, t)
+        for i, t in enumerate(request.inputs)
+        if t.data is not None
+        and arrays[t.name].dtype.kind == "f"
+        and np.isinf(arrays[t.name]).any()
+    ]
+    if not suspects:
+        return None
+    try:
+        document = json.loads(header, parse_float=_spelled)
+    except (ValueError, RecursionError):
+        return None
+    for i, tensor in suspects:
+        values = np.asarray(document["inputs"][i]["data"], dtype=object).reshape(-1)
+        for index in np.flatnonzero(np.isinf(arrays[tensor.name].reshape(-1))):
+            value = values[index]
+            if isinstance(value, _Spelled):
+                name = str(pa.from_numpy_dtype(arrays[tensor.name].dtype))
+                return Overflow(tensor, int(index), value.text, name)
+    return None
+
+
 def _header_length(value: str | None, body_size: int) -> int:
     if value is None:
         return body_size
@@ -215,7 +285,8 @@ def _from_json(tensor: TensorIn) -> np.ndarray:
     if tensor.datatype == "BYTES" and not _all_strings(tensor.data):
         raise TensorError(tensor.name, "data are not all BYTES (strings, in JSON)")
     try:
-        flat = np.asarray(tensor.data, dtype=_dtype(tensor)).reshape(-1)
+        with np.errstate(over="ignore"):  # a number past FP32's range: see _overflow
+            flat = np.asarray(tensor.data, dtype=_dtype(tensor)).reshape(-1)
     except (ValueError, TypeError, OverflowError):
         raise TensorError(tensor.name, f"data are not all {tensor.datatype}") from None
     return _shaped(tensor, flat)

@@ -103,7 +103,7 @@ def test_a_json_integer_past_int64_is_an_input_error() -> None:
     with pytest.raises(InputError) as info:  # pyarrow raised a bare OverflowError: a 500
         codecs.decode(body, codecs.JSON)
     assert info.value.message == (
-        "cannot read the application/json body: Python int too large to convert to C long"
+        "column 'a' has 100000000000000000000000, out of range for int64, at row 1"
     )
 
 

@@ -21,6 +21,7 @@ from serving.errors import (
     ModelError,
     NullValue,
     OutOfRange,
+    OutOfTypeRange,
     UnexpectedColumns,
     WrongType,
 )
@@ -155,7 +156,11 @@ def _table(**overrides: Any) -> pa.Table:
     ("table", "error", "message"),
     [
         (_table(f3=None), MissingColumn, "missing column 'f3'"),
-        (_table(f1=["a", "b", "c", "d", "e"]), WrongType, "column 'f1' must be double, got string"),
+        (
+            _table(f1=["1", "2", "c", "d", "e"]),
+            WrongType,
+            "column 'f1' must be double, got 'c' at row 2",
+        ),
         (_table(f0=[1.0, None, 2.0, 3.0, 4.0]), NullValue, "column 'f0' has a null value at row 1"),
         (
             _table(f4=[1.0, 2.0, 3.0, float("nan"), 4.0]),
@@ -367,9 +372,13 @@ def test_a_value_beyond_float32_is_scored_by_a_float64_model(local_registry: Reg
 @pytest.mark.parametrize(
     ("column", "values", "message"),
     [
-        ("income", [True, False, True, True, False], "column 'income' must be double, got bool"),
-        ("plan", [1, 2, 3, 1, 2], "column 'plan' must be string, got int64"),
-        ("plan", [1.5, 2.0, 3.0, 1.0, 2.0], "column 'plan' must be string, got double"),
+        (
+            "income",
+            [None, True, False, True, False],
+            "column 'income' must be double, got bool at row 1",
+        ),
+        ("plan", [None, None, None, 1, 2], "column 'plan' must be string, got int64 at row 3"),
+        ("plan", [1.5, 2.0, 3.0, 1.0, 2.0], "column 'plan' must be string, got double at row 0"),
     ],
 )
 def test_types_that_do_not_convert_losslessly_are_refused(
@@ -393,3 +402,73 @@ def test_text_and_whole_numbers_convert_where_nothing_is_lost(local_registry: Re
         table.schema.get_field_index("age"), "age", pa.array([str(v) for v in frame["age"]])
     )
     assert predictor.predict(as_text).equals(predictor.predict(table))
+
+
+@pytest.fixture
+def visits(local_registry: Registry) -> Registry:
+    """A model of an int64 column (``visits``) and a double one (``spend``)."""
+    rng = np.random.default_rng(7)
+    frame = pd.DataFrame({"visits": rng.integers(0, 50, 200), "spend": rng.normal(100, 30, 200)})
+    model = LogisticRegression().fit(frame, frame["spend"] > 100)
+    local_registry.register(model, "visits", input_example=frame.head(5))
+    return local_registry
+
+
+def _visits(cells: list[Any]) -> pa.Table:
+    return pa.table({"visits": cells, "spend": [1.0] * len(cells)})
+
+
+@pytest.mark.parametrize(
+    ("bad_row", "cell", "message"),
+    [
+        (3, "abc", "column 'visits' must be int64, got 'abc' at row 3"),
+        (70_001, "3.5", "column 'visits' must be int64, got '3.5' at row 70001"),
+        (99_999, "12x" * 30, f"column 'visits' must be int64, got '{'12x' * 12}1...' at row 99999"),
+    ],
+)
+def test_text_that_is_no_number_is_refused_naming_its_row_and_value(
+    visits: Registry, bad_row: int, cell: str, message: str
+) -> None:
+    values = [str(i % 50) for i in range(100_000)]
+    values[bad_row] = cell
+    if bad_row < 99_999:
+        values[99_999] = "later-bad"  # only the first is named
+    with pytest.raises(WrongType) as caught:
+        visits.load("visits").predict(_visits(values))
+    assert caught.value.message == message
+    assert caught.value.row == bad_row
+
+
+@pytest.mark.parametrize(
+    ("cells", "message"),
+    [
+        (
+            ["1", "123456789012345678901234567890"],
+            "column 'visits' has 123456789012345678901234567890, out of range for int64, at row 1",
+        ),
+        (
+            [1.0, 2.0, 1.2345678901234568e29],
+            "column 'visits' has 1.2345678901234568e+29, out of range for int64, at row 2",
+        ),
+        ([1.0, 2.5], "column 'visits' must be int64, got 2.5 at row 1"),
+    ],
+)
+def test_a_number_its_columns_type_cannot_hold_is_out_of_range(
+    visits: Registry, cells: list[Any], message: str
+) -> None:
+    table = _visits(cells)
+    with pytest.raises((OutOfTypeRange, WrongType)) as caught:
+        visits.load("visits").predict(table)
+    assert caught.value.message == message
+    assert caught.value.status == 422
+
+
+def test_rows_set_aside_for_their_type_say_why_without_their_row(visits: Registry) -> None:
+    cells = ["1", "abc", "2", "123456789012345678901234567890", "3"]
+    table = _visits(cells)
+    scored, bad = visits.load("visits").predict_valid(table)
+    assert bad == [
+        (1, "column 'visits' must be int64, got 'abc'"),
+        (3, "column 'visits' has 123456789012345678901234567890, out of range for int64"),
+    ]
+    assert scored.num_rows == 3

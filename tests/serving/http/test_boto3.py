@@ -89,7 +89,7 @@ def test_a_request_that_does_not_fit_is_a_validation_error(server: Server, rt: A
         rt.invoke_endpoint(EndpointName="lr", Body=b"1,2,3,4,x\n", ContentType="text/csv")
     assert error_of(caught) == (
         400,
-        {"Code": "ValidationError", "Message": "column 'f4' must be double, got string"},
+        {"Code": "ValidationError", "Message": "column 'f4' must be double, got 'x' at row 0"},
     )
     with pytest.raises(rt.exceptions.ValidationError) as caught:
         rt.invoke_endpoint(EndpointName="lr", Body=b"1", ContentType="text/plain")

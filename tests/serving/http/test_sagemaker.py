@@ -97,7 +97,7 @@ def test_the_target_model_header_picks_the_model(server: Server) -> None:
             "rows have 2 values; the model takes 5 (f0, f1, f2, f3, f4), "
             "or send a header row naming them",
         ),
-        (b"1,2,3,4,x\n", "text/csv", "lr", 400, "column 'f4' must be double, got string"),
+        (b"1,2,3,4,x\n", "text/csv", "lr", 400, "column 'f4' must be double, got 'x' at row 0"),
         (b"", "text/csv", "lr", 400, "cannot read the text/csv body: the body is empty"),
         (b"1,2,3,4,5\n", "text/csv", "ghost", 404, "model 'ghost' is not registered"),
         (

@@ -124,13 +124,14 @@ def test_arrow_in_and_out(server: Server) -> None:
             "/v1/models/mixed:predict",
             {"instances": [{"age": "old", "income": 1.0, "plan": "pro", "region": "north"}]},
             422,
-            "column 'age' must be double, got string",
+            "column 'age' must be double, got 'old' at row 0",
         ),
         (
             "/v1/models/lr:predict",
             {"inputs": {"f0": [1, "a"]}},
             422,
-            "column 'f0' must be one type (numbers, strings or booleans), got mixed values",
+            "column 'f0' must be one type (numbers, strings or booleans), "
+            "got a number then a string at row 1",
         ),
     ],
 )
