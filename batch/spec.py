@@ -100,6 +100,8 @@ def input_files(
     listing = _local_listing if local else _s3_listing
     aws = aws or AwsSettings()
     if any(c in tail for c in "*?["):
+        if local and not os.path.isdir(head):
+            raise InvalidName("batch input", url, "its folder does not exist")
         found = [
             p for p in listing(aws, head, False, limit, url) if fnmatch.fnmatch(_name(p), tail)
         ]

@@ -10,6 +10,7 @@ import typer
 from serving.cli._app import (
     app,
     err,
+    fail,
     out,
     progress_bar,
     reports_errors,
@@ -111,11 +112,25 @@ def batch_run(
     typer.echo(manifest["run_id"])
 
 
+RUN_FAILED = 4
+"""``mmserve batch status``'s exit code for a run that failed (1 is the command's own error,
+2 a usage error)."""
+
+
 @batch_app.command("status")
 @reports_errors
 def batch_status(run_id: str) -> None:
-    """Where a run stands: parts done of all, rows, rejects, finished or not."""
+    """Where a run stands: parts done of all, rows, rejects, finished or not, as JSON.
+
+    Exit codes: 0 the run succeeded or is still running;
+
+    4 the run failed (its error is in the JSON, and on stderr);
+
+    1 its status could not be read (no such run, the store away); 2 a usage error."""
     from batch.runner import status
 
     settings = Settings()
-    out.print_json(data=status(Registry.from_settings(settings), settings, run_id))
+    state = status(Registry.from_settings(settings), settings, run_id)
+    out.print_json(data=state)
+    if state["status"] == "failed":
+        fail(f"run {run_id} failed: {state['error']['message']}", RUN_FAILED)

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -145,3 +147,44 @@ def test_a_batch_run_needs_the_admin_token_and_reaches_only_the_store_and_the_ro
             "type": "UnreadableInput",
             "message": f"input file {tmp_path / 'secret.csv'} is not valid csv at row 0 or after",
         }
+
+
+def test_a_run_that_fails_is_a_200_saying_so_and_the_cli_exits_4(
+    store: Store, tmp_path: Path
+) -> None:
+    (tmp_path / "other.csv").write_text("a,b\n1,2\n")  # not the model's columns
+    with (
+        mmserve_process(env(store, tmp_path)) as (url, _),
+        httpx.Client(base_url=url, timeout=30, headers=ADMIN) as client,
+    ):
+        glob = str(tmp_path / "nowhere" / "*.parquet")
+        refused = client.post("/v1/batch-jobs", json={**spec(tmp_path, "g"), "input": glob})
+        assert (refused.status_code, refused.json()["error"]) == (
+            400,
+            f"invalid batch input {glob!r}: its folder does not exist",
+        )
+        failing = {**spec(tmp_path, "out"), "input": str(tmp_path / "other.csv")}
+        started = client.post("/v1/batch-jobs", json=failing)
+        assert started.status_code == 202, started.text
+        state = follow(client, started.json()["status_url"])
+        again = client.get(started.json()["status_url"])
+    assert again.status_code == 200
+    assert again.json() == state
+    assert (state["status"], state["error"]) == (
+        "failed",
+        {"type": "MissingColumn", "message": "missing column 'id'"},
+    )
+    run_id = started.json()["run_id"]
+    cli = os.path.join(os.path.dirname(sys.executable), "mmserve")
+    shown = subprocess.run(
+        [cli, "batch", "status", run_id], env={**os.environ, "MMSERVE_STORE_URL": store.url},
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert shown.returncode == 4, shown.stderr
+    assert json.loads(shown.stdout) == state
+    assert shown.stderr == f"error: run {run_id} failed: missing column 'id'\n"
+    unknown = subprocess.run(
+        [cli, "batch", "status", "nope"], env={**os.environ, "MMSERVE_STORE_URL": store.url},
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert unknown.returncode == 1
