@@ -221,6 +221,20 @@ def _now() -> str:
     return datetime.now(UTC).isoformat().replace("+00:00", "Z")
 
 
+def refusal(run_id: str) -> str:
+    """Where, in the store, a worker records why it refused a run it was sent (its output
+    is then no place it may write)."""
+    return f"batch/{run_id}.refused.json"
+
+
+def _error(store: Store, key: str = ERROR) -> dict[str, Any] | None:
+    try:
+        error: dict[str, Any] = json.loads(store.read(key))
+    except ObjectNotFound:
+        return None
+    return error
+
+
 def status(registry: Registry, settings: Settings, run_id: str) -> dict[str, Any]:
     """A run's progress, from its output alone: parts done of all, rows, rejects."""
     if not run_id.isalnum():
@@ -239,10 +253,7 @@ def status(registry: Registry, settings: Settings, run_id: str) -> dict[str, Any
         manifest = None
     # The plan recorded at the start: a status never lists the input (None: an older run).
     total = len(record["plan"]["partitions"]) if "plan" in record else None
-    try:
-        error = json.loads(out.read(ERROR))
-    except ObjectNotFound:
-        error = None
+    error = _error(out) or _error(registry.store, refusal(run_id))
     state = "succeeded" if manifest else "failed" if error else "running"
     rows = sum(p.rows for p in parts)
     seconds = manifest["seconds"] if manifest else _since(record["started"])

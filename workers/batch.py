@@ -3,7 +3,7 @@ broker is configured, else by a thread of the server (embedded mode).
 
 A run that comes over a queue is confined again (:mod:`batch.places`): whoever can send a
 message must not reach outside the store and the allowed roots either. A refused run is
-logged, and nothing is written where it pointed."""
+logged, and nothing is written where it pointed: its status says why from the store."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import logging
 import threading
 
 from batch.places import Roots
-from batch.runner import ERROR, failure_message, run_batch
+from batch.runner import ERROR, failure_message, refusal, run_batch
 from batch.spec import BatchSpec, confined
 from serving.errors import InvalidName
 from serving.registry import Registry
@@ -52,8 +52,11 @@ def run_recorded(
     roots = Roots.of(settings)
     try:
         spec = confined(spec, roots)
-    except InvalidName as err:
+    except InvalidName as err:  # its output is no place to write: its record in the store is
         log.error("batch run %s refused: %s", run_id, err.message)
+        if run_id.isalnum():
+            error = {"type": type(err).__name__, "message": f"the worker refused it: {err.message}"}
+            registry.store.write(refusal(run_id), json.dumps(error).encode())
         return
     try:
         run_batch(

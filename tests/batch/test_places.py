@@ -13,7 +13,7 @@ import pytest
 
 from batch.distributed import run_part
 from batch.places import Roots
-from batch.runner import run_batch, status
+from batch.runner import run_batch, start, status
 from batch.spec import BatchSpec, input_files
 from serving.errors import InvalidName
 from serving.registry import Registry
@@ -176,3 +176,23 @@ def test_a_run_or_part_from_the_queue_outside_the_roots_writes_nothing(
     run_part(None, settings, registry.load, spec.model_dump_json(), "r5", "lr:1", partition)  # type: ignore[arg-type]
     assert not (tmp_path / "data" / "stolen").exists()
     assert os.listdir(tmp_path / "data") == ["in.parquet"]
+
+
+def test_a_run_its_worker_refuses_is_failed_saying_why(
+    registry: Registry, settings: Settings, tmp_path: Path
+) -> None:
+    """The API started it under its roots; a worker without them refuses it. Its output is
+    no place that worker may write: the status reads the refusal from the store."""
+    pq.write_table(dataset(10), tmp_path / "data" / "in.parquet")
+    spec = BatchSpec(model="lr", input=str(tmp_path / "data"), output=str(tmp_path / "data" / "o"))
+    run = start(spec, registry, settings, None, False, Roots.of(settings))
+    assert status(registry, settings, run.run_id)["status"] == "running"
+    rootless = settings.model_copy(update={"batch": BatchSettings()})
+    run_recorded(rootless, registry, spec, run.run_id, distributed=False)
+    state = status(registry, settings, run.run_id)
+    assert state["status"] == "failed"
+    assert state["error"] == {
+        "type": "InvalidName",
+        "message": f"the worker refused it: invalid batch input '{tmp_path / 'data'}': {RULE}",
+    }
+    assert os.listdir(tmp_path / "data" / "o") == ["_run.json"]
