@@ -192,11 +192,11 @@ def _valid(table: pa.Table) -> pa.Table:
 def read_json_lines(stream: object, where: str) -> Iterator[pa.RecordBatch]:
     """The record batches of the JSON lines in ``stream`` (a file), read a block at a time;
     each block is checked before pyarrow's reader sees it (:mod:`serving.codecs._jsonl`).
-    A refused line is a :class:`DecodeError` naming ``where`` and the line."""
+    A refused line is a :class:`DecodeError` naming ``where`` (the file) and the line."""
     try:
         yield from pajson.open_json(CheckedLines(stream))
     except NotJsonLines as err:
-        raise DecodeError(where, str(err)) from None
+        raise DecodeError(JSONL, str(err), source=where) from None
 
 
 _BATCH_ROWS = 4096

@@ -104,7 +104,7 @@ def test_a_streamed_file_is_checked_chunk_by_chunk_naming_the_files_line() -> No
     with pytest.raises(InputError) as info:
         list(batches)
     assert info.value.message == (
-        "cannot read the /data/in.jsonl body: line 102 is not a JSON object "
+        "cannot read /data/in.jsonl: line 102 is not a JSON object "
         "(one object per line)"
     )
 
