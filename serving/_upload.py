@@ -29,10 +29,18 @@ class S3Upload(io.RawIOBase):
     turned into mmserve's."""
 
     def __init__(
-        self, call: Callable[..., Any], bucket: str, key: str, part_bytes: int, exclusive: bool
+        self,
+        call: Callable[..., Any],
+        bucket: str,
+        key: str,
+        part_bytes: int,
+        exclusive: bool,
+        content_type: str | None = None,
     ):
         super().__init__()
         self._call, self._target = call, {"Bucket": bucket, "Key": key}
+        # Named where the object is made: the PUT, or the multipart upload's creation.
+        self._type = {"ContentType": content_type} if content_type else {}
         self._part_bytes = part_bytes
         self._condition = {"IfNoneMatch": "*"} if exclusive else {}
         self._buffer = bytearray()
@@ -59,7 +67,8 @@ class S3Upload(io.RawIOBase):
     def commit(self) -> None:
         """Publish what was written: one PUT, or the last part and the completion."""
         if self._upload_id is None:
-            self._call("put_object", **self._target, Body=bytes(self._buffer), **self._condition)
+            body = bytes(self._buffer)
+            self._call("put_object", **self._target, Body=body, **self._type, **self._condition)
             return
         if self._buffer:
             self._upload(bytes(self._buffer))
@@ -82,7 +91,8 @@ class S3Upload(io.RawIOBase):
 
     def _upload(self, part: bytes) -> None:
         if self._upload_id is None:
-            self._upload_id = self._call("create_multipart_upload", **self._target)["UploadId"]
+            created = self._call("create_multipart_upload", **self._target, **self._type)
+            self._upload_id = created["UploadId"]
         number = len(self._parts) + 1
         answer = self._call(
             "upload_part", **self._target, UploadId=self._upload_id, PartNumber=number, Body=part

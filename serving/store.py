@@ -5,6 +5,11 @@ write is atomic: a reader sees the old object or the new one, never a part. Two 
 need more than that and get it from the backend itself: :meth:`Store.create` (exclusive,
 ``If-None-Match: *`` on S3, ``link(2)`` on disk) and :meth:`Store.update` (compare and
 swap, ``If-Match`` on S3, ``flock(2)`` on disk).
+
+Where a client is told an object is, it is told an absolute URI (:meth:`Store.uri`:
+``s3://bucket/prefix/key``, or ``file:///abs/path/key`` on disk, whatever path the store was
+named by), and any such URI, an absolute path or a key is taken back (:meth:`Store.key_of`)
+only when it resolves inside the store.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import quote, unquote, urlparse
 
 import pyarrow.fs as pafs
 
@@ -90,6 +95,58 @@ class Store:
         """The filesystem path of ``key`` (validated)."""
         return f"{self._root}/{validate_key(key)}"
 
+    @property
+    def root_uri(self) -> str:
+        """The store's root as an absolute URI: ``s3://bucket/prefix`` or ``file:///abs``."""
+        if self.is_local:
+            return Path(os.path.abspath(self._root)).as_uri()
+        return f"s3://{self._root}"
+
+    def uri(self, key: str) -> str:
+        """Where a client finds ``key`` itself, as an absolute URI (``s3://…`` as boto3 and
+        the AWS CLI take it, its key as it is; ``file:///…`` on disk, quoted as file URIs
+        are): never relative to this process's directory."""
+        key = validate_key(key)
+        return f"{self.root_uri}/{quote(key) if self.is_local else key}"
+
+    def key_of(self, location: str, field: str) -> str:
+        """The key ``location`` names in this store: a key, a URI :meth:`uri` answers (or
+        one under the URL the store was named by), or on disk an absolute path. Anything
+        that does not resolve inside the store (another bucket or prefix, a path or a link
+        leading out of the folder, another scheme) is :class:`InvalidName` naming ``field``."""
+        rule = f"must name an object in the store: a key, or {self.root_uri}/<key>"
+        key = self._relative(location)
+        try:
+            if key is None:
+                raise InvalidName(field, location, rule)
+            validate_key(key)
+            if self.is_local and not _inside(self.path(key), self._root):
+                raise InvalidName(field, location, rule)  # a link out of the store
+        except InvalidName:
+            raise InvalidName(field, location, rule) from None
+        return key
+
+    def _relative(self, location: str) -> str | None:
+        """``location`` relative to the store's root, or ``None`` if it is not under it."""
+        named = self.url.rstrip("/") + "/"
+        if location.startswith(named):  # under the URL the store was named by
+            return location.removeprefix(named)
+        parsed = urlparse(location)
+        if parsed.scheme == "s3":
+            root = f"{self._root}/"
+            path = f"{parsed.netloc}{parsed.path}"
+            return path.removeprefix(root) if not self.is_local and path.startswith(root) else None
+        if parsed.scheme == "file" and parsed.netloc in ("", "localhost"):
+            location = unquote(parsed.path)
+        elif parsed.scheme or "://" in location:
+            return None
+        if not location.startswith("/"):
+            return location  # a key
+        if not self.is_local:
+            return None
+        real, root = os.path.realpath(location), os.path.realpath(self._root)
+        return real.removeprefix(root + "/") if _inside(real, root) else None
+
     # -- reading -------------------------------------------------------------------------
 
     def read(self, key: str) -> bytes:
@@ -151,16 +208,20 @@ class Store:
 
     # -- writing -------------------------------------------------------------------------
 
-    def write(self, key: str, data: bytes) -> None:
+    def write(self, key: str, data: bytes, content_type: str | None = None) -> None:
         """Write ``data`` atomically: the object appears whole or not at all."""
-        with self.open_output(key) as out:
+        with self.open_output(key, content_type=content_type) as out:
             out.write(data)
 
     @contextlib.contextmanager
-    def open_output(self, key: str, exclusive: bool = False) -> Iterator[Any]:
+    def open_output(
+        self, key: str, exclusive: bool = False, content_type: str | None = None
+    ) -> Iterator[Any]:
         """Stream a (possibly large) object into a writable binary file; it appears at ``key``
         only if the block succeeds. With ``exclusive``, only if nothing is at ``key`` either
         (else :class:`AlreadyExists`, and nothing is written): a streamed :meth:`create`.
+        On S3 the object is stored with ``content_type`` (a client reading it is told its
+        format); a file on disk has none.
 
         On S3 it is one PUT or one multipart upload, completed after the block and aborted
         if it fails (:mod:`serving._upload`): never a copy, which S3 caps at 5 GiB and bills
@@ -168,7 +229,7 @@ class Store:
         On disk it is a temporary file in the same folder, renamed into place.
         """
         if not self.is_local:
-            with self._s3_upload(key, exclusive=exclusive) as upload:
+            with self._s3_upload(key, exclusive, content_type) as upload:
                 yield upload
             return
         path = self.path(key)
@@ -190,11 +251,11 @@ class Store:
                 self._fs.delete_file(temp)
             raise
 
-    def create(self, key: str, data: bytes) -> None:
+    def create(self, key: str, data: bytes, content_type: str | None = None) -> None:
         """Write ``data`` at ``key`` only if nothing is there; else :class:`AlreadyExists`."""
         path = self.path(key)
         if not self.is_local:  # If-None-Match: * on the PUT or on the upload's completion
-            with self._s3_upload(key, exclusive=True) as upload:
+            with self._s3_upload(key, True, content_type) as upload:
                 upload.write(data)
             return
         tmp = self._temp_path(path)
@@ -276,11 +337,13 @@ class Store:
     # -- helpers -------------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def _s3_upload(self, key: str, exclusive: bool) -> Iterator[S3Upload]:
+    def _s3_upload(
+        self, key: str, exclusive: bool, content_type: str | None = None
+    ) -> Iterator[S3Upload]:
         bucket, s3_key = self.path(key).split("/", 1)
         part_bytes = (self._aws or AwsSettings()).part_mb << 20
         call = functools.partial(self._s3_call, key)
-        upload = S3Upload(call, bucket, s3_key, part_bytes, exclusive)
+        upload = S3Upload(call, bucket, s3_key, part_bytes, exclusive, content_type)
         try:
             yield upload
             upload.commit()
@@ -394,6 +457,12 @@ def _boto_config(aws: AwsSettings) -> Any:
         read_timeout=aws.request_timeout_s,
         retries={"mode": "standard", "total_max_attempts": aws.max_attempts},
     )
+
+
+def _inside(path: str, root: str) -> bool:
+    """Whether the local ``path``, its links resolved, is below ``root``."""
+    real = os.path.realpath(path)
+    return real.startswith(os.path.realpath(root).rstrip("/") + "/")
 
 
 def _link(temp: str, path: str, key: str) -> None:

@@ -8,13 +8,19 @@ comes. So a job's memory is a batch's, whatever the size of its input; the outpu
 created exclusively, and appears only once its last batch is written.
 
 The answer is the whole-input path's, byte for byte: a row's answer does not depend on its
-batch; CSV and JSON lines answers are the batches' encodings one after the other, a JSON
+batch; CSV and JSON lines answers are the batches' encodings one after the other (a CSV
+answer's header row first, unless its input is CSV without one), a JSON
 answer's rows one list, a parquet answer cut into the row groups ``pq.write_table`` cuts the
 whole table into. An Arrow answer is the same table, in a record batch per batch read. A
 bad row fails the job naming its row in the whole input.
 
 Other inputs take the whole-input path: a JSON document, JSON lines of positional rows, an
 empty body, a start it refuses (its errors name what is wrong, as they always did).
+
+Either way the answer is a batch run's: the id and kept columns the job names
+(:attr:`Job.passthrough`) first, copied as read, then the model's outputs; a CSV answer has
+its header row, unless the input is CSV without one (SageMaker's way: values in, values out,
+as ``/invocations`` answers).
 """
 
 from __future__ import annotations
@@ -49,27 +55,47 @@ def score(store: Store, job: Job, scorer: Scorer, batch_rows: int) -> bool:
     """Score ``job``'s input a batch at a time into its output, created exclusively
     (:class:`AlreadyExists` if an earlier run wrote it). ``False``, having written nothing,
     if its input is not a table read in batches (or has no rows)."""
-    tables = _tables(store, job, scorer, batch_rows)
-    if tables is None:
+    read = _tables(store, job, scorer, batch_rows)
+    if read is None:
         return False
+    tables, header = read
     with contextlib.closing(tables):
         first = next(tables, None)
         if first is None:  # no rows: the whole-input path checks its columns, and it is small
             return False
-        with store.open_output(job.output_key, exclusive=True) as out:
-            answers = Answers(job.accept, out)
+        with store.open_output(job.output_key, exclusive=True, content_type=job.accept) as out:
+            answers = Answers(job.accept, out, header)
             offset = 0
             for table in itertools.chain([first], tables):
-                answers.write(_predict(scorer, table, offset))
+                answers.write(_predict(scorer, table, offset, job.passthrough))
                 offset += table.num_rows
             answers.close()
     return True
 
 
+def headerless(head: bytes, kind: str, features: list[str]) -> bool:
+    """Whether the input (its first line in ``head``) is CSV starting with a row of values,
+    not a header row: its first line decoded as the whole-input path decodes a body (a
+    header row gives no rows). Raises that decoder's error for a first line it refuses."""
+    if kind != codecs.CSV:
+        return False
+    probe = sagemaker.decode(head[: head.find(b"\n") + 1] or head, kind, features)
+    return isinstance(probe, pa.Table) and probe.num_rows > 0
+
+
+def encode(table: pa.Table, kind: str, header: bool) -> bytes:
+    """``table`` as ``kind``, as SageMaker's codec encodes it; CSV with its header row
+    when ``header``."""
+    if kind == codecs.CSV and header:
+        return codecs.encode(table, codecs.CSV)
+    return sagemaker.encode(table, kind)
+
+
 def _tables(
     store: Store, job: Job, scorer: Scorer, batch_rows: int
-) -> Generator[pa.Table, None, None] | None:
-    """The input's rows in batches, or ``None`` for the whole-input path."""
+) -> tuple[Generator[pa.Table, None, None], bool] | None:
+    """The input's rows in batches, and whether a CSV answer has a header row; ``None``
+    for the whole-input path."""
     kind = job.content_type
     if kind not in _FORMATS and kind != codecs.ARROW:
         return None
@@ -79,16 +105,13 @@ def _tables(
     names: list[str] | None = None
     if kind == codecs.CSV:
         features = [f.name for f in scorer.inputs]
-        # The first line decoded as the whole-input path decodes a body: a header row gives
-        # no rows; a row of values is a body without a header (SageMaker's way).
-        try:
-            probe = sagemaker.decode(head[: head.find(b"\n") + 1] or head, kind, features)
+        try:  # a row of values first: a body without a header (SageMaker's way)
+            names = features if headerless(head, kind, features) else None
         except MMServeError:
             return None
-        names = features if isinstance(probe, pa.Table) and probe.num_rows else None
     elif kind == codecs.JSONL and not head.lstrip().startswith(b"{"):
         return None  # positional rows, or not an object a line
-    return _decoded(store, job.input_key, kind, scorer, batch_rows, names)
+    return _decoded(store, job.input_key, kind, scorer, batch_rows, names), names is None
 
 
 def _head(store: Store, key: str, lines: bool) -> bytes:
@@ -129,10 +152,11 @@ def _arrow(store: Store, path: str, batch_rows: int) -> Iterator[pa.Table]:
                 yield pa.Table.from_batches([batch.slice(start, batch_rows)])
 
 
-def _predict(scorer: Scorer, table: pa.Table, offset: int) -> pa.Table:
-    """The batch's answer; a row an input error names is numbered in the whole input."""
+def _predict(scorer: Scorer, table: pa.Table, offset: int, passthrough: list[str]) -> pa.Table:
+    """The batch's answer (behind its ``passthrough`` columns); a row an input error names
+    is numbered in the whole input."""
     try:
-        return scorer.predict(table)
+        return scorer.predict(table, passthrough)
     except NullValue as err:
         suffix = f" at row {err.row}"
         if offset and err.message.endswith(suffix):  # a chain's step prefixes its message
@@ -143,11 +167,12 @@ def _predict(scorer: Scorer, table: pa.Table, offset: int) -> pa.Table:
 
 
 class Answers:
-    """Answers encoded as ``kind`` onto ``out`` a batch at a time: the bytes
-    ``sagemaker.encode`` makes of all of them at once (Arrow: the same table)."""
+    """Answers encoded as ``kind`` onto ``out`` a batch at a time: the bytes :func:`encode`
+    makes of all of them at once (Arrow: the same table); a CSV header row, with ``header``,
+    once, first."""
 
-    def __init__(self, kind: str, out: Any):
-        self.kind, self.out = kind, out
+    def __init__(self, kind: str, out: Any, header: bool = False):
+        self.kind, self.out, self.header = kind, out, header
         self.rows = 0
         self.writer: Any = None
         self.pending: list[pa.Table] = []  # a parquet row group's rows, until it is full
@@ -167,7 +192,8 @@ class Answers:
             self.writer = self.writer or ipc.new_stream(self.out, table.schema)
             self.writer.write_table(table)
         else:  # CSV, JSON lines: the batches' encodings one after the other
-            self.out.write(sagemaker.encode(table, self.kind))
+            self.out.write(encode(table, self.kind, self.header))
+            self.header = False
         self.rows += table.num_rows
 
     def close(self) -> None:

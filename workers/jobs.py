@@ -93,6 +93,10 @@ class Job(BaseModel):
     retries: int = 0
     """Transient errors (store or broker away) retried."""
     error: JobError | None = None
+    id_column: str | None = None
+    """An input column copied to the front of every answer row (as a batch run's)."""
+    keep_columns: list[str] = []
+    """More input columns copied to the answer, after ``id_column``."""
     callback_url: str | None = None
     idempotency_key: str | None = None
     notification: Notification | None = None
@@ -107,6 +111,13 @@ class Job(BaseModel):
     @property
     def error_key(self) -> str:
         return key(self.id, "error.json")
+
+    @property
+    def passthrough(self) -> list[str]:
+        """The input columns the answer keeps, in order: a batch run's ``id_column`` and
+        ``keep_columns`` (:meth:`batch.spec.BatchSpec.passthrough`)."""
+        wanted = [self.id_column] if self.id_column else []
+        return [*wanted, *(c for c in self.keep_columns if c not in wanted)]
 
     def finish(self, status: Status, error: JobError | None = None) -> Job:
         return self.model_copy(update={"status": status, "error": error, "finished_at": now()})

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from serving import scorers
-from serving.codecs import sagemaker
+from serving import codecs, scorers
+from serving.codecs import Matrix, sagemaker
 from serving.errors import AlreadyExists, JobNotFound, MMServeError
 from serving.registry import Registry
 from serving.settings import JobSettings
@@ -124,9 +124,13 @@ class Runner:
             if _job_batches.score(self.store, job, scorer, self.settings.batch_rows):
                 return
             features = [f.name for f in scorer.inputs]
-            rows = sagemaker.decode(self.store.read(job.input_key), job.content_type, features)
-            answer = sagemaker.encode(scorer.predict(rows), job.accept)
-            self.store.create(job.output_key, answer)
+            data = self.store.read(job.input_key)
+            rows = sagemaker.decode(data, job.content_type, features)
+            if job.passthrough and isinstance(rows, Matrix):
+                rows = rows.table()  # positional rows: a column to keep is missing, named
+            header = not _job_batches.headerless(data, job.content_type, features)
+            answer = _job_batches.encode(scorer.predict(rows, job.passthrough), job.accept, header)
+            self.store.create(job.output_key, answer, content_type=job.accept)
 
     def fail(self, token: str, error: JobError) -> Job:
         """Record ``error`` (``error.json`` and the record) unless the job already finished."""
@@ -134,7 +138,7 @@ class Runner:
         if job.status.finished:
             return job
         document = {"job_id": token, "status": Status.FAILED.value, "error": error.model_dump()}
-        self.store.write(job.error_key, json.dumps(document).encode())
+        self.store.write(job.error_key, json.dumps(document).encode(), content_type=codecs.JSON)
         return self.jobs.update(token, finishing(Status.FAILED, error))
 
     def _counted(self, job: Job) -> None:
@@ -232,21 +236,16 @@ def notification(job: Job, store: Store) -> dict[str, Any]:
             "endpointName": job.requested,
             "model": job.model,
             "contentType": job.content_type,
-            "inputLocation": location(store, job.input_key),
+            "inputLocation": store.uri(job.input_key),
         },
         "responseParameters": {"contentType": job.accept},
     }
     if job.status is Status.SUCCEEDED:
-        body["responseParameters"]["outputLocation"] = location(store, job.output_key)
+        body["responseParameters"]["outputLocation"] = store.uri(job.output_key)
     else:
         body["failureReason"] = job.error.message if job.error else job.status.value
-        body["responseParameters"]["failureLocation"] = location(store, job.error_key)
+        body["responseParameters"]["failureLocation"] = store.uri(job.error_key)
     return body
-
-
-def location(store: Store, key: str) -> str:
-    """Where a client finds ``key`` itself: ``s3://bucket/prefix/key`` or a local path."""
-    return f"{store.url.rstrip('/')}/{key}"
 
 
 def _iso(moment: Any) -> str | None:

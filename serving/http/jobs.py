@@ -10,6 +10,18 @@
 ``{ref}`` may be a chain, ``prep:1,fraud@production``: every step's version is pinned at
 submit, and the job is scored by the steps in turn (as a pipeline variant's jobs are).
 
+Where a job's input, answer and failure are is answered as absolute URIs (``s3://…``, or
+``file:///…`` on a local store), and an input location is taken as a key, such a URI or an
+absolute path, only inside the store (:meth:`serving.store.Store.key_of`). An input named by
+its location is read in the format declared, else its name's suffix says, else CSV; and
+without ``accept`` the answer is in the input's format.
+
+The answer keeps input columns as a batch run's does: ``id_column`` first, then
+``keep_columns``, copied as read (the pointer's fields, the headers ``X-MMServe-Id-Column``
+and ``X-MMServe-Keep-Columns: a,b``, or SageMaker's custom attributes
+``id_column=customer_id; keep_columns=a,b``); a CSV answer has a header row naming its
+columns unless its input is CSV without one.
+
 An ``Idempotency-Key`` (SageMaker's inference id) belongs to the credential that sent it and
 to one request: sent again with the same request it answers the first job; with another
 model, body, input location, format, callback or limit it is a 409 naming the key.
@@ -26,6 +38,7 @@ import json
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -35,21 +48,21 @@ from pydantic import BaseModel, Field, ValidationError
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 
 from serving import codecs, scorers
-from serving.codecs import DecodeError, media_type, sagemaker
+from serving.codecs import DecodeError, media_type, media_type_of, sagemaker
 from serving.errors import (
     EndpointNotFound,
     InvalidName,
     JobNotReady,
     PayloadTooLarge,
     QueueUnavailable,
+    UnsupportedFormat,
 )
 from serving.http._auth import credential
 from serving.http._body import invalid_body
 from serving.http._endpoints import TARGET_HEADERS
-from serving.store import validate_key
 from workers.jobs import Job, JobError, Status, key, new_token, now, valid_token
 from workers.notify import check_url
-from workers.runner import Runner, location
+from workers.runner import Runner
 
 router = APIRouter(tags=["async"])
 
@@ -76,15 +89,19 @@ async def submit_as(ref: str, named: str, request: Request) -> Response:
     kind = media_type(headers.get("content-type"), codecs.JSON, sagemaker.ACCEPTED)
     pointer = await _pointer(request) if kind == codecs.JSON else None
     given = pointer or InputPointer(input_location="-")
+    input_key = None
+    if pointer is not None:
+        input_key = runner.store.key_of(pointer.input_location, "input_location")
+        kind = _input_format(pointer.content_type, input_key)
     answer = media_type(given.accept or headers.get("accept"), kind, sagemaker.ACCEPTED)
     idempotency_key = given.idempotency_key or headers.get("idempotency-key")
     callback = _callback(given.callback_url, "callback_url") or _callback(
         headers.get("x-callback-url"), "X-Callback-Url"
     )
     job = _new_job(request, ref, kind, answer, callback, idempotency_key)
-    if pointer is not None:
-        job.input_key = _store_key(runner, pointer.input_location)
-        job.content_type = media_type(pointer.content_type, codecs.CSV, sagemaker.ACCEPTED)
+    job.id_column, job.keep_columns = _kept(headers, given)
+    if input_key is not None:
+        job.input_key = input_key
     asked = {"model": named, "variant": _pinned(headers)}
     job = await _accept(runner, job, request, pointer is None, asked)
     view = _view(request, runner, job)
@@ -103,22 +120,24 @@ async def async_invocations(name: str, request: Request) -> Response:
     input_location = headers.get(f"{SAGEMAKER}inputlocation")
     if not input_location:
         raise DecodeError("request", "the header X-Amzn-SageMaker-InputLocation is required")
-    kind = media_type(headers.get(f"{SAGEMAKER}content-type"), codecs.CSV, sagemaker.ACCEPTED)
+    input_key = runner.store.key_of(input_location, "X-Amzn-SageMaker-InputLocation")
+    kind = _input_format(headers.get(f"{SAGEMAKER}content-type"), input_key)
     answer = media_type(headers.get(f"{SAGEMAKER}accept"), kind, sagemaker.ACCEPTED)
     inference_id = headers.get(f"{SAGEMAKER}inference-id") or str(uuid.uuid4())
     ref, variant = await _target(request, name)
     job = _new_job(request, ref, kind, answer, None, inference_id)
-    job.input_key = _store_key(runner, input_location)
+    job.input_key = input_key
+    job.id_column, job.keep_columns = _kept(headers, None)
     ttl = _seconds(headers, "requestttlseconds", 60, _SAGEMAKER_TTL_S) or _SAGEMAKER_TTL_S
     job.expires_at = job.created_at + timedelta(seconds=ttl)
     limit = runner.settings.time_limit_s
     job.time_limit_s = _seconds(headers, "invocationtimeoutseconds", 1, limit) or limit
     asked = {"model": name, "variant": _pinned(headers), "ttl_s": str(ttl)}
     job = await _accept(runner, job, request, False, asked)
-    output = location(runner.store, job.output_key)
+    output = runner.store.uri(job.output_key)
     answered = {
         "X-Amzn-SageMaker-OutputLocation": output,
-        "X-Amzn-SageMaker-FailureLocation": location(runner.store, job.error_key),
+        "X-Amzn-SageMaker-FailureLocation": runner.store.uri(job.error_key),
         "Location": str(request.url_for("status", token=job.id)),
     }
     if variant is not None:
@@ -214,7 +233,7 @@ async def _accept(
     key by the same credential, if that was the same request (``asked``, and the input)."""
     job.model = await run_in_threadpool(scorers.pin, runner.registry, job.requested)
     if upload:
-        asked = {**asked, "body": await _upload(request, runner, job.input_key)}
+        asked = {**asked, "body": await _upload(request, runner, job.input_key, job.content_type)}
     elif await run_in_threadpool(runner.store.exists, job.input_key):
         asked = {**asked, "input_location": job.input_key}
     else:
@@ -244,6 +263,7 @@ async def _claim(
         "accept": job.accept,
         "callback_url": job.callback_url or "",
         "time_limit_s": str(job.time_limit_s),
+        "passthrough": json.dumps(job.passthrough),
     }
     who = credential(request.scope["headers"], request.app.state.settings)
     first = ""
@@ -265,11 +285,18 @@ def _pinned(headers: Any) -> str:
 class InputPointer(BaseModel):
     """A JSON body that names the job's input instead of being it."""
 
-    input_location: str = Field(min_length=1, description="s3://... under the store, or a key")
-    content_type: str | None = Field(None, description="The input's media type (text/csv)")
-    accept: str | None = None
+    input_location: str = Field(
+        min_length=1,
+        description="A key, or a URI in the store (s3://bucket/prefix/key, file:///path/key)",
+    )
+    content_type: str | None = Field(
+        None, description="The input's media type; default: by its suffix, else text/csv"
+    )
+    accept: str | None = Field(None, description="The answer's media type; default: the input's")
     callback_url: str | None = None
     idempotency_key: str | None = None
+    id_column: str | None = Field(None, description="Input column copied to every answer row")
+    keep_columns: list[str] = Field([], description="More input columns copied to the answer")
 
 
 async def _pointer(request: Request) -> InputPointer | None:
@@ -291,13 +318,33 @@ async def _pointer(request: Request) -> InputPointer | None:
         raise invalid_body(err) from None
 
 
-def _store_key(runner: Runner, where: str) -> str:
-    """The store key of an input location: a URL under the store's root, or a key."""
-    root = runner.store.url.rstrip("/") + "/"
-    relative = where.removeprefix(root)
-    if relative == where and "://" in where:
-        raise InvalidName("input location", where, f"must be an object under {root}")
-    return validate_key(relative)
+def _input_format(declared: str | None, input_key: str) -> str:
+    """The format of an input already in the store: as declared, else as its name's suffix
+    says (``rows.parquet``), else CSV (SageMaker's default)."""
+    if declared:
+        return media_type(declared, codecs.CSV, sagemaker.ACCEPTED)
+    try:
+        return media_type_of(Path(input_key))
+    except UnsupportedFormat:
+        return codecs.CSV
+
+
+def _kept(headers: Any, pointer: InputPointer | None) -> tuple[str | None, list[str]]:
+    """The input columns the answer keeps (``id_column``, ``keep_columns``): the pointer's,
+    else the ``X-MMServe-*`` headers', else SageMaker's custom attributes (what boto3 sends
+    as ``CustomAttributes``: ``id_column=customer_id; keep_columns=a,b``)."""
+    custom = headers.get(f"{SAGEMAKER}custom-attributes", "").split(";")
+    pairs = (part.partition("=") for part in custom)
+    attributes = {name.strip().lower(): value.strip() for name, _, value in pairs}
+    id_column = (
+        (pointer.id_column if pointer else None)
+        or headers.get("x-mmserve-id-column")
+        or attributes.get("id_column")
+        or None
+    )
+    listed = headers.get("x-mmserve-keep-columns") or attributes.get("keep_columns") or ""
+    keep = (pointer.keep_columns if pointer else None) or listed.split(",")
+    return id_column, [name.strip() for name in keep if name.strip()]
 
 
 def _callback(url: str | None, field: str) -> str | None:
@@ -320,9 +367,10 @@ def _seconds(headers: Any, name: str, low: int, high: float) -> int | None:
     return int(value)
 
 
-async def _upload(request: Request, runner: Runner, input_key: str) -> str:
-    """Stream the body into the store; the object appears only whole, and the body is never
-    held whole in memory. 413 as soon as it passes the limit. Returns the body's sha256."""
+async def _upload(request: Request, runner: Runner, input_key: str, content_type: str) -> str:
+    """Stream the body into the store (with its media type); the object appears only whole,
+    and the body is never held whole in memory. 413 as soon as it passes the limit. Returns
+    the body's sha256."""
     limit = runner.settings.max_payload_bytes
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
@@ -331,7 +379,7 @@ async def _upload(request: Request, runner: Runner, input_key: str) -> str:
 
     def write() -> str:
         size, digest = 0, hashlib.sha256()
-        with runner.store.open_output(input_key) as out:
+        with runner.store.open_output(input_key, content_type=content_type) as out:
             for chunk in _pulled(chunks):
                 size += len(chunk)
                 if size > limit:
@@ -373,9 +421,9 @@ def _view(request: Request, runner: Runner, job: Job) -> dict[str, Any]:
         "status": job.status.value,
         "status_url": status_url,
         "result_url": f"{status_url}/result",
-        "output_location": location(runner.store, job.output_key),
-        "failure_location": location(runner.store, job.error_key),
-        "input_location": location(runner.store, job.input_key),
+        "output_location": runner.store.uri(job.output_key),
+        "failure_location": runner.store.uri(job.error_key),
+        "input_location": runner.store.uri(job.input_key),
     }
     view |= job.model_dump(
         mode="json",

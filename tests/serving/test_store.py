@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 
 import pytest
@@ -111,3 +112,35 @@ def test_unknown_url_schemes_are_refused() -> None:
 def test_file_urls_and_paths_name_the_same_folder(tmp_path) -> None:
     Store.from_url(f"file://{tmp_path}").write("k", b"v")
     assert Store.from_url(str(tmp_path)).read("k") == b"v"
+
+
+def test_an_objects_uri_is_absolute_and_is_taken_back(store: Store) -> None:
+    key = "in/a=1/b@c+d.csv"
+    store.write(key, b"x")
+    uri = store.uri(key)
+    if store.is_local:
+        assert uri.startswith("file:///") and uri.endswith("/in/a%3D1/b%40c%2Bd.csv")
+        assert store.key_of(store.path(key), "location") == key  # an absolute path too
+    else:
+        assert uri == f"{store.url}/{key}"  # s3://bucket/prefix/key, as the AWS CLI takes it
+    assert store.key_of(uri, "location") == key
+    assert store.key_of(key, "location") == key
+
+
+def test_a_location_outside_the_store_is_refused_naming_its_field(store: Store, tmp_path) -> None:
+    outside = tmp_path / "outside.csv"
+    outside.write_text("x")
+    refused = ["/etc/passwd", "file:///etc/passwd", "../x", "s3://other/root/x", "ftp://h/x"]
+    refused += [str(outside), outside.as_uri(), f"{store.root_uri}/../x", f"{store.root_uri}x/y"]
+    if store.is_local:
+        store.write("in/a", b"x")
+        link = store.path("in/a").replace("/in/a", "/in/link")
+        os.symlink(outside, link)
+        refused += ["in/link", link, f"{store.root_uri}/in/link"]
+    for location in refused:
+        with pytest.raises(InvalidName) as info:
+            store.key_of(location, "input_location")
+        assert info.value.message == (
+            f"invalid input_location {location!r}: must name an object in the store: a key, "
+            f"or {store.root_uri}/<key>"
+        ), location

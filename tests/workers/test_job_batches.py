@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import itertools
+import json
 from collections.abc import Callable
 
 import numpy as np
@@ -45,8 +46,11 @@ def rows(count: int = ROWS) -> pa.Table:
     return fixtures.numeric_table(x)
 
 
-def run_job(registry: Registry, model: str, data: bytes, content_type: str, accept: str) -> Job:
-    """Store ``data`` as a job's input and run the job here, as a worker does."""
+def run_job(
+    registry: Registry, model: str, data: bytes, content_type: str, accept: str, **asked: object
+) -> Job:
+    """Store ``data`` as a job's input and run the job here, as a worker does; ``asked``:
+    more of the job's fields (``id_column``...)."""
     store = registry.store
     token = new_token()
     job = Job(
@@ -58,18 +62,24 @@ def run_job(registry: Registry, model: str, data: bytes, content_type: str, acce
         input_key=key(token, "input"),
         created_at=now(),
         time_limit_s=60,
-    )
+    ).model_copy(update=asked)
     store.write(job.input_key, data)
     Jobs(store).create(job)
     runner = Runner(registry, LocalQueue(lambda _: None), JobSettings(batch_rows=BATCH))
     return runner.run(token)
 
 
-def whole_input_answer(registry: Registry, model: str, data: bytes, kind: str, accept: str):
-    """What the job answered before it read in batches: decode all, predict, encode."""
+def whole_input_answer(
+    registry: Registry, model: str, data: bytes, kind: str, accept: str, header: bool = True
+):
+    """What the job answered before it read in batches: decode all, predict, encode (a CSV
+    answer with its header row unless the input is CSV without one)."""
     predictor = registry.load(model)
     features = [f.name for f in predictor.inputs]
-    return sagemaker.encode(predictor.predict(sagemaker.decode(data, kind, features)), accept)
+    answer = predictor.predict(sagemaker.decode(data, kind, features))
+    if accept == codecs.CSV and header:
+        return codecs.encode(answer, codecs.CSV)
+    return sagemaker.encode(answer, accept)
 
 
 @pytest.mark.parametrize("accept", sagemaker.ACCEPTED)
@@ -83,7 +93,7 @@ def test_a_table_job_in_batches_answers_the_whole_input_answer(
     job = run_job(registry, "lr:1", data, kind, accept)
     assert job.status is Status.SUCCEEDED, job.error
     answer = registry.store.read(job.output_key)
-    expected = whole_input_answer(registry, "lr:1", data, kind, accept)
+    expected = whole_input_answer(registry, "lr:1", data, kind, accept, given != "csv-headerless")
     if accept != codecs.ARROW:
         assert answer == expected
         return
@@ -170,9 +180,11 @@ def test_an_output_written_by_an_earlier_run_stays(registry: Registry, store: St
     assert store.read(job.output_key) == b"earlier"
 
 
-def answers_in_batches(table: pa.Table, accept: str, sizes: list[int]) -> bytes:
+def answers_in_batches(
+    table: pa.Table, accept: str, sizes: list[int], header: bool = False
+) -> bytes:
     sink = io.BytesIO()
-    answers = Answers(accept, sink)
+    answers = Answers(accept, sink, header)
     start = 0
     for size in itertools.cycle(sizes):  # a job writes one batch at least
         answers.write(table.slice(start, size))
@@ -205,3 +217,40 @@ def test_answers_with_nan_and_empty_batches_are_the_whole_answers_bytes(accept: 
     assert answers_in_batches(table, accept, [2, 0, 3]) == sagemaker.encode(table, accept)
     empty = table.slice(0, 0)
     assert answers_in_batches(empty, accept, [1]) == sagemaker.encode(empty, accept)
+
+
+def test_a_csv_answer_in_batches_has_one_header_row_first() -> None:
+    table = pa.table({"label": list(range(7)), "score": pa.array([0.5] * 7, pa.float64())})
+    assert answers_in_batches(table, codecs.CSV, [2, 0, 3], header=True) == codecs.encode(
+        table, codecs.CSV
+    )
+
+
+@pytest.mark.parametrize("given", ["csv", "jsonl", "parquet", "arrow"])
+def test_a_job_keeps_the_id_and_kept_columns_in_front_of_the_answer(
+    registry: Registry, given: str
+) -> None:
+    registry.register(fixtures.logistic(), "lr")
+    table = rows(250)
+    table = table.add_column(0, "id", pa.array([f"row-{i}" for i in range(250)]))
+    table = table.append_column("region", pa.array(["north", "south"] * 125))
+    kind, encode = INPUTS[given]
+    job = run_job(
+        registry, "lr:1", encode(table), kind, codecs.CSV, id_column="id", keep_columns=["region"]
+    )
+    assert job.status is Status.SUCCEEDED, job.error
+    expected = registry.load("lr:1").predict(table, passthrough=["id", "region"])
+    assert registry.store.read(job.output_key) == codecs.encode(expected, codecs.CSV)
+
+
+def test_a_json_job_keeps_its_columns_too_and_positional_rows_have_none(registry: Registry) -> None:
+    registry.register(fixtures.logistic(), "lr")
+    table = rows(3).add_column(0, "id", pa.array([7, 8, 9]))
+    records = json.dumps(table.to_pylist()).encode()
+    job = run_job(registry, "lr:1", records, codecs.JSON, codecs.JSONL, id_column="id")
+    assert job.status is Status.SUCCEEDED, job.error
+    expected = registry.load("lr:1").predict(table, passthrough=["id"])
+    assert registry.store.read(job.output_key) == codecs.encode(expected, codecs.JSONL)
+    positional = json.dumps(rows(3).to_pandas().values.tolist()).encode()
+    job = run_job(registry, "lr:1", positional, codecs.JSON, codecs.JSONL, id_column="id")
+    assert job.error == JobError(type="MissingColumn", message="missing column 'id'")
