@@ -263,8 +263,9 @@ async def _claim(
         "accept": job.accept,
         "callback_url": job.callback_url or "",
         "time_limit_s": str(job.time_limit_s),
-        "passthrough": json.dumps(job.passthrough),
     }
+    if job.passthrough:  # absent otherwise: a key claimed before columns were kept still holds
+        asked["passthrough"] = json.dumps(job.passthrough)
     who = credential(request.scope["headers"], request.app.state.settings)
     first = ""
     try:

@@ -13,6 +13,7 @@ import json
 import os
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -393,6 +394,20 @@ def test_a_column_to_keep_that_the_input_lacks_fails_the_job_naming_it(local: Lo
     record = finished(local.client, submitted.json()["job_id"])
     assert record["status"] == "failed"
     assert record["error"] == {"type": "MissingColumn", "message": "missing column 'account'"}
+
+
+def test_the_same_idempotency_key_with_other_kept_columns_is_a_conflict(local: Local) -> None:
+    body = codecs.encode(customers(), codecs.CSV)
+    headers = {"content-type": "text/csv", "idempotency-key": uuid.uuid4().hex}
+    kept = {**headers, "x-mmserve-id-column": "customer_id"}
+    first = local.client.post("/v1/models/lr/async", content=body, headers=kept)
+    again = local.client.post("/v1/models/lr/async", content=body, headers=kept)
+    assert first.status_code == again.status_code == 202
+    assert again.json()["job_id"] == first.json()["job_id"]
+    more = {**kept, "x-mmserve-keep-columns": "segment"}
+    other = local.client.post("/v1/models/lr/async", content=body, headers=more)
+    assert other.status_code == 409
+    assert "(its passthrough differ)" in other.json()["error"]
 
 
 def test_boto3_keeps_columns_through_custom_attributes(stack: Stack, worker: None) -> None:
