@@ -141,6 +141,8 @@ class _Attempt:
     def run(self) -> None:
         try:
             self.outcome = self._post()
+        except TimeoutError:  # the socket's own deadline, met as the caller's: one answer
+            self.outcome = Outcome("failed", f"no answer within {self.timeout_s:g} s", retry=True)
         except (OSError, http.client.HTTPException, ValueError) as err:
             self.outcome = Outcome("failed", f"{type(err).__name__}: {err}", retry=True)
 
