@@ -21,11 +21,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-import boto3
 import httpx
 import pyarrow as pa
 import pytest
-from botocore.config import Config
 
 from batch.runner import run_batch
 from batch.spec import BatchSpec
@@ -36,6 +34,7 @@ from serving.settings import Settings
 from serving.store import Store
 from tests import fixtures
 from tests.services import free_port, mmserve_process, mmserve_worker, redis_server
+from tests.serving.http.test_boto3 import runtime
 from tests.workers.stack import ROW, Stack, s3_client, wait
 
 BATCH_ROWS = 4  # the local stack's jobs read 4 rows at a time: a 10-row input is 3 batches
@@ -137,17 +136,6 @@ def hook() -> Iterator[Hook]:
     receiver = Hook()
     yield receiver
     receiver.close()
-
-
-def runtime(url: str) -> Any:
-    return boto3.client(
-        "sagemaker-runtime",
-        endpoint_url=url,
-        region_name="us-east-1",
-        aws_access_key_id="x",
-        aws_secret_access_key="x",
-        config=Config(retries={"mode": "standard", "max_attempts": 1}),
-    )
 
 
 def s3_object(stack: Stack, uri: str) -> dict[str, Any]:
@@ -356,27 +344,23 @@ def test_a_csv_job_answers_with_its_header_and_the_columns_it_keeps(local: Local
         assert codecs.decode(result.content, codecs.CSV).equals(scored)
 
 
-def test_a_csv_with_a_header_answers_with_one_whatever_the_batches(local: Local) -> None:
-    x, _ = fixtures.numeric_data(10, seed=42)  # three batches of BATCH_ROWS
-    table = fixtures.numeric_table(x)
+def csv_job_answer(local: Local, body: bytes) -> bytes:
+    """The result of a CSV job of ``body``, which must succeed."""
     submitted = local.client.post(
-        "/v1/models/lr/async",
-        content=codecs.encode(table, codecs.CSV),
-        headers={"content-type": "text/csv"},
+        "/v1/models/lr/async", content=body, headers={"content-type": "text/csv"}
     )
     token = submitted.json()["job_id"]
     assert finished(local.client, token)["status"] == "succeeded"
-    answer = local.client.get(f"/v1/jobs/{token}/result").content
+    return local.client.get(f"/v1/jobs/{token}/result").content
+
+
+def test_a_csv_with_a_header_answers_with_one_whatever_the_batches(local: Local) -> None:
+    x, _ = fixtures.numeric_data(10, seed=42)  # three batches of BATCH_ROWS
+    table = fixtures.numeric_table(x)
+    answer = csv_job_answer(local, codecs.encode(table, codecs.CSV))
     assert answer == codecs.encode(local.registry.load("lr:1").predict(table), codecs.CSV)
     # A headerless body (SageMaker's way) still answers values only, as /invocations does.
-    headerless = local.client.post(
-        "/v1/models/lr/async",
-        content=sagemaker.encode(table, codecs.CSV),
-        headers={"content-type": "text/csv"},
-    )
-    token = headerless.json()["job_id"]
-    assert finished(local.client, token)["status"] == "succeeded"
-    answer = local.client.get(f"/v1/jobs/{token}/result").content
+    answer = csv_job_answer(local, sagemaker.encode(table, codecs.CSV))
     invoked = local.client.post(
         "/invocations",
         content=sagemaker.encode(table, codecs.CSV),
