@@ -15,9 +15,9 @@ import pyarrow.parquet as pq
 
 from models import churn
 from models._server import DemoError
-from serving import flavors
 from serving.codecs import write_file
 from serving.registry import Registry
+from serving.runtimes import sklearn
 
 FOLDER = Path("demo")
 FILES = ("churn.skops", "legacy.joblib", "rows.csv", "scans.csv", "customers.parquet")
@@ -33,7 +33,7 @@ def write(registry: Registry, folder: Path = FOLDER) -> None:
     """Write the files into ``folder``, from the models just registered."""
     mv = registry.get(f"{churn.NAME}@production")
     artifact = registry.store.read(f"registry/{mv.name}/{mv.version}/{mv.artifact}")
-    legacy = flavors.dump(registry.load("house_prices@production").model, "sklearn-pickle")
+    legacy = sklearn.dump(registry.load("house_prices@production").model, "sklearn-pickle")
     try:
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "churn.skops").write_bytes(artifact)

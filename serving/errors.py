@@ -53,6 +53,7 @@ the batch runner writes it into rejects, the stream consumer dead-letters it.
     ├── IntegrityError (500)
     │   └── TamperedArtifact            the artifact's sha256 differs from the registered one
     ├── ModelError (500)                the model itself raised
+    ├── MissingRuntime (501)            a model whose runtime's library is not installed
     ├── TooManyDeliveries (500)         a stream entry delivered past the limit, never committed
     ├── Overloaded (429, retryable)     a model's or the server's in-flight limit reached
     ├── ModelLoading (503, retryable)   the model did not finish loading in time
@@ -440,6 +441,17 @@ class ModelError(MMServeError):
     def __init__(self, ref: str, err: BaseException) -> None:
         super().__init__(f"model {ref} failed: {type(err).__name__}: {err}")
         self.ref = ref
+
+
+class MissingRuntime(MMServeError):
+    status = HTTPStatus.NOT_IMPLEMENTED
+
+    def __init__(self, flavor: str, package: str, extra: str) -> None:
+        super().__init__(
+            f"{flavor} models need the {package!r} package, which is not installed: "
+            f"pip install 'mmserve[{extra}]'"
+        )
+        self.flavor, self.package, self.extra = flavor, package, extra
 
 
 class TooManyDeliveries(MMServeError):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import platform
 from collections.abc import Iterable
 from datetime import datetime
 from typing import Any, Literal
@@ -12,7 +11,7 @@ import pyarrow.compute as pc
 from pydantic import BaseModel, Field, field_validator
 
 from serving.errors import InvalidName, MissingColumn
-from serving.flavors import Flavor
+from serving.runtimes import Flavor
 
 Task = Literal["classifier", "regressor", "transformer"]
 Approval = Literal["pending", "approved", "rejected"]
@@ -79,7 +78,8 @@ def arrow_type(name: str) -> pa.DataType:
 
 
 def infer_inputs(
-    model: Any,
+    features: list[str],
+    count: int | None,
     example: pa.Table | None,
     schema: dict[str, str] | None,
     nullable: Iterable[str] = (),
@@ -87,11 +87,10 @@ def infer_inputs(
     """The input schema, in the order the model was fitted with.
 
     From an explicit ``schema`` ({name: dtype}), else an input example's columns and types,
-    else the model's ``feature_names_in_`` (as float64), else ``f0..f<n-1>`` positional.
+    else the model's own ``features`` (as float64), else ``f0..f<count-1>`` positional.
     Features in ``nullable``, or missing somewhere in the example, may be null or NaN.
     """
-    count = getattr(model, "n_features_in_", None)
-    names = list(getattr(model, "feature_names_in_", []))
+    names = list(features)
     if schema is not None:
         types = dict(schema)
     elif example is not None:
@@ -122,53 +121,3 @@ def _has_missing(example: pa.Table, name: str) -> bool:
     if column.null_count:
         return True
     return pa.types.is_floating(column.type) and bool(pc.any(pc.is_nan(column)).as_py())
-
-
-def infer_task(model: Any) -> tuple[Task, Method]:
-    from sklearn.base import is_classifier, is_regressor
-
-    if is_classifier(model):
-        return "classifier", "predict_proba" if hasattr(model, "predict_proba") else "predict"
-    if is_regressor(model):
-        return "regressor", "predict"
-    if hasattr(model, "transform"):
-        return "transformer", "transform"
-    raise InvalidName(
-        "model",
-        type(model).__name__,
-        "expected a scikit-learn classifier, regressor or transformer",
-    )
-
-
-def infer_outputs(model: Any, task: Task, method: Method, width: int | None) -> list[str]:
-    """Output column names: ``label`` + ``proba_<class>``, ``prediction``, ``score``..."""
-    if task == "classifier":
-        classes = [str(c) for c in model.classes_]
-        if method == "predict_proba":
-            return ["label"] + [f"proba_{c}" for c in classes]
-        if method == "decision_function":
-            return ["score"] if len(classes) == 2 else [f"score_{c}" for c in classes]
-        return ["label"]
-    if method == "transform" and hasattr(model, "get_feature_names_out"):
-        return [str(n) for n in model.get_feature_names_out()]
-    prefix = "prediction" if method == "predict" else "output"
-    if width is None or (width == 1 and method == "predict"):
-        return [prefix] if method == "predict" else [f"{prefix}_0"]
-    return [f"{prefix}_{i}" for i in range(width)]
-
-
-def library_versions() -> dict[str, str]:
-    import numpy
-    import sklearn
-    import skops
-
-    import serving
-
-    return {
-        "python": platform.python_version(),
-        "mmserve": serving.__version__,
-        "scikit-learn": sklearn.__version__,
-        "numpy": numpy.__version__,
-        "pyarrow": pa.__version__,
-        "skops": skops.__version__,
-    }

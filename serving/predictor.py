@@ -29,6 +29,7 @@ from serving.errors import (
     WrongType,
 )
 from serving.metadata import Feature, ModelVersion
+from serving.runtimes import Model
 
 # From this size on the model's matrix is built column by column (see Predictor._matrix):
 # below it Arrow's to_tensor is faster, above it (out of L2 cache) 1.4x slower.
@@ -118,9 +119,9 @@ class Answer(NamedTuple):
 class Predictor:
     """A loaded model version and the checks that stand in front of it."""
 
-    def __init__(self, version: ModelVersion, model: Any):
+    def __init__(self, version: ModelVersion, model: Model):
         self.version = version
-        self.model = model
+        self.runtime = model
         self._names = [f.name for f in version.inputs]
         self._types = [f.type for f in version.inputs]
         self._strict_floats = [
@@ -130,14 +131,9 @@ class Predictor:
         ]
         self._floats = [i for i, t in enumerate(self._types) if pa.types.is_floating(t)]
         # Tree models compare in float32: a finite float64 beyond its range makes them raise.
-        self._limit = _FLOAT32_MAX if _computes_in_float32(model) else None
+        self._limit = _FLOAT32_MAX if model.float32 else None
         self._numeric = all(pa.types.is_integer(t) or pa.types.is_floating(t) for t in self._types)
-        # A model fitted on a DataFrame wants one back (with the same column names).
-        self._wants_frame = hasattr(model, "feature_names_in_")
-        self._call = getattr(model, version.method)
-        # Threshold classifiers decide labels with their own cut-off, not the largest
-        # probability: ask them (a second call, only for them).
-        self._label_by_predict = version.method == "predict_proba" and _own_threshold(model)
+        self._wants_frame = model.frame
         # The fast path takes tables that already have exactly these columns and one float
         # type; anything else goes through selection, casts and per-column checks.
         self._schema = pa.schema(list(zip(self._names, self._types, strict=True)))
@@ -146,6 +142,11 @@ class Predictor:
     @property
     def ref(self) -> str:
         return self.version.ref
+
+    @property
+    def model(self) -> Any:
+        """The library's own model object (an estimator, a Booster...)."""
+        return self.runtime.native
 
     @property
     def inputs(self) -> list[Feature]:
@@ -205,10 +206,12 @@ class Predictor:
             outputs = self._empty_outputs()
         else:
             model_input = self._join([p for p in batch if p.rows])
-            raw = self._invoke(self._call, model_input)
-            labels = (
-                self._invoke(self.model.predict, model_input) if self._label_by_predict else None
-            )
+            raw = np.asarray(self._invoke(self.runtime.scores, model_input))
+            labels = None
+            if self.version.method == "predict_proba":
+                labels = np.asarray(
+                    self._invoke(lambda x: self.runtime.labels(x, raw), model_input)
+                )
             outputs = self._outputs(raw, rows, labels)
         if len(batch) == 1:
             p = batch[0]
@@ -348,9 +351,9 @@ class Predictor:
 
     # -- the call and the output ---------------------------------------------------------
 
-    def _invoke(self, method: Any, model_input: Any) -> np.ndarray:
+    def _invoke(self, method: Any, model_input: Any) -> Any:
         try:
-            return np.asarray(method(model_input))
+            return method(model_input)
         except Exception as err:
             raise ModelError(self.ref, err) from err
 
@@ -360,14 +363,13 @@ class Predictor:
         names = self.version.outputs
         raw = raw[:rows]
         columns = raw.reshape(rows, -1) if raw.ndim == 1 else raw
-        if self.version.method == "predict_proba":
-            if labels is None:
-                labels = self.model.classes_.take(_argmax_rows(raw))
+        if labels is not None:
             return {"label": pa.array(labels[:rows]), **_split(names[1:], columns, self.ref)}
         return _split(names, columns, self.ref)
 
     def _empty_outputs(self) -> dict[str, pa.Array]:
-        label_type = pa.array(np.asarray(getattr(self.model, "classes_", [0.0]))[:0]).type
+        classes = self.runtime.classes
+        label_type = pa.array(np.asarray(classes if classes is not None else [0.0])[:0]).type
         return {
             name: pa.array([], label_type if name == "label" else pa.float64())
             for name in self.version.outputs
@@ -414,21 +416,6 @@ def _copy_column(column: pa.ChunkedArray, out: np.ndarray) -> None:
     for chunk in column.chunks:
         out[start : start + len(chunk)] = chunk.to_numpy(zero_copy_only=False)
         start += len(chunk)
-
-
-def _argmax_rows(raw: np.ndarray) -> np.ndarray:
-    """``raw.argmax(axis=1)``, a column at a time: numpy's argmax along a short axis makes
-    one call per row, which on large batches cost as much as the model itself."""
-    if raw.ndim != 2 or raw.shape[1] > 8 or len(raw) < 1024 or raw.dtype.kind != "f":
-        return raw.argmax(axis=1)
-    best, index = raw[:, 0], np.zeros(len(raw), np.intp)
-    for j in range(1, raw.shape[1]):
-        column = raw[:, j]
-        np.maximum(index, (column > best) * j, out=index)  # j only grows: first maximum wins
-        best = np.maximum(best, column)  # NaN propagates, so a NaN anywhere shows here
-    if np.isnan(best).any():
-        return raw.argmax(axis=1)  # argmax's own rule: the first NaN counts as the maximum
-    return index
 
 
 def _split(names: list[str], columns: np.ndarray, ref: str) -> dict[str, pa.Array]:
@@ -514,25 +501,3 @@ def _what(value: Any) -> str:
     if value is None:
         return "a null"
     return "a NaN" if value != value else "an infinite"
-
-
-def _computes_in_float32(model: Any) -> bool:
-    """Whether the model (a pipeline's last step) is a tree model: scikit-learn's trees and
-    their ensembles compare features in float32."""
-    steps = getattr(model, "steps", None)
-    final = steps[-1][1] if steps else model
-    if hasattr(final, "tree_"):
-        return True
-    members = getattr(final, "estimators_", None)
-    if members is None:
-        return False
-    first = np.ravel(np.asarray(members, dtype=object))[:1]
-    return len(first) == 1 and hasattr(first[0], "tree_")
-
-
-def _own_threshold(model: Any) -> bool:
-    from sklearn.model_selection import FixedThresholdClassifier, TunedThresholdClassifierCV
-
-    steps = getattr(model, "steps", None)
-    final = steps[-1][1] if steps else model
-    return isinstance(final, FixedThresholdClassifier | TunedThresholdClassifierCV)

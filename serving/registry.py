@@ -3,7 +3,7 @@
 Store layout (the store is the source of truth; nothing else holds registry state)::
 
     registry/<name>/<version>/.claim          exclusive marker: who owns the number
-    registry/<name>/<version>/model.<ext>     the artifact (skops, or trusted pickle)
+    registry/<name>/<version>/model.<ext>     the artifact (skops, trusted pickle, ubj...)
     registry/<name>/<version>/model.json      metadata; a version exists once this does
     registry/<name>/aliases.json              {alias: version}
 """
@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 import pyarrow as pa
 
-from serving import flavors, trust
+from serving import runtimes, trust
 from serving._resolutions import Resolutions
 from serving.cache import ModelCache
 from serving.codecs import read_file
@@ -36,15 +36,7 @@ from serving.errors import (
     VersionInUse,
     VersionNotFound,
 )
-from serving.metadata import (
-    Approval,
-    Method,
-    ModelVersion,
-    infer_inputs,
-    infer_outputs,
-    infer_task,
-    library_versions,
-)
+from serving.metadata import Approval, Method, ModelVersion, infer_inputs
 from serving.predictor import Predictor
 from serving.refs import ModelRef, validate_name
 from serving.settings import RegistrySettings, Settings
@@ -88,7 +80,7 @@ class Registry:
         schema: Mapping[str, str] | None = None,
         nullable: Iterable[str] = (),
         method: Method | None = None,
-        flavor: flavors.Flavor = "sklearn-skops",
+        flavor: runtimes.Flavor | None = None,
         trust_pickle: bool = False,
         trusted_types: Iterable[str] = (),
         description: str = "",
@@ -98,42 +90,47 @@ class Registry:
         row_block: int = 8,
         force: bool = False,
     ) -> ModelVersion:
-        """Register an estimator, or an artifact file (``.skops``; ``.joblib``/``.pkl`` only
-        with ``trust_pickle``), as the next version of ``name``."""
+        """Register a model object (a scikit-learn estimator, an XGBoost model...) or an
+        artifact file (``.skops``, ``.ubj``...; ``.joblib``/``.pkl`` only with
+        ``trust_pickle``) as the next version of ``name``. The flavor is told from the
+        object's library or the file's name and content unless ``flavor`` names it."""
         validate_name(name)
         approval = approval or self.settings.default_approval
         if alias is not None:
             self._check_alias_target(
                 f"{name}:<new>", validate_name(alias, "alias"), approval, force
             )
-        data, flavor, estimator, trusted = _artifact(model, flavor, trust_pickle, trusted_types)
+        data, flavor, native, trusted = _artifact(model, flavor, trust_pickle, trusted_types)
+        runtime = runtimes.runtime(flavor)
         example = _as_table(input_example)
-        task, default_method = infer_task(estimator)
-        method = method or default_method
+        about = runtime.describe(native, method)
+        inputs = infer_inputs(
+            about.features, about.count, example, dict(schema) if schema else None, nullable
+        )
         mv = ModelVersion(
             name=name,
             version=0,  # claimed below, once the model has proved it loads and predicts
             flavor=flavor,
-            artifact=f"model.{flavors.EXTENSIONS[flavor]}",
+            artifact=f"model.{runtimes.extension(flavor)}",
             sha256=hashlib.sha256(data).hexdigest(),
             size_bytes=len(data),
-            task=task,
-            method=method,
-            inputs=infer_inputs(estimator, example, dict(schema) if schema else None, nullable),
-            outputs=infer_outputs(estimator, task, method, _output_width(estimator)),
-            classes=_classes(estimator) if task == "classifier" else None,
+            task=about.task,
+            method=about.method,
+            inputs=inputs,
+            outputs=about.outputs,
+            classes=about.classes,
             row_block=row_block,
             extra_columns=extra_columns,
             trusted_types=trusted,
             trust_pickle=flavor == "sklearn-pickle",
-            libraries=library_versions(),
+            libraries=runtimes.library_versions(runtime.PACKAGES),
             created=datetime.now(UTC),
             description=description,
             tags=dict(tags or {}),
             approval=approval,
         )
         if example is not None:  # fail at registration, not at the first request
-            Predictor(mv, estimator).predict(example.slice(0, 16))
+            Predictor(mv, runtime.wrap(native, mv)).predict(example.slice(0, 16))
         version = self._claim_version(name)
         mv = mv.model_copy(update={"version": version, "created": datetime.now(UTC)})
         self.store.write(self._key(name, version, mv.artifact), data)
@@ -304,8 +301,10 @@ class Registry:
         if actual != mv.sha256:
             raise TamperedArtifact(key, mv.sha256, actual)
         trust.check(self.settings, mv.ref, actual)  # before any byte of it is decoded
-        model = flavors.load(data, mv.flavor, mv.trusted_types, mv.trust_pickle, mv.ref)
-        return Predictor(mv, model), mv.size_bytes
+        runtime = runtimes.runtime(mv.flavor)
+        trusted = runtimes.Trust(tuple(mv.trusted_types), mv.trust_pickle)
+        native = runtime.load(data, mv.flavor, trusted, mv.ref)
+        return Predictor(mv, runtime.wrap(native, mv)), mv.size_bytes
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -341,29 +340,31 @@ class Registry:
 
 
 def _artifact(
-    model: Any, flavor: flavors.Flavor, trust_pickle: bool, trusted_types: Iterable[str]
-) -> tuple[bytes, flavors.Flavor, Any, list[str]]:
-    """``(artifact bytes, flavor, estimator, types to trust on load)`` for an estimator, or
+    model: Any,
+    flavor: runtimes.Flavor | None,
+    trust_pickle: bool,
+    trusted_types: Iterable[str],
+) -> tuple[bytes, runtimes.Flavor, Any, list[str]]:
+    """``(artifact bytes, flavor, model, types to trust on load)`` for a model object, or
     for an artifact file, which is loaded only as far as it was explicitly trusted."""
     if not isinstance(model, str | Path):
-        if flavor == "sklearn-pickle":
-            flavors.check_trusted("a pickle artifact", b"", flavor, [], trust_pickle)
-        data = flavors.dump(model, flavor)
-        # The estimator came from the registering process itself: its types are trusted.
-        return data, flavor, model, _skops_types(data, flavor)
+        flavor = flavor or runtimes.flavor_of(model)
+        runtime = runtimes.runtime(flavor)
+        if flavor == "sklearn-pickle" and not trust_pickle:
+            runtime.load(b"", flavor, runtimes.Trust(), "a pickle artifact")  # refuses
+        data = runtime.dump(model, flavor)
+        # The model came from the registering process itself: its types are trusted.
+        return data, flavor, model, runtime.untrusted_types(data, flavor)
     path = Path(model)
-    flavor = flavors.flavor_of_file(path.name)
     try:
         data = path.read_bytes()
     except OSError as err:
         raise UntrustedArtifact(str(path), f"cannot read it: {err.strerror}") from None
-    trusted = sorted(set(trusted_types)) if flavor == "sklearn-skops" else []
-    estimator = flavors.load(data, flavor, trusted, trust_pickle, str(path))
-    return data, flavor, estimator, _skops_types(data, flavor)
-
-
-def _skops_types(data: bytes, flavor: flavors.Flavor) -> list[str]:
-    return flavors.untrusted_types(data) if flavor == "sklearn-skops" else []
+    flavor = flavor or runtimes.flavor_of_file(path, data)
+    runtime = runtimes.runtime(flavor)
+    trust = runtimes.Trust(tuple(sorted(set(trusted_types))), trust_pickle)
+    native = runtime.load(data, flavor, trust, str(path))
+    return data, flavor, native, runtime.untrusted_types(data, flavor)
 
 
 def _as_table(example: InputExample | None) -> pa.Table | None:
@@ -372,20 +373,3 @@ def _as_table(example: InputExample | None) -> pa.Table | None:
     if isinstance(example, str | Path):
         return read_file(Path(example))
     return pa.Table.from_pandas(example, preserve_index=False)
-
-
-def _final_step(model: Any) -> Any:
-    steps = getattr(model, "steps", None)
-    return steps[-1][1] if steps else model
-
-
-def _output_width(model: Any) -> int | None:
-    final = _final_step(model)
-    if getattr(final, "n_outputs_", None):
-        return int(final.n_outputs_)
-    coef = getattr(final, "coef_", None)
-    return int(coef.shape[0]) if coef is not None and coef.ndim == 2 else None
-
-
-def _classes(model: Any) -> list[Any]:
-    return [c.item() if hasattr(c, "item") else c for c in model.classes_]

@@ -29,6 +29,7 @@ from serving.cli._rollouts import (
     promote,
 )
 from serving.codecs import read_file, write_file
+from serving.runtimes import Flavor
 
 models_app = typer.Typer(
     help="Register, list, inspect, alias and approve models.", no_args_is_help=True
@@ -40,9 +41,16 @@ app.add_typer(models_app, name="models")
 @reports_errors
 def register(
     path: Annotated[
-        Path, typer.Argument(help="A .skops artifact (or .joblib/.pkl with --trust-pickle).")
+        Path,
+        typer.Argument(
+            help="A model file: .skops (or .joblib/.pkl with --trust-pickle), XGBoost .ubj/.json."
+        ),
     ],
     name: Annotated[str, typer.Option(help="Model name.")],
+    flavor: Annotated[
+        Flavor | None,
+        typer.Option(help="The model's runtime, when its file name and content do not tell."),
+    ] = None,
     alias: Annotated[str | None, typer.Option(help="Point this alias at the new version.")] = None,
     trust_pickle: Annotated[
         bool, typer.Option(help="Allow a pickle/joblib artifact (it runs code when loaded).")
@@ -73,6 +81,7 @@ def register(
         path,
         name,
         alias=alias,
+        flavor=flavor,
         trust_pickle=trust_pickle,
         trusted_types=trust_type,
         input_example=input_example,

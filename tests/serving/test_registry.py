@@ -15,6 +15,7 @@ import pyarrow as pa
 import pytest
 import skops.io as sio
 
+from serving import runtimes
 from serving.errors import (
     AliasInUse,
     AliasNotFound,
@@ -228,13 +229,13 @@ def test_skops_types_must_be_trusted_explicitly(registry: Registry, tmp_path) ->
 
 
 def test_files_that_are_not_model_artifacts_are_refused(registry: Registry, tmp_path) -> None:
-    path = tmp_path / "model.txt"
+    path = tmp_path / "model.bin"
     path.write_text("hello")
     with pytest.raises(UntrustedArtifact) as info:
-        registry.register(path, "txt")
+        registry.register(path, "bin")
     assert info.value.message == (
-        "refusing to load model.txt: "
-        "only .skops, .joblib, .pkl and .pickle artifacts can be registered"
+        "refusing to load model.bin: its flavor cannot be told from its name or content: "
+        f"name it with --flavor (one of {', '.join(runtimes.FLAVORS)})"
     )
 
 

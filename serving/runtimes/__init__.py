@@ -1,0 +1,197 @@
+"""The runtime seam: what stands between the predictor's checks and a model's own library.
+
+One module here per runtime (``sklearn``, ``xgboost``, ...), each a :class:`Runtime`: it
+turns a model into artifact bytes and back (loading only what was verified and trusted),
+says what the model is (:class:`Description`: task, outputs, features), and wraps a loaded
+model in a :class:`Model`, the one object the predictor calls. The predictor keeps the
+schema checks, micro-batching, ``row_block`` padding and output splitting for every runtime.
+
+A runtime's library is imported only when one of its models is registered or loaded: a
+missing library is a :class:`~serving.errors.MissingRuntime` naming the extra to install.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol, cast, get_args
+
+import numpy as np
+
+from serving.errors import MissingRuntime, UntrustedArtifact
+
+if TYPE_CHECKING:
+    from serving.metadata import Method, ModelVersion, Task
+
+Flavor = Literal["sklearn-skops", "sklearn-pickle", "xgboost"]
+FLAVORS: tuple[Flavor, ...] = get_args(Flavor)
+
+
+@dataclass(frozen=True)
+class _Spec:
+    module: str
+    """The runtime module, ``serving.runtimes.<module>``."""
+    extension: str
+    """The artifact's file extension in the store (``model.<extension>``)."""
+    package: str | None = None
+    """The library it imports, when that is an extra; ``None`` for the core's own."""
+
+
+_SPECS: dict[Flavor, _Spec] = {
+    "sklearn-skops": _Spec("sklearn", "skops"),
+    "sklearn-pickle": _Spec("sklearn", "joblib"),
+    "xgboost": _Spec("xgboost", "ubj", "xgboost"),
+}
+
+
+class Trust(NamedTuple):
+    """What the registering user explicitly trusted: the types a skops artifact may hold,
+    a pickle (it runs code when loaded)."""
+
+    types: tuple[str, ...] = ()
+    pickle: bool = False
+
+
+@dataclass(frozen=True)
+class Description:
+    """What registration learns from a model and records in its version."""
+
+    task: Task
+    method: Method
+    outputs: list[str]
+    classes: list[Any] | None = None
+    features: list[str] = field(default_factory=list)
+    """The features' names in the order the model takes them; empty when it does not say."""
+    count: int | None = None
+    """How many features the model takes, when it says."""
+
+
+class Model(Protocol):
+    """A loaded model as the predictor calls it."""
+
+    native: Any
+    """The library's own object (an estimator, a Booster)."""
+    frame: bool
+    """Called with a pandas DataFrame of the named features, not a matrix."""
+    float32: bool
+    """Computes in float32: a finite float64 beyond its range is refused, not rounded."""
+    classes: np.ndarray | None
+    """A classifier's classes, in the order of its score columns."""
+
+    def scores(self, x: Any) -> Any:
+        """The version's method (``predict_proba``, ``predict``...) on a padded batch."""
+        ...
+
+    def labels(self, x: Any, scores: np.ndarray) -> np.ndarray:
+        """A classifier's label for each row of ``x``, given its ``scores``."""
+        ...
+
+
+class Runtime(Protocol):
+    """What a runtime module provides."""
+
+    PACKAGES: tuple[str, ...]
+    """Distributions whose versions a registered version records."""
+
+    def dump(self, native: Any, flavor: Flavor) -> bytes: ...
+
+    def load(self, data: bytes, flavor: Flavor, trust: Trust, what: str) -> Any:
+        """The model in ``data``, refused (:class:`UntrustedArtifact`) unless trusted."""
+        ...
+
+    def untrusted_types(self, data: bytes, flavor: Flavor) -> list[str]:
+        """What loading ``data`` needs trusted, recorded so that later loads trust it."""
+        ...
+
+    def describe(self, native: Any, method: Method | None) -> Description: ...
+
+    def wrap(self, native: Any, version: ModelVersion) -> Model: ...
+
+
+def runtime(flavor: Flavor) -> Runtime:
+    """The runtime module of ``flavor``, its library imported."""
+    spec = _SPECS[flavor]
+    try:
+        module: ModuleType = importlib.import_module(f"serving.runtimes.{spec.module}")
+    except ImportError as err:
+        if spec.package is None or err.name != spec.package:
+            raise
+        raise MissingRuntime(flavor, spec.package, spec.module) from None
+    return cast(Runtime, module)
+
+
+def extension(flavor: Flavor) -> str:
+    return _SPECS[flavor].extension
+
+
+def flavor_of(model: Any) -> Flavor:
+    """The flavor of a model object, by the library its class comes from (scikit-learn and
+    anything else: skops, whose loading refuses types nobody trusted)."""
+    for cls in type(model).__mro__:
+        library = cls.__module__.split(".")[0]
+        if library == "xgboost":
+            return "xgboost"
+    return "sklearn-skops"
+
+
+_SUFFIXES: dict[str, Flavor] = {
+    ".skops": "sklearn-skops",
+    ".joblib": "sklearn-pickle",
+    ".pkl": "sklearn-pickle",
+    ".pickle": "sklearn-pickle",
+    ".ubj": "xgboost",
+}
+
+
+def flavor_of_file(path: Path, data: bytes) -> Flavor:
+    """The flavor of an artifact file, by its name and, where a name is shared by several
+    formats (``.json``), its content; refused, naming the choices, when neither tells."""
+    suffix = path.suffix.lower()
+    if suffix in _SUFFIXES:
+        return _SUFFIXES[suffix]
+    if suffix == ".json" and b'"learner"' in data[:4096]:
+        return "xgboost"
+    raise UntrustedArtifact(
+        path.name,
+        "its flavor cannot be told from its name or content: name it with --flavor "
+        f"(one of {', '.join(FLAVORS)})",
+    )
+
+
+def library_versions(packages: tuple[str, ...]) -> dict[str, str]:
+    """The versions of mmserve's own stack and of ``packages`` (distributions), as
+    installed; a version records them to say what it was registered with."""
+    import platform
+
+    import serving
+
+    versions = {"python": platform.python_version(), "mmserve": serving.__version__}
+    for package in ("numpy", "pyarrow", *packages):
+        try:
+            versions[package] = version(package)
+        except PackageNotFoundError:
+            continue
+    return versions
+
+
+def argmax_labels(classes: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """Each row's class of largest score (the first, on a tie; NaN counts as largest)."""
+    return classes.take(_argmax_rows(scores))
+
+
+def _argmax_rows(raw: np.ndarray) -> np.ndarray:
+    """``raw.argmax(axis=1)``, a column at a time: numpy's argmax along a short axis makes
+    one call per row, which on large batches cost as much as the model itself."""
+    if raw.ndim != 2 or raw.shape[1] > 8 or len(raw) < 1024 or raw.dtype.kind != "f":
+        return raw.argmax(axis=1)
+    best, index = raw[:, 0], np.zeros(len(raw), np.intp)
+    for j in range(1, raw.shape[1]):
+        column = raw[:, j]
+        np.maximum(index, (column > best) * j, out=index)  # j only grows: first maximum wins
+        best = np.maximum(best, column)  # NaN propagates, so a NaN anywhere shows here
+    if np.isnan(best).any():
+        return raw.argmax(axis=1)  # argmax's own rule: the first NaN counts as the maximum
+    return index
