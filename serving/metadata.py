@@ -48,6 +48,9 @@ class ModelVersion(BaseModel):
     method: Method
     inputs: list[Feature]
     outputs: list[str]
+    output_types: dict[str, str] = {}
+    """Arrow types of the outputs that are not float64 (``label`` takes its classes' type
+    unless named here): string or int labels, an embedding's fixed-size list..."""
     classes: list[Any] | None = None
     row_block: int = Field(8, ge=1)
     """Model calls are padded to a multiple of this many rows, so that BLAS takes the same
@@ -56,6 +59,11 @@ class ModelVersion(BaseModel):
     """What to do with input columns the model does not take."""
     trusted_types: list[str] = []
     trust_pickle: bool = False
+    trust_code: bool = False
+    files: dict[str, str] = {}
+    """A folder artifact's files (a ``python`` model's code and weights) and their sha256."""
+    requirements: list[str] = []
+    """Packages the model needs beyond its runtime's own (a ``python`` model's)."""
     libraries: dict[str, str]
     created: datetime
     description: str = ""

@@ -9,7 +9,7 @@ which one model (a :class:`Predictor`) and a chain of them (a
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
@@ -28,7 +28,7 @@ from serving.errors import (
     UnexpectedColumns,
     WrongType,
 )
-from serving.metadata import Feature, ModelVersion
+from serving.metadata import Feature, ModelVersion, arrow_type
 from serving.runtimes import Model
 
 # From this size on the model's matrix is built column by column (see Predictor._matrix):
@@ -134,6 +134,7 @@ class Predictor:
         self._limit = _FLOAT32_MAX if model.float32 else None
         self._numeric = all(pa.types.is_integer(t) or pa.types.is_floating(t) for t in self._types)
         self._wants_frame = model.frame
+        self._output_types = {name: _output_type(version, model, name) for name in version.outputs}
         # The fast path takes tables that already have exactly these columns and one float
         # type; anything else goes through selection, casts and per-column checks.
         self._schema = pa.schema(list(zip(self._names, self._types, strict=True)))
@@ -206,13 +207,17 @@ class Predictor:
             outputs = self._empty_outputs()
         else:
             model_input = self._join([p for p in batch if p.rows])
-            raw = np.asarray(self._invoke(self.runtime.scores, model_input))
-            labels = None
-            if self.version.method == "predict_proba":
-                labels = np.asarray(
-                    self._invoke(lambda x: self.runtime.labels(x, raw), model_input)
-                )
-            outputs = self._outputs(raw, rows, labels)
+            raw = self._invoke(self.runtime.scores, model_input)
+            if isinstance(raw, pa.Table | Mapping):
+                outputs = self._named_outputs(raw, rows)
+            else:
+                raw = np.asarray(raw)
+                labels = None
+                if self.version.method == "predict_proba":
+                    labels = np.asarray(
+                        self._invoke(lambda x: self.runtime.labels(x, raw), model_input)
+                    )
+                outputs = self._outputs(raw, rows, labels)
         if len(batch) == 1:
             p = batch[0]
             return [
@@ -364,16 +369,33 @@ class Predictor:
         raw = raw[:rows]
         columns = raw.reshape(rows, -1) if raw.ndim == 1 else raw
         if labels is not None:
-            return {"label": pa.array(labels[:rows]), **_split(names[1:], columns, self.ref)}
-        return _split(names, columns, self.ref)
+            outputs = {"label": pa.array(labels[:rows]), **_split(names[1:], columns, self.ref)}
+        else:
+            outputs = _split(names, columns, self.ref)
+        for name in self.version.output_types:  # a runtime's labels as recorded, say
+            outputs[name] = outputs[name].cast(self._output_types[name])
+        return outputs
+
+    def _named_outputs(self, raw: pa.Table | Mapping[str, Any], rows: int) -> dict[str, Any]:
+        """The outputs of a model that answers with named columns, in the recorded order
+        and types: a missing column, a short one or a value of another type is the model's
+        failure, never passed on as an answer."""
+        outputs = {}
+        for name, target in self._output_types.items():
+            try:
+                column = raw[name]
+                array = (
+                    column if isinstance(column, pa.Array | pa.ChunkedArray) else pa.array(column)
+                )
+                if len(array) < rows:
+                    raise ValueError(f"{name!r} has {len(array)} rows, expected {rows}")
+                outputs[name] = array.slice(0, rows).cast(target, safe=True)
+            except (KeyError, ValueError, TypeError, pa.ArrowException) as err:
+                raise ModelError(self.ref, err) from err
+        return outputs
 
     def _empty_outputs(self) -> dict[str, pa.Array]:
-        classes = self.runtime.classes
-        label_type = pa.array(np.asarray(classes if classes is not None else [0.0])[:0]).type
-        return {
-            name: pa.array([], label_type if name == "label" else pa.float64())
-            for name in self.version.outputs
-        }
+        return {name: pa.array([], t) for name, t in self._output_types.items()}
 
 
 def _wants_rows(p: Prepared) -> bool:
@@ -416,6 +438,16 @@ def _copy_column(column: pa.ChunkedArray, out: np.ndarray) -> None:
     for chunk in column.chunks:
         out[start : start + len(chunk)] = chunk.to_numpy(zero_copy_only=False)
         start += len(chunk)
+
+
+def _output_type(version: ModelVersion, model: Model, name: str) -> pa.DataType:
+    """An output's Arrow type: as recorded; a label's is its classes'; a score is float64."""
+    if name in version.output_types:
+        return arrow_type(version.output_types[name])
+    if name == "label":
+        classes = model.classes if model.classes is not None else version.classes or [0.0]
+        return pa.array(np.asarray(classes)[:0]).type
+    return pa.float64()
 
 
 def _split(names: list[str], columns: np.ndarray, ref: str) -> dict[str, pa.Array]:

@@ -82,6 +82,7 @@ class Registry:
         method: Method | None = None,
         flavor: runtimes.Flavor | None = None,
         trust_pickle: bool = False,
+        trust_code: bool = False,
         trusted_types: Iterable[str] = (),
         description: str = "",
         tags: Mapping[str, str] | None = None,
@@ -92,15 +93,17 @@ class Registry:
     ) -> ModelVersion:
         """Register a model object (a scikit-learn estimator, an XGBoost model...) or an
         artifact file (``.skops``, ``.ubj``...; ``.joblib``/``.pkl`` only with
-        ``trust_pickle``) as the next version of ``name``. The flavor is told from the
-        object's library or the file's name and content unless ``flavor`` names it."""
+        ``trust_pickle``; a folder of Python code only with ``trust_code``) as the next
+        version of ``name``. The flavor is told from the object's library or the file's name
+        and content unless ``flavor`` names it."""
         validate_name(name)
         approval = approval or self.settings.default_approval
         if alias is not None:
             self._check_alias_target(
                 f"{name}:<new>", validate_name(alias, "alias"), approval, force
             )
-        data, flavor, native, trusted = _artifact(model, flavor, trust_pickle, trusted_types)
+        trust = runtimes.Trust(tuple(sorted(set(trusted_types))), trust_pickle, trust_code)
+        data, flavor, native, trusted = _artifact(model, flavor, trust)
         runtime = runtimes.runtime(flavor)
         example = _as_table(input_example)
         about = runtime.describe(native, method)
@@ -118,11 +121,15 @@ class Registry:
             method=about.method,
             inputs=inputs,
             outputs=about.outputs,
+            output_types=about.output_types,
             classes=about.classes,
             row_block=row_block,
             extra_columns=extra_columns,
             trusted_types=trusted,
             trust_pickle=flavor == "sklearn-pickle",
+            trust_code=flavor == "python",
+            files=about.files,
+            requirements=about.requirements,
             libraries=runtimes.library_versions(runtime.PACKAGES),
             created=datetime.now(UTC),
             description=description,
@@ -302,7 +309,7 @@ class Registry:
             raise TamperedArtifact(key, mv.sha256, actual)
         trust.check(self.settings, mv.ref, actual)  # before any byte of it is decoded
         runtime = runtimes.runtime(mv.flavor)
-        trusted = runtimes.Trust(tuple(mv.trusted_types), mv.trust_pickle)
+        trusted = runtimes.Trust(tuple(mv.trusted_types), mv.trust_pickle, mv.trust_code)
         native = runtime.load(data, mv.flavor, trusted, mv.ref)
         return Predictor(mv, runtime.wrap(native, mv)), mv.size_bytes
 
@@ -340,29 +347,29 @@ class Registry:
 
 
 def _artifact(
-    model: Any,
-    flavor: runtimes.Flavor | None,
-    trust_pickle: bool,
-    trusted_types: Iterable[str],
+    model: Any, flavor: runtimes.Flavor | None, trust: runtimes.Trust
 ) -> tuple[bytes, runtimes.Flavor, Any, list[str]]:
     """``(artifact bytes, flavor, model, types to trust on load)`` for a model object, or
     for an artifact file, which is loaded only as far as it was explicitly trusted."""
     if not isinstance(model, str | Path):
         flavor = flavor or runtimes.flavor_of(model)
         runtime = runtimes.runtime(flavor)
-        if flavor == "sklearn-pickle" and not trust_pickle:
+        if flavor == "sklearn-pickle" and not trust.pickle:
             runtime.load(b"", flavor, runtimes.Trust(), "a pickle artifact")  # refuses
         data = runtime.dump(model, flavor)
         # The model came from the registering process itself: its types are trusted.
         return data, flavor, model, runtime.untrusted_types(data, flavor)
     path = Path(model)
     try:
-        data = path.read_bytes()
+        data = b"" if path.is_dir() else path.read_bytes()
     except OSError as err:
         raise UntrustedArtifact(str(path), f"cannot read it: {err.strerror}") from None
     flavor = flavor or runtimes.flavor_of_file(path, data)
     runtime = runtimes.runtime(flavor)
-    trust = runtimes.Trust(tuple(sorted(set(trusted_types))), trust_pickle)
+    if path.is_dir():
+        if not hasattr(runtime, "pack"):
+            raise UntrustedArtifact(str(path), f"a folder is no {flavor} model: --flavor python")
+        data = runtime.pack(path)
     native = runtime.load(data, flavor, trust, str(path))
     return data, flavor, native, runtime.untrusted_types(data, flavor)
 

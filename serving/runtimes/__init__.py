@@ -26,7 +26,7 @@ from serving.errors import MissingRuntime, UntrustedArtifact
 if TYPE_CHECKING:
     from serving.metadata import Method, ModelVersion, Task
 
-Flavor = Literal["sklearn-skops", "sklearn-pickle", "xgboost"]
+Flavor = Literal["sklearn-skops", "sklearn-pickle", "xgboost", "lightgbm", "onnx", "python"]
 FLAVORS: tuple[Flavor, ...] = get_args(Flavor)
 
 
@@ -44,15 +44,19 @@ _SPECS: dict[Flavor, _Spec] = {
     "sklearn-skops": _Spec("sklearn", "skops"),
     "sklearn-pickle": _Spec("sklearn", "joblib"),
     "xgboost": _Spec("xgboost", "ubj", "xgboost"),
+    "lightgbm": _Spec("lightgbm", "txt", "lightgbm"),
+    "onnx": _Spec("onnx", "onnx", "onnxruntime"),
+    "python": _Spec("python", "tar"),
 }
 
 
 class Trust(NamedTuple):
     """What the registering user explicitly trusted: the types a skops artifact may hold,
-    a pickle (it runs code when loaded)."""
+    a pickle (it runs code when loaded), a folder of Python code (the same)."""
 
     types: tuple[str, ...] = ()
     pickle: bool = False
+    code: bool = False
 
 
 @dataclass(frozen=True)
@@ -67,6 +71,13 @@ class Description:
     """The features' names in the order the model takes them; empty when it does not say."""
     count: int | None = None
     """How many features the model takes, when it says."""
+    output_types: dict[str, str] = field(default_factory=dict)
+    """Arrow types of outputs that are not float64 scores (a ``label`` takes its classes'
+    type): string or int labels, a fixed-size list such as an embedding..."""
+    files: dict[str, str] = field(default_factory=dict)
+    """A folder artifact's files and their sha256, checked again on every load."""
+    requirements: list[str] = field(default_factory=list)
+    """Packages the model needs beyond its runtime's own."""
 
 
 class Model(Protocol):
@@ -82,7 +93,10 @@ class Model(Protocol):
     """A classifier's classes, in the order of its score columns."""
 
     def scores(self, x: Any) -> Any:
-        """The version's method (``predict_proba``, ``predict``...) on a padded batch."""
+        """The version's method (``predict_proba``, ``predict``...) on a padded batch: an
+        array whose columns are the outputs (after ``label``, for classifiers), or a
+        ``pyarrow.Table`` (or a mapping of arrays) holding every output by name, which the
+        predictor casts to the recorded output types."""
         ...
 
     def labels(self, x: Any, scores: np.ndarray) -> np.ndarray:
@@ -97,6 +111,10 @@ class Runtime(Protocol):
     """Distributions whose versions a registered version records."""
 
     def dump(self, native: Any, flavor: Flavor) -> bytes: ...
+
+    def pack(self, folder: Path) -> bytes:
+        """A folder artifact's bytes (only runtimes whose models are folders have it)."""
+        ...
 
     def load(self, data: bytes, flavor: Flavor, trust: Trust, what: str) -> Any:
         """The model in ``data``, refused (:class:`UntrustedArtifact`) unless trusted."""
@@ -130,10 +148,14 @@ def extension(flavor: Flavor) -> str:
 def flavor_of(model: Any) -> Flavor:
     """The flavor of a model object, by the library its class comes from (scikit-learn and
     anything else: skops, whose loading refuses types nobody trusted)."""
+    if isinstance(model, bytes | bytearray):
+        return "onnx"  # a serialized ModelProto: the only model that is plain bytes
     for cls in type(model).__mro__:
         library = cls.__module__.split(".")[0]
-        if library == "xgboost":
-            return "xgboost"
+        if library in ("xgboost", "lightgbm", "onnx"):
+            return cast(Flavor, library)
+    if callable(getattr(model, "predict", None)) and callable(getattr(model, "load", None)):
+        return "python"  # an instance of a user's own model class
     return "sklearn-skops"
 
 
@@ -143,17 +165,23 @@ _SUFFIXES: dict[str, Flavor] = {
     ".pkl": "sklearn-pickle",
     ".pickle": "sklearn-pickle",
     ".ubj": "xgboost",
+    ".onnx": "onnx",
 }
 
 
 def flavor_of_file(path: Path, data: bytes) -> Flavor:
     """The flavor of an artifact file, by its name and, where a name is shared by several
-    formats (``.json``), its content; refused, naming the choices, when neither tells."""
+    formats (``.json``, ``.txt``), its content; a folder holds Python code. Refused, naming
+    the choices, when neither tells."""
+    if path.is_dir():
+        return "python"
     suffix = path.suffix.lower()
     if suffix in _SUFFIXES:
         return _SUFFIXES[suffix]
     if suffix == ".json" and b'"learner"' in data[:4096]:
         return "xgboost"
+    if suffix in (".txt", ".lgb", ".model") and data.startswith(b"tree\nversion="):
+        return "lightgbm"
     raise UntrustedArtifact(
         path.name,
         "its flavor cannot be told from its name or content: name it with --flavor "
