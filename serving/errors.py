@@ -54,6 +54,7 @@ the batch runner writes it into rejects, the stream consumer dead-letters it.
     │   └── TamperedArtifact            the artifact's sha256 differs from the registered one
     ├── ModelError (500)                the model itself raised
     ├── MissingRuntime (501)            a model whose runtime's library is not installed
+    │   └── MissingPackage              a package a ``python`` model's code needs, not installed
     ├── TooManyDeliveries (500)         a stream entry delivered past the limit, never committed
     ├── Overloaded (429, retryable)     a model's or the server's in-flight limit reached
     ├── ModelLoading (503, retryable)   the model did not finish loading in time
@@ -452,6 +453,14 @@ class MissingRuntime(MMServeError):
             f"pip install 'mmserve[{extra}]'"
         )
         self.flavor, self.package, self.extra = flavor, package, extra
+
+
+class MissingPackage(MissingRuntime):
+    def __init__(self, what: str, kind: str, package: str, remedy: str) -> None:
+        MMServeError.__init__(
+            self, f"{what} needs the {kind} {package!r}, which is not installed: {remedy}"
+        )
+        self.flavor, self.package, self.extra = "python", package, ""
 
 
 class TooManyDeliveries(MMServeError):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any, Literal
 
@@ -24,6 +24,9 @@ class Feature(BaseModel):
     name: str
     dtype: str
     nullable: bool = False
+    categories: list[str] | list[int] | None = None
+    """A categorical feature's categories, as the model was trained with: any other value
+    is refused (a tree model would only take it for a missing one)."""
 
     @field_validator("dtype")
     @classmethod
@@ -91,11 +94,14 @@ def infer_inputs(
     example: pa.Table | None,
     schema: dict[str, str] | None,
     nullable: Iterable[str] = (),
+    types: Mapping[str, str] | None = None,
+    categories: Mapping[str, list[Any]] | None = None,
 ) -> list[Feature]:
     """The input schema, in the order the model was fitted with.
 
     From an explicit ``schema`` ({name: dtype}), else an input example's columns and types,
-    else the model's own ``features`` (as float64), else ``f0..f<count-1>`` positional.
+    else the model's own ``features`` (typed as in ``types``, else float64), else
+    ``f0..f<count-1>`` positional.
     Features in ``nullable``, or missing somewhere in the example, may be null or NaN.
     """
     names = list(features)
@@ -105,7 +111,7 @@ def infer_inputs(
         types = {field.name: str(field.type) for field in example.schema}
     else:
         names = names or [f"f{i}" for i in range(count or 0)]
-        types = dict.fromkeys(names, "double")
+        types = {name: (types or {}).get(name, "double") for name in names}
     names = names or list(types)
     if not names:
         raise InvalidName("input schema", "", "the model records no features; pass an example")
@@ -118,7 +124,11 @@ def infer_inputs(
     for name in [*names, *missing]:
         if name not in types or name not in names:
             raise MissingColumn(name)
-    return [Feature(name=n, dtype=types[n], nullable=n in missing) for n in names]
+    categories = categories or {}
+    return [
+        Feature(name=n, dtype=types[n], nullable=n in missing, categories=categories.get(n))
+        for n in names
+    ]
 
 
 def _has_missing(example: pa.Table, name: str) -> bool:

@@ -133,7 +133,14 @@ class Predictor:
         # Tree models compare in float32: a finite float64 beyond its range makes them raise.
         self._limit = _FLOAT32_MAX if model.float32 else None
         self._numeric = all(pa.types.is_integer(t) or pa.types.is_floating(t) for t in self._types)
-        self._wants_frame = model.frame
+        # A runtime that takes the checked feature table itself says so with ``table``.
+        self._wants_table = bool(getattr(model, "table", False))
+        self._wants_frame = model.frame or self._wants_table
+        self._categories = {
+            f.name: pa.array(f.categories, f.type)
+            for f in version.inputs
+            if f.categories is not None
+        }
         self._output_types = {name: _output_type(version, model, name) for name in version.outputs}
         # The fast path takes tables that already have exactly these columns and one float
         # type; anything else goes through selection, casts and per-column checks.
@@ -255,6 +262,8 @@ class Predictor:
                 column = _cast(column, feature.name, target)
             if column.null_count and not feature.nullable:
                 raise NullValue(feature.name, _first(pc.is_null(column)))
+            if feature.name in self._categories:
+                _check_category(column, feature.name, self._categories[feature.name])
             columns.append(column)
         return pa.table(columns, names=self._names)
 
@@ -270,6 +279,8 @@ class Predictor:
         pad = -rows % self.version.row_block
         if pad:
             features = pa.concat_tables([features, features.take([rows - 1] * pad)])
+        if self._wants_table:
+            return features
         if self._wants_frame:
             return features.to_pandas()
         return np.column_stack([c.to_numpy(zero_copy_only=False) for c in features.columns])
@@ -457,6 +468,17 @@ def _split(names: list[str], columns: np.ndarray, ref: str) -> dict[str, pa.Arra
     if columns.dtype.kind == "f":  # float32 models too: one output schema, however many rows
         columns = columns.astype(np.float64, copy=False)  # exact: widening loses nothing
     return {name: pa.array(columns[:, i]) for i, name in enumerate(names)}
+
+
+def _check_category(column: pa.ChunkedArray, name: str, categories: pa.Array) -> None:
+    """Refuse a value that is none of a categorical feature's categories, at its first row."""
+    unknown = pc.and_(pc.is_valid(column), pc.invert(pc.is_in(column, value_set=categories)))
+    if pc.any(unknown).as_py():
+        row = _first(unknown)
+        shown = ", ".join(str(c) for c in categories.to_pylist()[:5])
+        more = ", ..." if len(categories) > 5 else ""
+        expected = f"one of the {len(categories)} categories it was trained with ({shown}{more})"
+        raise WrongType(name, expected, repr(column[row].as_py()), row)
 
 
 def _cast(column: pa.ChunkedArray, name: str, target: pa.DataType) -> pa.ChunkedArray:

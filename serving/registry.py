@@ -108,7 +108,13 @@ class Registry:
         example = _as_table(input_example)
         about = runtime.describe(native, method)
         inputs = infer_inputs(
-            about.features, about.count, example, dict(schema) if schema else None, nullable
+            about.features,
+            about.count,
+            example,
+            dict(schema) if schema else None,
+            nullable,
+            about.feature_types,
+            about.categories,
         )
         mv = ModelVersion(
             name=name,
@@ -356,6 +362,8 @@ def _artifact(
         runtime = runtimes.runtime(flavor)
         if flavor == "sklearn-pickle" and not trust.pickle:
             runtime.load(b"", flavor, runtimes.Trust(), "a pickle artifact")  # refuses
+        if flavor == "python" and not trust.code:  # its code will run in every server
+            runtime.load(b"", flavor, runtimes.Trust(), type(model).__qualname__)  # refuses
         data = runtime.dump(model, flavor)
         # The model came from the registering process itself: its types are trusted.
         return data, flavor, model, runtime.untrusted_types(data, flavor)
@@ -370,6 +378,7 @@ def _artifact(
         if not hasattr(runtime, "pack"):
             raise UntrustedArtifact(str(path), f"a folder is no {flavor} model: --flavor python")
         data = runtime.pack(path)
+    runtimes.probe(flavor, data, str(path))
     native = runtime.load(data, flavor, trust, str(path))
     return data, flavor, native, runtime.untrusted_types(data, flavor)
 

@@ -43,7 +43,8 @@ def register(
     path: Annotated[
         Path,
         typer.Argument(
-            help="A model file: .skops (or .joblib/.pkl with --trust-pickle), XGBoost .ubj/.json."
+            help="A model file: .skops (or .joblib/.pkl with --trust-pickle), XGBoost .ubj/.json; "
+            "or a folder of Python code with an mmserve.toml (with --trust-code)."
         ),
     ],
     name: Annotated[str, typer.Option(help="Model name.")],
@@ -58,6 +59,9 @@ def register(
     trust_type: Annotated[
         list[str], typer.Option(help="A type the skops artifact may contain; repeat.")
     ] = [],  # noqa: B006
+    trust_code: Annotated[
+        bool, typer.Option(help="Allow a folder of Python code (it runs when loaded).")
+    ] = False,
     input_example: Annotated[
         Path | None,
         typer.Option(help="Rows (csv/json/parquet) to infer and check the input schema."),
@@ -83,6 +87,7 @@ def register(
         alias=alias,
         flavor=flavor,
         trust_pickle=trust_pickle,
+        trust_code=trust_code,
         trusted_types=trust_type,
         input_example=input_example,
         nullable=nullable,

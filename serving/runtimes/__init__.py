@@ -38,14 +38,17 @@ class _Spec:
     """The artifact's file extension in the store (``model.<extension>``)."""
     package: str | None = None
     """The library it imports, when that is an extra; ``None`` for the core's own."""
+    native: bool = False
+    """Its artifacts are parsed by native code, which has crashed on hostile bytes: a file
+    is first read in a child process (:func:`probe`)."""
 
 
 _SPECS: dict[Flavor, _Spec] = {
     "sklearn-skops": _Spec("sklearn", "skops"),
     "sklearn-pickle": _Spec("sklearn", "joblib"),
-    "xgboost": _Spec("xgboost", "ubj", "xgboost"),
-    "lightgbm": _Spec("lightgbm", "txt", "lightgbm"),
-    "onnx": _Spec("onnx", "onnx", "onnxruntime"),
+    "xgboost": _Spec("xgboost", "ubj", "xgboost", native=True),
+    "lightgbm": _Spec("lightgbm", "txt", "lightgbm", native=True),
+    "onnx": _Spec("onnx", "onnx", "onnxruntime", native=True),
     "python": _Spec("python", "tar"),
 }
 
@@ -71,6 +74,10 @@ class Description:
     """The features' names in the order the model takes them; empty when it does not say."""
     count: int | None = None
     """How many features the model takes, when it says."""
+    feature_types: dict[str, str] = field(default_factory=dict)
+    """Arrow types of features that are not float64 (an XGBoost categorical's string)."""
+    categories: dict[str, list[Any]] = field(default_factory=dict)
+    """Categorical features' categories, as the model was trained with."""
     output_types: dict[str, str] = field(default_factory=dict)
     """Arrow types of outputs that are not float64 scores (a ``label`` takes its classes'
     type): string or int labels, a fixed-size list such as an embedding..."""
@@ -139,6 +146,53 @@ def runtime(flavor: Flavor) -> Runtime:
             raise
         raise MissingRuntime(flavor, spec.package, spec.module) from None
     return cast(Runtime, module)
+
+
+_PROBE = """
+import sys
+from serving import runtimes
+from serving.errors import MMServeError
+runtime = runtimes.runtime(sys.argv[1])
+try:
+    runtime.describe(runtime.load(sys.stdin.buffer.read(), sys.argv[1], runtimes.Trust(), ""), None)
+except MMServeError as err:
+    print(err.message.removeprefix("refusing to load : "), file=sys.stderr)
+    sys.exit(3)
+except Exception as err:
+    reason = f"it is not a valid {sys.argv[1]} model: {type(err).__name__}: {err}"
+    print(reason[:300], file=sys.stderr)
+    sys.exit(3)
+"""
+
+
+def probe(flavor: Flavor, data: bytes, what: str, timeout_s: float = 120) -> None:
+    """Read (and describe) ``data`` in a child process first when ``flavor``'s parser is
+    native code, so that bytes which crash it (a hand-edited or corrupted file) are refused,
+    not fatal. Bytes the child refuses are refused without reading them here: a parser that
+    fails half-way may have corrupted its process's memory, and crash it later."""
+    if not _SPECS[flavor].native:
+        return
+    import subprocess
+    import sys
+
+    try:
+        child = subprocess.run(
+            [sys.executable, "-c", _PROBE, flavor],
+            input=data,
+            capture_output=True,
+            timeout=timeout_s,
+        )
+    except subprocess.TimeoutExpired:
+        raise UntrustedArtifact(what, f"reading it took over {timeout_s:g} s") from None
+    if child.returncode == 0:
+        return
+    if child.returncode < 0:
+        reason = f"it is not a valid {flavor} model: the library crashed reading it "
+        reason += f"(signal {-child.returncode})"
+    else:
+        lines = child.stderr.decode(errors="replace").strip().splitlines()
+        reason = lines[-1] if lines else f"reading it failed (exit code {child.returncode})"
+    raise UntrustedArtifact(what, reason)
 
 
 def extension(flavor: Flavor) -> str:

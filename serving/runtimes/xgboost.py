@@ -1,0 +1,165 @@
+"""XGBoost: native models (UBJSON or JSON, as ``save_model`` writes them), no pickle.
+
+A scikit-learn wrapper (``XGBClassifier``, ``XGBRegressor``) is saved with the attribute
+XGBoost itself writes for it and loaded back as that wrapper, so it answers as the user's
+own object does (its best iteration after early stopping included); a bare ``Booster``
+answers with ``inplace_predict``, its objective telling a classifier from a regressor.
+Categorical features (``enable_categorical``) are taken as text: XGBoost (3.1 and later)
+keeps the categories it was trained with and maps values by name, a value it never saw
+counting as missing, exactly as the library does in-process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from collections.abc import Callable
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+import xgboost
+
+from serving.errors import UntrustedArtifact
+from serving.runtimes import Description, Flavor, Trust
+
+if TYPE_CHECKING:
+    from serving.metadata import Method, ModelVersion
+
+PACKAGES = ("xgboost",)
+_WRAPPERS: dict[str, type[xgboost.XGBModel]] = {
+    "classifier": xgboost.XGBClassifier,
+    "regressor": xgboost.XGBRegressor,
+}
+
+
+def dump(native: Any, flavor: Flavor) -> bytes:
+    if isinstance(native, xgboost.Booster):
+        return bytes(native.save_raw("ubj"))
+    # The wrapper writes its own attribute (what it is) only into a file it saves.
+    with tempfile.TemporaryDirectory(prefix="mmserve-xgboost-") as folder:
+        path = os.path.join(folder, "model.ubj")
+        native.save_model(path)
+        with open(path, "rb") as file:
+            return file.read()
+
+
+def untrusted_types(data: bytes, flavor: Flavor) -> list[str]:
+    return []  # a data format: nothing in it runs
+
+
+def load(data: bytes, flavor: Flavor, trust: Trust, what: str) -> Any:
+    """The wrapper the artifact was saved from, else its Booster."""
+    booster = xgboost.Booster()
+    try:
+        booster.load_model(bytearray(data))
+        kind = json.loads(booster.attr("scikit_learn") or "{}").get("_estimator_type")
+        if kind not in _WRAPPERS:
+            return booster
+        wrapper = _WRAPPERS[kind]()
+        wrapper.load_model(bytearray(data))
+        return wrapper
+    except Exception as err:  # XGBoostError, and its own errors decoding its errors
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        reason = re.sub(r"^\[[\d:]+\] \S+: ", "", first)[:200]  # "[hh:mm:ss] file.cc:12: "
+        raise UntrustedArtifact(what, f"it is not an XGBoost model: {reason}") from None
+
+
+def describe(native: Any, method: Method | None) -> Description:
+    booster = _booster(native)
+    objective, classes, targets = _learner(booster)
+    categories = _categories(booster)
+    about = Description(
+        "regressor",
+        "predict",
+        ["prediction"] if targets == 1 else [f"prediction_{i}" for i in range(targets)],
+        features=list(booster.feature_names or []),
+        count=booster.num_features(),
+        feature_types={name: str(values.type) for name, values in categories.items()},
+        categories={name: values.to_pylist() for name, values in categories.items()},
+    )
+    if classes is None:
+        return about
+    if objective == "multi:softmax":  # a Booster answering with the class itself
+        return replace(
+            about,
+            task="classifier",
+            outputs=["label"],
+            classes=classes,
+            output_types={"label": "int64"},
+        )
+    outputs = ["label", *(f"proba_{c}" for c in classes)]
+    return replace(
+        about, task="classifier", method="predict_proba", outputs=outputs, classes=classes
+    )
+
+
+class XGBoostModel:
+    """An XGBoost wrapper or Booster behind the seam."""
+
+    float32 = True  # XGBoost casts every feature to float32
+
+    def __init__(self, native: Any, version: ModelVersion):
+        self.native = native
+        self._categorical = [f.name for f in version.inputs if f.categories is not None]
+        self.frame = bool(self._categorical)
+        self.classes = None if version.classes is None else np.asarray(version.classes)
+        self._binary = version.classes is not None and len(version.classes) == 2
+        self._call: Callable[[Any], np.ndarray]
+        if isinstance(native, xgboost.XGBClassifier):
+            self._call = native.predict_proba
+        elif isinstance(native, xgboost.XGBModel):
+            self._call = native.predict
+        else:
+            self._call = self._booster
+        self._widen = self._binary and not isinstance(native, xgboost.XGBModel)
+
+    def scores(self, x: Any) -> np.ndarray:
+        if self._categorical:
+            x = x.astype(dict.fromkeys(self._categorical, "category"))
+        scores = self._call(x)
+        if self._widen:  # as XGBClassifier.predict_proba widens a binary model's P(1)
+            return np.vstack((1 - scores, scores)).T
+        return scores
+
+    def labels(self, x: Any, scores: np.ndarray) -> np.ndarray:
+        """XGBClassifier.predict's rule: P(1) > 0.5 for two classes, else the argmax."""
+        assert self.classes is not None
+        if self._binary:
+            return self.classes.take((scores[:, 1] > 0.5).astype(np.intp))
+        return self.classes.take(np.argmax(scores, axis=1))
+
+    def _booster(self, x: Any) -> np.ndarray:
+        return self.native.inplace_predict(x)
+
+
+def wrap(native: Any, version: ModelVersion) -> XGBoostModel:
+    return XGBoostModel(native, version)
+
+
+def _booster(native: Any) -> xgboost.Booster:
+    return native if isinstance(native, xgboost.Booster) else native.get_booster()
+
+
+def _learner(booster: xgboost.Booster) -> tuple[str, list[int] | None, int]:
+    """The objective, a classifier's classes (``None`` for anything else), and how many
+    targets a regressor predicts."""
+    learner = json.loads(booster.save_config())["learner"]
+    objective = learner["objective"]["name"]
+    params = learner["learner_model_param"]
+    if objective == "binary:logistic":
+        return objective, [0, 1], 1
+    if objective in ("multi:softprob", "multi:softmax"):
+        return objective, list(range(int(params["num_class"]))), 1
+    return objective, None, max(1, int(params.get("num_target", "1")))
+
+
+def _categories(booster: xgboost.Booster) -> dict[str, pa.Array]:
+    """The categories of each categorical feature, as the booster was trained with."""
+    if "c" not in (booster.feature_types or []):
+        return {}
+    found = booster.get_categories(export_to_arrow=True).to_arrow() or []
+    return {name: values for name, values in found if values is not None}
