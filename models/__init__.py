@@ -1,5 +1,5 @@
-"""Demo models: small recipes that train and register scikit-learn models on synthetic or
-scikit-learn-bundled data (no downloads).
+"""Demo models: small recipes that train and register models (scikit-learn, XGBoost,
+LightGBM...) on synthetic or scikit-learn-bundled data (no downloads).
 
 Each recipe is a module with the same small interface (:class:`Recipe`); ``python -m
 models`` (``make demo``) registers them all and serves them.
@@ -11,7 +11,7 @@ from typing import Any, Protocol
 
 import pyarrow as pa
 
-from models import churn, fraud, house_prices
+from models import churn, credit, fraud, house_prices, risk
 from serving.metadata import ModelVersion
 from serving.registry import Registry
 
@@ -38,7 +38,7 @@ class Recipe(Protocol):
         ...
 
 
-RECIPES: tuple[Recipe, ...] = (churn, fraud, house_prices)
+RECIPES: tuple[Recipe, ...] = (churn, fraud, house_prices, credit, risk)
 
 
 def register(recipe: Recipe, registry: Registry, alias: str = "production") -> ModelVersion:

@@ -1,6 +1,7 @@
 """The files the README's commands use, left by the demo in ``demo/`` (in the folder it ran
 from, ``make demo``'s being the repository's; git ignores it): a churn model artifact to
-register (``churn.skops``, and ``legacy.joblib`` for ``--trust-pickle``), rows to predict or
+register (``churn.skops``, ``legacy.joblib`` for ``--trust-pickle``, the XGBoost
+``credit.ubj``), rows to predict or
 use as an input example (``rows.csv``), a job's input (``scans.csv``) and a batch input
 (``customers.parquet``), all churn customers but the pickle, a house-price model."""
 
@@ -13,14 +14,21 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from models import churn
+from models import churn, credit
 from models._server import DemoError
 from serving.codecs import write_file
 from serving.registry import Registry
 from serving.runtimes import sklearn
 
 FOLDER = Path("demo")
-FILES = ("churn.skops", "legacy.joblib", "rows.csv", "scans.csv", "customers.parquet")
+FILES = (
+    "churn.skops",
+    "legacy.joblib",
+    "credit.ubj",
+    "rows.csv",
+    "scans.csv",
+    "customers.parquet",
+)
 SEED = 2026
 
 
@@ -34,10 +42,13 @@ def write(registry: Registry, folder: Path = FOLDER) -> None:
     mv = registry.get(f"{churn.NAME}@production")
     artifact = registry.store.read(f"registry/{mv.name}/{mv.version}/{mv.artifact}")
     legacy = sklearn.dump(registry.load("house_prices@production").model, "sklearn-pickle")
+    credit_mv = registry.get(f"{credit.NAME}@production")
+    booster = registry.store.read(f"registry/credit/{credit_mv.version}/{credit_mv.artifact}")
     try:
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "churn.skops").write_bytes(artifact)
         (folder / "legacy.joblib").write_bytes(legacy)
+        (folder / "credit.ubj").write_bytes(booster)
         write_file(churn.sample(5, SEED + 1), folder / "rows.csv")
         write_file(churn.sample(1000, SEED + 2), folder / "scans.csv")
         pq.write_table(customers(), folder / "customers.parquet")

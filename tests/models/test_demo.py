@@ -35,7 +35,10 @@ OUTPUTS = {
     "churn": ["label", "proba_0", "proba_1"],
     "fraud": ["label", "proba_0", "proba_1"],
     "house_prices": ["prediction"],
+    "credit": ["label", "proba_0", "proba_1"],
+    "risk": ["prediction"],
 }
+FLAVORS = {"credit": "xgboost", "risk": "lightgbm"}  # the others: scikit-learn, in skops
 # A multiple of the registered row block, so the predictor calls the model on exactly the
 # rows the direct sklearn call below sees.
 ROWS = 16
@@ -78,7 +81,8 @@ def test_each_recipe_registers_version_1_as_production(registry: Registry, recip
     assert registry.resolve(f"{recipe.NAME}@production") == (recipe.NAME, 1)
     assert mv.outputs == OUTPUTS[recipe.NAME]
     assert mv.tags["recipe"] == f"models.{recipe.NAME}"
-    assert mv.flavor == "sklearn-skops" and mv.approval == "approved"
+    assert mv.flavor == FLAVORS.get(recipe.NAME, "sklearn-skops")
+    assert mv.approval == "approved"
 
 
 @each_recipe
@@ -217,14 +221,14 @@ def test_python_m_models_answers_the_same_in_every_mode(tmp_path: Path) -> None:
             assert len(table_rows(run.stdout, *every)) == 1
         assert "With MMSERVE_BROKER_URL set, these jobs go to Celery workers" in run.stdout
         parity = (
-            r"all modes agree: 500 rows of each of 3 models, real time [\d.]+ s, async [\d.]+ s, "
+            r"all modes agree: 500 rows of each of 5 models, real time [\d.]+ s, async [\d.]+ s, "
             r"batch [\d.]+ s, streaming [\d.]+ s: identical"
         )
         assert len(re.findall(parity, run.stdout)) == 1
-        done = "done: 3 models registered, 15 rows scored, 9 real-time answers identical, "
-        batch = "60,000 batch rows identical"
-        streaming = "15 stream outputs identical, every mode agrees on 1,500 rows"
-        assert f"{done}3 jobs succeeded, {batch}, {streaming} in" in run.stdout
+        done = "done: 5 models registered, 25 rows scored, 15 real-time answers identical, "
+        batch = "100,000 batch rows identical"
+        streaming = "25 stream outputs identical, every mode agrees on 2,500 rows"
+        assert f"{done}5 jobs succeeded, {batch}, {streaming} in" in run.stdout
         server = re.search(r"mmserve serve answers at (http://\S+)", run.stdout)
         assert server is not None
         with pytest.raises(URLError):  # stopped with the demo
@@ -250,7 +254,7 @@ def test_python_m_models_answers_the_same_in_every_mode(tmp_path: Path) -> None:
     # The README's commands that need no server run as written, in the demo's folder.
     env = {**os.environ, "MMSERVE_STORE_URL": store_url, "COLUMNS": "200"}
     offline = [c for c in readme_commands() if re.match(r"mmserve (models register|predict) ", c)]
-    assert len(offline) == 3
+    assert len(offline) == 4
     for command in offline:
         words = re.sub(r" \[.*?\]", "", command).split()[1:]  # without its [optional] parts
         argv = [Path(sys.executable).with_name("mmserve"), *words]
@@ -258,6 +262,8 @@ def test_python_m_models_answers_the_same_in_every_mode(tmp_path: Path) -> None:
         assert done.returncode == 0, (command, done.stderr)
     assert registry.version_numbers("churn") == [1, 2, 3]
     assert registry.version_numbers("legacy") == [1]
+    assert registry.version_numbers("credit") == [1, 2, 3]
+    assert registry.get("credit:3").flavor == "xgboost"
 
 
 def test_the_demo_server_stops_when_the_demo_fails(tmp_path: Path) -> None:
