@@ -27,7 +27,7 @@ from batch import cells
 from batch.cells import Unread
 from batch.places import Roots
 from batch.spec import BatchSpec, Format, InputFile, filesystem, input_files
-from serving.codecs import json_safe
+from serving.codecs import csv_table, json_safe
 from serving.errors import InputError, ObjectNotFound, UnreadableInput
 from serving.predictor import Scorer
 from serving.settings import Settings
@@ -281,6 +281,7 @@ class _Writer:
             )
             self.parquet.write_table(table)
         elif self.fmt == "csv":
+            table = csv_table(table)  # an embedding as K columns: see serving.codecs
             self.csv = self.csv or pacsv.CSVWriter(self.sink, table.schema)
             self.csv.write_table(table)
         else:

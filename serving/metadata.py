@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any, Literal
@@ -78,13 +79,37 @@ class ModelVersion(BaseModel):
         return f"{self.name}:{self.version}"
 
 
+_ARROW_LIST = re.compile(
+    r"(?:(?P<fixed>fixed_size_list)|list)<(?:(?:item|element): )?(?P<item>[^<>\[\]]+)>"
+    r"(?:\[(?P<size>\d+)\])?|(?P<short>[^<>\[\]]+)\[(?P<short_size>\d+)\]"
+)
+
+
 def arrow_type(name: str) -> pa.DataType:
+    """The Arrow type ``name`` spells: a scalar (``double``, ``int64``, ``string``...), a
+    fixed-size list of K scalars as Arrow prints it (``fixed_size_list<item: float>[8]``) or
+    as ``float[8]`` or ``list<float>[8]``, or a list of any length (``list<item: double>``
+    or ``list<double>``); anything else is :class:`InvalidName` naming it."""
+    listed = _ARROW_LIST.fullmatch(name)
+    if listed is None:
+        return _scalar_type(name, name)
+    size = listed["size"] or listed["short_size"]
+    if (listed["fixed"] and size is None) or (size is not None and not 0 < int(size) < 2**31):
+        raise InvalidName("dtype", name, "a fixed-size list's size is from 1 to 2**31 - 1: [8]")
+    item = _scalar_type(listed["item"] or listed["short"], name)
+    return pa.list_(item) if size is None else pa.list_(item, int(size))
+
+
+def _scalar_type(alias: str, name: str) -> pa.DataType:
     aliases = {"float64": "double", "float32": "float", "str": "string", "large_string": "string"}
     try:
-        return pa.type_for_alias(aliases.get(name, name))
+        return pa.type_for_alias(aliases.get(alias, alias))
     except (ValueError, KeyError):
         raise InvalidName(
-            "dtype", name, "use an Arrow type such as double, float, int64, string, bool"
+            "dtype",
+            name,
+            "use an Arrow type such as double, float, int64, string, bool, a fixed-size list "
+            "such as fixed_size_list<item: float>[8] (or float[8]), or list<item: double>",
         ) from None
 
 

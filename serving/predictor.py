@@ -141,7 +141,9 @@ class Predictor:
             for f in version.inputs
             if f.categories is not None
         }
-        self._output_types = {name: _output_type(version, model, name) for name in version.outputs}
+        self._output_types = {
+            name: output_type(version, name, model.classes) for name in version.outputs
+        }
         # The fast path takes tables that already have exactly these columns and one float
         # type; anything else goes through selection, casts and per-column checks.
         self._schema = pa.schema(list(zip(self._names, self._types, strict=True)))
@@ -394,10 +396,7 @@ class Predictor:
         outputs = {}
         for name, target in self._output_types.items():
             try:
-                column = raw[name]
-                array = (
-                    column if isinstance(column, pa.Array | pa.ChunkedArray) else pa.array(column)
-                )
+                array = _arrow_output(raw[name])
                 if len(array) < rows:
                     raise ValueError(f"{name!r} has {len(array)} rows, expected {rows}")
                 outputs[name] = array.slice(0, rows).cast(target, safe=True)
@@ -407,6 +406,16 @@ class Predictor:
 
     def _empty_outputs(self) -> dict[str, pa.Array]:
         return {name: pa.array([], t) for name, t in self._output_types.items()}
+
+
+def _arrow_output(column: Any) -> pa.Array | pa.ChunkedArray:
+    """A named output as Arrow; an ``[N, K]`` array is N lists of K values (an embedding)."""
+    if isinstance(column, pa.Array | pa.ChunkedArray):
+        return column
+    if isinstance(column, np.ndarray) and column.ndim == 2:
+        values = pa.array(np.ascontiguousarray(column).reshape(-1))
+        return pa.FixedSizeListArray.from_arrays(values, column.shape[1])
+    return pa.array(column)
 
 
 def _wants_rows(p: Prepared) -> bool:
@@ -451,12 +460,13 @@ def _copy_column(column: pa.ChunkedArray, out: np.ndarray) -> None:
         start += len(chunk)
 
 
-def _output_type(version: ModelVersion, model: Model, name: str) -> pa.DataType:
-    """An output's Arrow type: as recorded; a label's is its classes'; a score is float64."""
+def output_type(version: ModelVersion, name: str, classes: Any = None) -> pa.DataType:
+    """An output's Arrow type: as recorded; a label's is its classes' (the loaded model's
+    ``classes`` if given, else the version's); a score is float64."""
     if name in version.output_types:
         return arrow_type(version.output_types[name])
     if name == "label":
-        classes = model.classes if model.classes is not None else version.classes or [0.0]
+        classes = classes if classes is not None else version.classes or [0.0]
         return pa.array(np.asarray(classes)[:0]).type
     return pa.float64()
 

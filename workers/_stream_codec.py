@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from serving.codecs import json_texts
 from serving.errors import InputError, InvalidField, MissingField, MMServeError
 from serving.metadata import Feature
 from workers._stream_log import DeadLetter, Event, Outputs
@@ -71,14 +72,17 @@ def outputs(
     model: str,
 ) -> Outputs:
     """The output entries of the ``scored`` rows, the answers to ``events`` (whose id
-    fields are ``ids``): the source entry id, the id field, the outputs, the model's name and
-    version (``model`` is its ``name:version``)."""
+    fields are ``ids``): the source entry id, the id field, the outputs (as text: a list
+    output such as an embedding as a JSON array), the model's name and version (``model``
+    is its ``name:version``)."""
     columns: dict[str, list[str]] = {}
     if id_field is not None:
         columns[id_field] = [i or "" for i in ids]
     for name, column in zip(scored.column_names, scored.columns, strict=True):
-        # Arrow writes floats in their shortest form that reads back to the same bits.
-        text = pc.cast(column, pa.string()).to_pylist()
+        if pa.types.is_list(column.type) or pa.types.is_fixed_size_list(column.type):
+            text = json_texts(column).to_pylist()  # an embedding: "[0.5,1.0]"
+        else:  # Arrow writes floats in their shortest form that reads back to the same bits.
+            text = pc.cast(column, pa.string()).to_pylist()
         columns[name] = [v if v is not None else "" for v in text]
     name, version = model.split(":")
     return Outputs([e.id for e in events], columns, {"model": name, "version": version})

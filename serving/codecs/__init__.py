@@ -2,12 +2,19 @@
 
 The protocol codecs of the HTTP routes (V1, V2, SageMaker) build on these; the CLI picks
 one by file extension.
+
+Answers keep their columns' types (see ``ModelVersion.output_types``): a string or int
+label is a JSON string or integer, a CSV cell as written; a list output is a JSON array, a
+parquet or Arrow list column. CSV has no lists (:func:`csv_table`): a fixed-size list of K
+values (an embedding) ``name`` is K columns ``name_0`` .. ``name_<K-1>``, and a list of
+any length is one column holding each row's list as JSON text (``[0.5,1.0]``).
 """
 
 from __future__ import annotations
 
 import io
 import json
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -124,7 +131,7 @@ def encode(table: pa.Table, media_type: str) -> bytes:
     """``table`` as bytes of ``media_type``."""
     if media_type == CSV:
         sink = io.BytesIO()
-        pacsv.write_csv(table, sink)
+        pacsv.write_csv(csv_table(table), sink)
         return sink.getvalue()
     if media_type in (JSON, JSONL):
         rows = json_safe(table).to_pylist()
@@ -144,15 +151,57 @@ def encode(table: pa.Table, media_type: str) -> bytes:
 
 
 def json_safe(table: pa.Table) -> pa.Table:
-    """``table`` with NaN and infinities as nulls: JSON has no spelling for them (a model
-    fed extreme values can answer NaN; Python would write the invalid token ``NaN``)."""
+    """``table`` with NaN and infinities as nulls, in lists too: JSON has no spelling for
+    them (a model fed extreme values can answer NaN; Python would write the invalid token
+    ``NaN``)."""
     for index, field in enumerate(table.schema):
         if pa.types.is_floating(field.type):
             column = table.column(index)
             finite = pc.is_finite(column)
             if not pc.all(finite).as_py():
                 table = table.set_column(index, field, pc.if_else(finite, column, None))
+        elif _is_list(field.type) and pa.types.is_floating(field.type.value_type):
+            column = table.column(index)
+            if not pc.all(pc.is_finite(pc.list_flatten(column))).as_py():  # rare: Python
+                rows = [_finite(row) for row in column.to_pylist()]
+                table = table.set_column(index, field, pa.array(rows, field.type))
     return table
+
+
+def csv_table(table: pa.Table) -> pa.Table:
+    """``table`` as CSV can hold it: a fixed-size list column ``name`` of K values (an
+    embedding) as K columns ``name_0`` .. ``name_<K-1>``; a list of any length as one column
+    of each row's list as JSON text (CSV has no ragged rows); other columns as they are."""
+    if not any(_is_list(t) for t in table.schema.types):
+        return table
+    names: list[str] = []
+    columns: list[pa.ChunkedArray] = []
+    for field, column in zip(table.schema, table.columns, strict=True):
+        if pa.types.is_fixed_size_list(field.type):
+            for k in range(field.type.list_size):
+                names.append(f"{field.name}_{k}")
+                columns.append(pc.list_element(column, k))
+        else:
+            names.append(field.name)
+            columns.append(json_texts(column) if _is_list(field.type) else column)
+    return pa.table(columns, names=names)
+
+
+def json_texts(column: pa.ChunkedArray) -> pa.ChunkedArray:
+    """Each value of ``column`` (a list column) as compact JSON text; a null stays null."""
+    safe = json_safe(pa.table({"_": column})).column(0).to_pylist()
+    texts = [None if v is None else json.dumps(v, separators=(",", ":")) for v in safe]
+    return pa.chunked_array([pa.array(texts, pa.string())])
+
+
+def _is_list(t: pa.DataType) -> bool:
+    return pa.types.is_list(t) or pa.types.is_fixed_size_list(t)
+
+
+def _finite(row: list[float | None] | None) -> list[float | None] | None:
+    if row is None:
+        return None
+    return [v if v is not None and math.isfinite(v) else None for v in row]
 
 
 def read_file(path: Path) -> pa.Table:

@@ -35,11 +35,15 @@ def decode(
 
 
 def encode(table: pa.Table, kind: str) -> bytes:
+    """``table`` as ``kind``: JSON ``{"predictions": [row, ...]}``, CSV values only (an
+    embedding's K values as K cells, a list of any length as its JSON text: see
+    :func:`serving.codecs.csv_table`), the others as :func:`serving.codecs.encode` writes them."""
     if kind == codecs.JSON:
         return json.dumps({"predictions": codecs.json_safe(table).to_pylist()}).encode()
     if kind == codecs.CSV:  # SageMaker convention: values only, one line per row
         sink = io.BytesIO()
-        pacsv.write_csv(table, sink, pacsv.WriteOptions(include_header=False))
+        options = pacsv.WriteOptions(include_header=False)
+        pacsv.write_csv(codecs.csv_table(table), sink, options)  # an embedding: K values
         return sink.getvalue()
     return codecs.encode(table, kind)
 

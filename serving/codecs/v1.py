@@ -58,8 +58,9 @@ def rows_of(rows: Any, features: list[str]) -> Rows:
 def encode(
     table: pa.Table, name: str, version: int, rows: list[dict[str, Any]] | None = None
 ) -> bytes:
-    """``{"predictions": [row, ...], "model": name, "version": n}``; NaN and infinities
-    (which JSON cannot spell) as null. ``rows``: the table's rows, if already made."""
+    """``{"predictions": [row, ...], "model": name, "version": n}``, each output in its own
+    type (a string or int label, an embedding as an array); NaN and infinities (which JSON
+    cannot spell) as null. ``rows``: the table's rows, if already made."""
     predictions = rows if rows is not None else table.to_pylist()
     answer = {"predictions": predictions, "model": name, "version": version}
     try:

@@ -3,7 +3,11 @@ binary tensor data extension that standard V2 clients use by default.
 
 A request's tensors become a table in one of two shapes: one ``[N, K]`` tensor holding the
 K features in registered order (Triton/MLServer style), or one ``[N]``/``[N, 1]`` tensor per
-feature, named after it. Each output column goes back as one ``[N]`` tensor.
+feature, named after it. Each output column goes back as one tensor of its type
+(:func:`tensor_type`): ``[N]`` for a scalar output (a string label is BYTES, an int label
+INT64), ``[N, K]`` for a fixed-size list of K values such as an embedding (its values
+row-major, in JSON and binary alike), and a list of any length, which no tensor holds, as
+``[N]`` BYTES, each row's list as JSON text (``[0.5,1.0]``).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 from pydantic import BaseModel, ValidationError
 
-from serving.codecs import DecodeError, Matrix, Rows, json_safe
+from serving.codecs import DecodeError, Matrix, Rows, json_safe, json_texts
 from serving.errors import InputError, OutOfTypeRange
 
 _NUMPY = {
@@ -148,17 +152,22 @@ def encode(
     outputs, blobs, listed = [], [], json_safe(table)
     for column_name in wanted:
         column = table.column(column_name)
+        if pa.types.is_list(column.type):
+            column = json_texts(column)  # ragged: no tensor holds it
+        datatype, row_shape = tensor_type(column.type)
         tensor: dict[str, Any] = {
             "name": column_name,
-            "shape": [table.num_rows],
-            "datatype": _ARROW_TO_V2.get(column.type, "BYTES"),
+            "shape": [table.num_rows, *row_shape],
+            "datatype": datatype,
         }
         if asked.get(column_name, binary_default):
-            blob = _to_bytes(column)
+            blob = _to_bytes(_flat(column))
             tensor["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
+        elif pa.types.is_list(table.column(column_name).type):
+            tensor["data"] = column.to_pylist()
         else:
-            tensor["data"] = listed.column(column_name).to_pylist()
+            tensor["data"] = _data(listed.column(column_name))
         outputs.append(tensor)
     document: dict[str, Any] = {
         "model_name": name,
@@ -174,6 +183,35 @@ def encode(
         "content-type": BINARY_MEDIA_TYPE,
         HEADER_LENGTH: str(len(header)),
     }
+
+
+def tensor_type(column: pa.DataType) -> tuple[str, list[int]]:
+    """The V2 datatype of a column of type ``column`` and the shape of one row's tensor:
+    ``[]`` for a scalar, ``[K]`` for a fixed-size list of K values (the column is then an
+    ``[N, K]`` tensor). A list of any length is BYTES (its JSON text), as is any type V2
+    has no datatype for."""
+    if pa.types.is_fixed_size_list(column):
+        return _ARROW_TO_V2.get(column.value_type, "BYTES"), [column.list_size]
+    return _ARROW_TO_V2.get(column, "BYTES"), []
+
+
+def _data(column: pa.ChunkedArray) -> list[Any]:
+    """A column's JSON data: its values, an ``[N, K]`` tensor's flattened row-major (a null
+    row as K nulls)."""
+    if not pa.types.is_fixed_size_list(column.type):
+        return column.to_pylist()
+    empty = [None] * column.type.list_size
+    return [value for row in column.to_pylist() for value in (empty if row is None else row)]
+
+
+def _flat(column: pa.ChunkedArray) -> pa.ChunkedArray:
+    """A fixed-size list column's values, row-major (the ``[N, K]`` tensor's ``N * K``
+    elements); any other column as it is."""
+    if not pa.types.is_fixed_size_list(column.type):
+        return column
+    lists = column.combine_chunks()
+    size = column.type.list_size
+    return pa.chunked_array([lists.values.slice(lists.offset * size, len(lists) * size)])
 
 
 def _refuse_overflow(overflow: Overflow, tensors: int, features: list[str]) -> None:
@@ -334,7 +372,7 @@ def _shaped(tensor: TensorIn, flat: np.ndarray) -> np.ndarray:
 
 def _to_bytes(column: pa.ChunkedArray) -> bytes:
     if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
-        raw = [value.encode() for value in column.to_pylist()]
+        raw = [(value or "").encode() for value in column.to_pylist()]  # V2 has no null
         return b"".join(struct.pack("<I", len(item)) + item for item in raw)
     little_endian = np.dtype(column.type.to_pandas_dtype()).newbyteorder("<")
     return np.asarray(column.to_numpy(), dtype=little_endian).tobytes()

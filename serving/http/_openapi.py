@@ -20,6 +20,8 @@ from serving.codecs import sagemaker, v2
 Schema = dict[str, Any]
 
 _SCALAR: Schema = {"type": ["number", "string", "boolean", "null"]}
+_OUTPUT: Schema = {"type": ["number", "string", "boolean", "null", "array"], "items": _SCALAR}
+"""An output's value: a list output (an embedding) is an array."""
 _BINARY: Schema = {"type": "string", "format": "binary"}
 _TEXT: Schema = {"type": "string"}
 
@@ -144,8 +146,9 @@ V1_RESPONSE: Schema = {
     "properties": {
         "predictions": {
             "type": "array",
-            "items": {"type": "object", "additionalProperties": _SCALAR},
-            "description": "one object per row: label and proba_<class>, or prediction",
+            "items": {"type": "object", "additionalProperties": _OUTPUT},
+            "description": "one object per row: label and proba_<class>, or prediction, or "
+            "the model's named outputs, each in its type (an embedding as an array)",
         },
         "model": {"type": "string"},
         "version": {"type": "integer"},
@@ -334,7 +337,8 @@ V2_INFER: Schema = {
 }
 V2_RESPONSES: dict[int | str, Schema] = {
     200: {
-        "description": "One [N] tensor per output; binary outputs (application/octet-stream, "
+        "description": "One [N] tensor per output ([N, K] for an output of K values, such "
+        "as an embedding); binary outputs (application/octet-stream, "
         "with Inference-Header-Content-Length) when the request asks for them.",
         "content": {
             v2.MEDIA_TYPE: {

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pyarrow as pa
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
@@ -15,6 +16,7 @@ from serving.http import _openapi
 from serving.http._body import read_body, score
 from serving.http._dataplane import DataPlane, off_loop_if_large
 from serving.metadata import ModelVersion
+from serving.predictor import output_type
 from serving.registry import Registry
 
 router = APIRouter(tags=["v2"])
@@ -97,14 +99,15 @@ async def infer(name: str, request: Request, version: str | None = None) -> Resp
 @router.get("/v2/models/{name}/versions/{version}/config")
 async def model_config(name: str, request: Request, version: str | None = None) -> dict[str, Any]:
     """Triton's model configuration extension (what perf_analyzer and Triton's clients read):
-    one tensor per feature and output, of any number of rows (``dims: [-1]``)."""
+    one tensor per feature and output, of any number of rows (``dims: [-1]``; an output of
+    K values, ``[-1, K]``)."""
     registry: Registry = request.app.state.registry
     mv = await run_in_threadpool(registry.get, _ref(name, version))
     metadata = _metadata(mv, [mv.version])
 
     def tensor(meta: dict[str, Any]) -> dict[str, Any]:
         datatype = "STRING" if meta["datatype"] == "BYTES" else meta["datatype"]
-        return {"name": meta["name"], "data_type": f"TYPE_{datatype}", "dims": [-1]}
+        return {"name": meta["name"], "data_type": f"TYPE_{datatype}", "dims": meta["shape"]}
 
     return {
         "name": mv.name,
@@ -155,23 +158,17 @@ async def model_statistics(
 
 
 def _metadata(mv: ModelVersion, versions: list[int]) -> dict[str, Any]:
-    def tensor(name: str, datatype: str) -> dict[str, Any]:
-        return {"name": name, "datatype": datatype, "shape": [-1]}
+    """Each input and output as the codec reads and answers it: its datatype, and shape
+    ``[-1]`` (any number of rows), or ``[-1, K]`` for an output of K values (an embedding)."""
+
+    def tensor(name: str, arrow: pa.DataType) -> dict[str, Any]:
+        datatype, row_shape = v2.tensor_type(arrow)
+        return {"name": name, "datatype": datatype, "shape": [-1, *row_shape]}
 
     return {
         "name": mv.name,
         "versions": [str(v) for v in versions],
         "platform": mv.flavor,
-        "inputs": [tensor(f.name, _V2_TYPES.get(f.dtype, "BYTES")) for f in mv.inputs],
-        "outputs": [tensor(o, _output_datatype(mv, o)) for o in mv.outputs],
+        "inputs": [tensor(f.name, f.type) for f in mv.inputs],
+        "outputs": [tensor(o, output_type(mv, o)) for o in mv.outputs],
     }
-
-
-def _output_datatype(mv: ModelVersion, output: str) -> str:
-    if output != "label":
-        return "FP64"  # the predictor widens every float output to float64
-    first = (mv.classes or [""])[0]
-    return "BOOL" if isinstance(first, bool) else "INT64" if isinstance(first, int) else "BYTES"
-
-
-_V2_TYPES = {"double": "FP64", "float": "FP32", "int64": "INT64", "int32": "INT32", "bool": "BOOL"}
