@@ -1,0 +1,116 @@
+"""``mmserve.toml``: what a ``python`` model's folder declares about itself.
+
+::
+
+    model = "scorer:Scorer"            # module (a .py file or package of the folder):class
+    task = "regressor"                 # classifier, regressor or transformer (the default)
+    requirements = ["pillow>=10"]      # distributions it needs installed
+    classes = ["no", "yes"]            # a classifier's classes (optional)
+    pandas = false                     # true: predict takes a pandas DataFrame
+    [inputs]                           # optional when registered with an input example
+    amount = "double"
+    [outputs]                          # required: every column predict answers with
+    score = "double"
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, distribution
+from typing import Any, cast, get_args
+
+from serving.errors import InvalidName, MissingPackage
+from serving.metadata import Task, arrow_type
+
+NAME = "mmserve.toml"
+_KEYS = ("model", "task", "requirements", "classes", "pandas", "inputs", "outputs")
+_TARGET = re.compile(r"([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*):([A-Za-z_]\w*)")
+# A requirement's distribution name (PEP 508): what precedes extras, versions and markers.
+_DISTRIBUTION = re.compile(r"\s*([A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?)\s*(?:[\[(<>=!~;@]|$)")
+_TYPES = "use an Arrow type such as double, float, int64, string, bool"
+
+
+@dataclass(frozen=True)
+class Manifest:
+    module: str
+    cls: str
+    task: Task
+    inputs: dict[str, str]
+    outputs: dict[str, str]
+    requirements: list[str]
+    classes: list[Any] | None = None
+    pandas: bool = False
+
+
+def parse(text: bytes, where: str) -> Manifest:
+    """The manifest in ``text``; anything it cannot mean is :class:`InvalidName`, naming
+    the key and the value."""
+    try:
+        raw = tomllib.loads(text.decode())
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
+        raise InvalidName(NAME, where, f"not valid TOML: {err}") from None
+    for key in raw:
+        if key not in _KEYS:
+            raise InvalidName(f"{NAME} key", key, f"expected one of {', '.join(_KEYS)}")
+    target = _TARGET.fullmatch(str(raw.get("model", "")))
+    if target is None:
+        rule = "expected 'module:Class', the module a .py file or package of the folder"
+        raise InvalidName(f"{NAME} model", str(raw.get("model", "")), rule)
+    task = raw.get("task", "transformer")
+    if task not in get_args(Task):
+        raise InvalidName(f"{NAME} task", str(task), "one of classifier, regressor, transformer")
+    outputs = _schema(raw, "outputs")
+    if not outputs:
+        raise InvalidName(f"{NAME} [outputs]", "", 'declare every output as name = "arrow type"')
+    requirements = raw.get("requirements", [])
+    if not isinstance(requirements, list) or not all(_name(r) for r in requirements):
+        rule = "a list of requirements such as 'pillow>=10'"
+        raise InvalidName(f"{NAME} requirements", str(requirements), rule)
+    classes = raw.get("classes")
+    if classes is not None and not isinstance(classes, list):
+        raise InvalidName(f"{NAME} classes", str(classes), "a list of the classes")
+    return Manifest(
+        module=target[1],
+        cls=target[2],
+        task=cast(Task, task),
+        inputs=_schema(raw, "inputs"),
+        outputs=outputs,
+        requirements=list(requirements),
+        classes=classes,
+        pandas=raw.get("pandas", False) is True,
+    )
+
+
+def check_installed(requirements: list[str], what: str) -> None:
+    """Refuse (:class:`MissingPackage`) when a requirement's distribution is not installed.
+    Its version is not compared: an installed distribution is taken as it is."""
+    for requirement in requirements:
+        package = _name(requirement)
+        try:
+            distribution(package)
+        except PackageNotFoundError:
+            raise MissingPackage(what, "package", package, f"pip install {requirement!r}") from None
+
+
+def _schema(raw: dict[str, Any], section: str) -> dict[str, str]:
+    """``[inputs]`` or ``[outputs]``: names and Arrow types, in their declared order."""
+    table = raw.get(section, {})
+    if not isinstance(table, dict):
+        raise InvalidName(f"{NAME} [{section}]", str(table), 'a table of name = "arrow type"')
+    types = {}
+    for name, dtype in table.items():
+        try:
+            types[name] = str(arrow_type(dtype)) if isinstance(dtype, str) else ""
+        except InvalidName:
+            types[name] = ""
+        if not types[name]:
+            raise InvalidName(f"{NAME} [{section}] {name}", str(dtype), _TYPES)
+    return types
+
+
+def _name(requirement: Any) -> str:
+    """The distribution a requirement names; empty when it is none."""
+    match = _DISTRIBUTION.match(requirement) if isinstance(requirement, str) else None
+    return match[1] if match else ""
