@@ -19,12 +19,14 @@ outputs its answers are; its meta names the whole chain.
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
@@ -146,6 +148,27 @@ def _rows(out: Store, parts: list[str], columns: list[str]) -> Iterator[pa.Table
                 for batch in pq.ParquetFile(f).iter_batches(columns=columns):
                     yield pa.Table.from_batches([batch])
                 continue
-            reader = pacsv.open_csv(f) if part.endswith(".csv") else read_json_lines(f, path)
-            for batch in reader:
+            if part.endswith(".csv"):
+                for batch in pacsv.open_csv(f):
+                    yield _from_csv(pa.Table.from_batches([batch]), columns)
+                continue
+            for batch in read_json_lines(f, path):
                 yield pa.Table.from_batches([batch]).select(columns)
+
+
+def _from_csv(table: pa.Table, columns: list[str]) -> pa.Table:
+    """A CSV part's ``columns``: an output CSV holds as K columns ``name_0`` ..
+    ``name_<K-1>`` (an embedding: see :func:`serving.codecs.csv_table`) as one list again.
+    (A list of any length stays the JSON text CSV holds it as.)"""
+    names = set(table.column_names)
+    picked = []
+    for name in columns:
+        if name in names or f"{name}_0" not in names:
+            picked.append(table.column(name))
+            continue
+        size = next(k for k in itertools.count() if f"{name}_{k}" not in names)
+        by_column = pa.chunked_array([table.column(f"{name}_{k}") for k in range(size)])
+        order = np.arange(size * table.num_rows).reshape(size, -1).T.reshape(-1)  # row-major
+        values = by_column.take(order).combine_chunks()
+        picked.append(pa.FixedSizeListArray.from_arrays(values, size))
+    return pa.table(picked, names=columns)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -143,3 +144,62 @@ class CallRows(RegressorMixin, BaseEstimator):
 
     def predict(self, x: Any) -> np.ndarray:
         return np.full(len(x), float(len(x)))
+
+
+TYPED_MANIFEST = """\
+model = "typed:Typed"
+task = "classifier"
+classes = ["ham", "spam"]
+
+[inputs]
+x = "double"
+
+[outputs]
+label = "string"
+code = "int64"
+score = "double"
+embedding = "float[4]"
+tokens = "list<int64>"
+"""
+TYPED_CODE = """\
+import numpy as np
+
+
+class Typed:
+    def load(self, path):
+        pass
+
+    def predict(self, table):
+        x = table["x"].to_numpy()
+        return {
+            "label": np.where(x > 0, "spam", "ham"),
+            "code": np.where(x > 0, 2, 0),
+            "score": x * 0.5,
+            "embedding": np.stack([x, 2 * x, -x, x / 4], axis=1),  # [N, 4]
+            "tokens": [list(range(int(abs(v)) % 3)) for v in x],  # of any length
+        }
+"""
+
+
+def typed_model(folder: Path) -> Path:
+    """A ``python`` model folder whose answers are typed (register with ``trust_code``): a
+    string label, an int code, a float score, an embedding of 4 float32 values (answered as
+    an ``[N, 4]`` array) and a list of ints of any length, each from its input ``x``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "mmserve.toml").write_text(TYPED_MANIFEST)
+    (folder / "typed.py").write_text(TYPED_CODE)
+    return folder
+
+
+def typed_answers(xs: list[float]) -> list[dict[str, Any]]:
+    """What :func:`typed_model` answers for rows of ``x``, as Python values."""
+    return [
+        {
+            "label": "spam" if x > 0 else "ham",
+            "code": 2 if x > 0 else 0,
+            "score": x * 0.5,
+            "embedding": [float(np.float32(v)) for v in (x, 2 * x, -x, x / 4)],
+            "tokens": list(range(int(abs(x)) % 3)),
+        }
+        for x in xs
+    ]
