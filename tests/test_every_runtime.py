@@ -58,7 +58,7 @@ def probabilities(p: np.ndarray, labels: np.ndarray) -> Answer:
     return {"label": labels, "proba_0": p[:, 0], "proba_1": p[:, 1]}
 
 
-def sklearn_model(x: pd.DataFrame, y: np.ndarray) -> Trained:
+def sklearn_model(x: pd.DataFrame, y: np.ndarray, folder: Path) -> Trained:
     from sklearn.ensemble import HistGradientBoostingClassifier
 
     model = HistGradientBoostingClassifier(max_iter=40).fit(x, y)
@@ -66,7 +66,7 @@ def sklearn_model(x: pd.DataFrame, y: np.ndarray) -> Trained:
     return Trained("sklearn-skops", model, own, {})
 
 
-def xgboost_model(x: pd.DataFrame, y: np.ndarray) -> Trained:
+def xgboost_model(x: pd.DataFrame, y: np.ndarray, folder: Path) -> Trained:
     import xgboost
 
     model = xgboost.XGBClassifier(n_estimators=40, max_depth=4).fit(x, y)
@@ -74,7 +74,7 @@ def xgboost_model(x: pd.DataFrame, y: np.ndarray) -> Trained:
     return Trained("xgboost", model, own, {})
 
 
-def lightgbm_model(x: pd.DataFrame, y: np.ndarray) -> Trained:
+def lightgbm_model(x: pd.DataFrame, y: np.ndarray, folder: Path) -> Trained:
     import lightgbm
 
     model = lightgbm.LGBMClassifier(n_estimators=40, verbose=-1).fit(x, y)
@@ -82,10 +82,52 @@ def lightgbm_model(x: pd.DataFrame, y: np.ndarray) -> Trained:
     return Trained("lightgbm", model, own, {})
 
 
-RUNTIMES: list[Callable[[pd.DataFrame, np.ndarray], Trained]] = [
+SCORER = """
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+
+class Scorer:
+    def load(self, folder):
+        self.weights = np.array(json.loads((Path(folder) / "weights.json").read_text()))
+
+    def predict(self, table: pa.Table) -> pa.Table:
+        x = np.column_stack([column.to_numpy() for column in table.columns])
+        score = 1 / (1 + np.exp(-(x @ self.weights)))
+        return pa.table({"label": np.where(score > 0.5, "yes", "no"), "score": score})
+"""
+
+
+def python_model(x: pd.DataFrame, y: np.ndarray, folder: Path) -> Trained:
+    """A folder of the user's own code: a logistic scorer whose weights are fitted here."""
+    code = folder / "scorer"
+    code.mkdir()
+    weights, *_ = np.linalg.lstsq(x.to_numpy(), 2.0 * y - 1, rcond=None)
+    (code / "weights.json").write_text(json.dumps(weights.tolist()))
+    (code / "scorer.py").write_text(SCORER)
+    inputs = "\n".join(f'{name} = "double"' for name in FEATURES)
+    manifest = f'model = "scorer:Scorer"\n[inputs]\n{inputs}\n'
+    (code / "mmserve.toml").write_text(manifest + '[outputs]\nlabel = "string"\nscore = "double"\n')
+    namespace: dict[str, Any] = {}
+    exec(compile(SCORER, "scorer.py", "exec"), namespace)  # the user's class, called directly
+    model = namespace["Scorer"]()
+    model.load(code)
+
+    def own(rows: pd.DataFrame) -> Answer:
+        answer = model.predict(pa.Table.from_pandas(rows, preserve_index=False))
+        return {name: answer[name].to_numpy(zero_copy_only=False) for name in ("label", "score")}
+
+    return Trained("python", code, own, {"trust_code": True})
+
+
+RUNTIMES: list[Callable[[pd.DataFrame, np.ndarray, Path], Trained]] = [
     sklearn_model,
     xgboost_model,
     lightgbm_model,
+    python_model,
 ]
 
 
@@ -99,7 +141,7 @@ def test_every_runtime_answers_identically_in_every_mode(tmp_path: Path) -> None
     pq.write_table(with_ids, source)
     store_url = str(tmp_path / "store")
     registry = Registry.from_settings(Settings(_env_file=None, store_url=store_url))
-    trained = {t.runtime: t for t in (make(x, y) for make in RUNTIMES)}
+    trained = {t.runtime: t for t in (make(x, y, tmp_path) for make in RUNTIMES)}
     for name, t in trained.items():
         registry.register(t.model, name, input_example=table.slice(0, 16), **t.options)
     with ExitStack() as stack:
