@@ -11,7 +11,7 @@ from typing import Any, Protocol
 
 import pyarrow as pa
 
-from models import churn, credit, fraud, house_prices, risk
+from models import applications, churn, credit, fraud, house_prices, risk
 from serving.metadata import ModelVersion
 from serving.registry import Registry
 
@@ -34,11 +34,12 @@ class Recipe(Protocol):
         ...
 
     def train(self) -> tuple[Any, pa.Table]:
-        """The fitted estimator (deterministic) and an input example."""
+        """The fitted model (deterministic; a folder, for code) and an input example. A
+        recipe may also name ``OPTIONS``, more arguments to ``Registry.register``."""
         ...
 
 
-RECIPES: tuple[Recipe, ...] = (churn, fraud, house_prices, credit, risk)
+RECIPES: tuple[Recipe, ...] = (churn, fraud, house_prices, credit, risk, applications)
 
 
 def register(recipe: Recipe, registry: Registry, alias: str = "production") -> ModelVersion:
@@ -47,6 +48,7 @@ def register(recipe: Recipe, registry: Registry, alias: str = "production") -> M
     return registry.register(
         model,
         recipe.NAME,
+        **getattr(recipe, "OPTIONS", {}),
         alias=alias,
         input_example=example,
         description=recipe.DESCRIPTION,

@@ -26,12 +26,14 @@ import pyarrow.parquet as pq
 from rich.console import Console
 from rich.table import Column, Table
 
-from models import RECIPES, Recipe, register
+from models import RECIPES, Recipe, applications, credit, register
 from models import _examples as examples
-from models._modes import MODES, every_mode
+from models._modes import MODES, Scored, asynchronous, batch, every_mode
 from models._redis import redis_server
 from models._server import JOB_TIMEOUT_S, DemoError, Predictions, Reply, Server, serve
 from models._stream import Consumer, Streamer, streamers
+from serving.endpoints.catalog import Endpoints
+from serving.endpoints.config import Endpoint
 from serving.errors import MMServeError
 from serving.registry import Registry
 from serving.settings import Settings
@@ -41,6 +43,7 @@ SAMPLE_ROWS = 5
 SAMPLE_SEED = 2024
 BATCH_ROWS = 20_000
 PARITY_ROWS = 500
+PIPELINE = "credit-pipeline"
 
 
 @dataclass
@@ -78,13 +81,14 @@ def register_models(demo: Demo) -> str:
     """Train each recipe and register it under the ``production`` alias."""
     demo.console.rule("Register")
     demo.console.print(f"Each model trained, stored and registered under the alias {ALIAS}:")
-    table = Table("model", "task", _right("inputs"), "outputs", _right("seconds"))
+    table = Table("model", "runtime", "task", _right("inputs"), "outputs", _right("seconds"))
     for recipe in RECIPES:
         started = time.perf_counter()
         mv = register(recipe, demo.registry, alias=ALIAS)
         seconds = time.perf_counter() - started
         outputs = ", ".join(mv.outputs)
-        table.add_row(mv.ref, mv.task, str(len(mv.inputs)), outputs, f"{seconds:.2f}")
+        cells = (mv.ref, mv.flavor, mv.task, str(len(mv.inputs)), outputs, f"{seconds:.2f}")
+        table.add_row(*cells)
     demo.console.print(table)
     return f"{len(RECIPES)} models registered"
 
@@ -247,6 +251,59 @@ def every_mode_agrees(demo: Demo) -> str:
     return f"every mode agrees on {PARITY_ROWS * len(RECIPES):,} rows"
 
 
+def pipeline(demo: Demo) -> str:
+    """Raw applications through the pipeline ``credit-prep`` (the user's own Python code)
+    then ``credit`` (XGBoost): as an endpoint in real time, as a job and as a batch run of
+    the chain; every answer must equal the two models applied by hand."""
+    demo.console.rule("A pipeline: your code, then XGBoost")
+    server = demo.server()
+    steps = [f"{applications.NAME}@{ALIAS}", f"{credit.NAME}@{ALIAS}"]
+    Endpoints(demo.registry.store).apply_one(PIPELINE, Endpoint(pipeline=steps))
+    rows = applications.sample(PARITY_ROWS, SAMPLE_SEED + 3)
+    raw = rows.drop_columns([applications.ID_COLUMN])
+    derived = demo.registry.load(steps[0]).predict(raw)
+    merged = raw.select([c for c in raw.column_names if c not in derived.column_names])
+    for name in derived.column_names:
+        merged = merged.append_column(name, derived[name])
+    by_hand = demo.registry.load(steps[1]).predict(merged).to_pylist()
+    demo.console.print(
+        f"endpoint {PIPELINE}: {' → '.join(steps)}; {PARITY_ROWS} raw applications, "
+        "compared with both models applied by hand:"
+    )
+    folder = Path(demo.stack.enter_context(tempfile.TemporaryDirectory(prefix="mmserve-demo-")))
+    chain = ",".join(steps)
+    scored = {
+        "real time (endpoint)": _endpoint_answers(server, raw),
+        "async (chain)": asynchronous(server, chain, raw),
+        "batch (chain)": batch(server, chain, rows, applications.ID_COLUMN, folder),
+    }
+    table = Table("mode", _right("rows"), _right("ms"), "same as by hand")
+    for mode, answer in scored.items():
+        table.add_row(mode, str(len(answer.answers)), f"{answer.seconds * 1000:.1f}",
+                      _yes(answer.answers == by_hand))  # fmt: skip
+    demo.console.print(table)
+    differ = [mode for mode, answer in scored.items() if answer.answers != by_hand]
+    _fail_on([f"the pipeline in {mode} answered differently" for mode in differ], "modes")
+    return f"the pipeline agrees in {len(scored)} modes"
+
+
+def _endpoint_answers(server: Server, rows: pa.Table) -> Scored:
+    """The rows through the pipeline endpoint (V1), once the server has read it from the
+    store (it reads endpoints every second)."""
+    deadline = time.monotonic() + JOB_TIMEOUT_S
+    started = time.perf_counter()
+    while True:
+        reply = server.post_json(
+            f"/v1/endpoints/{PIPELINE}:predict", {"instances": rows.to_pylist()}
+        )
+        if reply.status == 200:
+            return Scored(reply.json()["predictions"], time.perf_counter() - started)
+        if reply.status != 404 or time.monotonic() > deadline:
+            raise DemoError(f"the {PIPELINE} endpoint answered {_error(reply)}")
+        time.sleep(0.1)
+        started = time.perf_counter()
+
+
 SECTIONS: list[Section] = [
     register_models,
     predict_samples,
@@ -255,6 +312,7 @@ SECTIONS: list[Section] = [
     transform_datasets,
     stream_events,
     every_mode_agrees,
+    pipeline,
 ]
 
 
@@ -371,7 +429,8 @@ def main() -> int:
         return 1
     except KeyboardInterrupt:  # the server, if started, is stopped by now
         return 130
-    console.print(f"\n[green]done[/]: {', '.join(done)} in {time.perf_counter() - started:.1f} s.")
+    summary = f"\n[green]done[/]: {', '.join(done)} in {time.perf_counter() - started:.1f} s."
+    console.print(summary, soft_wrap=True)
     console.print("\n".join(examples.closing_lines()), highlight=False, soft_wrap=True)
     return 0
 

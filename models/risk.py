@@ -16,7 +16,7 @@ from models.credit import applications
 
 NAME = "risk"
 ID_COLUMN = credit.ID_COLUMN
-FEATURES = credit.FEATURES
+FEATURES = credit.FIELDS
 DESCRIPTION = "Days-late regressor (LightGBM) on synthetic applications."
 TAGS = {"data": "synthetic", "unit": "days", "runtime": "lightgbm"}
 TRAIN_ROWS = 4000
