@@ -28,9 +28,11 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 RUN useradd --system --uid 10001 --gid 0 --create-home --home-dir /home/mmserve mmserve
 
 # The dependencies, from pyproject.toml alone, in a layer of their own: a code change does
-# not reinstall them.
+# not reinstall them. RUNTIMES names the model runtimes' extras to install with them
+# (docker build --build-arg RUNTIMES="xgboost" ...; "" for scikit-learn alone).
+ARG RUNTIMES="xgboost lightgbm onnx"
 COPY pyproject.toml /tmp/pyproject.toml
-RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('/tmp/pyproject.toml', 'rb'))['project']['dependencies']))" \
+RUN python -c "import sys, tomllib; p = tomllib.load(open('/tmp/pyproject.toml', 'rb'))['project']; print('\n'.join(p['dependencies'] + [d for e in sys.argv[1:] for d in p['optional-dependencies'][e]]))" $RUNTIMES \
         > /tmp/requirements.txt \
     && pip install -r /tmp/requirements.txt \
     && rm /tmp/requirements.txt /tmp/pyproject.toml
