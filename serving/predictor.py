@@ -145,9 +145,10 @@ class Predictor:
             name: output_type(version, name, model.classes) for name in version.outputs
         }
         # The fast path takes tables that already have exactly these columns and one float
-        # type; anything else goes through selection, casts and per-column checks.
+        # type; anything else goes through selection, casts and per-column checks. A frame
+        # model of float columns takes it too: its DataFrame is made of the matrix (_frame).
         self._schema = pa.schema(list(zip(self._names, self._types, strict=True)))
-        self._dtype = _float_dtype(self._types) if not self._wants_frame else None
+        self._dtype = _float_dtype(self._types) if not self._wants_table else None
 
     @property
     def ref(self) -> str:
@@ -200,7 +201,7 @@ class Predictor:
         features = self._features(table, passthrough)
         if features.num_rows == 0:
             return Prepared(0, None, passthrough, kept, as_rows)
-        if self._wants_frame or not self._numeric:
+        if self._wants_table or not self._numeric or (self._wants_frame and self._dtype is None):
             self._check_finite_arrow(features)
             return Prepared(features.num_rows, features, passthrough, kept, as_rows)
         x = self._matrix(features)
@@ -273,9 +274,10 @@ class Predictor:
         """One model input for the whole batch, padded to a multiple of ``row_block``."""
         if isinstance(batch[0].x, np.ndarray):
             if len(batch) == 1:
-                return batch[0].x  # already padded
-            x = np.concatenate([p.x[: p.rows] for p in batch])
-            return _pad(x, self.version.row_block)
+                x = batch[0].x  # already padded
+            else:
+                x = _pad(np.concatenate([p.x[: p.rows] for p in batch]), self.version.row_block)
+            return self._frame(x) if self._wants_frame else x
         features = pa.concat_tables([p.x for p in batch])
         rows = features.num_rows
         pad = -rows % self.version.row_block
@@ -286,6 +288,14 @@ class Predictor:
         if self._wants_frame:
             return features.to_pandas()
         return np.column_stack([c.to_numpy(zero_copy_only=False) for c in features.columns])
+
+    def _frame(self, x: np.ndarray) -> Any:
+        """A frame model's DataFrame of the float matrix ``x``: the one ``Table.to_pandas``
+        makes of the same columns (one column-major block), without its per-column work,
+        which took a one-row call from about 1.2 to 2 ms (HistGradientBoosting, 25 columns)."""
+        import pandas as pd  # only frame models need it, and they have imported it
+
+        return pd.DataFrame(np.asfortranarray(x), columns=self._names, copy=False)
 
     def _matrix_input(self, rows: Matrix) -> np.ndarray | None:
         """The model input of a float matrix whose columns are exactly the features, for a
@@ -314,10 +324,17 @@ class Predictor:
         return x if self._fits(x) else None
 
     def _fits(self, x: np.ndarray) -> bool:
-        """Whether every value of ``x`` is finite and within what the model computes in."""
-        if not np.isfinite(x).all():
+        """Whether every value of ``x`` is finite and within what the model computes in: its
+        smallest and largest values tell (a NaN makes both NaN), in two passes without a
+        temporary (isfinite and abs took 3 to 6 ms for 100,000 rows of 25 float64)."""
+        if x.size == 0:
+            return True
+        low, high = x.min(), x.max()
+        if not (np.isfinite(low) and np.isfinite(high)):
             return False
-        return self._limit is None or x.dtype != np.float64 or np.abs(x).max() <= self._limit
+        if self._limit is None or x.dtype != np.float64:
+            return True
+        return bool(-self._limit <= low and high <= self._limit)
 
     def _matrix(self, features: pa.Table) -> np.ndarray:
         """The features as one C-ordered matrix (what sklearn is called with directly), padded
@@ -333,7 +350,8 @@ class Predictor:
         for j, column in enumerate(features.columns):
             _copy_column(column, by_column[j])
         by_column[:, rows:] = by_column[:, rows - 1 : rows]
-        return np.ascontiguousarray(by_column.T)
+        # A frame model's DataFrame is column-major (_frame): the transpose is the copy.
+        return by_column.T if self._wants_frame else np.ascontiguousarray(by_column.T)
 
     def _check_finite_numpy(self, x: np.ndarray) -> None:
         if not np.issubdtype(x.dtype, np.floating):

@@ -255,12 +255,31 @@ def test_frame_models_get_a_frame(local_registry: Registry) -> None:
     np.testing.assert_array_equal(out["proba_1"].to_numpy(), model.predict_proba(frame)[:, 1])
 
 
-@pytest.mark.parametrize("kind", ["numeric", "mixed"])
+@pytest.mark.parametrize("rows", [40, 30_000])  # 30,000 rows of 5 doubles: built column-wise
+def test_a_frame_model_of_floats_answers_as_on_the_frame_of_its_table(
+    local_registry: Registry, rows: int
+) -> None:
+    """Its DataFrame is made of the checked matrix: the values, names and column-major layout
+    that Table.to_pandas gives, so a linear model's bits are the same."""
+    x, y = fixtures.numeric_data(rows, seed=4)
+    model = LogisticRegression().fit(pd.DataFrame(x, columns=fixtures.FEATURES), y)
+    local_registry.register(model, "framed")
+    table = fixtures.numeric_table(x)
+    out = local_registry.load("framed").predict(table)
+    proba = model.predict_proba(table.to_pandas())
+    np.testing.assert_array_equal(out["proba_0"].to_numpy(), proba[:, 0])
+    np.testing.assert_array_equal(out["proba_1"].to_numpy(), proba[:, 1])
+
+
+@pytest.mark.parametrize("kind", ["numeric", "framed", "mixed"])
 def test_one_call_for_many_requests_splits_back_exactly(local_registry: Registry, kind) -> None:
-    if kind == "numeric":
-        local_registry.register(fixtures.logistic(), "m")
-        x, _ = fixtures.numeric_data(23, seed=5)
-        table = fixtures.numeric_table(x)
+    if kind in ("numeric", "framed"):
+        table = fixtures.numeric_table(fixtures.numeric_data(23, seed=5)[0])
+        model = fixtures.logistic()
+        if kind == "framed":
+            x, y = fixtures.numeric_data()
+            model = LogisticRegression().fit(pd.DataFrame(x, columns=fixtures.FEATURES), y)
+        local_registry.register(model, "m")
     else:
         frame, _ = fixtures.mixed_frame(23, seed=5)
         local_registry.register(fixtures.mixed_pipeline(), "m", input_example=frame.head(3))
