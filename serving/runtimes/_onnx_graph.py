@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import onnx
 import onnxruntime as ort
+from onnx import numpy_helper
 
 from serving.errors import InvalidName
 
@@ -207,9 +208,10 @@ def _classes(outputs: list[Port], proto: onnx.ModelProto) -> list[Any] | None:
     if label.type not in ("tensor(int64)", "tensor(string)") or label.rank != 1:
         return None
     zipmap = probabilities.type.startswith("seq(map(")
-    if not zipmap and (probabilities.type != "tensor(float)" or probabilities.rank != 2):
+    floats = probabilities.type in ("tensor(float)", "tensor(double)")
+    if not zipmap and (not floats or probabilities.rank != 2):
         return None
-    classes = _class_labels(proto)
+    classes = _class_labels(proto) or _looked_up_labels(proto, label.name)
     if classes is None or (not zipmap and probabilities.width not in (None, len(classes))):
         return None
     text = label.type == "tensor(string)"
@@ -219,6 +221,8 @@ def _classes(outputs: list[Port], proto: onnx.ModelProto) -> list[Any] | None:
 
 
 def _class_labels(proto: onnx.ModelProto) -> list[Any] | None:
+    """The labels a ZipMap or a classifier node (``LinearClassifier``, ``TreeEnsemble...``)
+    holds as an attribute."""
     nodes = sorted(proto.graph.node, key=lambda node: node.op_type != "ZipMap")
     for node in nodes:
         for attribute in node.attribute:
@@ -227,6 +231,30 @@ def _class_labels(proto: onnx.ModelProto) -> list[Any] | None:
                     return [s.decode("utf-8", "replace") for s in attribute.strings]
                 return list(attribute.ints)
     return None
+
+
+def _looked_up_labels(proto: onnx.ModelProto, label: str) -> list[Any] | None:
+    """The labels a graph looks its label up in (skl2onnx's float64 classifiers, its neural
+    networks): a constant that an ``ArrayFeatureExtractor`` indexes with the ``ArgMax`` of
+    the scores, the label being that lookup, cast or reshaped."""
+    producers = {out: node for node in proto.graph.node for out in node.output}
+    constants = {tensor.name: tensor for tensor in proto.graph.initializer}
+    node = producers.get(label)
+    while node is not None and node.op_type in ("Cast", "Reshape", "Identity", "Flatten"):
+        node = producers.get(node.input[0]) if node.input else None
+    if node is None or node.op_type != "ArrayFeatureExtractor" or node.input[0] not in constants:
+        return None
+    values = numpy_helper.to_array(constants[node.input[0]])
+    if values.ndim != 1 or values.dtype.kind not in "iO":
+        return None
+    return [
+        v.decode("utf-8", "replace")
+        if isinstance(v, bytes)
+        else v
+        if isinstance(v, str)
+        else int(v)
+        for v in values
+    ]
 
 
 def _matrix(values: Any, rows: int, port: Port) -> np.ndarray:

@@ -103,6 +103,25 @@ def test_classifier_answers_as_onnxruntime(
     np.testing.assert_array_equal(answer["proba_1"].to_numpy(), expected[:, 1])
 
 
+def test_float64_classifier(registry: Registry) -> None:
+    """skl2onnx's float64 classifier (with zipmap=False: its ZipMap takes float32 only)
+    looks its label up in a constant of classes, and answers float64 probabilities."""
+    model = to_onnx(
+        LogisticRegression().fit(X, np.array(["no", "yes"])[Y]), X[:1], options={"zipmap": False}
+    )
+    mv = registry.register(model, "wide")
+    assert (mv.task, mv.outputs, mv.classes) == (
+        "classifier",
+        ["label", "proba_no", "proba_yes"],
+        ["no", "yes"],
+    )
+    answer = registry.load(mv.ref).predict(ROWS)
+    labels, raw = reference(model, {"X": X[:37]})
+    assert raw.dtype == np.float64
+    assert answer["label"].to_pylist() == labels.tolist()
+    np.testing.assert_array_equal(answer["proba_yes"].to_numpy(), raw[:, 1])
+
+
 def test_pipeline_with_string_classes(registry: Registry, tmp_path: Path) -> None:
     pipe = Pipeline([("scale", StandardScaler()), ("clf", LogisticRegression())])
     pipe.fit(X, np.array(["stay", "churn"])[Y])
