@@ -149,6 +149,7 @@ class Predictor:
         # model of float columns takes it too: its DataFrame is made of the matrix (_frame).
         self._schema = pa.schema(list(zip(self._names, self._types, strict=True)))
         self._dtype = _float_dtype(self._types) if not self._wants_table else None
+        self._columns: Any = None  # a frame model's column Index, made at its first call
 
     @property
     def ref(self) -> str:
@@ -295,7 +296,9 @@ class Predictor:
         which took a one-row call from about 1.2 to 2 ms (HistGradientBoosting, 25 columns)."""
         import pandas as pd  # only frame models need it, and they have imported it
 
-        return pd.DataFrame(np.asfortranarray(x), columns=self._names, copy=False)
+        if self._columns is None:  # made once: from the names, it took 30 of a call's 40 µs
+            self._columns = pd.Index(self._names)
+        return pd.DataFrame(np.asfortranarray(x), columns=self._columns, copy=False)
 
     def _matrix_input(self, rows: Matrix) -> np.ndarray | None:
         """The model input of a float matrix whose columns are exactly the features, for a
