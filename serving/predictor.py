@@ -327,17 +327,15 @@ class Predictor:
         return x if self._fits(x) else None
 
     def _fits(self, x: np.ndarray) -> bool:
-        """Whether every value of ``x`` is finite and within what the model computes in: its
-        smallest and largest values tell (a NaN makes both NaN), in two passes without a
-        temporary (isfinite and abs took 3 to 6 ms for 100,000 rows of 25 float64)."""
+        """Whether every value of ``x`` is finite and within what the model computes in."""
+        if self._limit is None or x.dtype != np.float64:
+            return bool(np.isfinite(x).all())
         if x.size == 0:
             return True
-        low, high = x.min(), x.max()
-        if not (np.isfinite(low) and np.isfinite(high)):
-            return False
-        if self._limit is None or x.dtype != np.float64:
-            return True
-        return bool(-self._limit <= low and high <= self._limit)
+        # Its smallest and largest values tell (a NaN makes both NaN, which compares False),
+        # in two passes without temporaries: isfinite and abs took 2.3 to 2.7 ms for 100,000
+        # rows of 25 float64, min and max 0.8 to 1.0 ms.
+        return bool(-self._limit <= x.min() and x.max() <= self._limit)
 
     def _matrix(self, features: pa.Table) -> np.ndarray:
         """The features as one C-ordered matrix (what sklearn is called with directly), padded
