@@ -1,7 +1,7 @@
 """Real-time serving: mmserve against the HTTP floor, a naive FastAPI app and MLServer, under wrk.
 
     .venv/bin/python benchmarks/realtime.py [--quick] [--duration 10] [--concurrency 1,16,64]
-        [--models lr,rf] [--only floor,naive,mlserver,mmserve,mmserve-unbatched]
+        [--models lr,rf,xgb] [--only floor,naive,mlserver,mmserve,mmserve-unbatched]
 
 Each server is its own process with one uvicorn worker on a free loopback port, pinned to
 core 0; wrk (one thread) runs pinned to core 1. Every request is one row of 20 float32
@@ -29,11 +29,13 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 import joblib
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import sklearn
 from rich.console import Console
@@ -53,14 +55,16 @@ MLSERVER_VENV = WORK / "mlserver-venv"
 MLSERVER_PINS = (
     "mlserver==1.7.1",
     "mlserver-sklearn==1.7.1",
+    "mlserver-xgboost==1.7.1",
     "uvloop==0.21.0",  # newer uvloop crashes MLServer 1.7.1 at start (SeldonIO/MLServer#2286)
     f"scikit-learn=={sklearn.__version__}",  # the same estimator class as the pickle
     f"joblib=={joblib.__version__}",
+    f"xgboost=={version('xgboost')}",  # the same library reads the same model file
 )
 MLSERVER_BATCH = {"max_batch_size": 64, "max_batch_time": 0.002}
 SERVERS = ("floor", "naive", "mlserver", "mmserve", "mmserve-unbatched")
 NAME_WIDTH = max(len(name) for name in SERVERS)
-MODELS = ("lr", "rf")
+MODELS = ("lr", "rf", "xgb")
 FEATURES = 20
 TARGET_C = 64  # the concurrency the issue sets its throughput targets at
 TURNS = 4  # wrk runs per server when servers take turns at one concurrency (measure_in_turns)
@@ -148,13 +152,25 @@ class Bench:
 # -- models ----------------------------------------------------------------------------------
 
 
-def train() -> dict[str, Any]:
+def train(names: tuple[str, ...] = MODELS) -> dict[str, Any]:
     x, y = make_classification(
         n_samples=20_000, n_features=FEATURES, n_informative=10, random_state=0
     )
     x = x.astype(np.float32)
-    forest = RandomForestClassifier(n_estimators=100, max_depth=10, n_jobs=1, random_state=0)
-    return {"lr": LogisticRegression(max_iter=1000).fit(x, y), "rf": forest.fit(x, y)}
+    models: dict[str, Any] = {}
+    if "lr" in names:
+        models["lr"] = LogisticRegression(max_iter=1000).fit(x, y)
+    if "rf" in names:
+        forest = RandomForestClassifier(n_estimators=100, max_depth=10, n_jobs=1, random_state=0)
+        models["rf"] = forest.fit(x, y)
+    if "xgb" in names:
+        import xgboost  # imported here: the other benchmarks import this module
+
+        # Fitted on a DataFrame, as boosters usually are: it has feature names.
+        frame = pd.DataFrame(x, columns=[f"f{i}" for i in range(FEATURES)])
+        booster = xgboost.XGBClassifier(n_estimators=100, max_depth=6, n_jobs=1, random_state=0)
+        models["xgb"] = booster.fit(frame, y)
+    return models
 
 
 def request_row() -> list[float]:
@@ -164,7 +180,8 @@ def request_row() -> list[float]:
 
 
 def write_artifacts(models: dict[str, Any], folder: Path) -> None:
-    """The mmserve store, the naive app's joblib files, and MLServer's model repository."""
+    """The mmserve store, the naive app's joblib files, and MLServer's model repository: the
+    joblib file for scikit-learn, XGBoost's own file (what mmserve stores) for XGBoost."""
     registry = Registry(Store.from_url(str(folder / "store")))
     example = pa.table({f"f{i}": np.zeros(16, dtype=np.float32) for i in range(FEATURES)})
     (folder / "joblib").mkdir()
@@ -173,12 +190,17 @@ def write_artifacts(models: dict[str, Any], folder: Path) -> None:
         joblib.dump(model, folder / "joblib" / f"{name}.joblib")
         repo = folder / "mlserver" / name
         repo.mkdir(parents=True)
-        joblib.dump(model, repo / "model.joblib")
+        if hasattr(model, "save_model"):  # XGBoost
+            model.save_model(repo / "model.ubj")
+            runtime, uri = "mlserver_xgboost.XGBoostModel", "./model.ubj"
+        else:
+            joblib.dump(model, repo / "model.joblib")
+            runtime, uri = "mlserver_sklearn.SKLearnModel", "./model.joblib"
         settings = {
             "name": name,
-            "implementation": "mlserver_sklearn.SKLearnModel",
+            "implementation": runtime,
             **MLSERVER_BATCH,
-            "parameters": {"uri": "./model.joblib"},
+            "parameters": {"uri": uri},
         }
         (repo / "model-settings.json").write_text(json.dumps(settings))
 
@@ -641,7 +663,7 @@ def parse_options() -> Options:
     parser.add_argument("--duration", type=int, help="seconds per point (default 10)")
     parser.add_argument("--warmup", type=int, help="seconds of warm-up per server and model")
     parser.add_argument("--concurrency", default="1,16,64", help="open connections, e.g. 1,16,64")
-    parser.add_argument("--models", default=",".join(MODELS), help="of: lr, rf")
+    parser.add_argument("--models", default=",".join(MODELS), help="of: lr, rf, xgb")
     parser.add_argument("--only", default=",".join(SERVERS), help=f"of: {', '.join(SERVERS)}")
     parser.add_argument("--no-pin", action="store_true", help="do not pin servers and wrk to cores")
     args = parser.parse_args()
@@ -665,7 +687,7 @@ def _names(given: str, known: tuple[str, ...], parser: argparse.ArgumentParser) 
 
 
 def run(options: Options, folder: Path) -> Bench:
-    models = {name: m for name, m in train().items() if name in options.models}
+    models = train(options.models)
     row = request_row()
     x = np.asarray([row], dtype=np.float32)
     expected = {name: m.predict_proba(x)[0].tolist() for name, m in models.items()}
