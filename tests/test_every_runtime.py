@@ -54,7 +54,7 @@ def data(rows: int, seed: int) -> tuple[pd.DataFrame, np.ndarray]:
     return x, y
 
 
-def probabilities(p: np.ndarray, labels: np.ndarray) -> Answer:
+def probabilities_of(p: np.ndarray, labels: np.ndarray) -> Answer:
     return {"label": labels, "proba_0": p[:, 0], "proba_1": p[:, 1]}
 
 
@@ -62,7 +62,7 @@ def sklearn_model(x: pd.DataFrame, y: np.ndarray, folder: Path) -> Trained:
     from sklearn.ensemble import HistGradientBoostingClassifier
 
     model = HistGradientBoostingClassifier(max_iter=40).fit(x, y)
-    own = lambda rows: probabilities(model.predict_proba(rows), model.predict(rows))  # noqa: E731
+    own = lambda rows: probabilities_of(model.predict_proba(rows), model.predict(rows))  # noqa: E731
     return Trained("sklearn-skops", model, own, {})
 
 
@@ -70,7 +70,7 @@ def xgboost_model(x: pd.DataFrame, y: np.ndarray, folder: Path) -> Trained:
     import xgboost
 
     model = xgboost.XGBClassifier(n_estimators=40, max_depth=4).fit(x, y)
-    own = lambda rows: probabilities(model.predict_proba(rows), model.predict(rows))  # noqa: E731
+    own = lambda rows: probabilities_of(model.predict_proba(rows), model.predict(rows))  # noqa: E731
     return Trained("xgboost", model, own, {})
 
 
@@ -78,8 +78,29 @@ def lightgbm_model(x: pd.DataFrame, y: np.ndarray, folder: Path) -> Trained:
     import lightgbm
 
     model = lightgbm.LGBMClassifier(n_estimators=40, verbose=-1).fit(x, y)
-    own = lambda rows: probabilities(model.predict_proba(rows), model.predict(rows))  # noqa: E731
+    own = lambda rows: probabilities_of(model.predict_proba(rows), model.predict(rows))  # noqa: E731
     return Trained("lightgbm", model, own, {})
+
+
+def onnx_model(x: pd.DataFrame, y: np.ndarray, folder: Path) -> Trained:
+    """A scikit-learn pipeline exported with skl2onnx: answered as onnxruntime answers."""
+    import onnxruntime
+    from skl2onnx import to_onnx
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    pipeline = make_pipeline(StandardScaler(), LogisticRegression()).fit(x.to_numpy(), y)
+    graph = to_onnx(pipeline, x[:1].to_numpy().astype(np.float32))
+    session = onnxruntime.InferenceSession(graph.SerializeToString())
+
+    def own(rows: pd.DataFrame) -> Answer:
+        feed = {session.get_inputs()[0].name: rows.to_numpy().astype(np.float32)}
+        label, probabilities = session.run(None, feed)
+        p = np.array([[row[0], row[1]] for row in probabilities], dtype=np.float64)
+        return probabilities_of(p, label)
+
+    return Trained("onnx", graph, own, {})
 
 
 SCORER = """
@@ -127,6 +148,7 @@ RUNTIMES: list[Callable[[pd.DataFrame, np.ndarray, Path], Trained]] = [
     sklearn_model,
     xgboost_model,
     lightgbm_model,
+    onnx_model,
     python_model,
 ]
 

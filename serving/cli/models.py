@@ -43,8 +43,9 @@ def register(
     path: Annotated[
         Path,
         typer.Argument(
-            help="A model file: .skops (or .joblib/.pkl with --trust-pickle), XGBoost .ubj/.json; "
-            "or a folder of Python code with an mmserve.toml (with --trust-code)."
+            help="A model file: .skops (or .joblib/.pkl with --trust-pickle), XGBoost "
+            ".ubj/.json, LightGBM .txt, ONNX .onnx; or a folder of Python code with an "
+            "mmserve.toml (with --trust-code)."
         ),
     ],
     name: Annotated[str, typer.Option(help="Model name.")],
