@@ -11,7 +11,7 @@ from typing import Any, Protocol
 
 import pyarrow as pa
 
-from models import applications, churn, credit, fraud, house_prices, risk
+from models import applications, churn, credit, fraud, fraud_onnx, house_prices, risk
 from serving.metadata import ModelVersion
 from serving.registry import Registry
 
@@ -39,7 +39,15 @@ class Recipe(Protocol):
         ...
 
 
-RECIPES: tuple[Recipe, ...] = (churn, fraud, house_prices, credit, risk, applications)
+RECIPES: tuple[Recipe, ...] = (
+    churn,
+    fraud,
+    house_prices,
+    credit,
+    risk,
+    fraud_onnx,
+    applications,
+)
 
 
 def register(recipe: Recipe, registry: Registry, alias: str = "production") -> ModelVersion:

@@ -14,6 +14,8 @@ from urllib.error import URLError
 from urllib.request import urlopen
 
 import numpy as np
+import onnx
+import onnxruntime
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -39,8 +41,9 @@ OUTPUTS = {
     "credit": ["label", "proba_0", "proba_1"],
     "risk": ["prediction"],
     "credit-prep": ["debt_to_income", "log_income", "years_employed"],
+    "fraud-onnx": ["label", "proba_0", "proba_1"],
 }
-FLAVORS = {"credit": "xgboost", "risk": "lightgbm", "credit-prep": "python"}  # else skops
+FLAVORS = {"credit": "xgboost", "risk": "lightgbm", "credit-prep": "python", "fraud-onnx": "onnx"}
 # A multiple of the registered row block, so the predictor calls the model on exactly the
 # rows the direct sklearn call below sees.
 ROWS = 16
@@ -63,6 +66,11 @@ def expected(model: Any, frame: pd.DataFrame) -> dict[str, np.ndarray]:
     if isinstance(model, Path):  # a folder of code: its class, called as the runtime does
         derived = features.Prep().predict(pa.Table.from_pandas(frame, preserve_index=False))
         return {name: derived[name].to_numpy() for name in derived.column_names}
+    if isinstance(model, onnx.ModelProto):  # a graph: onnxruntime's own session
+        session = onnxruntime.InferenceSession(model.SerializeToString())
+        feed = {session.get_inputs()[0].name: frame.to_numpy().astype(np.float32)}
+        label, proba = session.run(None, feed)
+        return {"label": label, "proba_0": proba[:, 0], "proba_1": proba[:, 1]}
     if not hasattr(model, "predict_proba"):
         return {"prediction": model.predict(frame)}
     proba = model.predict_proba(frame)
@@ -226,15 +234,15 @@ def test_python_m_models_answers_the_same_in_every_mode(tmp_path: Path) -> None:
             assert len(table_rows(run.stdout, *every)) == 1
         assert "With MMSERVE_BROKER_URL set, these jobs go to Celery workers" in run.stdout
         parity = (
-            r"all modes agree: 500 rows of each of 6 models, real time [\d.]+ s, async [\d.]+ s, "
+            r"all modes agree: 500 rows of each of 7 models, real time [\d.]+ s, async [\d.]+ s, "
             r"batch [\d.]+ s, streaming [\d.]+ s: identical"
         )
         assert len(re.findall(parity, run.stdout)) == 1
-        done = "done: 6 models registered, 30 rows scored, 18 real-time answers identical, "
-        batch = "120,000 batch rows identical"
-        streaming = "30 stream outputs identical, every mode agrees on 3,000 rows"
+        done = "done: 7 models registered, 35 rows scored, 21 real-time answers identical, "
+        batch = "140,000 batch rows identical"
+        streaming = "35 stream outputs identical, every mode agrees on 3,500 rows"
         pipeline = "the pipeline agrees in 3 modes"
-        assert f"{done}6 jobs succeeded, {batch}, {streaming}, {pipeline} in" in run.stdout
+        assert f"{done}7 jobs succeeded, {batch}, {streaming}, {pipeline} in" in run.stdout
         server = re.search(r"mmserve serve answers at (http://\S+)", run.stdout)
         assert server is not None
         with pytest.raises(URLError):  # stopped with the demo
