@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from serving.metadata import Method, ModelVersion
 
 PACKAGES = ("xgboost",)
+_MISSING = "mmserve_missing"
 _WRAPPERS: dict[str, type[xgboost.XGBModel]] = {
     "classifier": xgboost.XGBClassifier,
     "regressor": xgboost.XGBRegressor,
@@ -39,12 +40,20 @@ _WRAPPERS: dict[str, type[xgboost.XGBModel]] = {
 def dump(native: Any, flavor: Flavor) -> bytes:
     if isinstance(native, xgboost.Booster):
         return bytes(native.save_raw("ubj"))
-    # The wrapper writes its own attribute (what it is) only into a file it saves.
-    with tempfile.TemporaryDirectory(prefix="mmserve-xgboost-") as folder:
-        path = os.path.join(folder, "model.ubj")
-        native.save_model(path)
-        with open(path, "rb") as file:
-            return file.read()
+    # The wrapper writes its own attribute (what it is) only into a file it saves; its
+    # missing value, a parameter, it does not write at all: it goes in an attribute of ours.
+    missing = native.missing
+    booster = native.get_booster()
+    if not np.isnan(missing):
+        booster.set_attr(**{_MISSING: repr(float(missing))})
+    try:
+        with tempfile.TemporaryDirectory(prefix="mmserve-xgboost-") as folder:
+            path = os.path.join(folder, "model.ubj")
+            native.save_model(path)
+            with open(path, "rb") as file:
+                return file.read()
+    finally:
+        booster.set_attr(**{_MISSING: None})
 
 
 def untrusted_types(data: bytes, flavor: Flavor) -> list[str]:
@@ -61,6 +70,9 @@ def load(data: bytes, flavor: Flavor, trust: Trust, what: str) -> Any:
             return booster
         wrapper = _WRAPPERS[kind]()
         wrapper.load_model(bytearray(data))
+        missing = wrapper.get_booster().attr(_MISSING)
+        if missing is not None:
+            wrapper.set_params(missing=float(missing))
         return wrapper
     except Exception as err:  # XGBoostError, and its own errors decoding its errors
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
@@ -120,6 +132,8 @@ class XGBoostModel:
             self._call = native.predict_proba
         elif isinstance(native, xgboost.XGBModel):
             self._call = native.predict
+        if self._call != self._inplace and self._trees.feature_names:
+            self.frame = True  # the wrapper's own call checks the features' names
 
     def scores(self, x: Any) -> np.ndarray:
         if self._categorical:

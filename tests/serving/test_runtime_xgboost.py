@@ -262,3 +262,26 @@ def test_corrupted_files_are_refused_without_crashing_the_process(tmp_path: Path
     assert done.returncode == 0, done.stderr[-2000:]
     outcomes = done.stdout.split()
     assert len(outcomes) == 10 and set(outcomes) <= {"registered", "refused", "crashed"}
+
+
+def test_a_wrappers_own_missing_value_is_kept(registry: Registry, tmp_path: Path) -> None:
+    """XGBoost's file does not hold the wrapper's ``missing`` parameter: kept beside it."""
+    x, y = data()
+    x.iloc[::7, 1] = -999.0
+    model = xgboost.XGBClassifier(n_estimators=20, missing=-999.0).fit(x, y)
+    registry.register(model, "sentinel")
+    answer = registry.load("sentinel").predict(table(x))
+    np.testing.assert_array_equal(answer["proba_1"].to_numpy(), model.predict_proba(x)[:, 1])
+    assert registry.load("sentinel").model.missing == -999.0
+    assert model.get_booster().attr("mmserve_missing") is None  # the user's object unchanged
+    nan_missing = xgboost.XGBClassifier(n_estimators=20).fit(x, y).predict_proba(x)[:, 1]
+    assert not np.array_equal(nan_missing, model.predict_proba(x)[:, 1])  # it matters
+
+
+def test_a_linear_booster_fitted_on_a_dataframe(registry: Registry) -> None:
+    x, y = data()
+    model = xgboost.XGBClassifier(booster="gblinear", n_estimators=10).fit(x, y)
+    registry.register(model, "linear")
+    answer = registry.load("linear").predict(table(x))
+    np.testing.assert_array_equal(answer["proba_1"].to_numpy(), model.predict_proba(x)[:, 1])
+    np.testing.assert_array_equal(answer["label"].to_numpy(), model.predict(x))
