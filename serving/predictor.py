@@ -133,8 +133,7 @@ class Predictor:
         # Tree models compare in float32: a finite float64 beyond its range makes them raise.
         self._limit = _FLOAT32_MAX if model.float32 else None
         self._numeric = all(pa.types.is_integer(t) or pa.types.is_floating(t) for t in self._types)
-        # A runtime that takes the checked feature table itself says so with ``table``.
-        self._wants_table = bool(getattr(model, "table", False))
+        self._wants_table = model.table
         self._wants_frame = model.frame or self._wants_table
         self._categories = {
             f.name: pa.array(f.categories, f.type)

@@ -94,6 +94,8 @@ class Model(Protocol):
     """The library's own object (an estimator, a Booster)."""
     frame: bool
     """Called with a pandas DataFrame of the named features, not a matrix."""
+    table: bool
+    """Called with the checked ``pyarrow.Table`` of the features itself."""
     float32: bool
     """Computes in float32: a finite float64 beyond its range is refused, not rounded."""
     classes: np.ndarray | None

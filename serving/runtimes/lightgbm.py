@@ -95,6 +95,7 @@ class LightGBMModel:
     """A LightGBM Booster (or a wrapper's, when registering the wrapper) behind the seam."""
 
     float32 = False  # LightGBM compares features with float64 thresholds
+    table = False
 
     def __init__(self, native: Any, version: ModelVersion):
         self.native = native

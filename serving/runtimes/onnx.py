@@ -101,6 +101,8 @@ def describe(native: Any, method: Method | None) -> Description:
 class OnnxModel:
     """An onnxruntime session behind the seam: it answers with named columns."""
 
+    table = False
+
     def __init__(self, loaded: Loaded, version: ModelVersion):
         self.native = loaded.session
         self._graph = signature(loaded.session, loaded.proto)

@@ -90,6 +90,8 @@ def describe(native: Any, method: Method | None) -> Description:
 class SklearnModel:
     """A scikit-learn estimator (or pipeline) behind the seam."""
 
+    table = False
+
     def __init__(self, native: Any, method: Method):
         self.native = native
         # A model fitted on a DataFrame wants one back (with the same column names).

@@ -113,6 +113,7 @@ class XGBoostModel:
     """An XGBoost wrapper or Booster behind the seam."""
 
     float32 = True  # XGBoost casts every feature to float32
+    table = False
 
     def __init__(self, native: Any, version: ModelVersion):
         self.native = native

@@ -394,23 +394,3 @@ def test_cli_registers_a_lightgbm_text_file(tmp_path: Path) -> None:
         "sha256",
         f"{mv.sha256})",
     ]
-
-
-def test_a_missing_lightgbm_is_named_with_its_extra() -> None:
-    script = (
-        "import sys\n"
-        "sys.modules['lightgbm'] = None\n"
-        "from serving.errors import MissingRuntime\n"
-        "from serving.runtimes import runtime\n"
-        "try:\n"
-        "    runtime('lightgbm')\n"
-        "except MissingRuntime as err:\n"
-        "    print(err.status.value, err.message)\n"
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
-    )
-    assert done.stdout.strip() == (
-        "501 lightgbm models need the 'lightgbm' package, which is not installed: "
-        "pip install 'mmserve[lightgbm]'"
-    )

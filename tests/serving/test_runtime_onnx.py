@@ -380,30 +380,6 @@ def test_a_graph_that_takes_no_table_is_refused(registry: Registry) -> None:
     )
 
 
-def test_missing_onnxruntime_is_named_with_its_extra() -> None:
-    code = (
-        "import sys; sys.modules['onnxruntime'] = None\n"
-        "from serving.errors import MissingRuntime\n"
-        "from serving.registry import Registry\n"
-        "from serving.store import Store\n"
-        "try:\n"
-        "    Registry(Store.from_url(sys.argv[1])).register(b'', 'm')\n"
-        "except MissingRuntime as err:\n"
-        "    print(err.status.value, err.message)\n"
-    )
-    child = subprocess.run(
-        [sys.executable, "-c", code, "/nonexistent/store"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=os.getcwd(),
-    )
-    assert child.stdout.strip() == (
-        "501 onnx models need the 'onnxruntime' package, which is not installed: "
-        "pip install 'mmserve[onnx]'"
-    ), child.stderr
-
-
 @pytest.mark.slow
 def test_cli_registers_and_predicts_a_onnx_file(tmp_path: Path) -> None:
     pipe = Pipeline([("scale", StandardScaler()), ("clf", LogisticRegression())]).fit(X, Y)

@@ -199,28 +199,6 @@ def test_values_beyond_float32_are_refused_not_rounded(registry: Registry) -> No
     )
 
 
-def test_without_xgboost_installed_the_error_names_the_extra(tmp_path: Path) -> None:
-    script = textwrap.dedent(
-        """
-        import sys
-        sys.modules["xgboost"] = None  # as if it were not installed
-        from serving import runtimes
-        from serving.errors import MissingRuntime
-        try:
-            runtimes.runtime("xgboost")
-        except MissingRuntime as err:
-            print(err.status.value, err.message)
-        """
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=Path.cwd()
-    )
-    assert done.stdout.strip() == (
-        "501 xgboost models need the 'xgboost' package, which is not installed: "
-        "pip install 'mmserve[xgboost]'"
-    )
-
-
 def test_corrupted_files_are_refused_without_crashing_the_process(tmp_path: Path) -> None:
     """XGBoost's own parser dies (SIGSEGV) on some corrupted files: registering them must
     refuse each one, in a process that lives on (run here as a child, to see it live)."""

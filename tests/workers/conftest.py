@@ -4,8 +4,10 @@ restart, killed workers) never reach another's."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
+import redis
 
 from serving.settings import AwsSettings
 from tests.services import RedisServer, redis_server
@@ -16,6 +18,14 @@ from tests.workers.stack import Stack, async_stack
 def broker() -> Iterator[RedisServer]:
     with redis_server() as server:
         yield server
+
+
+@pytest.fixture
+def client(broker: RedisServer) -> Iterator[Any]:
+    """A client of the module's Redis, emptied first (the stream tests')."""
+    with redis.Redis.from_url(broker.url, decode_responses=True) as c:
+        c.flushdb()
+        yield c
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ import signal
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,20 +37,6 @@ from workers._stream_log import Outputs
 from workers.stream import Consumer, LiveModel, Names, RedisEventLog
 
 PICKLED: dict[str, Any] = {"flavor": "sklearn-pickle", "trust_pickle": True}
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[RedisServer]:
-    with redis_server() as s:
-        yield s
-
-
-@pytest.fixture
-def client(server: RedisServer) -> Iterator[Any]:
-    c = redis.Redis.from_url(server.url, decode_responses=True)
-    c.flushdb()
-    yield c
-    c.close()
 
 
 @pytest.fixture
@@ -353,10 +338,10 @@ def test_a_redis_restart_without_persistence_does_not_stop_the_consumer(
 
 
 @pytest.fixture
-def env(server: RedisServer, registry: Registry) -> dict[str, str]:
+def env(broker: RedisServer, registry: Registry) -> dict[str, str]:
     return {
         "MMSERVE_STORE_URL": registry.store.url,
-        "MMSERVE_REDIS_URL": server.url,
+        "MMSERVE_REDIS_URL": broker.url,
         "MMSERVE_STREAM__CLAIM_IDLE_MS": "1000",
         "PYTHONPATH": str(Path.cwd()),  # the processes unpickle tests' models
         "OMP_NUM_THREADS": "1",

@@ -6,14 +6,12 @@ that step; and a real ``mmserve stream --model prep,scored@production`` does the
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pytest
-import redis
 from sklearn.linear_model import LogisticRegression
 
 from serving.endpoints.pipeline import merge
@@ -21,27 +19,13 @@ from serving.registry import Registry
 from serving.settings import RegistrySettings, StreamSettings
 from serving.store import Store
 from tests import fixtures
-from tests.services import RedisServer, redis_server
+from tests.services import RedisServer
 from tests.serving.endpoints.test_pipeline import register_pair
 from tests.workers.streams import entries, fields, mmserve_stream, produce, rows, wait_for
 from workers.stream import Consumer, LiveModel, Names, RedisEventLog
 
 CHAIN = "prep,scored@production"
 NAMES = Names("events", "scores", "scores-dlq", "scorers", "c1")
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[RedisServer]:
-    with redis_server() as s:
-        yield s
-
-
-@pytest.fixture
-def client(server: RedisServer) -> Iterator[Any]:
-    c = redis.Redis.from_url(server.url, decode_responses=True)
-    c.flushdb()
-    yield c
-    c.close()
 
 
 @pytest.fixture
@@ -147,11 +131,11 @@ def test_an_event_a_later_step_refuses_is_dead_lettered_naming_that_step(
 
 @pytest.mark.slow
 def test_mmserve_stream_scores_with_a_chain(
-    client: Any, registry: Registry, server: RedisServer, tmp_path: Path
+    client: Any, registry: Registry, broker: RedisServer, tmp_path: Path
 ) -> None:
     x = rows(50)
     produce(client, "events", events(x))
-    env = {"MMSERVE_STORE_URL": registry.store.url, "MMSERVE_REDIS_URL": server.url}
+    env = {"MMSERVE_STORE_URL": registry.store.url, "MMSERVE_REDIS_URL": broker.url}
     args = ["--model", CHAIN, "--source", "events", "--sink", "scores", "--group", "scorers"]
     args += ["--start", "0", "--id-field", "txn_id"]
     with mmserve_stream(env, tmp_path / "stream.log", *args):

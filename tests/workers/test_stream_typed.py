@@ -6,36 +6,18 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-import pytest
-import redis
 
 from serving.registry import Registry
 from serving.settings import StreamSettings
 from serving.store import Store
 from tests import fixtures
-from tests.services import RedisServer, redis_server
 from tests.workers.streams import entries, produce
 from workers.stream import Consumer, LiveModel, Names, RedisEventLog
 
 XS = [1.5, -2.0, 0.25]
 NAMES = Names("events", "scores", "scores-dlq", "scorers", "c1")
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[RedisServer]:
-    with redis_server() as s:
-        yield s
-
-
-@pytest.fixture
-def client(server: RedisServer) -> Iterator[Any]:
-    with redis.Redis.from_url(server.url, decode_responses=True) as c:
-        c.flushdb()
-        yield c
 
 
 def test_each_entry_has_the_outputs_in_their_types(client: Any, tmp_path: Path) -> None:
