@@ -88,14 +88,15 @@ class Registry:
         tags: Mapping[str, str] | None = None,
         approval: Approval | None = None,
         extra_columns: Literal["ignore", "reject"] = "ignore",
-        row_block: int = 8,
+        row_block: int | None = None,
         force: bool = False,
     ) -> ModelVersion:
         """Register a model object (a scikit-learn estimator, an XGBoost model...) or an
         artifact file (``.skops``, ``.ubj``...; ``.joblib``/``.pkl`` only with
         ``trust_pickle``; a folder of Python code only with ``trust_code``) as the next
         version of ``name``. The flavor is told from the object's library or the file's name
-        and content unless ``flavor`` names it."""
+        and content unless ``flavor`` names it. ``row_block`` defaults to the runtime's:
+        1 for tree models (XGBoost, LightGBM, an ONNX tree ensemble), else 8."""
         validate_name(name)
         approval = approval or self.settings.default_approval
         if alias is not None:
@@ -129,7 +130,7 @@ class Registry:
             outputs=about.outputs,
             output_types=about.output_types,
             classes=about.classes,
-            row_block=row_block,
+            row_block=about.row_block if row_block is None else row_block,
             extra_columns=extra_columns,
             trusted_types=trusted,
             trust_pickle=flavor == "sklearn-pickle",
@@ -143,7 +144,8 @@ class Registry:
             approval=approval,
         )
         if example is not None:  # fail at registration, not at the first request
-            Predictor(mv, runtime.wrap(native, mv)).predict(example.slice(0, 16))
+            model = runtime.wrap(native, mv, self.settings.model_threads)
+            Predictor(mv, model).predict(example.slice(0, 16))
         version = self._claim_version(name)
         mv = mv.model_copy(update={"version": version, "created": datetime.now(UTC)})
         self.store.write(self._key(name, version, mv.artifact), data)
@@ -317,7 +319,7 @@ class Registry:
         runtime = runtimes.runtime(mv.flavor)
         trusted = runtimes.Trust(tuple(mv.trusted_types), mv.trust_pickle, mv.trust_code)
         native = runtime.load(data, mv.flavor, trusted, mv.ref)
-        return Predictor(mv, runtime.wrap(native, mv)), mv.size_bytes
+        return Predictor(mv, runtime.wrap(native, mv, self.settings.model_threads)), mv.size_bytes
 
     # -- helpers -------------------------------------------------------------------------
 

@@ -79,6 +79,11 @@ class RegistrySettings(BaseModel):
     """While the store cannot be reached, how long after the store last confirmed it a
     resolved reference keeps being served (answers carry ``X-MMServe-Stale-Seconds``); past
     it, 503 naming the store. 0: never served stale."""
+    model_threads: int = Field(1, ge=1, le=256)
+    """Threads one call of an XGBoost, LightGBM or ONNX model may use. 1 leaves the other
+    cores to concurrent requests and worker processes; more speeds large calls on an idle
+    machine. Above 1, an ONNX tree ensemble sums its trees in an order that depends on the
+    batch's size: its answers may then differ in the last bit between modes."""
     trusted_sha256: list[str] = []
     """Trust root outside the store: sha256 of the only artifacts servers and workers may
     load (with ``trusted_sha256_file``); any other is refused (403) before it is decoded. Unset

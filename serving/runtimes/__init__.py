@@ -85,6 +85,10 @@ class Description:
     """A folder artifact's files and their sha256, checked again on every load."""
     requirements: list[str] = field(default_factory=list)
     """Packages the model needs beyond its runtime's own."""
+    row_block: int = 8
+    """Model calls are padded to a multiple of this many rows (``ModelVersion.row_block``):
+    1 where a row's answer cannot depend on the rows it shares a call with (a tree walks
+    each row alone), 8 where it may (BLAS takes other kernels for other batch shapes)."""
 
 
 class Model(Protocol):
@@ -98,6 +102,10 @@ class Model(Protocol):
     """Called with the checked ``pyarrow.Table`` of the features itself."""
     float32: bool
     """Computes in float32: a finite float64 beyond its range is refused, not rounded."""
+    column_major: bool
+    """Reads a column-major (Fortran-ordered) matrix as it is, with the same answers: a
+    large batch's matrix, built column by column, is then not transposed into row order
+    (which was most of the predict path's own time at 100,000 rows)."""
     classes: np.ndarray | None
     """A classifier's classes, in the order of its score columns."""
 
@@ -135,7 +143,11 @@ class Runtime(Protocol):
 
     def describe(self, native: Any, method: Method | None) -> Description: ...
 
-    def wrap(self, native: Any, version: ModelVersion) -> Model: ...
+    def wrap(self, native: Any, version: ModelVersion, threads: int = 1) -> Model:
+        """The loaded model as the predictor calls it. ``threads``: the most threads one
+        call may use (``RegistrySettings.model_threads``), for runtimes whose library
+        takes a count (XGBoost, LightGBM, onnxruntime)."""
+        ...
 
 
 def runtime(flavor: Flavor) -> Runtime:

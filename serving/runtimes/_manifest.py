@@ -7,6 +7,7 @@
     requirements = ["pillow>=10"]      # distributions it needs installed
     classes = ["no", "yes"]            # a classifier's classes (optional)
     pandas = false                     # true: predict takes a pandas DataFrame
+    row_block = 8                      # 1: each row's answer is of that row alone
     [inputs]                           # optional when registered with an input example
     amount = "double"
     [outputs]                          # required: every column predict answers with
@@ -25,7 +26,7 @@ from serving.errors import InvalidName, MissingPackage
 from serving.metadata import Task, arrow_type
 
 NAME = "mmserve.toml"
-_KEYS = ("model", "task", "requirements", "classes", "pandas", "inputs", "outputs")
+_KEYS = ("model", "task", "requirements", "classes", "pandas", "row_block", "inputs", "outputs")
 _TARGET = re.compile(r"([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*):([A-Za-z_]\w*)")
 # A requirement's distribution name (PEP 508): what precedes extras, versions and markers.
 _DISTRIBUTION = re.compile(r"\s*([A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?)\s*(?:[\[(<>=!~;@]|$)")
@@ -42,6 +43,7 @@ class Manifest:
     requirements: list[str]
     classes: list[Any] | None = None
     pandas: bool = False
+    row_block: int = 8
 
 
 def parse(text: bytes, where: str) -> Manifest:
@@ -71,6 +73,10 @@ def parse(text: bytes, where: str) -> Manifest:
     classes = raw.get("classes")
     if classes is not None and not isinstance(classes, list):
         raise InvalidName(f"{NAME} classes", str(classes), "a list of the classes")
+    row_block = raw.get("row_block", 8)
+    if type(row_block) is not int or not 1 <= row_block <= 1024:
+        rule = "a whole number of rows from 1 to 1024 (1: each row's answer is its own alone)"
+        raise InvalidName(f"{NAME} row_block", str(row_block), rule)
     return Manifest(
         module=target[1],
         cls=target[2],
@@ -80,6 +86,7 @@ def parse(text: bytes, where: str) -> Manifest:
         requirements=list(requirements),
         classes=classes,
         pandas=raw.get("pandas", False) is True,
+        row_block=row_block,
     )
 
 

@@ -15,6 +15,11 @@ from serving.errors import UntrustedArtifact
 
 NOT_ONNX = "it is not an ONNX model: "
 _TREES = ("TreeEnsembleClassifier", "TreeEnsembleRegressor", "TreeEnsemble")
+# Operators that make a row's answer of that row alone, the same in a batch of any size (the
+# session runs on one thread: trees are summed in their order): a graph of them alone needs
+# no row_block padding. Anything else (MatMul, Gemm, a LinearClassifier) may use kernels that
+# depend on the batch's shape.
+_ROWWISE = {*_TREES, "ZipMap", "Cast", "Identity", "Reshape", "Flatten", "ArrayFeatureExtractor"}
 
 
 def parse(data: bytes, what: str) -> onnx.ModelProto:
@@ -38,6 +43,11 @@ def parse(data: bytes, what: str) -> onnx.ModelProto:
             reason = f"its {node.op_type} holds a tree whose links loop"
             raise UntrustedArtifact(what, NOT_ONNX + reason)
     return proto
+
+
+def rowwise(proto: onnx.ModelProto) -> bool:
+    """Whether every node of the graph answers each row of that row alone (see _ROWWISE)."""
+    return all(node.op_type in _ROWWISE for node in _nodes(proto))
 
 
 def first_line(err: BaseException) -> str:

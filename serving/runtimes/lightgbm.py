@@ -73,6 +73,7 @@ def describe(native: Any, method: Method | None) -> Description:
         count=len(names),
         feature_types={name: _category_type(name, c) for name, c in categorical.items()},
         categories={name: [_plain(c) for c in values] for name, values in categorical.items()},
+        row_block=1,  # each row walks the trees alone (a linear tree's leaf too): no BLAS
     )
     objective = _header(booster).get("objective", "").split(" ")[0]  # none: a custom one
     wrapper = isinstance(native, lightgbm.LGBMModel)  # a wrapper says what it is
@@ -95,11 +96,13 @@ class LightGBMModel:
     """A LightGBM Booster (or a wrapper's, when registering the wrapper) behind the seam."""
 
     float32 = False  # LightGBM compares features with float64 thresholds
+    column_major = True
     table = False
 
-    def __init__(self, native: Any, version: ModelVersion):
+    def __init__(self, native: Any, version: ModelVersion, threads: int):
         self.native = native
         self._booster = _booster(native)
+        self._threads = threads
         self.classes = None if version.classes is None else np.asarray(version.classes)
         self._label = version.method == "predict"
         self._categories = {
@@ -110,7 +113,7 @@ class LightGBMModel:
     def scores(self, x: Any) -> np.ndarray:
         if self._categories:
             x = _coded(x, self._categories)
-        scores = np.asarray(self._booster.predict(x))
+        scores = np.asarray(self._booster.predict(x, num_threads=self._threads))
         if self.classes is None:
             return scores
         if scores.ndim == 1:  # as LGBMClassifier.predict_proba widens a binary model's P(1)
@@ -123,8 +126,8 @@ class LightGBMModel:
         return argmax_labels(self.classes, scores)
 
 
-def wrap(native: Any, version: ModelVersion) -> LightGBMModel:
-    return LightGBMModel(native, version)
+def wrap(native: Any, version: ModelVersion, threads: int = 1) -> LightGBMModel:
+    return LightGBMModel(native, version, threads)
 
 
 def _booster(native: Any) -> lightgbm.Booster:

@@ -28,7 +28,7 @@ from serving.runtimes import Description, Flavor, Trust
 try:
     import onnx
 
-    from serving.runtimes._onnx_check import first_line, parse
+    from serving.runtimes._onnx_check import first_line, parse, rowwise
     from serving.runtimes._onnx_graph import Graph, Port, signature
 except ImportError:  # onnxruntime alone: the extra was not installed whole
     raise MissingRuntime("onnx", "onnx", "onnx") from None
@@ -56,6 +56,7 @@ class Loaded:
 
     proto: onnx.ModelProto
     session: ort.InferenceSession
+    threads: int = 1
 
 
 def load(data: bytes, flavor: Flavor, trust: Trust, what: str) -> Loaded:
@@ -72,6 +73,7 @@ def describe(native: Any, method: Method | None) -> Description:
         "features": [] if graph.matrix else [p.name for p in graph.inputs],
         "count": graph.width,
         "feature_types": graph.feature_types,
+        "row_block": 1 if rowwise(loaded.proto) else 8,
     }
     if graph.classes is not None:
         if method not in (None, "predict_proba", "predict"):
@@ -102,6 +104,7 @@ class OnnxModel:
     """An onnxruntime session behind the seam: it answers with named columns."""
 
     table = False
+    column_major = False  # onnxruntime takes row-major tensors
 
     def __init__(self, loaded: Loaded, version: ModelVersion):
         self.native = loaded.session
@@ -129,25 +132,29 @@ class OnnxModel:
         return self.scores(x)["label"]
 
 
-def wrap(native: Any, version: ModelVersion) -> OnnxModel:
-    return OnnxModel(_loaded(native, version.ref), version)
+def wrap(native: Any, version: ModelVersion, threads: int = 1) -> OnnxModel:
+    return OnnxModel(_loaded(native, version.ref, threads), version)
 
 
 # -- the session ------------------------------------------------------------------------
 
 
-def _loaded(native: Any, what: str) -> Loaded:
+def _loaded(native: Any, what: str, threads: int = 1) -> Loaded:
     """What :func:`load` returns, from it or from a registered object (a ``ModelProto``, or
-    its bytes, which :func:`dump` has checked)."""
+    its bytes, which :func:`dump` has checked), whose session runs on ``threads`` threads."""
     if isinstance(native, Loaded):
-        return native
+        if native.threads == threads:
+            return native
+        native = native.proto
     proto = parse(bytes(native), what) if isinstance(native, bytes | bytearray) else native
-    return Loaded(proto, _session(proto, what))
+    return Loaded(proto, _session(proto, what, threads), threads)
 
 
-def _session(proto: onnx.ModelProto, what: str) -> ort.InferenceSession:
+def _session(proto: onnx.ModelProto, what: str, threads: int = 1) -> ort.InferenceSession:
     options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
+    # One thread unless the operator sets more: a tree ensemble on several threads sums its
+    # trees in an order that depends on the batch's size (a row's last bit with it).
+    options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.log_severity_level = 4  # its errors are raised (as ours), not printed

@@ -118,6 +118,7 @@ def describe(native: Any, method: Method | None) -> Description:
         output_types=dict(manifest.outputs),
         files=loaded.files,
         requirements=manifest.requirements,
+        row_block=manifest.row_block,
     )
 
 
@@ -125,6 +126,7 @@ class PythonModel:
     """The user's instance behind the seam: its answer is taken by column name."""
 
     float32 = False
+    column_major = False
 
     def __init__(self, loaded: Loaded):
         self.native = loaded.instance
@@ -147,7 +149,7 @@ class PythonModel:
         raise NotImplementedError
 
 
-def wrap(native: Any, version: ModelVersion) -> PythonModel:
+def wrap(native: Any, version: ModelVersion, threads: int = 1) -> PythonModel:
     """The model, refused if its files are not those its version records."""
     loaded = _loaded(native)
     changed = sorted(

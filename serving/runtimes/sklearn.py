@@ -91,6 +91,7 @@ class SklearnModel:
     """A scikit-learn estimator (or pipeline) behind the seam."""
 
     table = False
+    column_major = False  # BLAS may take other kernels for another layout
 
     def __init__(self, native: Any, method: Method):
         self.native = native
@@ -110,7 +111,7 @@ class SklearnModel:
         return argmax_labels(self.classes, scores)
 
 
-def wrap(native: Any, version: ModelVersion) -> SklearnModel:
+def wrap(native: Any, version: ModelVersion, threads: int = 1) -> SklearnModel:
     return SklearnModel(native, version.method)
 
 

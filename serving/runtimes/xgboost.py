@@ -92,6 +92,7 @@ def describe(native: Any, method: Method | None) -> Description:
         count=booster.num_features(),
         feature_types={name: str(values.type) for name, values in categories.items()},
         categories={name: values.to_pylist() for name, values in categories.items()},
+        row_block=1,  # trees, or a linear booster's own per-row loop: no BLAS
     )
     if classes is None:
         return about
@@ -113,15 +114,19 @@ class XGBoostModel:
     """An XGBoost wrapper or Booster behind the seam."""
 
     float32 = True  # XGBoost casts every feature to float32
+    column_major = True
     table = False
 
-    def __init__(self, native: Any, version: ModelVersion):
+    def __init__(self, native: Any, version: ModelVersion, threads: int):
         self.native = native
         self._categorical = [f.name for f in version.inputs if f.categories is not None]
         self.frame = bool(self._categorical)
         self.classes = None if version.classes is None else np.asarray(version.classes)
         self._binary = version.classes is not None and len(version.classes) == 2
         self._trees = _booster(native)
+        self._trees.set_param({"nthread": threads})
+        if isinstance(native, xgboost.XGBModel):
+            native.set_params(n_jobs=threads)  # its own calls set the booster's again
         self._range, self._missing = (0, 0), np.nan
         self._call: Callable[[Any], np.ndarray] = self._inplace
         if isinstance(native, xgboost.XGBModel) and _predicts_inplace(native):
@@ -155,8 +160,8 @@ class XGBoostModel:
         return self._trees.inplace_predict(x, iteration_range=self._range, missing=self._missing)
 
 
-def wrap(native: Any, version: ModelVersion) -> XGBoostModel:
-    return XGBoostModel(native, version)
+def wrap(native: Any, version: ModelVersion, threads: int = 1) -> XGBoostModel:
+    return XGBoostModel(native, version, threads)
 
 
 def _booster(native: Any) -> xgboost.Booster:

@@ -221,10 +221,13 @@ def test_answers_do_not_depend_on_the_thread_count(registry: Registry) -> None:
     booster = lightgbm.train(
         {"objective": "binary", "verbose": -1}, lightgbm.Dataset(x, (y > 0).astype(float)), 30
     )
-    registry.register(booster, "model")
-    served = registry.load("model").predict(table(x, ["f0", "f1", "f2", "f3"]))["proba_1"]
+    assert registry.register(booster, "model").row_block == 1  # calls are not padded
+    predictor = registry.load("model")
+    served = predictor.predict(table(x, ["f0", "f1", "f2", "f3"]))["proba_1"]
     for threads in (1, 2):
         np.testing.assert_array_equal(served.to_numpy(), booster.predict(x, num_threads=threads))
+    alone = predictor.predict(table(x[7:8], ["f0", "f1", "f2", "f3"]))["proba_1"]
+    assert alone.to_pylist() == served.to_pylist()[7:8]
 
 
 def test_values_beyond_float32_are_compared_in_float64(registry: Registry) -> None:

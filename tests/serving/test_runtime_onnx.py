@@ -91,6 +91,8 @@ def test_classifier_answers_as_onnxruntime(
     assert (mv.classes, mv.output_types) == ([0, 1], {"label": "int64"})
     assert [(f.name, f.dtype) for f in mv.inputs] == [(f"f{i}", "double") for i in range(5)]
     assert set(mv.libraries) >= {"onnxruntime", "onnx"}
+    # A tree ensemble answers each row alone: no padding (a LinearClassifier's MatMul may not)
+    assert mv.row_block == (1 if make is fixtures.forest else 8)
 
     answer = registry.load(mv.ref).predict(ROWS)
     labels, raw = reference(model, {"X": X[:37].astype(np.float32)})
@@ -282,6 +284,7 @@ def test_a_rows_answer_does_not_depend_on_its_batch(registry: Registry) -> None:
     order that depends on the batch size, so a row's probabilities changed with its batch."""
     forest = RandomForestClassifier(n_estimators=100, max_depth=6, random_state=0).fit(X, Y)
     mv = registry.register(to_onnx(forest, X[:1].astype(np.float32)), "forest")
+    assert mv.row_block == 1  # so batches of 5 rows are called with 5 rows
     predictor = registry.load(mv.ref)
     whole = predictor.predict(fixtures.numeric_table(X[:300]))
     for start in (0, 5, 150):

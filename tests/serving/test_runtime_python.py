@@ -20,6 +20,7 @@ from serving.errors import (
     InvalidName,
     MissingPackage,
     ModelError,
+    NullValue,
     TamperedArtifact,
     UntrustedArtifact,
 )
@@ -128,7 +129,7 @@ def test_folder_is_registered_with_its_files_and_scores_with_its_weights(
         ["score", "label"],
         {"score": "double", "label": "string"},
     )
-    assert mv.requirements == ["numpy>=1"]
+    assert (mv.requirements, mv.row_block) == (["numpy>=1"], 8)
     names = ["helpers.py", "mmserve.toml", "scorer.py", "weights.json"]
     assert mv.files == {n: hashlib.sha256((folder / n).read_bytes()).hexdigest() for n in names}
     assert python.pack(folder) == artifact  # the same folder packs to the same bytes
@@ -326,6 +327,57 @@ def test_an_answer_without_a_declared_output_is_the_models_failure(
     )
 
 
+COUNTER = """\
+    import pyarrow as pa
+
+
+    class Counter:
+        def load(self, path):
+            pass
+
+        def predict(self, table):
+            return pa.table({"rows": [float(table.num_rows)] * table.num_rows})
+"""
+
+
+@pytest.mark.parametrize(("declared", "seen"), [("", 8), ("row_block = 1\n", 1)])
+def test_row_block_in_the_manifest_says_how_calls_are_padded(
+    registry: Registry, tmp_path: Path, declared: str, seen: int
+) -> None:
+    manifest = declared + 'model = "counter:Counter"\n[outputs]\nrows = "double"\n'
+    folder = write(tmp_path / "counter", mmserve_toml=manifest, **{"counter.py": COUNTER})
+    mv = registry.register(folder, "counter", trust_code=True, input_example=ROWS)
+    assert mv.row_block == seen
+    answer = registry.load("counter").predict(ROWS.slice(0, 1))
+    assert answer.column("rows").to_pylist() == [float(seen)]  # the rows the model was called with
+
+
+def test_a_table_of_exactly_the_inputs_is_checked_as_any_other(
+    registry: Registry, tmp_path: Path
+) -> None:
+    """A table with exactly the registered columns and types goes to the model as it is
+    (no select, no cast): its checks must still refuse what the checked path refuses and
+    pass what it passes."""
+    manifest = 'model = "counter:Counter"\n[outputs]\nrows = "double"\n'
+    folder = write(tmp_path / "counter", mmserve_toml=manifest, **{"counter.py": COUNTER})
+    example = pa.table({"amount": [1.0, None], "rate": [0.5, 0.25], "country": ["fr", "de"]})
+    registry.register(folder, "counter", trust_code=True, input_example=example)
+    predictor = registry.load("counter")
+    refused = [
+        (1, [0.5, float("nan")], "column 'rate' has a NaN value at row 1"),
+        (1, [float("inf"), 0.5], "column 'rate' has an infinite value at row 0"),
+        (2, ["fr", None], "column 'country' has a null value at row 1"),
+    ]
+    for at, values, message in refused:
+        bad = example.set_column(at, example.column_names[at], pa.array(values))
+        with pytest.raises(NullValue) as error:
+            predictor.predict(bad)
+        assert error.value.message == message
+    # A nullable column takes NaN and null alike; the model sees both rows.
+    nan = example.set_column(0, "amount", pa.array([float("nan"), None]))
+    assert predictor.predict(nan).column("rows").to_pylist() == [8.0, 8.0]
+
+
 def test_inputs_may_come_from_an_example(registry: Registry, tmp_path: Path) -> None:
     manifest = MANIFEST.replace('[inputs]\n    amount = "double"\n    country = "string"\n', "")
     folder = write(tmp_path / "kyc", mmserve_toml=manifest)
@@ -362,7 +414,12 @@ def test_inputs_may_come_from_an_example(registry: Registry, tmp_path: Path) -> 
         (
             'modle = "scorer:Scorer"\n' + MANIFEST,
             "invalid mmserve.toml key 'modle': expected one of model, task, requirements, "
-            "classes, pandas, inputs, outputs",
+            "classes, pandas, row_block, inputs, outputs",
+        ),
+        (
+            "row_block = 0\n" + MANIFEST,
+            "invalid mmserve.toml row_block '0': a whole number of rows from 1 to 1024 (1: each "
+            "row's answer is its own alone)",
         ),
     ],
 )

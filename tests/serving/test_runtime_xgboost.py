@@ -49,6 +49,7 @@ def test_a_classifier_answers_its_own_probabilities_and_labels(registry: Registr
         "predict_proba",
     )
     assert mv.outputs == ["label", "proba_0", "proba_1"] and mv.classes == [0, 1]
+    assert mv.row_block == 1  # trees answer each row alone: calls are not padded
     assert [(f.name, f.dtype) for f in mv.inputs] == [(n, "double") for n in FEATURES]
     assert mv.libraries["xgboost"] == xgboost.__version__
     answer = registry.load("credit").predict(table(x))
