@@ -456,10 +456,11 @@ class MissingRuntime(MMServeError):
 
 
 class MissingPackage(MissingRuntime):
-    def __init__(self, what: str, kind: str, package: str, remedy: str) -> None:
-        MMServeError.__init__(
-            self, f"{what} needs the {kind} {package!r}, which is not installed: {remedy}"
-        )
+    def __init__(
+        self, what: str, kind: str, package: str, remedy: str, installed: str | None = None
+    ) -> None:
+        have = "which is not installed" if installed is None else f"not the {installed} installed"
+        MMServeError.__init__(self, f"{what} needs the {kind} {package!r}, {have}: {remedy}")
         self.flavor, self.package, self.extra = "python", package, ""
 
 

@@ -19,8 +19,10 @@ from __future__ import annotations
 import re
 import tomllib
 from dataclasses import dataclass
-from importlib.metadata import PackageNotFoundError, distribution
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any, cast, get_args
+
+from packaging.requirements import InvalidRequirement, Requirement
 
 from serving.errors import InvalidName, MissingPackage
 from serving.metadata import Task, arrow_type
@@ -28,8 +30,6 @@ from serving.metadata import Task, arrow_type
 NAME = "mmserve.toml"
 _KEYS = ("model", "task", "requirements", "classes", "pandas", "row_block", "inputs", "outputs")
 _TARGET = re.compile(r"([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*):([A-Za-z_]\w*)")
-# A requirement's distribution name (PEP 508): what precedes extras, versions and markers.
-_DISTRIBUTION = re.compile(r"\s*([A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?)\s*(?:[\[(<>=!~;@]|$)")
 _TYPES = "use an Arrow type such as double, float, int64, string, bool"
 
 
@@ -67,7 +67,7 @@ def parse(text: bytes, where: str) -> Manifest:
     if not outputs:
         raise InvalidName(f"{NAME} [outputs]", "", 'declare every output as name = "arrow type"')
     requirements = raw.get("requirements", [])
-    if not isinstance(requirements, list) or not all(_name(r) for r in requirements):
+    if not isinstance(requirements, list) or not all(_parsed(r) for r in requirements):
         rule = "a list of requirements such as 'pillow>=10'"
         raise InvalidName(f"{NAME} requirements", str(requirements), rule)
     classes = raw.get("classes")
@@ -91,14 +91,21 @@ def parse(text: bytes, where: str) -> Manifest:
 
 
 def check_installed(requirements: list[str], what: str) -> None:
-    """Refuse (:class:`MissingPackage`) when a requirement's distribution is not installed.
-    Its version is not compared: an installed distribution is taken as it is."""
-    for requirement in requirements:
-        package = _name(requirement)
+    """Refuse (:class:`MissingPackage`) when a requirement's distribution is not installed,
+    or is of a version the requirement excludes (pre-releases are taken as they are); one
+    whose environment marker does not apply here is skipped."""
+    for text in requirements:
+        requirement = _parsed(text)
+        assert requirement is not None  # parse() refused any other
+        if requirement.marker is not None and not requirement.marker.evaluate():
+            continue
+        remedy = f"pip install {text!r}"
         try:
-            distribution(package)
+            installed = version(requirement.name)
         except PackageNotFoundError:
-            raise MissingPackage(what, "package", package, f"pip install {requirement!r}") from None
+            raise MissingPackage(what, "package", requirement.name, remedy) from None
+        if not requirement.specifier.contains(installed, prereleases=True):
+            raise MissingPackage(what, "package", text, remedy, installed)
 
 
 def _schema(raw: dict[str, Any], section: str) -> dict[str, str]:
@@ -117,7 +124,9 @@ def _schema(raw: dict[str, Any], section: str) -> dict[str, str]:
     return types
 
 
-def _name(requirement: Any) -> str:
-    """The distribution a requirement names; empty when it is none."""
-    match = _DISTRIBUTION.match(requirement) if isinstance(requirement, str) else None
-    return match[1] if match else ""
+def _parsed(requirement: Any) -> Requirement | None:
+    """The requirement (PEP 508) ``requirement`` states; ``None`` when it is none."""
+    try:
+        return Requirement(requirement) if isinstance(requirement, str) else None
+    except InvalidRequirement:
+        return None

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+from importlib.metadata import version
 from pathlib import Path
 
 import pyarrow as pa
@@ -232,6 +233,28 @@ def test_a_requirement_not_installed_is_refused_at_registration(
     assert registry.models() == []
 
 
+@pytest.mark.parametrize(
+    ("requirement", "message"),
+    [
+        ("numpy>=99", "needs the package 'numpy>=99', not the {numpy} installed: pip install "),
+        ("numpy<1", "needs the package 'numpy<1', not the {numpy} installed: pip install "),
+        ("numpy>=99; python_version < '3'", ""),  # a marker that does not apply here
+        ("numpy[extra]>=1", ""),
+    ],
+)
+def test_a_requirement_of_another_version_is_refused(
+    registry: Registry, tmp_path: Path, requirement: str, message: str
+) -> None:
+    folder = write(tmp_path / "kyc", mmserve_toml=MANIFEST.replace('"numpy>=1"', repr(requirement)))
+    if not message:
+        assert registry.register(folder, "kyc", trust_code=True).requirements == [requirement]
+        return
+    with pytest.raises(MissingPackage) as refused:
+        registry.register(folder, "kyc", trust_code=True)
+    expected = message.format(numpy=version("numpy")) + repr(requirement)
+    assert refused.value.message == f"{folder} {expected}"
+
+
 def test_a_requirement_uninstalled_after_registration_is_refused_at_load(
     registry: Registry, store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -415,6 +438,11 @@ def test_inputs_may_come_from_an_example(registry: Registry, tmp_path: Path) -> 
             'modle = "scorer:Scorer"\n' + MANIFEST,
             "invalid mmserve.toml key 'modle': expected one of model, task, requirements, "
             "classes, pandas, row_block, inputs, outputs",
+        ),
+        (
+            MANIFEST.replace('"numpy>=1"', '"numpy>>1"'),
+            'invalid mmserve.toml requirements "[\'numpy>>1\']": a list of requirements such as '
+            "'pillow>=10'",
         ),
         (
             "row_block = 0\n" + MANIFEST,
