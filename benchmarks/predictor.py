@@ -335,17 +335,27 @@ def python_cases(registry: Registry, train: Rows, y: np.ndarray, folder: Path) -
     weights = np.random.default_rng(3).normal(size=train.array.shape[1]).tolist()
     (model / "weights.json").write_text(json.dumps(weights))
     manifest = 'model = "logistic:Logistic"\ntask = "regressor"\n[outputs]\nscore = "double"\n'
+    example = train.table.slice(0, 16)
     (model / "mmserve.toml").write_text(manifest)
-    registry.register(model, "rt-python", trust_code=True, input_example=train.table.slice(0, 16))
+    registry.register(model, "rt-python", trust_code=True, input_example=example)
+    # The same model declaring its rows independent (row_block = 1): its calls are not padded.
+    (model / "mmserve.toml").write_text("row_block = 1\n" + manifest)
+    registry.register(model, "rt-python-rows", trust_code=True, input_example=example)
+    what = "folder model: a numpy logistic score"
     return [
         Case(
             "python",
-            "folder model: a numpy logistic score",
-            "model.predict(Table)",
-            "rt-python:1",
+            what,
+            call,
+            ref,
             lambda p, rows: partial(p.model.predict, rows.table),
             lambda answer: answer["score"].to_numpy(),
             output="score",
+            targeted=ref == "rt-python:1",
+        )
+        for ref, call in (
+            ("rt-python:1", "model.predict(Table)"),
+            ("rt-python-rows:1", "model.predict(Table); ours row_block = 1"),
         )
     ]
 
