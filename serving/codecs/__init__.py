@@ -7,11 +7,14 @@ Answers keep their columns' types (see ``ModelVersion.output_types``): a string 
 label is a JSON string or integer, a CSV cell as written; a list output is a JSON array, a
 parquet or Arrow list column. CSV has no lists (:func:`csv_table`): a fixed-size list of K
 values (an embedding) ``name`` is K columns ``name_0`` .. ``name_<K-1>``, and a list of
-any length is one column holding each row's list as JSON text (``[0.5,1.0]``).
+any length is one column holding each row's list as JSON text (``[0.5,1.0]``). A binary
+column (bytes) is ``{"b64": "<base64>"}`` in JSON (KServe V1's spelling), its base64 text in
+CSV, and binary in parquet and Arrow.
 """
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import math
@@ -151,9 +154,9 @@ def encode(table: pa.Table, media_type: str) -> bytes:
 
 
 def json_safe(table: pa.Table) -> pa.Table:
-    """``table`` with NaN and infinities as nulls, in lists too: JSON has no spelling for
-    them (a model fed extreme values can answer NaN; Python would write the invalid token
-    ``NaN``)."""
+    """``table`` as JSON can spell it: NaN and infinities as nulls, in lists too (a model fed
+    extreme values can answer NaN; Python would write the invalid token ``NaN``), and a
+    binary column's values as ``{"b64": "<base64>"}`` objects (KServe V1's convention)."""
     for index, field in enumerate(table.schema):
         if pa.types.is_floating(field.type):
             column = table.column(index)
@@ -165,14 +168,19 @@ def json_safe(table: pa.Table) -> pa.Table:
             if not pc.all(pc.is_finite(pc.list_flatten(column))).as_py():  # rare: Python
                 rows = [_finite(row) for row in column.to_pylist()]
                 table = table.set_column(index, field, pa.array(rows, field.type))
+        elif _is_bytes(field.type):
+            texts = base64_texts(table.column(index))
+            objects = pa.StructArray.from_arrays([texts], names=["b64"], mask=texts.is_null())
+            table = table.set_column(index, field.name, objects)
     return table
 
 
 def csv_table(table: pa.Table) -> pa.Table:
     """``table`` as CSV can hold it: a fixed-size list column ``name`` of K values (an
     embedding) as K columns ``name_0`` .. ``name_<K-1>``; a list of any length as one column
-    of each row's list as JSON text (CSV has no ragged rows); other columns as they are."""
-    if not any(_is_list(t) for t in table.schema.types):
+    of each row's list as JSON text (CSV has no ragged rows); a binary column as its values'
+    base64 text (CSV holds only text); other columns as they are."""
+    if not any(_is_list(t) or _is_bytes(t) for t in table.schema.types):
         return table
     names: list[str] = []
     columns: list[pa.ChunkedArray] = []
@@ -181,6 +189,9 @@ def csv_table(table: pa.Table) -> pa.Table:
             for k in range(field.type.list_size):
                 names.append(f"{field.name}_{k}")
                 columns.append(pc.list_element(column, k))
+        elif _is_bytes(field.type):
+            names.append(field.name)
+            columns.append(pa.chunked_array([base64_texts(column)]))
         else:
             names.append(field.name)
             columns.append(json_texts(column) if _is_list(field.type) else column)
@@ -192,6 +203,22 @@ def json_texts(column: pa.ChunkedArray) -> pa.ChunkedArray:
     safe = json_safe(pa.table({"_": column})).column(0).to_pylist()
     texts = [None if v is None else json.dumps(v, separators=(",", ":")) for v in safe]
     return pa.chunked_array([pa.array(texts, pa.string())])
+
+
+def base64_texts(column: pa.ChunkedArray) -> pa.Array:
+    """Each value of a binary column as standard base64 text; a null stays null."""
+    encode = base64.b64encode
+    texts = [None if v is None else encode(v).decode("ascii") for v in column.to_pylist()]
+    return pa.array(texts, pa.string())
+
+
+def _is_bytes(t: pa.DataType) -> bool:
+    return (
+        pa.types.is_binary(t)
+        or pa.types.is_large_binary(t)
+        or pa.types.is_fixed_size_binary(t)
+        or pa.types.is_binary_view(t)
+    )
 
 
 def _is_list(t: pa.DataType) -> bool:

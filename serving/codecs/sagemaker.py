@@ -25,11 +25,11 @@ def decode(
     if kind == codecs.CSV:
         return _csv(body, features, bounds)
     if kind == codecs.JSON:
-        return _json(body, features)
+        return _json(body, features, bounds)
     if kind == codecs.JSONL:
         lines = [line for line in body.splitlines() if line.strip()]
         if lines[0].lstrip().startswith(b"["):  # positional rows, one per line
-            return v1.rows_of([_parse(line) for line in lines], features)
+            return v1.rows_of([_parse(line) for line in lines], features, bounds)
         return codecs.decode(body, codecs.JSONL, bounds)
     return codecs.decode(body, kind, bounds)
 
@@ -69,10 +69,10 @@ def _csv(body: bytes, features: list[str], bounds: codecs.Bounds | None) -> pa.T
     return (bounds or codecs.Bounds()).table(table)
 
 
-def _json(body: bytes, features: list[str]) -> codecs.Rows:
+def _json(body: bytes, features: list[str], bounds: codecs.Bounds | None) -> codecs.Rows:
     if body.lstrip().startswith(b"["):  # a bare list: records, or positional rows
-        return v1.rows_of(_parse(body), features)
-    return v1.decode(body, features)
+        return v1.rows_of(_parse(body), features, bounds)
+    return v1.decode(body, features, bounds)
 
 
 def _parse(text: bytes) -> object:

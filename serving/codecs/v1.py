@@ -3,18 +3,33 @@
 
 Instances are objects (by feature name) or lists (positional, in the registered feature
 order); ``inputs`` is columnar (``{"feature": [values...]}``) or, as KServe allows, a
-list of instances.
+list of instances. A cell ``{"b64": "<base64>"}`` is bytes (KServe's convention): a field
+whose values are all such cells (or null) is a binary column, and a binary output is
+answered the same way.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
-from serving.codecs import ARROW, JSON, DecodeError, Matrix, Rows, column, json_safe, media_type
+from serving.codecs import (
+    ARROW,
+    JSON,
+    Bounds,
+    DecodeError,
+    Matrix,
+    Rows,
+    _kind,
+    column,
+    json_safe,
+    media_type,
+)
+from serving.errors import InputError
 
 FORM = "application/x-www-form-urlencoded"
 ACCEPTED = [JSON, ARROW]
@@ -30,8 +45,9 @@ def body_type(content_type: str | None) -> str:
     return media_type(content_type, JSON, ACCEPTED)
 
 
-def decode(body: bytes, features: list[str]) -> Rows:
-    """The rows of a V1 request body; positional instances take ``features`` as names."""
+def decode(body: bytes, features: list[str], bounds: Bounds | None = None) -> Rows:
+    """The rows of a V1 request body; positional instances take ``features`` as names. With
+    ``bounds``, rows past them are refused (413), decoded bytes counted like any cell."""
     try:
         document = json.loads(body)
     except (ValueError, RecursionError) as err:  # RecursionError: nested past the stack
@@ -40,18 +56,20 @@ def decode(body: bytes, features: list[str]) -> Rows:
         raise DecodeError(JSON, _SHAPE)
     rows = document.get("instances", document.get("inputs"))
     if isinstance(rows, dict):
-        return _columns(rows)
-    return rows_of(rows, features)
+        return _bounded(_columns(rows), bounds)
+    return rows_of(rows, features, bounds)
 
 
-def rows_of(rows: Any, features: list[str]) -> Rows:
-    """Instances (all objects by feature name, or all lists in ``features`` order) as a table."""
+def rows_of(rows: Any, features: list[str], bounds: Bounds | None = None) -> Rows:
+    """Instances (all objects by feature name, or all lists in ``features`` order) as a table,
+    within ``bounds`` if given."""
     if not isinstance(rows, list) or not rows:
         raise DecodeError(JSON, f"{_SHAPE}, with at least one row")
     if all(isinstance(row, dict) for row in rows):
-        return _columns({name: [row.get(name) for row in rows] for name in _keys(rows)})
+        table = _columns({name: [row.get(name) for row in rows] for name in _keys(rows)})
+        return _bounded(table, bounds)
     if all(isinstance(row, list) for row in rows):
-        return _positional(rows, features)
+        return _bounded(_positional(rows, features), bounds)
     raise DecodeError(JSON, "instances must all be objects or all be lists")
 
 
@@ -59,15 +77,27 @@ def encode(
     table: pa.Table, name: str, version: int, rows: list[dict[str, Any]] | None = None
 ) -> bytes:
     """``{"predictions": [row, ...], "model": name, "version": n}``, each output in its own
-    type (a string or int label, an embedding as an array); NaN and infinities (which JSON
-    cannot spell) as null. ``rows``: the table's rows, if already made."""
+    type (a string or int label, an embedding as an array, bytes as ``{"b64": "<base64>"}``);
+    NaN and infinities (which JSON cannot spell) as null. ``rows``: the table's rows, if
+    already made."""
     predictions = rows if rows is not None else table.to_pylist()
     answer = {"predictions": predictions, "model": name, "version": version}
     try:
         return json.dumps(answer, allow_nan=False, separators=(",", ":")).encode()
-    except ValueError:  # rare: a model answered NaN or inf
+    # Rare, and free to catch: a model answered NaN or inf (ValueError), or a column holds
+    # bytes (TypeError). The common answer pays no check of its schema.
+    except (ValueError, TypeError):
         answer["predictions"] = json_safe(table).to_pylist()
         return json.dumps(answer, separators=(",", ":")).encode()
+
+
+def _bounded(rows: Rows, bounds: Bounds | None) -> Rows:
+    if bounds is None:
+        return rows
+    if isinstance(rows, Matrix):
+        bounds.check(len(rows.values), len(rows.names), rows.values.nbytes)
+        return rows
+    return bounds.table(rows)
 
 
 def _keys(rows: list[dict[str, Any]]) -> list[str]:
@@ -117,9 +147,50 @@ def _array(name: str, values: list[Any]) -> pa.Array:
     if not _is_text(name):
         raise DecodeError(JSON, f"column name {name!r} is not valid Unicode text")
     try:
-        return column(values, name)
+        array = column(values, name)
     except UnicodeEncodeError:
         raise DecodeError(JSON, f"column {name!r} has text that is not valid Unicode") from None
+    except InputError:
+        if any(isinstance(v, dict) and _B64 in v for v in values):
+            _binary(name, values)  # raises, naming the first cell that is not {"b64": text}
+        raise
+    # One type check per column: a struct with a "b64" field is the only way to bytes.
+    if pa.types.is_struct(array.type) and array.type.get_field_index(_B64) >= 0:
+        return _binary(name, values)
+    return array
+
+
+_B64 = "b64"
+
+
+def _binary(name: str, values: list[Any]) -> pa.Array:
+    """A field of ``{"b64": text}`` cells (or nulls) as a binary column of their bytes."""
+    decoded: list[bytes | None] = []
+    for row, value in enumerate(values):
+        if value is None:
+            decoded.append(None)
+            continue
+        text = value.get(_B64) if isinstance(value, dict) and len(value) == 1 else None
+        if not isinstance(text, str):
+            raise DecodeError(JSON, f"instance {row} field {name!r}: {_not_b64(value)}")
+        try:
+            decoded.append(base64.b64decode(text, validate=True))
+        except ValueError:  # binascii.Error, or text that is not ASCII
+            quoted = repr(text) if len(text) <= 40 else f"{text[:40]!r}..."
+            raise DecodeError(
+                JSON, f"instance {row} field {name!r}: {quoted} is not base64"
+            ) from None
+    return pa.array(decoded, pa.binary())
+
+
+def _not_b64(value: object) -> str:
+    if isinstance(value, dict) and list(value) == [_B64]:
+        held = "null" if value[_B64] is None else _kind(value[_B64])
+        return f'"b64" holds {held}, not base64 text'
+    if isinstance(value, dict) and _B64 in value:
+        keys = ", ".join(repr(key) for key in value)
+        return f'an object with keys {keys}; bytes are {{"b64": "<base64>"}} alone'
+    return f'{_kind(value)} where the field\'s other values are {{"b64": ...}} objects'
 
 
 def _is_text(value: str) -> bool:
