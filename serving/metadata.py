@@ -28,6 +28,9 @@ class Feature(BaseModel):
     categories: list[str] | list[int] | None = None
     """A categorical feature's categories, as the model was trained with: any other value
     is refused (a tree model would only take it for a missing one)."""
+    content_type: str | None = None
+    """A binary or string feature's media type or range (``image/png``, ``image/*``): a raw
+    request body of that type is the model's one row (see :mod:`serving.codecs.raw`)."""
 
     @field_validator("dtype")
     @classmethod
@@ -55,6 +58,8 @@ class ModelVersion(BaseModel):
     output_types: dict[str, str] = {}
     """Arrow types of the outputs that are not float64 (``label`` takes its classes' type
     unless named here): string or int labels, an embedding's fixed-size list..."""
+    output_content_types: dict[str, str] = {}
+    """Media types of binary outputs (``image/png``): one answered alone is the raw body."""
     classes: list[Any] | None = None
     row_block: int = Field(8, ge=1)
     """Model calls are padded to a multiple of this many rows, so that BLAS takes the same
@@ -121,6 +126,7 @@ def infer_inputs(
     nullable: Iterable[str] = (),
     types: Mapping[str, str] | None = None,
     categories: Mapping[str, list[Any]] | None = None,
+    content_types: Mapping[str, str] | None = None,
 ) -> list[Feature]:
     """The input schema, in the order the model was fitted with.
 
@@ -149,9 +155,15 @@ def infer_inputs(
     for name in [*names, *missing]:
         if name not in types or name not in names:
             raise MissingColumn(name)
-    categories = categories or {}
+    categories, content_types = categories or {}, content_types or {}
     return [
-        Feature(name=n, dtype=types[n], nullable=n in missing, categories=categories.get(n))
+        Feature(
+            name=n,
+            dtype=types[n],
+            nullable=n in missing,
+            categories=categories.get(n),
+            content_type=content_types.get(n),
+        )
         for n in names
     ]
 

@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from serving.codecs import Matrix, Rows
+from serving.codecs import Matrix, Rows, raw
 from serving.errors import (
     InputError,
     MissingColumn,
@@ -187,10 +187,13 @@ class Predictor:
         return score_valid(self, table, passthrough)
 
     def prepare(
-        self, rows: Rows, passthrough: Sequence[str] = (), as_rows: bool = False
+        self, rows: Rows | raw.Raw, passthrough: Sequence[str] = (), as_rows: bool = False
     ) -> Prepared:
         """Check ``rows`` against the input schema and turn them into model input: every
-        input error is raised here, naming the request's own column and row."""
+        input error is raised here, naming the request's own column and row. A raw body (a
+        file, a text) is the one row of a model whose one input takes it."""
+        if isinstance(rows, raw.Raw):
+            rows = raw.table(rows, self.version.inputs)
         if isinstance(rows, Matrix):
             x = self._matrix_input(rows)
             if x is not None:

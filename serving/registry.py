@@ -116,6 +116,7 @@ class Registry:
             nullable,
             about.feature_types,
             about.categories,
+            about.content_types,
         )
         mv = ModelVersion(
             name=name,
@@ -129,6 +130,7 @@ class Registry:
             inputs=inputs,
             outputs=about.outputs,
             output_types=about.output_types,
+            output_content_types=about.output_content_types,
             classes=about.classes,
             row_block=about.row_block if row_block is None else row_block,
             extra_columns=extra_columns,

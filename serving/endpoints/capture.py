@@ -12,6 +12,7 @@ drops new records (and counts them), it never makes a request wait.
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import uuid
@@ -136,4 +137,12 @@ def _rows(record: Record) -> list[dict[str, object]]:
 
 
 def _json(row: dict[str, object]) -> str:
-    return json.dumps(row, default=str, separators=(",", ":"))
+    return json.dumps(row, default=_jsonable, separators=(",", ":"))
+
+
+def _jsonable(value: object) -> object:
+    """A value JSON has no type for: bytes (a file) as ``{"b64": ...}``, KServe's way;
+    anything else as its text."""
+    if isinstance(value, bytes):
+        return {"b64": base64.b64encode(value).decode()}
+    return str(value)

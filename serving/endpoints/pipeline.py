@@ -21,6 +21,8 @@ from collections.abc import Sequence
 import pyarrow as pa
 
 from serving.codecs import Matrix, Rows
+from serving.codecs.raw import Raw
+from serving.codecs.raw import table as raw_table
 from serving.errors import InputError, MissingColumn
 from serving.metadata import Feature, ModelVersion
 from serving.predictor import Predictor, score_valid
@@ -52,7 +54,11 @@ def inputs_of(versions: Sequence[ModelVersion]) -> list[Feature]:
     return list(needed.values())
 
 
-def table_of(rows: Rows) -> pa.Table:
+def table_of(rows: Rows | Raw, versions: Sequence[ModelVersion] = ()) -> pa.Table:
+    """``rows`` as a table; a raw body is the one row of the one input of the models
+    ``versions`` (applied in order) take."""
+    if isinstance(rows, Raw):
+        return raw_table(rows, inputs_of(versions))
     return rows.table() if isinstance(rows, Matrix) else rows
 
 

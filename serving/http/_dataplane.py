@@ -18,6 +18,8 @@ from typing import Any, TypeAlias, TypeVar, cast
 
 import pyarrow as pa
 
+from serving.codecs import Rows
+from serving.codecs.raw import Raw
 from serving.errors import ModelLoading, Overloaded, RequestTimeout, StoreUnavailable
 from serving.http._batching import MicroBatcher
 from serving.http._metrics import Metrics
@@ -30,7 +32,8 @@ from serving.settings import ModelServing, Settings
 
 T = TypeVar("T")
 Key: TypeAlias = tuple[str, int]
-Decode: TypeAlias = Callable[[list[str]], pa.Table]
+Decode: TypeAlias = Callable[[list[str]], Rows | Raw]
+"""A request's rows, given the model's feature names: a table, a matrix, or a raw body."""
 
 log = logging.getLogger("mmserve.http")
 _PROVISION_RETRY_S = 2.0

@@ -22,6 +22,7 @@ from typing import Any
 import pyarrow as pa
 
 from serving.codecs import Rows
+from serving.codecs.raw import Raw
 from serving.endpoints.capture import Record
 from serving.endpoints.catalog import Endpoints, Served
 from serving.endpoints.config import NAME_PATTERN, SHADOW, Variant
@@ -165,8 +166,9 @@ class EndpointPlane:
         loaded = [await self.dataplane.predictor(ref) for ref in refs]
         predictors = [p for p, _ in loaded]
         waits = [s for _, s in loaded if s is not None]
-        features = [f.name for f in inputs_of([p.version for p in predictors])]
-        current = table_of(await off_loop_if_large(body_bytes, decode, features))
+        versions = [p.version for p in predictors]
+        features = [f.name for f in inputs_of(versions)]
+        current = table_of(await off_loop_if_large(body_bytes, decode, features), versions)
         for predictor in predictors[:-1]:
             step = await self.dataplane.predict(predictor.ref, _given(current), body_bytes)
             current = merge(current, step.table)
@@ -274,10 +276,12 @@ class EndpointPlane:
         role: str,
         model: str,
         seconds: float,
-        rows: Rows,
+        rows: Rows | Raw,
         table: pa.Table | None,
         error: str | None = None,
     ) -> Record:
+        if isinstance(rows, Raw):  # a file or a text: captured as the row the model took
+            rows = table_of(rows, [p.version for p in answer.predictors])
         return Record(
             endpoint=answer.served.name,
             variant=variant,

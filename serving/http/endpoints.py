@@ -26,7 +26,6 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import Receive, Scope, Send
 
 from serving import codecs, scorers
-from serving.codecs import sagemaker as sagemaker_codec
 from serving.codecs import v1 as v1_codec
 from serving.codecs import v2 as v2_codec
 from serving.endpoints.catalog import Served
@@ -66,15 +65,11 @@ async def invocations(name: str, request: Request) -> Response:
     try:
         if (model := await sagemaker.as_model(request, name)) is not None:
             return model
-        kind = codecs.media_type(
-            request.headers.get("content-type"), codecs.CSV, sagemaker_codec.ACCEPTED
-        )
-        accept = codecs.media_type(request.headers.get("accept"), kind, sagemaker_codec.ACCEPTED)
         body = await read_body(request)
-        bounds = decode_bounds(request)
-        decode: Decode = lambda features: sagemaker_codec.decode(body, kind, features, bounds)  # noqa: E731
+        decode, kind = sagemaker.body_decoder(request, body)
         answer = await _invoke(request, name, decode, len(body))
-        content = sagemaker_codec.encode(answer.table, accept)
+        version = answer.predictors[-1].version
+        content, accept = sagemaker.answer_of(request, answer.table, version, kind)
     except MMServeError as err:
         return _failed(request, err)
     return _respond(request, answer, decode, len(body), content, {"content-type": accept})

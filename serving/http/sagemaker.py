@@ -10,15 +10,18 @@ concurrency limit; a model that does not exist or a format not taken keep their 
 
 from __future__ import annotations
 
+import pyarrow as pa
 from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from serving import codecs
-from serving.codecs import media_type, sagemaker
+from serving.codecs import media_type, raw, sagemaker
 from serving.errors import InvalidName, InvalidReference, ModelNotFound, UnsupportedOperation
 from serving.http import _openapi
 from serving.http._body import decode_bounds, read_body, score
+from serving.http._dataplane import Decode
 from serving.http._endpoints import EndpointPlane
+from serving.metadata import ModelVersion
 from serving.registry import Registry
 
 router = APIRouter(tags=["sagemaker"])
@@ -37,19 +40,39 @@ async def invocations(request: Request) -> Response:
 
 async def invoke(request: Request, ref: str | None) -> Response:
     """Score the body with the model ``ref``; ``None``: the one the target-model header
-    names, else the only registered model."""
-    kind = media_type(request.headers.get("content-type"), codecs.CSV, sagemaker.ACCEPTED)
-    answer = media_type(request.headers.get("accept"), kind, sagemaker.ACCEPTED)
+    names, else the only registered model. A body that is no table (an image, a text) is
+    the one row of a model whose one input takes it."""
     body = await read_body(request)
     ref = ref or await _target(request)
-    bounds = decode_bounds(request)
-    decode = lambda f: sagemaker.decode(body, kind, f, bounds)  # noqa: E731
+    decode, kind = body_decoder(request, body)
     scored = await score(request, ref, decode, len(body))
-    return Response(
-        sagemaker.encode(scored.table, answer),
-        media_type=answer,
-        headers={"x-mmserve-model": scored.predictor.ref},
-    )
+    content, answer = answer_of(request, scored.table, scored.predictor.version, kind)
+    return Response(content, media_type=answer, headers={"x-mmserve-model": scored.predictor.ref})
+
+
+def body_decoder(request: Request, body: bytes) -> tuple[Decode, str]:
+    """How the body becomes rows (a table format, or a raw file or text), and its type."""
+    kind = raw.content_type(request.headers.get("content-type"), codecs.CSV, sagemaker.ACCEPTED)
+    if kind not in sagemaker.ACCEPTED:
+        whole = raw.Raw(body, kind)
+        return (lambda _: whole), kind
+    bounds = decode_bounds(request)
+    return (lambda f: sagemaker.decode(body, kind, f, bounds)), kind
+
+
+def answer_of(
+    request: Request, table: pa.Table, version: ModelVersion, kind: str
+) -> tuple[bytes, str]:
+    """The answer's body and media type: the model's one binary output as it is, when the
+    client accepts its media type; else the table in the format ``Accept`` names (by
+    default the request's own, or JSON for a raw body)."""
+    accept = request.headers.get("accept")
+    found = raw.answer(table, version, accept)
+    if found is not None:
+        return found
+    default = kind if kind in sagemaker.ACCEPTED else codecs.JSON
+    answer = media_type(accept, default, sagemaker.ACCEPTED)
+    return sagemaker.encode(table, answer), answer
 
 
 async def as_model(request: Request, name: str) -> Response | None:

@@ -76,6 +76,10 @@ class Description:
     """How many features the model takes, when it says."""
     feature_types: dict[str, str] = field(default_factory=dict)
     """Arrow types of features that are not float64 (an XGBoost categorical's string)."""
+    content_types: dict[str, str] = field(default_factory=dict)
+    """Media types of binary or string features (``image/*``)."""
+    output_content_types: dict[str, str] = field(default_factory=dict)
+    """Media types of binary outputs (``image/png``)."""
     categories: dict[str, list[Any]] = field(default_factory=dict)
     """Categorical features' categories, as the model was trained with."""
     output_types: dict[str, str] = field(default_factory=dict)

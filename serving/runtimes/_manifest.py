@@ -10,27 +10,33 @@
     row_block = 8                      # 1: each row's answer is of that row alone
     [inputs]                           # optional when registered with an input example
     amount = "double"
+    scan = { type = "binary", content_type = "image/*" }   # a file: the body it takes raw
     [outputs]                          # required: every column predict answers with
     score = "double"
+    upscaled = { type = "binary", content_type = "image/png" }   # answered raw when accepted
 """
 
 from __future__ import annotations
 
 import re
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any, cast, get_args
 
 from packaging.requirements import InvalidRequirement, Requirement
 
+from serving.codecs.raw import MEDIA_TYPE
 from serving.errors import InvalidName, MissingPackage
 from serving.metadata import Task, arrow_type
 
 NAME = "mmserve.toml"
 _KEYS = ("model", "task", "requirements", "classes", "pandas", "row_block", "inputs", "outputs")
 _TARGET = re.compile(r"([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*):([A-Za-z_]\w*)")
-_TYPES = "use an Arrow type such as double, float, int64, string, bool"
+_TYPES = (
+    'use an Arrow type such as double, float, int64, string, binary, bool, or { type = "binary", '
+    'content_type = "image/png" }'
+)
 
 
 @dataclass(frozen=True)
@@ -41,6 +47,10 @@ class Manifest:
     inputs: dict[str, str]
     outputs: dict[str, str]
     requirements: list[str]
+    content_types: dict[str, str] = field(default_factory=dict)
+    """The media types of binary or string inputs that declare one."""
+    output_content_types: dict[str, str] = field(default_factory=dict)
+    """The same of outputs."""
     classes: list[Any] | None = None
     pandas: bool = False
     row_block: int = 8
@@ -63,7 +73,10 @@ def parse(text: bytes, where: str) -> Manifest:
     task = raw.get("task", "transformer")
     if task not in get_args(Task):
         raise InvalidName(f"{NAME} task", str(task), "one of classifier, regressor, transformer")
-    outputs = _schema(raw, "outputs")
+    content_types: dict[str, str] = {}
+    output_content_types: dict[str, str] = {}
+    inputs = _schema(raw, "inputs", content_types)
+    outputs = _schema(raw, "outputs", output_content_types)
     if not outputs:
         raise InvalidName(f"{NAME} [outputs]", "", 'declare every output as name = "arrow type"')
     requirements = raw.get("requirements", [])
@@ -81,8 +94,10 @@ def parse(text: bytes, where: str) -> Manifest:
         module=target[1],
         cls=target[2],
         task=cast(Task, task),
-        inputs=_schema(raw, "inputs"),
+        inputs=inputs,
         outputs=outputs,
+        content_types=content_types,
+        output_content_types=output_content_types,
         requirements=list(requirements),
         classes=classes,
         pandas=raw.get("pandas", False) is True,
@@ -108,19 +123,32 @@ def check_installed(requirements: list[str], what: str) -> None:
             raise MissingPackage(what, "package", text, remedy, installed)
 
 
-def _schema(raw: dict[str, Any], section: str) -> dict[str, str]:
-    """``[inputs]`` or ``[outputs]``: names and Arrow types, in their declared order."""
+def _schema(raw: dict[str, Any], section: str, content_types: dict[str, str]) -> dict[str, str]:
+    """``[inputs]`` or ``[outputs]``: names and Arrow types, in their declared order; a
+    column declared ``{ type = "binary", content_type = "image/png" }`` adds its media type
+    to ``content_types``."""
     table = raw.get(section, {})
     if not isinstance(table, dict):
         raise InvalidName(f"{NAME} [{section}]", str(table), 'a table of name = "arrow type"')
     types = {}
-    for name, dtype in table.items():
+    for name, declared in table.items():
+        where = f"{NAME} [{section}] {name}"
+        dtype, media = declared, None
+        if isinstance(declared, dict) and set(declared) <= {"type", "content_type"}:
+            dtype, media = declared.get("type"), declared.get("content_type")
         try:
             types[name] = str(arrow_type(dtype)) if isinstance(dtype, str) else ""
         except InvalidName:
             types[name] = ""
         if not types[name]:
-            raise InvalidName(f"{NAME} [{section}] {name}", str(dtype), _TYPES)
+            raise InvalidName(where, str(declared), _TYPES)
+        if media is not None:
+            if types[name] not in ("binary", "string"):
+                raise InvalidName(where, str(declared), "a content_type is for binary or string")
+            if not isinstance(media, str) or not MEDIA_TYPE.fullmatch(media):
+                rule = "a media type such as image/png, image/* or text/plain"
+                raise InvalidName(f"{where} content_type", str(media), rule)
+            content_types[name] = media
     return types
 
 

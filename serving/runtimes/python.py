@@ -115,6 +115,8 @@ def describe(native: Any, method: Method | None) -> Description:
         classes=manifest.classes,
         features=list(manifest.inputs),
         feature_types=dict(manifest.inputs),
+        content_types=manifest.content_types,
+        output_content_types=manifest.output_content_types,
         output_types=dict(manifest.outputs),
         files=loaded.files,
         requirements=manifest.requirements,

@@ -408,13 +408,18 @@ def test_inputs_may_come_from_an_example(registry: Registry, tmp_path: Path) -> 
     assert [(f.name, f.dtype) for f in mv.inputs] == [("amount", "double"), ("country", "string")]
 
 
+DOUBLE_OF_A_TYPE = 'type = "double", content_type = "a/b"'
+STRING_OF_TXT = 'type = "string", content_type = "txt"'
+
+
 @pytest.mark.parametrize(
     ("manifest", "message"),
     [
         (
             MANIFEST.replace('score = "double"', 'score = "decimal"'),
             "invalid mmserve.toml [outputs] score 'decimal': use an Arrow type such as double, "
-            "float, int64, string, bool",
+            'float, int64, string, binary, bool, or { type = "binary", content_type = '
+            '"image/png" }',
         ),
         (
             MANIFEST.replace("scorer:Scorer", "scorer.Scorer"),
@@ -443,6 +448,16 @@ def test_inputs_may_come_from_an_example(registry: Registry, tmp_path: Path) -> 
             MANIFEST.replace('"numpy>=1"', '"numpy>>1"'),
             'invalid mmserve.toml requirements "[\'numpy>>1\']": a list of requirements such as '
             "'pillow>=10'",
+        ),
+        (
+            MANIFEST.replace('amount = "double"', f"amount = {{ {DOUBLE_OF_A_TYPE} }}"),
+            "invalid mmserve.toml [inputs] amount \"{'type': 'double', 'content_type': 'a/b'}\": a "
+            "content_type is for binary or string",
+        ),
+        (
+            MANIFEST.replace('country = "string"', f"country = {{ {STRING_OF_TXT} }}"),
+            "invalid mmserve.toml [inputs] country content_type 'txt': a media type such as "
+            "image/png, image/* or text/plain",
         ),
         (
             "row_block = 0\n" + MANIFEST,

@@ -1,0 +1,103 @@
+"""Bodies that are no table: a file (an image, a scan, a document) or a text, sent as it is
+(``curl --data-binary @seven.png -H 'content-type: image/png'``).
+
+A model whose one input is binary (or string) takes such a body as its one row: :func:`table`
+makes that row, or refuses it (415) naming the media types the model takes. A model whose
+one output is binary, with a declared media type, answers one row with that output's bytes
+as the body (:func:`answer`) when the client accepts them.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+from serving.codecs import MEDIA_TYPES, DecodeError
+from serving.errors import UnsupportedFormat
+from serving.metadata import Feature, ModelVersion
+
+# A media type or range: image/png, image/*, text/plain (RFC 6838's characters, lower case).
+MEDIA_TYPE = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]*/(?:\*|[a-z0-9][a-z0-9!#$&^_.+-]*)")
+
+
+@dataclass(frozen=True, slots=True)
+class Raw:
+    """A request body of a media type that is no table format."""
+
+    data: bytes
+    media_type: str
+
+
+def content_type(header: str | None, default: str, tables: list[str]) -> str:
+    """The media type a Content-Type header names (``default`` if none or ``*/*``): one of
+    the route's table formats ``tables``, or any other well-formed one, for a raw body."""
+    value = (header or "").split(";")[0].strip().lower()
+    if value in ("", "*/*"):
+        return default
+    if value not in tables and not MEDIA_TYPE.fullmatch(value):
+        raise UnsupportedFormat(value, [*tables, "a file's media type (image/png...)"])
+    return value
+
+
+def table(raw: Raw, inputs: list[Feature]) -> pa.Table:
+    """The one-row table of ``raw`` for a model of ``inputs``: its one binary input holds
+    the bytes, its one string input the text (UTF-8); any other model refuses it (415)."""
+    takes = accepted(inputs)
+    if not any(_matches(raw.media_type, media) for media in takes):
+        raise UnsupportedFormat(raw.media_type, [*takes, *MEDIA_TYPES])
+    if not raw.data:
+        raise DecodeError(raw.media_type, "the body is empty")
+    feature = inputs[0]
+    if _is_binary(feature.type):
+        return pa.table({feature.name: pa.array([raw.data], feature.type)})
+    try:
+        text = raw.data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise DecodeError(raw.media_type, f"it is not UTF-8 text (byte {err.start})") from None
+    return pa.table({feature.name: pa.array([text], feature.type)})
+
+
+def accepted(inputs: list[Feature]) -> list[str]:
+    """The media types a model takes as a raw body: its one binary input's (any, unless it
+    declares one), its one string input's (``text/*``, unless it declares one); none else."""
+    if len(inputs) != 1:
+        return []
+    feature = inputs[0]
+    if _is_binary(feature.type):
+        return [feature.content_type or "*/*"]
+    if pa.types.is_string(feature.type) or pa.types.is_large_string(feature.type):
+        return [feature.content_type or "text/*"]
+    return []
+
+
+def answer(answer: pa.Table, version: ModelVersion, accept: str | None) -> tuple[bytes, str] | None:
+    """The raw body of a one-row answer and its media type, when the model has one output,
+    binary, of a declared media type that ``accept`` takes (or ``accept`` says nothing);
+    ``None``: encode the answer as a table."""
+    if answer.num_rows != 1 or len(version.outputs) != 1:
+        return None
+    name = version.outputs[0]
+    media = version.output_content_types.get(name)
+    column = answer.column(name) if name in answer.column_names else None
+    if media is None or column is None or not _is_binary(column.type):
+        return None
+    wanted = [part.split(";")[0].strip().lower() for part in (accept or "*/*").split(",")]
+    if not any(_matches(media, w) for w in wanted):
+        return None
+    data = column[0].as_py()
+    return (data, media) if data is not None else None
+
+
+def _matches(media_type: str, pattern: str) -> bool:
+    """Whether ``media_type`` is of ``pattern`` (``*/*``, ``image/*``, ``image/png``)."""
+    kind, _, sub = pattern.partition("/")
+    if kind == "*":
+        return media_type not in MEDIA_TYPES  # a table format is read as a table
+    given_kind, _, given_sub = media_type.partition("/")
+    return kind == given_kind and sub in ("*", given_sub)
+
+
+def _is_binary(t: pa.DataType) -> bool:
+    return pa.types.is_binary(t) or pa.types.is_large_binary(t)
