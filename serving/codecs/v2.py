@@ -8,10 +8,18 @@ feature, named after it. Each output column goes back as one tensor of its type
 INT64), ``[N, K]`` for a fixed-size list of K values such as an embedding (its values
 row-major, in JSON and binary alike), and a list of any length, which no tensor holds, as
 ``[N]`` BYTES, each row's list as JSON text (``[0.5,1.0]``).
+
+BYTES carry files too (a binary column, issue 19). In the binary extension an element is its
+raw bytes; in JSON a string, read as base64 when the tensor's ``parameters`` say
+``"content_type": "base64"`` (MLServer's convention), else as its UTF-8 bytes. A tensor of
+bytes that are not all UTF-8, or of base64, is a binary column (the predictor casts text to
+a binary feature's type, and refuses bytes as a string feature's); a binary output column is
+BYTES of its raw bytes, or in JSON of base64 strings with ``"content_type": "base64"``.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 import struct
@@ -22,7 +30,15 @@ import numpy as np
 import pyarrow as pa
 from pydantic import BaseModel, ValidationError
 
-from serving.codecs import DecodeError, Matrix, Rows, json_safe, json_texts
+from serving.codecs import (
+    DecodeError,
+    Matrix,
+    Rows,
+    _is_bytes,
+    base64_texts,
+    json_safe,
+    json_texts,
+)
 from serving.errors import InputError, OutOfTypeRange
 
 _NUMPY = {
@@ -41,6 +57,8 @@ _ARROW_TO_V2 = {
 MEDIA_TYPE = "application/json"
 BINARY_MEDIA_TYPE = "application/octet-stream"
 HEADER_LENGTH = "inference-header-content-length"
+BASE64 = {"content_type": "base64"}
+"""The parameters of a JSON BYTES tensor whose strings are base64 (MLServer's convention)."""
 
 
 class TensorIn(BaseModel):
@@ -149,7 +167,8 @@ def encode(
         raise InputError(f"unknown outputs {unknown}; the model gives {table.column_names}")
     binary_default = bool(request.parameters.get("binary_data_output", False))
     asked = {o.name: o.parameters.get("binary_data", binary_default) for o in request.outputs or []}
-    outputs, blobs, listed = [], [], json_safe(table)
+    binary = [f.name for f in table.schema if _is_bytes(f.type)]
+    outputs, blobs, listed = [], [], json_safe(table.drop_columns(binary))
     for column_name in wanted:
         column = table.column(column_name)
         if pa.types.is_list(column.type):
@@ -166,6 +185,9 @@ def encode(
             blobs.append(blob)
         elif pa.types.is_list(table.column(column_name).type):
             tensor["data"] = column.to_pylist()
+        elif column_name in binary:  # not json_safe's {"b64": ...} objects: V1's spelling
+            tensor["data"] = base64_texts(column).to_pylist()
+            tensor["parameters"] = dict(BASE64)
         else:
             tensor["data"] = _data(listed.column(column_name))
         outputs.append(tensor)
@@ -327,6 +349,8 @@ def _from_json(tensor: TensorIn) -> np.ndarray:
             flat = np.asarray(tensor.data, dtype=_dtype(tensor)).reshape(-1)
     except (ValueError, TypeError, OverflowError):
         raise TensorError(tensor.name, f"data are not all {tensor.datatype}") from None
+    if tensor.datatype == "BYTES" and tensor.parameters.get("content_type") == "base64":
+        flat = _from_base64(tensor, flat)
     return _shaped(tensor, flat)
 
 
@@ -338,14 +362,36 @@ def _from_bytes(tensor: TensorIn, chunk: bytes) -> np.ndarray:
                 tensor.name, f"{len(chunk)} bytes is not a whole number of {tensor.datatype}"
             )
         return _shaped(tensor, np.frombuffer(chunk, dtype=dtype))
-    items, offset = [], 0
+    items: list[bytes] = []
+    offset = 0
     while offset < len(chunk):  # each element: 4-byte little-endian length, then the bytes
         if offset + 4 > len(chunk):
             raise TensorError(tensor.name, "truncated BYTES element")
         (length,) = struct.unpack_from("<I", chunk, offset)
-        items.append(chunk[offset + 4 : offset + 4 + length].decode("utf-8", "replace"))
+        if offset + 4 + length > len(chunk):
+            raise TensorError(tensor.name, f"BYTES element {len(items)} runs past its data")
+        items.append(chunk[offset + 4 : offset + 4 + length])
         offset += 4 + length
-    return _shaped(tensor, np.asarray(items, dtype=object))
+    try:
+        texts: list[str] | list[bytes] = [item.decode() for item in items]
+    except UnicodeDecodeError:  # a file, not text: the elements stay bytes (a binary column)
+        texts = items
+    return _shaped(tensor, np.asarray(texts, dtype=object))
+
+
+def _from_base64(tensor: TensorIn, texts: np.ndarray) -> np.ndarray:
+    """Each base64 string of a JSON BYTES tensor as its bytes; refused at the first that is
+    not base64, naming its index among the tensor's elements (flattened)."""
+    decoded = []
+    for index, text in enumerate(texts):
+        if not isinstance(text, str):  # ragged nesting: a list where a string was due
+            raise TensorError(tensor.name, "data are not all BYTES (strings, in JSON)")
+        try:
+            decoded.append(base64.b64decode(text, validate=True))
+        except ValueError:  # binascii.Error, or text that is not ASCII
+            quoted = repr(text) if len(text) <= 40 else f"{text[:40]!r}..."
+            raise TensorError(tensor.name, f"element {index}: {quoted} is not base64") from None
+    return np.asarray(decoded, dtype=object)
 
 
 def _all_strings(data: Any) -> bool:
@@ -374,5 +420,8 @@ def _to_bytes(column: pa.ChunkedArray) -> bytes:
     if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
         raw = [(value or "").encode() for value in column.to_pylist()]  # V2 has no null
         return b"".join(struct.pack("<I", len(item)) + item for item in raw)
+    if _is_bytes(column.type):
+        files = [value or b"" for value in column.to_pylist()]
+        return b"".join(struct.pack("<I", len(item)) + item for item in files)
     little_endian = np.dtype(column.type.to_pandas_dtype()).newbyteorder("<")
     return np.asarray(column.to_numpy(), dtype=little_endian).tobytes()
