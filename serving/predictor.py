@@ -55,7 +55,12 @@ class Scorer(Protocol):
         """The columns of every answer, in order (after any passthrough columns)."""
         ...
 
-    def predict(self, rows: Rows, passthrough: Sequence[str] = ()) -> pa.Table:
+    @property
+    def output_content_types(self) -> dict[str, str]:
+        """Media types of binary outputs that declare one (``image/png``)."""
+        ...
+
+    def predict(self, rows: Rows | raw.Raw, passthrough: Sequence[str] = ()) -> pa.Table:
         """Score every row of ``rows``; ``passthrough`` columns are copied to the front."""
         ...
 
@@ -174,9 +179,13 @@ class Predictor:
     def outputs(self) -> list[str]:
         return self.version.outputs
 
-    def predict(self, rows: Rows, passthrough: Sequence[str] = ()) -> pa.Table:
-        """Score every row of ``rows`` (a table, or a :class:`~serving.codecs.Matrix` of its
-        columns); ``passthrough`` columns of a table are copied to the front."""
+    @property
+    def output_content_types(self) -> dict[str, str]:
+        return self.version.output_content_types
+
+    def predict(self, rows: Rows | raw.Raw, passthrough: Sequence[str] = ()) -> pa.Table:
+        """Score every row of ``rows`` (a table, a :class:`~serving.codecs.Matrix` of its
+        columns, or a raw body); ``passthrough`` columns of a table are copied to the front."""
         return self.run([self.prepare(rows, passthrough)])[0].table
 
     def predict_valid(

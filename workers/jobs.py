@@ -103,6 +103,14 @@ class Job(BaseModel):
     """Set once the notification owed to ``callback_url`` was delivered or given up."""
     queue_error: str | None = None
     """Why the queue did not take the job at submit (the sweep enqueues it later)."""
+    answered_as: str | None = None
+    """The answer's media type, when ``accept`` left it to the model (a file's input, whose
+    answer is the model's binary output as it is, ``image/png``, or JSON)."""
+
+    @property
+    def output_type(self) -> str:
+        """The media type of the answer in the store."""
+        return self.answered_as or self.accept
 
     @property
     def output_key(self) -> str:
@@ -123,9 +131,19 @@ class Job(BaseModel):
         return self.model_copy(update={"status": status, "error": error, "finished_at": now()})
 
 
-def finishing(status: Status, error: JobError | None = None) -> Callable[[Job], Job]:
-    """An update that finishes a job, unless it is finished already: the first end stands."""
-    return lambda job: job if job.status.finished else job.finish(status, error)
+def finishing(
+    status: Status, error: JobError | None = None, answered_as: str | None = None
+) -> Callable[[Job], Job]:
+    """An update that finishes a job, unless it is finished already: the first end stands.
+    ``answered_as``: the media type of its answer, when it differs from ``accept``."""
+
+    def finish(job: Job) -> Job:
+        if job.status.finished:
+            return job
+        done = job.finish(status, error)
+        return done.model_copy(update={"answered_as": answered_as}) if answered_as else done
+
+    return finish
 
 
 def now() -> datetime:

@@ -21,8 +21,9 @@ from datetime import timedelta
 from typing import Any
 
 from serving import codecs, scorers
-from serving.codecs import Matrix, sagemaker
-from serving.errors import AlreadyExists, JobNotFound, MMServeError
+from serving.codecs import Matrix, raw, sagemaker
+from serving.errors import AlreadyExists, JobNotFound, MMServeError, UnsupportedFormat
+from serving.predictor import Scorer
 from serving.registry import Registry
 from serving.settings import JobSettings
 from serving.store import Store
@@ -106,23 +107,26 @@ class Runner:
 
     def _execute(self, job: Job) -> Job:
         try:
-            self._score(job)
+            answered_as = self._score(job)
         except Exception as err:
             if transient(err) and job.retries < self.settings.retries:  # else: it ends here
                 self.jobs.update(job.id, _requeued)
                 self.queue.count({"retries": 1})
                 raise
             return self.fail(job.id, _error_of(err, job))
-        return self.jobs.update(job.id, finishing(Status.SUCCEEDED))
+        return self.jobs.update(job.id, finishing(Status.SUCCEEDED, answered_as=answered_as))
 
-    def _score(self, job: Job) -> None:
+    def _score(self, job: Job) -> str | None:
         """Read the input, predict (with the model, or the chain of models, pinned at
         submit), write the output once. A table is read, scored and written a batch at a
-        time, as a batch run's (:mod:`workers._job_batches`); anything else whole."""
+        time, as a batch run's (:mod:`workers._job_batches`); anything else whole. Returns
+        the answer's media type where ``accept`` left it to the model (a file's job)."""
         scorer = scorers.load(self.registry, job.model)
+        if job.content_type not in sagemaker.ACCEPTED:
+            return self._score_file(job, scorer)
         with contextlib.suppress(AlreadyExists):  # an earlier run wrote it: the same answer
             if _job_batches.score(self.store, job, scorer, self.settings.batch_rows):
-                return
+                return None
             features = [f.name for f in scorer.inputs]
             data = self.store.read(job.input_key)
             rows = sagemaker.decode(data, job.content_type, features)
@@ -131,6 +135,25 @@ class Runner:
             header = not _job_batches.headerless(data, job.content_type, features)
             answer = _job_batches.encode(scorer.predict(rows, job.passthrough), job.accept, header)
             self.store.create(job.output_key, answer, content_type=job.accept)
+        return None
+
+    def _score_file(self, job: Job, scorer: Scorer) -> str:
+        """A file's (or a text's) job: the one row of a model whose one input takes it. The
+        answer is the model's one binary output as it is when ``accept`` takes its media type
+        (``*/*`` does), else the table in the format ``accept`` names (JSON for ``*/*``)."""
+        table = scorer.predict(raw.Raw(self.store.read(job.input_key), job.content_type))
+        found = raw.answer(table, scorer.outputs, scorer.output_content_types, job.accept)
+        if found is not None:
+            answer, media = found
+        elif job.accept == "*/*" or job.accept in sagemaker.ACCEPTED:
+            media = codecs.JSON if job.accept == "*/*" else job.accept
+            answer = sagemaker.encode(table, media)
+        else:
+            declared = [m for m in scorer.output_content_types.values()]
+            raise UnsupportedFormat(job.accept, [*declared, *sagemaker.ACCEPTED])
+        with contextlib.suppress(AlreadyExists):  # an earlier run wrote it: the same answer
+            self.store.create(job.output_key, answer, content_type=media)
+        return media
 
     def fail(self, token: str, error: JobError) -> Job:
         """Record ``error`` (``error.json`` and the record) unless the job already finished."""
@@ -238,7 +261,7 @@ def notification(job: Job, store: Store) -> dict[str, Any]:
             "contentType": job.content_type,
             "inputLocation": store.uri(job.input_key),
         },
-        "responseParameters": {"contentType": job.accept},
+        "responseParameters": {"contentType": job.output_type},
     }
     if job.status is Status.SUCCEEDED:
         body["responseParameters"]["outputLocation"] = store.uri(job.output_key)

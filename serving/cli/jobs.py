@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import mimetypes
 import shutil
 import sys
 import time
@@ -30,7 +31,7 @@ from serving.cli._app import (
     reports_errors,
 )
 from serving.codecs import media_type_of
-from serving.errors import JobNotFound
+from serving.errors import JobNotFound, UnsupportedFormat
 from serving.settings import Settings
 
 if TYPE_CHECKING:
@@ -106,18 +107,30 @@ def _job_path(token: str) -> str:
     return f"/v1/jobs/{urllib.parse.quote(token, safe='')}"
 
 
+def _content_type(file: Path) -> str:
+    """A table format by the file's suffix, else the file's own media type (``image/png``)."""
+    try:
+        return media_type_of(file)
+    except UnsupportedFormat:
+        return mimetypes.guess_type(file.name)[0] or "application/octet-stream"
+
+
 @jobs_app.command("submit")
 @reports_errors
 def submit(
     model: Annotated[str, typer.Argument(help="Model reference: name, name:version, name@alias.")],
     file: Annotated[
-        Path, typer.Argument(exists=True, dir_okay=False, help="The rows, uploaded as they are.")
+        Path,
+        typer.Argument(
+            exists=True, dir_okay=False, help="The rows, or a file (an image...), uploaded as is."
+        ),
     ],
     content_type: Annotated[
         str | None,
         typer.Option(
             help="The file's media type.",
-            show_default="by suffix: csv, json, jsonl, parquet, arrow",
+            show_default="by suffix: csv, json, jsonl, parquet, arrow; else the file's own "
+            "(image/png...), for a model of one binary input",
         ),
     ] = None,
     accept: Annotated[str | None, typer.Option(help="Media type of the result.")] = None,
@@ -138,7 +151,7 @@ def submit(
     """Upload FILE as an async job for MODEL; print its id: TOKEN=$(mmserve jobs submit ...)."""
     server = _Server(url, api_key)
     headers = {
-        "Content-Type": content_type or media_type_of(file),
+        "Content-Type": content_type or _content_type(file),
         "Content-Length": str(file.stat().st_size),
     }
     given = {"Accept": accept, "X-Callback-Url": callback_url, "Idempotency-Key": idempotency_key}

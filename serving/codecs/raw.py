@@ -16,7 +16,7 @@ import pyarrow as pa
 
 from serving.codecs import MEDIA_TYPES, DecodeError
 from serving.errors import UnsupportedFormat
-from serving.metadata import Feature, ModelVersion
+from serving.metadata import Feature
 
 # A media type or range: image/png, image/*, text/plain (RFC 6838's characters, lower case).
 MEDIA_TYPE = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]*/(?:\*|[a-z0-9][a-z0-9!#$&^_.+-]*)")
@@ -44,9 +44,7 @@ def content_type(header: str | None, default: str, tables: list[str]) -> str:
 def table(raw: Raw, inputs: list[Feature]) -> pa.Table:
     """The one-row table of ``raw`` for a model of ``inputs``: its one binary input holds
     the bytes, its one string input the text (UTF-8); any other model refuses it (415)."""
-    takes = accepted(inputs)
-    if not any(_matches(raw.media_type, media) for media in takes):
-        raise UnsupportedFormat(raw.media_type, [*takes, *MEDIA_TYPES])
+    check(raw.media_type, inputs)
     if not raw.data:
         raise DecodeError(raw.media_type, "the body is empty")
     feature = inputs[0]
@@ -57,6 +55,14 @@ def table(raw: Raw, inputs: list[Feature]) -> pa.Table:
     except UnicodeDecodeError as err:
         raise DecodeError(raw.media_type, f"it is not UTF-8 text (byte {err.start})") from None
     return pa.table({feature.name: pa.array([text], feature.type)})
+
+
+def check(media_type: str, inputs: list[Feature]) -> None:
+    """Refuse (415) a raw body of ``media_type`` for a model of ``inputs`` that cannot take
+    it, naming the media types it takes."""
+    takes = accepted(inputs)
+    if not any(_matches(media_type, media) for media in takes):
+        raise UnsupportedFormat(media_type, [*takes, *MEDIA_TYPES])
 
 
 def accepted(inputs: list[Feature]) -> list[str]:
@@ -72,14 +78,16 @@ def accepted(inputs: list[Feature]) -> list[str]:
     return []
 
 
-def answer(answer: pa.Table, version: ModelVersion, accept: str | None) -> tuple[bytes, str] | None:
-    """The raw body of a one-row answer and its media type, when the model has one output,
-    binary, of a declared media type that ``accept`` takes (or ``accept`` says nothing);
-    ``None``: encode the answer as a table."""
-    if answer.num_rows != 1 or len(version.outputs) != 1:
+def answer(
+    answer: pa.Table, outputs: list[str], content_types: dict[str, str], accept: str | None
+) -> tuple[bytes, str] | None:
+    """The raw body of a one-row answer and its media type, when the model has one output
+    (of ``outputs``), binary, of a media type declared in ``content_types`` that ``accept``
+    takes (or ``accept`` says nothing); ``None``: encode the answer as a table."""
+    if answer.num_rows != 1 or len(outputs) != 1:
         return None
-    name = version.outputs[0]
-    media = version.output_content_types.get(name)
+    name = outputs[0]
+    media = content_types.get(name)
     column = answer.column(name) if name in answer.column_names else None
     if media is None or column is None or not _is_binary(column.type):
         return None

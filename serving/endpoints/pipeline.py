@@ -74,15 +74,16 @@ class Pipeline:
         self.versions = [p.version for p in self.predictors]
         self.inputs = inputs_of(self.versions)
         self.outputs = list(self.versions[-1].outputs)
+        self.output_content_types = dict(self.versions[-1].output_content_types)
 
     @property
     def ref(self) -> str:
         """``prep:1,fraud:7``: the pinned versions, in order."""
         return ",".join(v.ref for v in self.versions)
 
-    def predict(self, rows: Rows, passthrough: Sequence[str] = ()) -> pa.Table:
+    def predict(self, rows: Rows | Raw, passthrough: Sequence[str] = ()) -> pa.Table:
         """Score ``rows`` through every step; ``passthrough`` request columns go first."""
-        table = table_of(rows)
+        table = table_of(rows, self.versions)
         missing = [name for name in passthrough if name not in table.column_names]
         if missing:  # before any step runs: no model call for an answer that cannot be sent
             raise MissingColumn(missing[0])

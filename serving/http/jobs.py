@@ -48,7 +48,8 @@ from pydantic import BaseModel, Field, ValidationError
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 
 from serving import codecs, scorers
-from serving.codecs import DecodeError, media_type, media_type_of, sagemaker
+from serving.codecs import DecodeError, media_type, media_type_of, raw, sagemaker
+from serving.endpoints.pipeline import inputs_of
 from serving.errors import (
     EndpointNotFound,
     InvalidName,
@@ -86,14 +87,14 @@ async def submit_as(ref: str, named: str, request: Request) -> Response:
     variant may differ between two sends of one idempotent request)."""
     runner = _runner(request)
     headers = request.headers
-    kind = media_type(headers.get("content-type"), codecs.JSON, sagemaker.ACCEPTED)
+    kind = raw.content_type(headers.get("content-type"), codecs.JSON, sagemaker.ACCEPTED)
     pointer = await _pointer(request) if kind == codecs.JSON else None
     given = pointer or InputPointer(input_location="-")
     input_key = None
     if pointer is not None:
         input_key = runner.store.key_of(pointer.input_location, "input_location")
         kind = _input_format(pointer.content_type, input_key)
-    answer = media_type(given.accept or headers.get("accept"), kind, sagemaker.ACCEPTED)
+    answer = _answer_format(given.accept or headers.get("accept"), kind)
     idempotency_key = given.idempotency_key or headers.get("idempotency-key")
     callback = _callback(given.callback_url, "callback_url") or _callback(
         headers.get("x-callback-url"), "X-Callback-Url"
@@ -175,7 +176,7 @@ async def result(token: str, request: Request) -> Response:
             wanted = f"it failed ({job.error.type}: {job.error.message})"
         raise JobNotReady(job.id, job.status.value, wanted)
     chunks = await run_in_threadpool(runner.store.stream, job.output_key)
-    return StreamingResponse(iterate_in_threadpool(chunks), media_type=job.accept)
+    return StreamingResponse(iterate_in_threadpool(chunks), media_type=job.output_type)
 
 
 @router.delete("/v1/jobs/{token}", summary="Cancel a queued job")
@@ -232,6 +233,10 @@ async def _accept(
     ``upload``) and the record, publish; the job submitted earlier with the same idempotency
     key by the same credential, if that was the same request (``asked``, and the input)."""
     job.model = await run_in_threadpool(scorers.pin, runner.registry, job.requested)
+    if job.content_type not in sagemaker.ACCEPTED:  # a file: refused now if no model takes it
+        steps = scorers.steps(job.model)
+        versions = [await run_in_threadpool(runner.registry.get, step) for step in steps]
+        raw.check(job.content_type, inputs_of(versions))
     if upload:
         asked = {**asked, "body": await _upload(request, runner, job.input_key, job.content_type)}
     elif await run_in_threadpool(runner.store.exists, job.input_key):
@@ -320,14 +325,25 @@ async def _pointer(request: Request) -> InputPointer | None:
 
 
 def _input_format(declared: str | None, input_key: str) -> str:
-    """The format of an input already in the store: as declared, else as its name's suffix
-    says (``rows.parquet``), else CSV (SageMaker's default)."""
+    """The format of an input already in the store: as declared (a table format, or a
+    file's media type), else as its name's suffix says (``rows.parquet``), else CSV
+    (SageMaker's default)."""
     if declared:
-        return media_type(declared, codecs.CSV, sagemaker.ACCEPTED)
+        return raw.content_type(declared, codecs.CSV, sagemaker.ACCEPTED)
     try:
         return media_type_of(Path(input_key))
     except UnsupportedFormat:
         return codecs.CSV
+
+
+def _answer_format(accept: str | None, kind: str) -> str:
+    """The answer's format: a table format (the input's by default); for a file or a text
+    (an input of no table format) also a file's media type, or ``*/*`` by default: the
+    model's one binary output as it is if it has one of a declared type (``image/png``),
+    else JSON (:meth:`workers.runner.Runner._score`)."""
+    if kind in sagemaker.ACCEPTED:
+        return media_type(accept, kind, sagemaker.ACCEPTED)
+    return raw.content_type(accept, "*/*", sagemaker.ACCEPTED)
 
 
 def _kept(headers: Any, pointer: InputPointer | None) -> tuple[str | None, list[str]]:

@@ -67,7 +67,7 @@ def answer_of(
     client accepts its media type; else the table in the format ``Accept`` names (by
     default the request's own, or JSON for a raw body)."""
     accept = request.headers.get("accept")
-    found = raw.answer(table, version, accept)
+    found = raw.answer(table, version.outputs, version.output_content_types, accept)
     if found is not None:
         return found
     default = kind if kind in sagemaker.ACCEPTED else codecs.JSON

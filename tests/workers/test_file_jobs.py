@@ -1,0 +1,99 @@
+"""Async jobs of a file (an image, a scan): the upload is the one row of a model whose one
+input is binary, and the answer is the model's binary output as it is (served with its
+media type) or JSON. Real ``mmserve serve`` and ``mmserve worker`` processes on moto's S3
+server, a throwaway Redis (the module's ``stack``), and the ``mmserve jobs`` CLI."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from serving.registry import Registry
+from tests.services import mmserve_worker
+from tests.serving.http.test_raw_bodies import FILES, MANIFESTS, PNG
+from tests.workers.stack import Stack, wait
+
+MMSERVE = str(Path(sys.executable).with_name("mmserve"))
+
+
+@pytest.fixture(scope="module")
+def worker(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    folders = tmp_path_factory.mktemp("models")
+    registry = Registry(stack.store)
+    for name in ("digest", "mirror"):
+        folder = folders / name
+        folder.mkdir()
+        (folder / "files.py").write_text(textwrap.dedent(FILES))
+        (folder / "mmserve.toml").write_text(textwrap.dedent(MANIFESTS[name]))
+        registry.register(folder, name, trust_code=True)
+    with mmserve_worker(stack.env, str(stack.logs / "worker.log"), "--concurrency", "1"):
+        yield
+
+
+def submit(stack: Stack, model: str, body: bytes, **headers: str) -> str:
+    response = stack.client.post(f"/v1/models/{model}/async", content=body, headers=headers)
+    assert response.status_code == 202, response.text
+    return str(response.json()["job_id"])
+
+
+def test_a_file_job_answers_with_the_models_binary_output(stack: Stack, worker: None) -> None:
+    token = submit(stack, "mirror", PNG, **{"content-type": "image/png"})
+    assert wait(stack, [token])[token]["status"] == "succeeded"
+    result = stack.client.get(f"/v1/jobs/{token}/result")
+    assert (result.status_code, result.headers["content-type"]) == (200, "image/png")
+    assert result.content == PNG[::-1]
+
+
+def test_a_file_job_answers_json_when_the_model_has_no_binary_output(
+    stack: Stack, worker: None
+) -> None:
+    token = submit(stack, "digest", PNG, **{"content-type": "image/png"})
+    assert wait(stack, [token])[token]["status"] == "succeeded"
+    result = stack.client.get(f"/v1/jobs/{token}/result")
+    assert result.headers["content-type"] == "application/json"
+    expected = {"size": len(PNG), "sha256": hashlib.sha256(PNG).hexdigest()}
+    assert result.json() == {"predictions": [expected]}
+
+
+def test_a_file_for_a_model_that_takes_no_file_is_refused_at_submit(stack: Stack) -> None:
+    response = stack.client.post(
+        "/v1/models/lr/async", content=PNG, headers={"content-type": "image/png"}
+    )
+    assert response.status_code == 415
+    assert response.json()["error"] == (
+        "unsupported format 'image/png'; use one of text/csv, application/json, "
+        "application/jsonlines, application/x-parquet, application/vnd.apache.arrow.stream"
+    )
+
+
+def test_the_cli_submits_a_file_by_its_own_type_and_writes_the_answer(
+    stack: Stack, worker: None, tmp_path: Path
+) -> None:
+    image, answer = tmp_path / "big.png", tmp_path / "big-x2.png"
+    image.write_bytes(PNG)
+    done = subprocess.run(
+        [MMSERVE, "jobs", "submit", "mirror", str(image), "-o", str(answer), "--url", stack.url],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert answer.read_bytes() == PNG[::-1]
+
+
+def test_an_answer_type_the_model_cannot_give_fails_the_job_naming_why(
+    stack: Stack, worker: None
+) -> None:
+    token = submit(stack, "digest", PNG, **{"content-type": "image/png", "accept": "image/png"})
+    record = wait(stack, [token])[token]
+    assert (record["status"], record["error"]["type"]) == ("failed", "UnsupportedFormat")
+    assert record["error"]["message"] == (
+        "unsupported format 'image/png'; use one of text/csv, application/json, "
+        "application/jsonlines, application/x-parquet, application/vnd.apache.arrow.stream"
+    )
