@@ -12,6 +12,7 @@ its part and returns a phrase for the closing summary; a new mode adds its secti
 
 from __future__ import annotations
 
+import base64
 import tempfile
 import time
 from collections.abc import Callable
@@ -26,7 +27,7 @@ import pyarrow.parquet as pq
 from rich.console import Console
 from rich.table import Column, Table
 
-from models import RECIPES, Recipe, applications, credit, register
+from models import RECIPES, Recipe, applications, credit, digits, register
 from models import _examples as examples
 from models._modes import MODES, Scored, asynchronous, batch, every_mode
 from models._redis import redis_server
@@ -34,6 +35,7 @@ from models._server import JOB_TIMEOUT_S, DemoError, Predictions, Reply, Server,
 from models._stream import Consumer, Streamer, streamers
 from serving.endpoints.catalog import Endpoints
 from serving.endpoints.config import Endpoint
+from serving.endpoints.pipeline import Pipeline
 from serving.errors import MMServeError
 from serving.registry import Registry
 from serving.settings import Settings
@@ -44,6 +46,7 @@ SAMPLE_SEED = 2024
 BATCH_ROWS = 20_000
 PARITY_ROWS = 500
 PIPELINE = "credit-pipeline"
+DIGIT_FILES = 20
 
 
 @dataclass
@@ -273,7 +276,7 @@ def pipeline(demo: Demo) -> str:
     folder = Path(demo.stack.enter_context(tempfile.TemporaryDirectory(prefix="mmserve-demo-")))
     chain = ",".join(steps)
     scored = {
-        "real time (endpoint)": _endpoint_answers(server, raw),
+        "real time (endpoint)": _endpoint_answers(server, PIPELINE, raw.to_pylist()),
         "async (chain)": asynchronous(server, chain, raw),
         "batch (chain)": batch(server, chain, rows, applications.ID_COLUMN, folder),
     }
@@ -287,19 +290,66 @@ def pipeline(demo: Demo) -> str:
     return f"the pipeline agrees in {len(scored)} modes"
 
 
-def _endpoint_answers(server: Server, rows: pa.Table) -> Scored:
-    """The rows through the pipeline endpoint (V1), once the server has read it from the
-    store (it reads endpoints every second)."""
+def digit_files(demo: Demo) -> str:
+    """PNG files of handwritten digits through the endpoint ``digits-pipeline``:
+    ``digits-png`` (your code, Pillow reads the file) then ``digits`` (scikit-learn), in real
+    time, each file as a raw body and all as V1 ``{"b64": ...}`` cells; every answer must
+    equal the two models applied in process. (Jobs, batch runs and streams do not take
+    files yet.)"""
+    demo.console.rule("Files: PNG images, your code then scikit-learn")
+    server = demo.server()
+    reader, classifier = digits.register(demo.registry, alias=ALIAS)
+    steps = [f"{digits.READER}@{ALIAS}", f"{digits.NAME}@{ALIAS}"]
+    Endpoints(demo.registry.store).apply_one(digits.ENDPOINT, Endpoint(pipeline=steps))
+    files, truth = digits.pngs(DIGIT_FILES)
+    pipeline = Pipeline([demo.registry.load(step) for step in steps])
+    local = pipeline.predict(pa.table({"image": pa.array(files)})).to_pylist()
+    demo.console.print(
+        f"{reader.ref} (python) and {classifier.ref} ({classifier.flavor}) registered; endpoint "
+        f"{digits.ENDPOINT}: {' → '.join(steps)}; {DIGIT_FILES} held-out scikit-learn digits "
+        "as 8x8 PNG files, compared with both models applied in process:"
+    )
+    b64 = [{"image": {"b64": base64.b64encode(data).decode()}} for data in files]
+    scored = {  # the first request waits until the server has read the endpoint
+        "V1 b64 cells": _endpoint_answers(server, digits.ENDPOINT, b64),
+        "raw PNG bodies": _raw_answers(server, digits.ENDPOINT, files),
+    }
+    table = Table("real time", _right("files"), _right("ms"), _right("right digit"))
+    table.add_column("same as in-process")
+    for mode, answer in scored.items():
+        right = sum(a["label"] == d for a, d in zip(answer.answers, truth, strict=True))
+        cells = (mode, str(len(answer.answers)), f"{answer.seconds * 1000:.1f}", str(right))
+        table.add_row(*cells, _yes(answer.answers == local))
+    demo.console.print(table)
+    differ = [mode for mode, answer in scored.items() if answer.answers != local]
+    _fail_on([f"the digits sent as {mode} were answered differently" for mode in differ], "ways")
+    return f"{DIGIT_FILES} PNG files answered alike raw and in base64"
+
+
+def _raw_answers(server: Server, endpoint: str, files: list[bytes]) -> Scored:
+    """Each file as the body of its own request (``content-type: image/png``)."""
+    answers, seconds = [], 0.0
+    for data in files:
+        path = f"/endpoints/{endpoint}/invocations"
+        reply = server.request("POST", path, data, {"Content-Type": "image/png"})
+        if reply.status != 200:
+            raise DemoError(f"the {endpoint} endpoint answered a PNG file {_error(reply)}")
+        answers += reply.json()["predictions"]
+        seconds += reply.ms / 1000
+    return Scored(answers, seconds)
+
+
+def _endpoint_answers(server: Server, name: str, instances: list[dict[str, Any]]) -> Scored:
+    """The instances through the endpoint ``name`` (V1), once the server has read it from
+    the store (it reads endpoints every second)."""
     deadline = time.monotonic() + JOB_TIMEOUT_S
     started = time.perf_counter()
     while True:
-        reply = server.post_json(
-            f"/v1/endpoints/{PIPELINE}:predict", {"instances": rows.to_pylist()}
-        )
+        reply = server.post_json(f"/v1/endpoints/{name}:predict", {"instances": instances})
         if reply.status == 200:
             return Scored(reply.json()["predictions"], time.perf_counter() - started)
         if reply.status != 404 or time.monotonic() > deadline:
-            raise DemoError(f"the {PIPELINE} endpoint answered {_error(reply)}")
+            raise DemoError(f"the {name} endpoint answered {_error(reply)}")
         time.sleep(0.1)
         started = time.perf_counter()
 
@@ -313,6 +363,7 @@ SECTIONS: list[Section] = [
     stream_events,
     every_mode_agrees,
     pipeline,
+    digit_files,
 ]
 
 

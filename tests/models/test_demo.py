@@ -242,7 +242,11 @@ def test_python_m_models_answers_the_same_in_every_mode(tmp_path: Path) -> None:
         batch = "140,000 batch rows identical"
         streaming = "35 stream outputs identical, every mode agrees on 3,500 rows"
         pipeline = "the pipeline agrees in 3 modes"
-        assert f"{done}7 jobs succeeded, {batch}, {streaming}, {pipeline} in" in run.stdout
+        files = "20 PNG files answered alike raw and in base64"
+        assert f"{done}7 jobs succeeded, {batch}, {streaming}, {pipeline}, {files} in" in run.stdout
+        # PNG digits through digits-png (Pillow, in your code) then digits: 19 of 20 right.
+        for way in ("V1 b64 cells", "raw PNG bodies"):
+            assert len(table_rows(run.stdout, way, "20", r"[\d.]+", "19", "yes")) == 1
         server = re.search(r"mmserve serve answers at (http://\S+)", run.stdout)
         assert server is not None
         with pytest.raises(URLError):  # stopped with the demo
@@ -254,8 +258,9 @@ def test_python_m_models_answers_the_same_in_every_mode(tmp_path: Path) -> None:
         with pytest.raises(OSError):  # its Redis too
             socket.create_connection(("127.0.0.1", int(redis_port[1])), timeout=5).close()
     registry = Registry(Store.from_url(store_url))
-    assert registry.models() == sorted(r.NAME for r in RECIPES)
-    assert all(registry.aliases(r.NAME) == {"production": 2} for r in RECIPES)
+    names = [*(r.NAME for r in RECIPES), "digits", "digits-png"]  # digits: its own section
+    assert registry.models() == sorted(names)
+    assert all(registry.aliases(name) == {"production": 2} for name in names)
     # Its last lines say how to get mmserve on the PATH, and where the README's files are.
     venv = Path(sys.prefix)
     assert first.stdout.splitlines()[-4:] == [

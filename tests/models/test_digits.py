@@ -1,0 +1,151 @@
+"""The digits example: PNG files of scikit-learn's digits read by the user's own code
+(``digits-png``) then classified (``digits``), on a real ``mmserve serve``: a file sent raw,
+the same as a V1 ``{"b64": ...}`` cell, the same as the pipeline in process."""
+
+from __future__ import annotations
+
+import base64
+import io
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pyarrow as pa
+import pytest
+from PIL import Image
+from sklearn.datasets import load_digits
+
+from models import digits
+from models.digits_png.png import decode, encode
+from serving.endpoints.pipeline import Pipeline
+from serving.errors import ModelError
+from serving.registry import Registry
+from serving.store import Store
+from tests.services import mmserve_server
+
+FILES = 50
+CORRECT = 49  # of the first 50 held-out digits (deterministic: lbfgs, no randomness)
+ENDPOINTS = f"""\
+endpoints:
+  {digits.ENDPOINT}:
+    pipeline: [digits-png:1, digits:1]
+"""
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("digits")
+
+
+@pytest.fixture(scope="module")
+def registry(root: Path) -> Registry:
+    registry = Registry(Store.from_url(str(root / "store")))
+    reader, classifier = digits.register(registry)
+    assert (reader.ref, reader.flavor, classifier.ref) == ("digits-png:1", "python", "digits:1")
+    return registry
+
+
+@pytest.fixture(scope="module")
+def client(root: Path, registry: Registry) -> Iterator[httpx.Client]:
+    (root / "endpoints.yaml").write_text(ENDPOINTS)
+    env = {
+        "MMSERVE_STORE_URL": str(root / "store"),
+        "MMSERVE_ENDPOINTS": str(root / "endpoints.yaml"),
+    }
+    with mmserve_server(env) as url, httpx.Client(base_url=url, timeout=30) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def files(root: Path) -> list[bytes]:
+    paths = digits.write_pngs(root / "pngs", FILES)
+    truth = load_digits().target[1500 : 1500 + FILES]
+    assert [p.name for p in paths] == [f"{1500 + i}-is-{d}.png" for i, d in enumerate(truth)]
+    return [p.read_bytes() for p in paths]
+
+
+def raw(client: httpx.Client, data: bytes) -> httpx.Response:
+    path = f"/endpoints/{digits.ENDPOINT}/invocations"
+    return client.post(path, content=data, headers={"content-type": "image/png"})
+
+
+def v1(client: httpx.Client, images: list[bytes]) -> httpx.Response:
+    instances = [{"image": {"b64": base64.b64encode(data).decode()}} for data in images]
+    return client.post(f"/v1/endpoints/{digits.ENDPOINT}:predict", json={"instances": instances})
+
+
+def in_process(registry: Registry, images: list[bytes]) -> list[dict[str, Any]]:
+    pipeline = Pipeline([registry.load("digits-png:1"), registry.load("digits:1")])
+    answer: list[dict[str, Any]] = pipeline.predict(
+        pa.table({"image": pa.array(images)})
+    ).to_pylist()
+    return answer
+
+
+def png(image: Image.Image) -> bytes:
+    sink = io.BytesIO()
+    image.save(sink, format="PNG")
+    return sink.getvalue()
+
+
+def test_every_digit_value_survives_the_png_exactly() -> None:
+    pixels = load_digits().data
+    assert all(np.array_equal(decode(encode(row)), row) for row in pixels)
+
+
+def test_a_png_answers_alike_raw_as_v1_b64_and_in_process(
+    client: httpx.Client, registry: Registry, files: list[bytes]
+) -> None:
+    local = in_process(registry, files)
+    answers = []
+    for data in files:
+        response = raw(client, data)
+        assert (response.status_code, response.headers["x-mmserve-model"]) == (
+            200,
+            "digits-png:1,digits:1",
+        )
+        answers += response.json()["predictions"]
+    batch = v1(client, files)
+    assert batch.status_code == 200
+    assert answers == batch.json()["predictions"] == local
+    assert list(local[0]) == ["label", *(f"proba_{d}" for d in range(10))]
+    labels = digits.pngs(FILES)[1]
+    assert sum(a["label"] == label for a, label in zip(answers, labels, strict=True)) == CORRECT
+
+
+BAD_FILES: dict[str, tuple[Callable[[bytes], bytes], str]] = {
+    "gif": (
+        lambda _: png(Image.new("L", (8, 8))).replace(b"\x89PNG", b"GIF8", 1),
+        "not a PNG file: it does not start with the PNG signature",
+    ),
+    "truncated": (lambda good: good[:60], "not a readable PNG file: image file is truncated"),
+    "16x16": (
+        lambda _: png(Image.new("L", (16, 16))),
+        "the image is 16x16 pixels; the model reads 8x8",
+    ),
+}
+
+
+@pytest.mark.parametrize("bad", BAD_FILES)
+def test_a_file_that_is_no_8x8_png_is_refused_naming_the_problem(
+    client: httpx.Client, registry: Registry, files: list[bytes], bad: str
+) -> None:
+    make, reason = BAD_FILES[bad]
+    data = make(files[0])
+    message = f"model digits-png:1 failed: ValueError: {reason}"
+    # A model's own exception is the model's failure: SageMaker's 424 ModelError on its
+    # routes, 500 elsewhere; no model can answer a 4xx today.
+    response = raw(client, data)
+    assert response.status_code == 424
+    assert {k: response.json()[k] for k in ("message", "__type", "OriginalStatusCode")} == {
+        "message": message,
+        "__type": "ModelError",
+        "OriginalStatusCode": 500,
+    }
+    batch = v1(client, [files[1], data])
+    assert (batch.status_code, batch.json()["error"]) == (500, message)
+    with pytest.raises(ModelError) as raised:
+        in_process(registry, [data])
+    assert raised.value.message == message
