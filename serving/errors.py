@@ -344,6 +344,15 @@ class InputError(MMServeError):
     status = HTTPStatus.UNPROCESSABLE_ENTITY
 
 
+class InvalidInput(InputError):
+    """Raised by a model's own code for an input it cannot take (a corrupt image, a file
+    of another kind): a 422 naming the reason (400 on SageMaker's routes), never a 500.
+    ``from serving.errors import InvalidInput; raise InvalidInput("not a PNG file")``."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+
+
 class MissingColumn(InputError):
     def __init__(self, column: str) -> None:
         super().__init__(f"missing column {column!r}")

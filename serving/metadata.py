@@ -31,6 +31,10 @@ class Feature(BaseModel):
     content_type: str | None = None
     """A binary or string feature's media type or range (``image/png``, ``image/*``): a raw
     request body of that type is the model's one row (see :mod:`serving.codecs.raw`)."""
+    path: bool = False
+    """A binary feature the model reads as a file: its column holds the path of a local
+    copy mmserve made of the bytes (an async job's input, downloaded, is never read into
+    memory), deleted after the call. Callers still send bytes: never a path."""
 
     @field_validator("dtype")
     @classmethod
@@ -127,6 +131,7 @@ def infer_inputs(
     types: Mapping[str, str] | None = None,
     categories: Mapping[str, list[Any]] | None = None,
     content_types: Mapping[str, str] | None = None,
+    paths: Iterable[str] = (),
 ) -> list[Feature]:
     """The input schema, in the order the model was fitted with.
 
@@ -163,6 +168,7 @@ def infer_inputs(
             nullable=n in missing,
             categories=categories.get(n),
             content_type=content_types.get(n),
+            path=n in set(paths),
         )
         for n in names
     ]

@@ -9,8 +9,10 @@ which one model (a :class:`Predictor`) and a chain of them (a
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
 import numpy as np
@@ -109,6 +111,8 @@ class Prepared:
     kept: Sequence[pa.ChunkedArray] = ()
     as_rows: bool = False
     """Answer with the rows as Python dicts too (a JSON answer): see :class:`Answer`."""
+    files: tempfile.TemporaryDirectory[str] | None = None
+    """The local copies of the bytes of ``Feature.path`` inputs, removed after the call."""
 
 
 class Answer(NamedTuple):
@@ -155,6 +159,7 @@ class Predictor:
         self._output_types = {
             name: output_type(version, name, model.classes) for name in version.outputs
         }
+        self._paths = [f.name for f in version.inputs if f.path] if model.table else []
         # The fast path takes tables that already have exactly these columns and one float
         # type; anything else goes through selection, casts and per-column checks. A frame
         # model of float columns takes it too: its DataFrame is made of the matrix (_frame).
@@ -202,6 +207,10 @@ class Predictor:
         input error is raised here, naming the request's own column and row. A raw body (a
         file, a text) is the one row of a model whose one input takes it."""
         if isinstance(rows, raw.Raw):
+            if rows.path is not None and self._paths == self._names:  # the file as it is
+                raw.check(rows.media_type, self.version.inputs)
+                paths = pa.table({self._names[0]: [str(rows.path)]})
+                return Prepared(1, paths, as_rows=as_rows)
             rows = raw.table(rows, self.version.inputs)
         if isinstance(rows, Matrix):
             x = self._matrix_input(rows)
@@ -224,6 +233,9 @@ class Predictor:
         if self._wants_table or not self._numeric or (self._wants_frame and self._dtype is None):
             if not checked:
                 self._check_finite_arrow(features)
+            if self._paths:
+                features, files = _spooled(features, self._paths)
+                return Prepared(features.num_rows, features, passthrough, kept, as_rows, files)
             return Prepared(features.num_rows, features, passthrough, kept, as_rows)
         x = self._matrix(features)
         self._check_finite_numpy(x)  # padding only repeats the last row: same first bad row
@@ -234,21 +246,12 @@ class Predictor:
         Rows are padded to a multiple of ``row_block``, so a row's answer does not depend on
         the other rows it shares the call with."""
         rows = sum(p.rows for p in batch)
-        if rows == 0:
-            outputs = self._empty_outputs()
-        else:
-            model_input = self._join([p for p in batch if p.rows])
-            raw = self._invoke(self.runtime.scores, model_input)
-            if isinstance(raw, pa.Table | Mapping):
-                outputs = self._named_outputs(raw, rows)
-            else:
-                raw = np.asarray(raw)
-                labels = None
-                if self.version.method == "predict_proba":
-                    labels = np.asarray(
-                        self._invoke(lambda x: self.runtime.labels(x, raw), model_input)
-                    )
-                outputs = self._outputs(raw, rows, labels)
+        try:
+            outputs = self._call(batch, rows)
+        finally:
+            for p in batch:
+                if p.files is not None:
+                    p.files.cleanup()
         if len(batch) == 1:
             p = batch[0]
             return [
@@ -264,6 +267,22 @@ class Predictor:
             )
             for p, start in zip(batch, offsets, strict=False)
         ]
+
+    def _call(self, batch: Sequence[Prepared], rows: int) -> dict[str, Any]:
+        """The outputs of one model call on the rows of ``batch``."""
+        if rows == 0:
+            return self._empty_outputs()
+        model_input = self._join([p for p in batch if p.rows])
+        scores = self._invoke(self.runtime.scores, model_input)
+        if isinstance(scores, pa.Table | Mapping):
+            return self._named_outputs(scores, rows)
+        scores = np.asarray(scores)
+        labels = None
+        if self.version.method == "predict_proba":
+            labels = np.asarray(
+                self._invoke(lambda x: self.runtime.labels(x, scores), model_input)
+            )
+        return self._outputs(scores, rows, labels)
 
     # -- input ---------------------------------------------------------------------------
 
@@ -442,6 +461,8 @@ class Predictor:
     def _invoke(self, method: Any, model_input: Any) -> Any:
         try:
             return method(model_input)
+        except InputError:  # the model's own refusal of its input (InvalidInput): a 4xx
+            raise
         except Exception as err:
             raise ModelError(self.ref, err) from err
 
@@ -478,6 +499,27 @@ class Predictor:
 
     def _empty_outputs(self) -> dict[str, pa.Array]:
         return {name: pa.array([], t) for name, t in self._output_types.items()}
+
+
+def _spooled(
+    features: pa.Table, names: list[str]
+) -> tuple[pa.Table, tempfile.TemporaryDirectory[str]]:
+    """``features`` with each column of ``names`` (bytes) replaced by the paths of local
+    files holding them, in a private folder (mode 0700) the caller removes after the call;
+    a null stays a null."""
+    files = tempfile.TemporaryDirectory(prefix="mmserve-files-")
+    for name in names:
+        index = features.schema.get_field_index(name)
+        paths: list[str | None] = []
+        for row, value in enumerate(features.column(index).to_pylist()):
+            if value is None:
+                paths.append(None)
+                continue
+            path = Path(files.name) / f"{name}-{row}"
+            path.write_bytes(value)
+            paths.append(str(path))
+        features = features.set_column(index, name, pa.array(paths, pa.string()))
+    return features, files
 
 
 def _arrow_output(column: Any) -> pa.Array | pa.ChunkedArray:

@@ -117,6 +117,7 @@ class Registry:
             about.feature_types,
             about.categories,
             about.content_types,
+            about.paths,
         )
         mv = ModelVersion(
             name=name,

@@ -16,9 +16,13 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import tempfile
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
+
+import pyarrow as pa
 
 from serving import codecs, scorers
 from serving.codecs import Matrix, raw, sagemaker
@@ -141,7 +145,7 @@ class Runner:
         """A file's (or a text's) job: the one row of a model whose one input takes it. The
         answer is the model's one binary output as it is when ``accept`` takes its media type
         (``*/*`` does), else the table in the format ``accept`` names (JSON for ``*/*``)."""
-        table = scorer.predict(raw.Raw(self.store.read(job.input_key), job.content_type))
+        table = self._predict_file(job, scorer)
         found = raw.answer(table, scorer.outputs, scorer.output_content_types, job.accept)
         if found is not None:
             answer, media = found
@@ -154,6 +158,20 @@ class Runner:
         with contextlib.suppress(AlreadyExists):  # an earlier run wrote it: the same answer
             self.store.create(job.output_key, answer, content_type=media)
         return media
+
+    def _predict_file(self, job: Job, scorer: Scorer) -> pa.Table:
+        """The answer to a file's job. A model that reads its one input as a file
+        (``Feature.path``) gets the input downloaded, in blocks, to a private local file:
+        the worker never holds it in memory (a 1 GB scan); any other gets its bytes."""
+        inputs = scorer.inputs
+        if not (len(inputs) == 1 and inputs[0].path):
+            return scorer.predict(raw.Raw(self.store.read(job.input_key), job.content_type))
+        with tempfile.TemporaryDirectory(prefix="mmserve-job-") as folder:
+            local = Path(folder) / "input"
+            with local.open("wb") as out:
+                for block in self.store.stream(job.input_key):
+                    out.write(block)
+            return scorer.predict(raw.Raw(b"", job.content_type, local))
 
     def fail(self, token: str, error: JobError) -> Job:
         """Record ``error`` (``error.json`` and the record) unless the job already finished."""

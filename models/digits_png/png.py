@@ -9,8 +9,8 @@ files with the same :func:`encode`.
 
 Reading a file a client sent is bounded before Pillow decodes anything: the size is read from
 the PNG's own header (its first chunk, IHDR) and must be 8x8, so no image larger than 64
-pixels is ever decompressed. Anything else is refused with a ``ValueError`` naming what was
-found (mmserve answers it as the model's error).
+pixels is ever decompressed. Anything else is refused with mmserve's ``InvalidInput`` naming
+the row and what was found: the client's 4xx (422; 400 on SageMaker's routes), not a 500.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 from PIL import Image, UnidentifiedImageError
+
+from serving.errors import InvalidInput
 
 SIDE = 8
 PIXELS = [f"p{i}" for i in range(SIDE * SIDE)]
@@ -42,21 +44,21 @@ def decode(data: bytes) -> np.ndarray:
     """The 64 values 0..16 (float64, row by row) of an 8x8 PNG, read as grayscale; a body
     that is no PNG, or of another size, is refused before it is decompressed."""
     if not data.startswith(SIGNATURE):
-        raise ValueError("not a PNG file: it does not start with the PNG signature")
+        raise InvalidInput("not a PNG file: it does not start with the PNG signature")
     if len(data) < len(SIGNATURE) + _IHDR.size:
-        raise ValueError(f"not a readable PNG file: its {len(data)} bytes end before its header")
+        raise InvalidInput(f"not a readable PNG file: its {len(data)} bytes end before its header")
     _, kind, width, height = _IHDR.unpack_from(data, len(SIGNATURE))
     if kind != b"IHDR":
-        raise ValueError("not a readable PNG file: its first chunk is not its header (IHDR)")
+        raise InvalidInput("not a readable PNG file: its first chunk is not its header (IHDR)")
     if (width, height) != (SIDE, SIDE):
-        raise ValueError(f"the image is {width}x{height} pixels; the model reads {SIDE}x{SIDE}")
+        raise InvalidInput(f"the image is {width}x{height} pixels; the model reads {SIDE}x{SIDE}")
     try:
         with Image.open(io.BytesIO(data), formats=["PNG"]) as image:
             gray = np.asarray(image.convert("L"), np.float64)
     except UnidentifiedImageError:  # its message holds an object's address: not a reason
-        raise ValueError("not a readable PNG file: Pillow cannot identify it") from None
+        raise InvalidInput("not a readable PNG file: Pillow cannot identify it") from None
     except (OSError, SyntaxError, ValueError, EOFError) as err:  # Pillow's ways to say it
-        raise ValueError(f"not a readable PNG file: {err}") from None
+        raise InvalidInput(f"not a readable PNG file: {err}") from None
     return np.rint(gray.reshape(-1) * _LEVELS / 255)
 
 
@@ -69,5 +71,13 @@ class Pixels:
 
     def predict(self, table: pa.Table) -> pa.Table:
         files = table.column("image").to_pylist()
-        matrix = np.array([decode(f) for f in files]).reshape(len(files), len(PIXELS))
+        matrix = np.array([_read(row, f) for row, f in enumerate(files)])
+        matrix = matrix.reshape(len(files), len(PIXELS))
         return pa.table(dict(zip(PIXELS, matrix.T, strict=True)))
+
+
+def _read(row: int, data: bytes) -> np.ndarray:
+    try:
+        return decode(data)
+    except InvalidInput as err:
+        raise InvalidInput(f"row {row}: {err.message}") from None

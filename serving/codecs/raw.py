@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 import pyarrow as pa
 
@@ -24,10 +25,16 @@ MEDIA_TYPE = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]*/(?:\*|[a-z0-9][a-z0-9!#$&^_
 
 @dataclass(frozen=True, slots=True)
 class Raw:
-    """A request body of a media type that is no table format."""
+    """A request body of a media type that is no table format: its bytes, or (an async
+    job's input, downloaded) the local file holding them, read only if the model takes
+    bytes rather than a path (``Feature.path``)."""
 
     data: bytes
     media_type: str
+    path: Path | None = None
+
+    def content(self) -> bytes:
+        return self.path.read_bytes() if self.path is not None else self.data
 
 
 def content_type(header: str | None, default: str, tables: list[str]) -> str:
@@ -45,13 +52,14 @@ def table(raw: Raw, inputs: list[Feature]) -> pa.Table:
     """The one-row table of ``raw`` for a model of ``inputs``: its one binary input holds
     the bytes, its one string input the text (UTF-8); any other model refuses it (415)."""
     check(raw.media_type, inputs)
-    if not raw.data:
+    data = raw.content()
+    if not data:
         raise DecodeError(raw.media_type, "the body is empty")
     feature = inputs[0]
     if _is_binary(feature.type):
-        return pa.table({feature.name: pa.array([raw.data], feature.type)})
+        return pa.table({feature.name: pa.array([data], feature.type)})
     try:
-        text = raw.data.decode("utf-8")
+        text = data.decode("utf-8")
     except UnicodeDecodeError as err:
         raise DecodeError(raw.media_type, f"it is not UTF-8 text (byte {err.start})") from None
     return pa.table({feature.name: pa.array([text], feature.type)})

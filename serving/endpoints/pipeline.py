@@ -16,7 +16,8 @@ names that step, since a later step's input is not only the request's own column
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import pyarrow as pa
 
@@ -104,11 +105,18 @@ class Pipeline:
 
 
 def _step(number: int, predictor: Predictor, table: pa.Table) -> pa.Table:
-    """``predictor``'s answer to ``table``; an input error says which step refused it (a
-    model error names its model already)."""
-    try:
+    """``predictor``'s answer to ``table``, as step ``number``."""
+    with step_named(number, predictor.ref):
         return predictor.predict(table)
+
+
+@contextmanager
+def step_named(number: int, ref: str) -> Iterator[None]:
+    """An input error raised within says which step refused it (a model error names its
+    model already): ``step 1 (prep:1): column 'x' ...``."""
+    try:
+        yield
     except InputError as err:
-        err.message = f"step {number} ({predictor.ref}): {err.message}"
+        err.message = f"step {number} ({ref}): {err.message}"
         err.args = (err.message,)
         raise

@@ -13,6 +13,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
+from serving.errors import InputError
+
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -111,6 +113,13 @@ class MicroBatcher(Generic[T, R]):
                 loop = asyncio.get_running_loop()
                 answers, cpu = await loop.run_in_executor(None, _timed, batch[0].run, items)
                 self._placement.ran_in_thread(time.perf_counter() - started, cpu)
+        except InputError as err:  # a model refused a request's input: the others still stand
+            if len(batch) == 1:
+                if not batch[0].future.done():
+                    batch[0].future.set_exception(err)
+            else:
+                await self._alone(batch)
+            return
         except Exception as err:
             for pending in batch:
                 if not pending.future.done():
@@ -118,6 +127,21 @@ class MicroBatcher(Generic[T, R]):
             return
         for pending, answer in zip(batch, answers, strict=True):
             if not pending.future.done():
+                pending.future.set_result(answer)
+
+
+    async def _alone(self, batch: list[_Pending]) -> None:
+        """Each request of ``batch`` in a call of its own (one of them holds an input the
+        model refused): its answer, or its own refusal, is the same as in any batch."""
+        loop = asyncio.get_running_loop()
+        for pending in batch:
+            if pending.future.done():
+                continue
+            try:
+                answer = (await loop.run_in_executor(None, pending.run, [pending.item]))[0]
+            except Exception as err:
+                pending.future.set_exception(err)
+            else:
                 pending.future.set_result(answer)
 
 

@@ -26,7 +26,7 @@ from serving.codecs.raw import Raw
 from serving.endpoints.capture import Record
 from serving.endpoints.catalog import Endpoints, Served
 from serving.endpoints.config import NAME_PATTERN, SHADOW, Variant
-from serving.endpoints.pipeline import inputs_of, merge, table_of
+from serving.endpoints.pipeline import inputs_of, merge, step_named, table_of
 from serving.endpoints.split import Splitter
 from serving.errors import EndpointNotFound, MMServeError
 from serving.http._capture import CaptureWriter
@@ -169,10 +169,12 @@ class EndpointPlane:
         versions = [p.version for p in predictors]
         features = [f.name for f in inputs_of(versions)]
         current = table_of(await off_loop_if_large(body_bytes, decode, features), versions)
-        for predictor in predictors[:-1]:
-            step = await self.dataplane.predict(predictor.ref, _given(current), body_bytes)
+        for number, predictor in enumerate(predictors[:-1], 1):
+            with step_named(number, predictor.ref):
+                step = await self.dataplane.predict(predictor.ref, _given(current), body_bytes)
             current = merge(current, step.table)
-        last = await self.dataplane.predict(predictors[-1].ref, _given(current), body_bytes)
+        with step_named(len(predictors), predictors[-1].ref):
+            last = await self.dataplane.predict(predictors[-1].ref, _given(current), body_bytes)
         return predictors, last.table, sum(waits) if waits else None
 
     def label(self, refs: list[str]) -> str:

@@ -78,6 +78,8 @@ class Description:
     """Arrow types of features that are not float64 (an XGBoost categorical's string)."""
     content_types: dict[str, str] = field(default_factory=dict)
     """Media types of binary or string features (``image/*``)."""
+    paths: list[str] = field(default_factory=list)
+    """Binary features the model reads as files, from their paths (``Feature.path``)."""
     output_content_types: dict[str, str] = field(default_factory=dict)
     """Media types of binary outputs (``image/png``)."""
     categories: dict[str, list[Any]] = field(default_factory=dict)

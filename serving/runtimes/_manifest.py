@@ -49,6 +49,8 @@ class Manifest:
     requirements: list[str]
     content_types: dict[str, str] = field(default_factory=dict)
     """The media types of binary or string inputs that declare one."""
+    paths: list[str] = field(default_factory=list)
+    """Binary inputs the model reads as files (``path = true``): it gets their paths."""
     output_content_types: dict[str, str] = field(default_factory=dict)
     """The same of outputs."""
     classes: list[Any] | None = None
@@ -75,8 +77,9 @@ def parse(text: bytes, where: str) -> Manifest:
         raise InvalidName(f"{NAME} task", str(task), "one of classifier, regressor, transformer")
     content_types: dict[str, str] = {}
     output_content_types: dict[str, str] = {}
-    inputs = _schema(raw, "inputs", content_types)
-    outputs = _schema(raw, "outputs", output_content_types)
+    paths: list[str] = []
+    inputs = _schema(raw, "inputs", content_types, paths)
+    outputs = _schema(raw, "outputs", output_content_types, [])
     if not outputs:
         raise InvalidName(f"{NAME} [outputs]", "", 'declare every output as name = "arrow type"')
     requirements = raw.get("requirements", [])
@@ -98,6 +101,7 @@ def parse(text: bytes, where: str) -> Manifest:
         outputs=outputs,
         content_types=content_types,
         output_content_types=output_content_types,
+        paths=paths,
         requirements=list(requirements),
         classes=classes,
         pandas=raw.get("pandas", False) is True,
@@ -123,10 +127,13 @@ def check_installed(requirements: list[str], what: str) -> None:
             raise MissingPackage(what, "package", text, remedy, installed)
 
 
-def _schema(raw: dict[str, Any], section: str, content_types: dict[str, str]) -> dict[str, str]:
+def _schema(
+    raw: dict[str, Any], section: str, content_types: dict[str, str], paths: list[str]
+) -> dict[str, str]:
     """``[inputs]`` or ``[outputs]``: names and Arrow types, in their declared order; a
     column declared ``{ type = "binary", content_type = "image/png" }`` adds its media type
-    to ``content_types``."""
+    to ``content_types``, an input ``{ type = "binary", path = true }`` its name to
+    ``paths``."""
     table = raw.get(section, {})
     if not isinstance(table, dict):
         raise InvalidName(f"{NAME} [{section}]", str(table), 'a table of name = "arrow type"')
@@ -134,8 +141,14 @@ def _schema(raw: dict[str, Any], section: str, content_types: dict[str, str]) ->
     for name, declared in table.items():
         where = f"{NAME} [{section}] {name}"
         dtype, media = declared, None
-        if isinstance(declared, dict) and set(declared) <= {"type", "content_type"}:
+        keys = {"type", "content_type", "path"} if section == "inputs" else {"type", "content_type"}
+        if isinstance(declared, dict) and set(declared) <= keys:
             dtype, media = declared.get("type"), declared.get("content_type")
+            if declared.get("path", False) is not False:
+                if declared["path"] is not True or dtype != "binary":
+                    rule = "path = true is for a binary input the model reads as a file"
+                    raise InvalidName(f"{where} path", str(declared["path"]), rule)
+                paths.append(name)
         try:
             types[name] = str(arrow_type(dtype)) if isinstance(dtype, str) else ""
         except InvalidName:

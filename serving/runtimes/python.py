@@ -116,6 +116,7 @@ def describe(native: Any, method: Method | None) -> Description:
         features=list(manifest.inputs),
         feature_types=dict(manifest.inputs),
         content_types=manifest.content_types,
+        paths=manifest.paths,
         output_content_types=manifest.output_content_types,
         output_types=dict(manifest.outputs),
         files=loaded.files,

@@ -20,7 +20,7 @@ from sklearn.datasets import load_digits
 from models import digits
 from models.digits_png.png import decode, encode
 from serving.endpoints.pipeline import Pipeline
-from serving.errors import ModelError
+from serving.errors import InvalidInput
 from serving.registry import Registry
 from serving.store import Store
 from tests.services import mmserve_server
@@ -134,18 +134,14 @@ def test_a_file_that_is_no_8x8_png_is_refused_naming_the_problem(
 ) -> None:
     make, reason = BAD_FILES[bad]
     data = make(files[0])
-    message = f"model digits-png:1 failed: ValueError: {reason}"
-    # A model's own exception is the model's failure: SageMaker's 424 ModelError on its
-    # routes, 500 elsewhere; no model can answer a 4xx today.
+    # The model refuses it (InvalidInput): the client's error, naming the row, never a 5xx:
+    # SageMaker's 400 ValidationError on its routes, 422 elsewhere.
     response = raw(client, data)
-    assert response.status_code == 424
-    assert {k: response.json()[k] for k in ("message", "__type", "OriginalStatusCode")} == {
-        "message": message,
-        "__type": "ModelError",
-        "OriginalStatusCode": 500,
-    }
+    assert (response.status_code, response.json()["__type"]) == (400, "ValidationError")
+    step = "step 1 (digits-png:1): "  # the pipeline's step that refused it
+    assert response.json()["message"] == f"{step}row 0: {reason}"
     batch = v1(client, [files[1], data])
-    assert (batch.status_code, batch.json()["error"]) == (500, message)
-    with pytest.raises(ModelError) as raised:
+    assert (batch.status_code, batch.json()["error"]) == (422, f"{step}row 1: {reason}")
+    with pytest.raises(InvalidInput) as raised:
         in_process(registry, [data])
-    assert raised.value.message == message
+    assert raised.value.message == f"{step}row 0: {reason}"

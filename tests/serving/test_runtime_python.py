@@ -592,3 +592,60 @@ def test_cli_registers_shows_and_serves_a_folder(tmp_path: Path) -> None:
         {"score": 5.5, "label": "low"},
         {"score": 40.5, "label": "high"},
     ]
+
+
+HASHER = """\
+    import hashlib
+    import os
+
+    import pyarrow as pa
+
+
+    class Hasher:
+        def load(self, path):
+            pass
+
+        def predict(self, table):
+            digests = []
+            for path in table["scan"].to_pylist():
+                digest = hashlib.sha256()
+                with open(path, "rb") as file:
+                    for block in iter(lambda: file.read(1 << 20), b""):
+                        digest.update(block)
+                folder = os.path.basename(os.path.dirname(path))
+                digests.append(f"{digest.hexdigest()} {folder[:14]}")
+            return pa.table({"sha256": digests})
+"""
+HASHER_MANIFEST = """\
+    model = "hasher:Hasher"
+    [inputs]
+    scan = { type = "binary", path = true }
+    [outputs]
+    sha256 = "string"
+"""
+
+
+def test_a_path_input_hands_the_model_local_copies_removed_after_the_call(
+    registry: Registry, tmp_path: Path
+) -> None:
+    folder = write(tmp_path / "hasher", mmserve_toml=HASHER_MANIFEST, **{"hasher.py": HASHER})
+    mv = registry.register(folder, "hasher", trust_code=True)
+    assert [(f.name, f.dtype, f.path) for f in mv.inputs] == [("scan", "binary", True)]
+    files = [b"first scan", bytes(range(256)), b"third"]
+    before = set(Path(tempfile.gettempdir()).glob("mmserve-files-*"))
+    answer = registry.load("hasher").predict(pa.table({"scan": pa.array(files, pa.binary())}))
+    assert answer["sha256"].to_pylist() == [
+        f"{hashlib.sha256(f).hexdigest()} mmserve-files-" for f in files
+    ]
+    assert set(Path(tempfile.gettempdir()).glob("mmserve-files-*")) == before  # removed
+    # A caller sends bytes, never a path: a text naming a file is those bytes, not the file
+    named = registry.load("hasher").predict(pa.table({"scan": ["/etc/hostname"]}))
+    assert named["sha256"][0].as_py().split()[0] == hashlib.sha256(b"/etc/hostname").hexdigest()
+    # and path = true is for binary inputs alone
+    bad = write(tmp_path / "bad", mmserve_toml=HASHER_MANIFEST.replace('"binary"', '"string"'))
+    with pytest.raises(InvalidName) as refused:
+        registry.register(bad, "bad", trust_code=True)
+    assert refused.value.message == (
+        "invalid mmserve.toml [inputs] scan path 'True': path = true is for a binary input the "
+        "model reads as a file"
+    )

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 import pytest
 
+from serving.errors import InvalidInput
 from serving.http._batching import MicroBatcher
 
 
@@ -69,6 +70,31 @@ def test_a_failed_call_fails_each_of_its_requests() -> None:
         assert [str(r) for r in results] == ["model failed"] * 3
 
     asyncio.run(main())
+
+
+class Refusing(Recorder):
+    """A ``run`` whose model refuses item 7 (InvalidInput), as a corrupt file."""
+
+    def __call__(self, items: Sequence[int]) -> list[int]:
+        answers = super().__call__(items)
+        if 7 in items:
+            raise InvalidInput("item 7 is not a PNG file")
+        return answers
+
+
+def test_an_input_the_model_refuses_fails_its_own_request_alone() -> None:
+    async def gathered() -> list[object]:
+        run = Refusing(seconds=0.2)
+        batcher: MicroBatcher[int, int] = MicroBatcher(max_batch_size=4)
+        first = asyncio.ensure_future(batcher.submit(run, 5))
+        await asyncio.get_running_loop().run_in_executor(None, run.started.wait)
+        rest = [batcher.submit(run, i) for i in (6, 7, 8)]
+        results = [await first, *await asyncio.gather(*rest, return_exceptions=True)]
+        # the joined call [6, 7, 8] was refused; each then ran alone
+        assert run.calls == [[5], [6, 7, 8], [6], [7], [8]]
+        return [r if isinstance(r, int) else str(r) for r in results]
+
+    assert asyncio.run(gathered()) == [50, 60, "item 7 is not a PNG file", 80]
 
 
 def test_a_request_given_up_on_is_left_out_of_the_next_call() -> None:
