@@ -108,14 +108,16 @@ def run_part(
     roots = Roots.of(settings)
     file = InputFile(**partition_fields["file"])
     groups = partition_fields["row_groups"]
+    more = tuple(InputFile(**f) for f in partition_fields.get("files", ()))
     partition = Partition(
-        partition_fields["index"], file, None if groups is None else tuple(groups)
+        partition_fields["index"], file, None if groups is None else tuple(groups), more
     )
     try:
         spec = confined(BatchSpec.model_validate_json(spec_json), roots)
         fs, _ = filesystem(spec.input, settings.aws)
-        if not roots.holds(file.path, isinstance(fs, pafs.LocalFileSystem)):
-            raise InvalidName("batch input file", file.path, "outside the allowed roots")
+        for each in (file, *more):
+            if not roots.holds(each.path, isinstance(fs, pafs.LocalFileSystem)):
+                raise InvalidName("batch input file", each.path, "outside the allowed roots")
     except InvalidName as err:
         log.error("batch part %s of run %s refused: %s", partition.name, run_id, err.message)
         return
@@ -174,7 +176,7 @@ def _failure(out: Store, partition: Partition) -> dict[str, Any] | None:
 
 
 def _why(partition: Partition, failure: dict[str, Any], sends: int) -> str:
-    if failure["type"] == "BadRow":
+    if failure["type"] in ("BadRow", "BadFile"):
         return str(failure["message"])
     tries = f" (sent {sends} times)" if failure.get("retryable") else ""
     return f"{partition.name} failed{tries}: {failure['type']}: {failure['message']}"

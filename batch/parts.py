@@ -1,6 +1,7 @@
 """One partition of a batch input, scored into one output part.
 
-- **Plan**: one partition per input file, or per range of row groups of a large parquet file.
+- **Plan**: one partition per input file, or per range of row groups of a large parquet file;
+  in a run over files that are no tables, ``partition_rows`` files (:mod:`batch.files`).
 - **Part**: a partition's rows, read as record batches (memory stays bounded whatever the
   input's size), scored, and written as ``part-NNNNN.<format>``, atomically, in input order;
   then ``_parts/part-NNNNN.json`` (rows, rejects, sha256). A part with its record is done.
@@ -23,7 +24,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from batch import cells
+from batch import cells, files
 from batch.cells import Unread
 from batch.places import Roots
 from batch.spec import BatchSpec, Format, InputFile, filesystem, input_files
@@ -48,6 +49,7 @@ class Partition:
     index: int
     file: InputFile
     row_groups: tuple[int, ...] | None = None  # None: the whole file
+    files: tuple[InputFile, ...] = ()  # a run over files: each a row (``file`` is the first)
 
     @property
     def name(self) -> str:
@@ -68,9 +70,13 @@ def plan(spec: BatchSpec, settings: Settings, roots: Roots | None = None) -> lis
     """The partitions of the input, in input order, from one bounded listing (``roots``: a
     confined run's, see :func:`batch.spec.input_files`)."""
     limit = settings.batch.max_input_files
-    fs, files = input_files(spec.input, settings.aws, limit, roots)
+    fs, found = input_files(spec.input, settings.aws, limit, roots)
+    if files.over_files(found):
+        size = spec.partition_rows
+        chunks = [tuple(found[i : i + size]) for i in range(0, len(found), size)]
+        return [Partition(i, chunk[0], None, chunk) for i, chunk in enumerate(chunks)]
     partitions: list[Partition] = []
-    for file in files:
+    for file in found:
         groups: list[tuple[int, ...] | None] = [None]
         if file.format == "parquet":
             with fs.open_input_file(file.path) as f:
@@ -85,21 +91,29 @@ def plan(spec: BatchSpec, settings: Settings, roots: Roots | None = None) -> lis
 
 
 def plan_document(partitions: list[Partition]) -> dict[str, Any]:
-    """The plan as JSON, for ``_run.json``: each file once, each partition by file index."""
-    files = list(dict.fromkeys(p.file for p in partitions))
-    index = {file: i for i, file in enumerate(files)}
+    """The plan as JSON, for ``_run.json``: each file once, each partition by file index (a
+    partition of a run over files: its first file's, no row groups, and how many files)."""
+    inputs = list(dict.fromkeys(f for p in partitions for f in (p.files or [p.file])))
+    index = {file: i for i, file in enumerate(inputs)}
     return {
-        "files": [[f.path, f.format] for f in files],
-        "partitions": [[index[p.file], p.row_groups] for p in partitions],
+        "files": [[f.path, f.format, *([f.name] if f.name else [])] for f in inputs],
+        "partitions": [
+            [index[p.file], p.row_groups, *([len(p.files)] if p.files else [])] for p in partitions
+        ],
     }
 
 
 def plan_of(document: dict[str, Any]) -> list[Partition]:
     """The partitions :func:`plan_document` recorded."""
-    files = [InputFile(path, fmt) for path, fmt in document["files"]]
+    inputs = [InputFile(*fields) for fields in document["files"]]
     return [
-        Partition(i, files[f], None if groups is None else tuple(groups))
-        for i, (f, groups) in enumerate(document["partitions"])
+        Partition(
+            i,
+            inputs[f],
+            None if groups is None else tuple(groups),
+            tuple(inputs[f : f + more[0]]) if more else (),
+        )
+        for i, (f, groups, *more) in enumerate(document["partitions"])
     ]
 
 
@@ -131,23 +145,27 @@ def write_part(
     rows = rejected = 0
     ext = _EXTENSIONS[spec.format]
     rejects: list[pa.Table] = []
+    id_column = files.PATH if partition.files else spec.id_column
     with out.open_output(f"{partition.name}.{ext}") as raw:
         sink = _Hashing(raw)
         # Closed on a failure too: a parquet writer left open would close itself on exit.
         with contextlib.closing(_Writer(spec.format, sink)) as writer:
             offset = 0
-            for piece in _readable(fs, partition, spec.batch_rows, scorer):
-                if isinstance(piece, Unread):  # a cell its column's type cannot hold
+            for piece in _rows_of(fs, partition, spec, scorer, settings):
+                if isinstance(piece, Unread):  # a cell its column cannot hold, a file no row
                     table, scored, bad = piece.row, None, [(0, piece.reason)]
                 else:
                     table = piece
-                    scored, bad = scorer.predict_valid(table, spec.passthrough(table.column_names))
+                    kept = [files.PATH] if partition.files else spec.passthrough(table.column_names)
+                    scored, bad = scorer.predict_valid(table, kept)
                 if bad and spec.on_error == "fail":
-                    row, reason = bad[0]
-                    raise BadRow(partition.file.path, offset + row, reason)
+                    raise _bad_row(partition, table, offset, *bad[0])
                 if bad:
-                    rejects.append(_rejects(table, bad, offset, spec.id_column))
+                    rejects.append(_rejects(table, bad, offset, id_column))
                 if scored is not None:
+                    if spec.files_out:
+                        media = scorer.output_content_types.get(scorer.outputs[-1])
+                        scored = files.written(out, scored, media)
                     writer.write(scored)
                     rows += scored.num_rows
                 rejected += len(bad)
@@ -159,6 +177,27 @@ def write_part(
     result = PartResult(partition.name, rows, rejected, sink.hash.hexdigest(), seconds, by)
     out.write(f"_parts/{partition.name}.json", json.dumps(asdict(result)).encode())
     return result  # done: the part, then its record
+
+
+def _rows_of(
+    fs: Any, partition: Partition, spec: BatchSpec, scorer: Scorer, settings: Settings
+) -> Iterator[cells.Piece]:
+    """The partition's rows: its files' (a run over files), or its table's."""
+    if not partition.files:
+        return _readable(fs, partition, spec.batch_rows, scorer)
+    limit = settings.batch.max_file_bytes
+    feature = scorer.inputs[0]
+    return files.pieces(fs, partition.files, feature, spec.batch_rows, limit, spec.files_out)
+
+
+def _bad_row(
+    partition: Partition, table: pa.Table, offset: int, row: int, reason: str
+) -> InputError:
+    """The error of a bad row under ``--on-error fail``: naming its file, and its row in a
+    table (a file that is no table is a row)."""
+    if partition.files:
+        return files.BadFile(table.column(files.PATH)[row].as_py(), reason)
+    return BadRow(partition.file.path, offset + row, reason)
 
 
 def read_batches(

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from batch import files
 from batch.parts import (
     Partition,
     PartResult,
@@ -92,6 +93,8 @@ def start(
         return Run(record["run_id"], spec, record["model"], out, record["started"], partitions)
     model = scorers.pin(registry, spec.model)
     partitions = plan(spec, settings, roots)
+    steps = [registry.get(step) for step in scorers.steps(model)]
+    files.check(spec, [p.file for p in partitions], model, steps)
     run = Run(run_id or uuid.uuid4().hex, spec, model, out, _now(), partitions)
     document = {
         "run_id": run.run_id,

@@ -26,6 +26,10 @@ SUFFIXES: dict[str, Format] = {
     ".ndjson": "jsonl",
     ".json": "jsonl",
 }
+OTHER_TABLES = (".arrow", ".arrows", ".feather", ".ipc")
+"""Table formats a batch run does not read: such a file is refused, never taken for a file."""
+FILE: Literal["file"] = "file"
+"""An input file's format when it is no table: one row of a run over files (:mod:`batch.files`)."""
 
 
 class BatchSpec(BaseModel):
@@ -54,6 +58,11 @@ class BatchSpec(BaseModel):
         description="Also publish each row's outputs, keyed by id_column, to Redis for "
         "GET /v1/models/{ref}/precomputed/{id}; the run replaces the model's last one whole",
     )
+    files_out: bool = Field(
+        False,
+        description="A run over files (images, documents): write each file's answer, the "
+        "model's one binary output, as <path>.out under output",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> BatchSpec:
@@ -61,6 +70,8 @@ class BatchSpec(BaseModel):
             raise ValueError("keep_columns and join_input exclude each other")
         if self.publish_online and not self.id_column:
             raise ValueError("publish_online needs id_column: answers are looked up by id")
+        if self.files_out and self.publish_online:
+            raise ValueError("files_out and publish_online exclude each other")
         return self
 
     def passthrough(self, columns: list[str]) -> list[str]:
@@ -82,7 +93,9 @@ def confined(spec: BatchSpec, roots: Roots) -> BatchSpec:
 @dataclass(frozen=True)
 class InputFile:
     path: str
-    format: Format
+    format: Format | Literal["file"]
+    name: str = ""
+    """A file that is no table: its path relative to the input (a run over files' ``path``)."""
 
 
 def input_files(
@@ -90,6 +103,8 @@ def input_files(
 ) -> tuple[pafs.FileSystem, list[InputFile]]:
     """The filesystem and the files (sorted) a batch input names: one file, every file under a
     folder (but hidden or ``_``-prefixed ones, and folders), or the files a glob matches.
+    They are tables, or all files that are no tables (format ``file``, named relative to the
+    folder, the glob's or the file's): a mix of both is refused naming one of each.
 
     The listing is bounded (past ``limit`` files and folders: :class:`InvalidName`), never
     enters a folder through a link (no loops), and with ``roots`` (a confined run) refuses a
@@ -112,9 +127,8 @@ def input_files(
         found = [path]
         if info.type == pafs.FileType.Directory:
             found = listing(aws, path, True, limit, url)
-    files = [
-        InputFile(p, _format_of(p)) for p in sorted(found) if not _name(p).startswith((".", "_"))
-    ]
+            head = path
+    files = _typed(url, head, [p for p in sorted(found) if not _name(p).startswith((".", "_"))])
     for file in files:
         if roots is not None and not roots.holds(file.path, local):
             raise InvalidName("batch input", url, f"{file.path} links out of the allowed roots")
@@ -202,10 +216,29 @@ def _name(path: str) -> str:
     return path.rsplit("/", 1)[-1]
 
 
+def _typed(url: str, root: str, paths: list[str]) -> list[InputFile]:
+    """``paths`` (under ``root``) as tables, or as files that are no tables; not a mix."""
+    tables = [p for p in paths if _suffix(p) in SUFFIXES or _suffix(p) in OTHER_TABLES]
+    others = sorted(set(paths) - set(tables))
+    if tables and others:
+        rule = (
+            f"it mixes tables ({tables[0]}) and files that are no tables ({others[0]}): "
+            "score them in two runs"
+        )
+        raise InvalidName("batch input", url, rule)
+    if others:
+        return [InputFile(p, FILE, p[len(root) + 1 :]) for p in others]
+    return [InputFile(p, _format_of(p)) for p in tables]
+
+
+def _suffix(path: str) -> str:
+    name = _name(path)
+    return "." + name.rsplit(".", 1)[-1].lower() if "." in name else ""
+
+
 def _format_of(path: str) -> Format:
-    suffix = "." + path.rsplit(".", 1)[-1].lower() if "." in path.rsplit("/", 1)[-1] else ""
     try:
-        return SUFFIXES[suffix]
+        return SUFFIXES[_suffix(path)]
     except KeyError:
         raise InvalidName("batch input file", path, f"use one of {', '.join(SUFFIXES)}") from None
 

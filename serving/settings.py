@@ -192,6 +192,10 @@ class BatchSettings(BaseModel):
     max_input_files: int = Field(10_000, ge=1)
     """Most files and folders a batch input may list; past it the run is refused. The list
     is made once, when the run starts, and kept in its ``_run.json``."""
+    max_file_bytes: int = Field(256 * 1024 * 1024, gt=0)
+    """Largest file a batch run over files (images, documents: no tables) reads; a bigger
+    one is a bad row naming its path and size. A model call takes files of at most this many
+    bytes in all (or one file), and at most ``batch_rows`` of them."""
 
 
 class StreamSettings(BaseModel):

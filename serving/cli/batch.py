@@ -19,7 +19,8 @@ from serving.registry import Registry
 from serving.settings import Settings
 
 batch_app = typer.Typer(
-    help="Batch transform: score whole datasets (parquet, CSV, JSON lines; local or S3).",
+    help="Batch transform: score whole datasets (parquet, CSV, JSON lines; or files such as "
+    "images, a row each; local or S3).",
     no_args_is_help=True,
 )
 app.add_typer(batch_app, name="batch")
@@ -59,9 +60,18 @@ def batch_run(
             "GET /v1/models/{ref}/precomputed/{id}."
         ),
     ] = False,
+    files_out: Annotated[
+        bool,
+        typer.Option(
+            help="Input files that are no tables (images...): write each one's answer, the "
+            "model's one binary output, as OUTPUT/<path>.out."
+        ),
+    ] = False,
 ) -> None:
     """Score every row of INPUT into OUTPUT: one part per partition, then _manifest.json.
-    Run it again (--resume) after a crash: done parts are kept, the rest written."""
+    Files that are no tables (scans/*.png) are a row each: path, then the model's one binary
+    (or text) input. Run it again (--resume) after a crash: done parts are kept, the rest
+    written."""
     from batch.runner import run_batch
     from batch.spec import BatchSpec
 
@@ -77,6 +87,7 @@ def batch_run(
         batch_rows=batch_rows,
         partition_rows=partition_rows,
         publish_online=publish_online,
+        files_out=files_out,
     )
     settings = Settings()
     with progress_bar() as progress:
