@@ -28,6 +28,7 @@ FILES = (
     "rows.csv",
     "scans.csv",
     "customers.parquet",
+    "digits",  # a folder: 20 PNG files of held-out digits (written by the demo's last section)
 )
 SEED = 2026
 

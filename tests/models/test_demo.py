@@ -242,10 +242,10 @@ def test_python_m_models_answers_the_same_in_every_mode(tmp_path: Path) -> None:
         batch = "140,000 batch rows identical"
         streaming = "35 stream outputs identical, every mode agrees on 3,500 rows"
         pipeline = "the pipeline agrees in 3 modes"
-        files = "20 PNG files answered alike raw and in base64"
+        files = "20 PNG files answered alike raw, in base64 and as jobs"
         assert f"{done}7 jobs succeeded, {batch}, {streaming}, {pipeline}, {files} in" in run.stdout
         # PNG digits through digits-png (Pillow, in your code) then digits: 19 of 20 right.
-        for way in ("V1 b64 cells", "raw PNG bodies"):
+        for way in ("V1 b64 cells", "raw PNG bodies", "async file jobs"):
             assert len(table_rows(run.stdout, way, "20", r"[\d.]+", "19", "yes")) == 1
         server = re.search(r"mmserve serve answers at (http://\S+)", run.stdout)
         assert server is not None
