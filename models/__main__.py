@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 from rich.console import Console
 from rich.table import Column, Table
 
-from models import RECIPES, Recipe, applications, credit, digits, register
+from models import RECIPES, Recipe, applications, credit, digits, register, support
 from models import _examples as examples
 from models._modes import MODES, Scored, asynchronous, batch, every_mode
 from models._redis import redis_server
@@ -47,6 +47,8 @@ BATCH_ROWS = 20_000
 PARITY_ROWS = 500
 PIPELINE = "credit-pipeline"
 DIGIT_FILES = 20
+SUPPORT_MESSAGES = 20
+UPSCALE = Path(__file__).with_name("upscale")  # the upscaler's folder: your own code
 
 
 @dataclass
@@ -329,6 +331,67 @@ def digit_files(demo: Demo) -> str:
     return f"{DIGIT_FILES} PNG files answered alike raw, in base64 and as jobs"
 
 
+def images_and_texts(demo: Demo) -> str:
+    """An image answered with an image (``upscale``, your code with Pillow: a PNG twice as
+    large), in real time and as an async job whose result is served as ``image/png``; and
+    support messages routed to a team (``support``, scikit-learn on the text), sent as raw
+    ``text/plain`` bodies and as V1 JSON. Every answer must equal the model's in process."""
+    demo.console.rule("Images and texts: an upscaler, a text classifier")
+    server = demo.server()
+    upscaler = demo.registry.register(
+        UPSCALE, "upscale", trust_code=True, alias=ALIAS, description="Upscales a PNG twice."
+    )
+    router = support.register(demo.registry, alias=ALIAS)
+    image = digits.pngs(1)[0][0]
+    local_image = demo.registry.load(upscaler.ref).predict(pa.table({"image": [image]}))
+    raw = server.request("POST", "/invocations", image, _target(upscaler.name, "image/png"))
+    job = server.request("POST", f"/v1/models/{upscaler.ref}/async", image, _png())
+    if raw.status != 200 or job.status != 202:
+        raise DemoError(f"the upscaler answered {_error(raw if raw.status != 200 else job)}")
+    server.wait_job(job.json()["job_id"])
+    result = server.request("GET", f"/v1/jobs/{job.json()['job_id']}/result")
+    texts, teams = support.messages(SUPPORT_MESSAGES, seed=99)  # never trained on
+    local = demo.registry.load(router.ref).predict(pa.table({"text": texts})).to_pylist()
+    as_json = server.post_json(f"/v1/models/{router.ref}:predict", {"instances": [
+        {"text": text} for text in texts]}).json()["predictions"]  # fmt: skip
+    as_text = [
+        server.request("POST", "/invocations", text.encode(), _target(router.name, "text/plain"))
+        .json()["predictions"][0]
+        for text in texts
+    ]
+    table = Table("model", "sent as", "answer", "same as in-process")
+    expected = local_image.column("image")[0].as_py()
+    kind = raw.headers.get("content-type", "")
+    table.add_row(upscaler.ref, "raw PNG body", f"{kind} answer", _yes(raw.body == expected))
+    served = f"{result.headers.get('content-type', '')} result"
+    table.add_row(upscaler.ref, "async job", served, _yes(result.body == expected))
+    right = sum(row["label"] == team for row, team in zip(local, teams, strict=True))
+    answer = f"{right} of {len(texts)} teams right"
+    table.add_row(router.ref, "raw text/plain bodies", answer, _yes(as_text == local))
+    table.add_row(router.ref, "V1 JSON", answer, _yes(as_json == local))
+    demo.console.print(table)
+    wrong = [
+        what
+        for what, same in {
+            "the upscaled image in real time": raw.body == expected,
+            "the upscaled image as a job": result.body == expected,
+            "the support messages as text": as_text == local,
+            "the support messages as JSON": as_json == local,
+        }.items()
+        if not same
+    ]
+    _fail_on([f"{what} differed from in process" for what in wrong], "answers")
+    return f"an image and {len(texts)} texts answered alike in every way sent"
+
+
+def _target(model: str, content_type: str) -> dict[str, str]:
+    return {"Content-Type": content_type, "X-Amzn-SageMaker-Target-Model": model}
+
+
+def _png() -> dict[str, str]:
+    return {"Content-Type": "image/png"}
+
+
 def _raw_answers(server: Server, endpoint: str, files: list[bytes]) -> Scored:
     """Each file as the body of its own request (``content-type: image/png``)."""
     answers, seconds = [], 0.0
@@ -387,6 +450,7 @@ SECTIONS: list[Section] = [
     every_mode_agrees,
     pipeline,
     digit_files,
+    images_and_texts,
 ]
 
 

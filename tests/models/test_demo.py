@@ -243,7 +243,11 @@ def test_python_m_models_answers_the_same_in_every_mode(tmp_path: Path) -> None:
         streaming = "35 stream outputs identical, every mode agrees on 3,500 rows"
         pipeline = "the pipeline agrees in 3 modes"
         files = "20 PNG files answered alike raw, in base64 and as jobs"
-        assert f"{done}7 jobs succeeded, {batch}, {streaming}, {pipeline}, {files} in" in run.stdout
+        texts = "an image and 20 texts answered alike in every way sent"
+        assert (
+            f"{done}7 jobs succeeded, {batch}, {streaming}, {pipeline}, {files}, {texts} in"
+            in run.stdout
+        )
         # PNG digits through digits-png (Pillow, in your code) then digits: 19 of 20 right.
         for way in ("V1 b64 cells", "raw PNG bodies", "async file jobs"):
             assert len(table_rows(run.stdout, way, "20", r"[\d.]+", "19", "yes")) == 1
@@ -258,7 +262,8 @@ def test_python_m_models_answers_the_same_in_every_mode(tmp_path: Path) -> None:
         with pytest.raises(OSError):  # its Redis too
             socket.create_connection(("127.0.0.1", int(redis_port[1])), timeout=5).close()
     registry = Registry(Store.from_url(store_url))
-    names = [*(r.NAME for r in RECIPES), "digits", "digits-png"]  # digits: its own section
+    # digits, upscale and support: sections of their own
+    names = [*(r.NAME for r in RECIPES), "digits", "digits-png", "upscale", "support"]
     assert registry.models() == sorted(names)
     assert all(registry.aliases(name) == {"production": 2} for name in names)
     # Its last lines say how to get mmserve on the PATH, and where the README's files are.
