@@ -6,10 +6,15 @@ converts the values to the types registered with the model, so ``"0.1"`` in a fi
 ``0.1`` in a JSON document become the same double as 0.1 in an HTTP request. Problems are
 found per event and name the field: ``missing field 'amount'``, ``field 'amount' is not a
 number: 'abc'``; such an event is set aside, the others are scored.
+
+A binary feature's field holds a file: its bytes in base64, or a reference to an object of
+the consumer's store (``s3://…``, ``file://…``, ``store:<key>``), read by
+``workers/_stream_files.py``. A binary output is written as base64 text.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -20,8 +25,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from serving.codecs import json_texts
-from serving.errors import InputError, InvalidField, MissingField, MMServeError
+from serving.errors import InvalidField, MissingField, MMServeError
 from serving.metadata import Feature
+from workers._stream_files import Files
 from workers._stream_log import DeadLetter, Event, Outputs
 
 _UNCONVERTIBLE = (
@@ -32,7 +38,7 @@ _UNCONVERTIBLE = (
     TypeError,
     ValueError,
 )
-Problems = dict[int, list[InputError]]
+Problems = dict[int, list[MMServeError]]
 """Event index -> what is wrong with it, in the order found."""
 
 
@@ -50,12 +56,18 @@ class Decoded:
 
 
 def decode(
-    events: Sequence[Event], features: Sequence[Feature], json_field: str, id_field: str | None
+    events: Sequence[Event],
+    features: Sequence[Feature],
+    json_field: str,
+    id_field: str | None,
+    files: Files | None = None,
 ) -> Decoded:
-    """The events' features as one table, and the events that do not fit, with why."""
+    """The events' features as one table, and the events that do not fit, with why; the
+    files of binary features read by ``files`` (none: base64 only, up to 256 MB)."""
     rows, bad = _rows(events, json_field)
     broken = set(bad)  # unreadable documents: their missing fields are no news
     ids = _ids(rows, id_field, bad, broken)
+    rows = _files(features, rows, files or Files(None, 256 << 20, "the stream's limit"), bad)
     columns = _columns(features, rows, bad, broken)
     table = pa.Table.from_arrays(columns, names=[f.name for f in features])
     good = [i for i in range(len(rows)) if i not in bad]
@@ -81,6 +93,8 @@ def outputs(
     for name, column in zip(scored.column_names, scored.columns, strict=True):
         if pa.types.is_list(column.type) or pa.types.is_fixed_size_list(column.type):
             text = json_texts(column).to_pylist()  # an embedding: "[0.5,1.0]"
+        elif _is_binary(column.type):  # a file: its bytes as base64 text
+            text = [None if v is None else base64.b64encode(v).decode() for v in column.to_pylist()]
         else:  # Arrow writes floats in their shortest form that reads back to the same bits.
             text = pc.cast(column, pa.string()).to_pylist()
         columns[name] = [v if v is not None else "" for v in text]
@@ -126,6 +140,35 @@ def _rows(events: Sequence[Event], json_field: str) -> tuple[list[Mapping[str, A
             parsed = {}
         rows.append({**fields, **parsed})
     return rows, bad
+
+
+def _files(
+    features: Sequence[Feature], rows: Sequence[Mapping[str, Any]], files: Files, bad: Problems
+) -> list[Mapping[str, Any]]:
+    """``rows`` with the text of each binary feature replaced by the file's bytes; a text
+    that gives none is reported (its row holds no bytes, and is set aside)."""
+    names = [f.name for f in features if _is_binary(f.type)]
+    if not names:
+        return list(rows)
+    read: list[Mapping[str, Any]] = []
+    for i, row in enumerate(rows):
+        if i in bad or not any(isinstance(row.get(name), str) for name in names):
+            read.append(row)
+            continue
+        row = dict(row)
+        for name in names:
+            if isinstance(row.get(name), str):
+                try:
+                    row[name] = files.read(name, row[name])
+                except MMServeError as err:
+                    bad.setdefault(i, []).append(err)
+                    row[name] = b""
+        read.append(row)
+    return read
+
+
+def _is_binary(t: pa.DataType) -> bool:
+    return pa.types.is_binary(t) or pa.types.is_large_binary(t)
 
 
 def _ids(
@@ -228,4 +271,6 @@ def _kind(feature: Feature) -> str:
         return "a number"
     if pa.types.is_boolean(t):
         return "a boolean"
+    if _is_binary(t):
+        return "base64 or a reference"
     return "a string" if pa.types.is_string(t) else f"a value of type {t}"

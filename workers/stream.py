@@ -13,11 +13,13 @@ input was acknowledged, and exists once. What becomes of an event:
 
 - it fits the model: an output in the sink (source entry id, id field, outputs, model,
   version; for a chain, the steps' names and versions, ``fraud-prep,fraud`` and ``1,7``);
-- it does not (a missing field, not a number, bad JSON, a NaN the model refuses): a dead
-  letter at once, its reason naming the field;
+- it does not (a missing field, not a number, bad JSON, a NaN the model refuses, a file
+  field that is not base64 or names a missing object): a dead letter at once, its reason
+  naming the field (``workers/_stream_files.py``);
 - the model raised: the batch is halved until the failing events stand alone (the others
   are scored); those stay pending, are delivered again after ``claim_idle_ms``, and on
-  their ``max_deliveries``-th failure go to the dead letters with the model's error;
+  their ``max_deliveries``-th failure go to the dead letters with the model's error (so
+  does an event whose file's store was away);
 - it was delivered more than ``max_deliveries`` times (consumers died with it), or it was
   trimmed from the stream while pending: a dead letter, unscored.
 
@@ -43,8 +45,9 @@ from serving.errors import (
     TooManyDeliveries,
 )
 from serving.registry import Registry
-from serving.settings import Settings, StreamSettings
+from serving.settings import BatchSettings, Settings, StreamSettings
 from workers._stream_codec import dead_letter, decode, outputs
+from workers._stream_files import Files
 from workers._stream_log import Committed, DeadLetter, Event, EventLog, Names, Outputs
 from workers._stream_metrics import StreamMetrics
 from workers._stream_redis import RedisEventLog
@@ -70,6 +73,7 @@ class Consumer:
         settings: StreamSettings,
         metrics: StreamMetrics | None = None,
         source: str = "the source",
+        max_file_bytes: int = BatchSettings().max_file_bytes,
     ):
         self.log = log
         self.model = model
@@ -82,6 +86,7 @@ class Consumer:
         trimmed = EntryTrimmed(source)
         self._trimmed = {"error": type(trimmed).__name__, "reason": trimmed.message}
         self._next_claim = self._next_gauge = 0.0
+        self._files = Files(model.registry.store, max_file_bytes, "MMSERVE_BATCH__MAX_FILE_BYTES")
 
     def open(self, stop: threading.Event) -> bool:
         """Get the log ready (Redis may be away: tried until it answers); False if stopped."""
@@ -160,8 +165,13 @@ class Consumer:
         scorer = self.model.current()
         id_field = self.settings.id_field
         live, dead = self._unscorable(events)
-        decoded = decode(live, scorer.inputs, self.settings.json_field, id_field)
-        dead += [self._letter(live[i], errs, decoded.ids[i]) for i, errs in decoded.bad.items()]
+        decoded = decode(live, scorer.inputs, self.settings.json_field, id_field, self._files)
+        for i, errs in decoded.bad.items():
+            if any(e.retryable for e in errs) and live[i].deliveries < self.settings.max_deliveries:
+                # a referenced file's store away: left pending, as on a model's error
+                log.warning("entry %s, delivery %d: %s", live[i].id, live[i].deliveries, errs[0])
+            else:
+                dead.append(self._letter(live[i], errs, decoded.ids[i]))
         scored = score(scorer, decoded.table)
         for row, err in scored.failed:
             event, event_id = live[decoded.rows[row]], decoded.ids[decoded.rows[row]]
@@ -262,7 +272,8 @@ def serve(
         client, names, start=options.start, claim_idle_ms=options.claim_idle_ms, url=url
     )
     metrics = StreamMetrics()
-    consumer = Consumer(entries, model, options, metrics, names.source)
+    limit = settings.batch.max_file_bytes
+    consumer = Consumer(entries, model, options, metrics, names.source, limit)
     if options.metrics_port is not None:
         metrics.serve(options.metrics_host, options.metrics_port)
     try:
