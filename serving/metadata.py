@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable, Mapping
 from datetime import datetime
@@ -9,7 +10,7 @@ from typing import Any, Literal
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from serving.errors import InvalidName, MissingColumn
 from serving.runtimes import Flavor
@@ -35,11 +36,25 @@ class Feature(BaseModel):
     """A binary feature the model reads as a file: its column holds the path of a local
     copy mmserve made of the bytes (an async job's input, downloaded, is never read into
     memory), deleted after the call. Callers still send bytes: never a path."""
+    shape: list[int] | None = None
+    """A tensor feature's shape, per row (``[3, 224, 224]``): its column is a fixed-size list
+    of their product, a row's values in C order; V2 takes it as one ``[N, *shape]`` tensor."""
 
     @field_validator("dtype")
     @classmethod
     def _known_type(cls, value: str) -> str:
         return str(arrow_type(value))
+
+    @field_validator("shape")
+    @classmethod
+    def _valid_shape(cls, value: list[int] | None) -> list[int] | None:
+        return None if value is None else check_shape(value)
+
+    @model_validator(mode="after")
+    def _shape_fits_type(self) -> Feature:
+        if self.shape is not None:
+            check_fits(self.type, self.shape, self.name)
+        return self
 
     @property
     def type(self) -> pa.DataType:
@@ -64,6 +79,9 @@ class ModelVersion(BaseModel):
     unless named here): string or int labels, an embedding's fixed-size list..."""
     output_content_types: dict[str, str] = {}
     """Media types of binary outputs (``image/png``): one answered alone is the raw body."""
+    output_shapes: dict[str, list[int]] = {}
+    """Shapes, per row, of tensor outputs (a fixed-size list in ``output_types``): V2
+    answers one as an ``[N, *shape]`` tensor."""
     classes: list[Any] | None = None
     row_block: int = Field(8, ge=1)
     """Model calls are padded to a multiple of this many rows, so that BLAS takes the same
@@ -82,6 +100,12 @@ class ModelVersion(BaseModel):
     description: str = ""
     tags: dict[str, str] = {}
     approval: Approval = "approved"
+
+    @model_validator(mode="after")
+    def _shapes_fit_types(self) -> ModelVersion:
+        for name, shape in self.output_shapes.items():
+            check_fits(arrow_type(self.output_types.get(name, "double")), check_shape(shape), name)
+        return self
 
     @property
     def ref(self) -> str:
@@ -109,6 +133,47 @@ def arrow_type(name: str) -> pa.DataType:
     return pa.list_(item) if size is None else pa.list_(item, int(size))
 
 
+MAX_DIMS = 8
+"""Most dimensions of a tensor feature's (or output's) shape, per row."""
+
+
+def check_shape(shape: object, where: str = "shape") -> list[int]:
+    """``shape`` as a tensor's shape per row: 1 to :data:`MAX_DIMS` positive whole numbers
+    whose product is below 2**31 (a fixed-size list's size); else :class:`InvalidName`."""
+    dims = shape if isinstance(shape, list) else None
+    if (
+        dims is None
+        or not 0 < len(dims) <= MAX_DIMS
+        or any(type(d) is not int or d < 1 for d in dims)
+        or math.prod(dims) >= 2**31
+    ):
+        rule = (
+            f"a list of 1 to {MAX_DIMS} positive whole numbers such as [3, 224, 224], "
+            "whose product is below 2**31"
+        )
+        raise InvalidName(where, str(shape), rule)
+    return list(dims)
+
+
+def tensor_dtype(item: str, shape: list[int]) -> str:
+    """The Arrow type of a tensor column of ``item`` values (``float``) shaped ``shape`` per
+    row: a fixed-size list of their product (``fixed_size_list<item: float>[150528]``)."""
+    return str(arrow_type(f"{item}[{math.prod(shape)}]"))
+
+
+def check_fits(dtype: pa.DataType, shape: list[int], name: str) -> None:
+    """Refuse (:class:`InvalidName`) a shape ``dtype`` cannot hold: a tensor's column is a
+    fixed-size list of numbers (or booleans) as many as the shape's product."""
+    numeric = pa.types.is_fixed_size_list(dtype) and (
+        pa.types.is_integer(dtype.value_type)
+        or pa.types.is_floating(dtype.value_type)
+        or pa.types.is_boolean(dtype.value_type)
+    )
+    if not numeric or dtype.list_size != math.prod(shape):
+        rule = f"a shape {shape} is of a fixed-size list of {math.prod(shape)} numbers"
+        raise InvalidName(f"type of {name}", str(dtype), rule)
+
+
 def _scalar_type(alias: str, name: str) -> pa.DataType:
     aliases = {"float64": "double", "float32": "float", "str": "string", "large_string": "string"}
     try:
@@ -132,13 +197,15 @@ def infer_inputs(
     categories: Mapping[str, list[Any]] | None = None,
     content_types: Mapping[str, str] | None = None,
     paths: Iterable[str] = (),
+    shapes: Mapping[str, list[int]] | None = None,
 ) -> list[Feature]:
     """The input schema, in the order the model was fitted with.
 
     From an explicit ``schema`` ({name: dtype}), else an input example's columns and types,
     else the model's own ``features`` (typed as in ``types``, else float64), else
     ``f0..f<count-1>`` positional.
-    Features in ``nullable``, or missing somewhere in the example, may be null or NaN.
+    Features in ``nullable``, or missing somewhere in the example, may be null or NaN;
+    those in ``shapes`` are tensors of that shape per row.
     """
     names = list(features)
     if schema is not None:
@@ -160,7 +227,7 @@ def infer_inputs(
     for name in [*names, *missing]:
         if name not in types or name not in names:
             raise MissingColumn(name)
-    categories, content_types = categories or {}, content_types or {}
+    categories, content_types, shapes = categories or {}, content_types or {}, shapes or {}
     return [
         Feature(
             name=n,
@@ -169,6 +236,7 @@ def infer_inputs(
             categories=categories.get(n),
             content_type=content_types.get(n),
             path=n in set(paths),
+            shape=shapes.get(n),
         )
         for n in names
     ]

@@ -118,6 +118,7 @@ class Registry:
             about.categories,
             about.content_types,
             about.paths,
+            about.shapes,
         )
         mv = ModelVersion(
             name=name,
@@ -132,6 +133,7 @@ class Registry:
             outputs=about.outputs,
             output_types=about.output_types,
             output_content_types=about.output_content_types,
+            output_shapes=about.output_shapes,
             classes=about.classes,
             row_block=about.row_block if row_block is None else row_block,
             extra_columns=extra_columns,

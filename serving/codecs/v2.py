@@ -7,7 +7,8 @@ feature, named after it. Each output column goes back as one tensor of its type
 (:func:`tensor_type`): ``[N]`` for a scalar output (a string label is BYTES, an int label
 INT64), ``[N, K]`` for a fixed-size list of K values such as an embedding (its values
 row-major, in JSON and binary alike), and a list of any length, which no tensor holds, as
-``[N]`` BYTES, each row's list as JSON text (``[0.5,1.0]``).
+``[N]`` BYTES, each row's list as JSON text (``[0.5,1.0]``). A tensor feature or output
+(declared with a shape, issue 19) is ``[N, *shape]``: row i the i-th block, C order.
 
 BYTES carry files too (a binary column, issue 19). In the binary extension an element is its
 raw bytes; in JSON a string, read as base64 when the tensor's ``parameters`` say
@@ -23,8 +24,9 @@ import base64
 import json
 import math
 import struct
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -40,6 +42,9 @@ from serving.codecs import (
     json_texts,
 )
 from serving.errors import InputError, OutOfTypeRange
+
+if TYPE_CHECKING:
+    from serving.metadata import Feature
 
 _NUMPY = {
     "BOOL": np.bool_, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32,
@@ -129,38 +134,100 @@ def decode(body: bytes, header_length: str | None) -> Decoded:
     return Decoded(request, arrays, _overflow(body[:split], request, arrays))
 
 
-def to_rows(decoded: Decoded, features: list[str]) -> Rows:
-    tensors = decoded.request.inputs
+def to_rows(
+    decoded: Decoded, features: list[str], tensors: Mapping[str, Declared] | None = None
+) -> Rows:
+    """The request's rows for a model taking ``features``. A tensor named after one of
+    ``tensors`` (the model's tensor features: :func:`declared`) must be ``[N, *shape]`` of its
+    datatype, and is that feature's fixed-size list column (a row's block, C order)."""
+    inputs, declared_tensors = decoded.request.inputs, tensors or {}
     if decoded.overflow is not None:
-        _refuse_overflow(decoded.overflow, len(tensors), features)
-    if len(tensors) == 1 and len(tensors[0].shape) == 2 and tensors[0].shape[1] != 1:
-        matrix = decoded.columns[tensors[0].name]
+        _refuse_overflow(decoded.overflow, len(inputs), features, declared_tensors)
+    if _one_matrix(inputs, declared_tensors):
+        matrix = decoded.columns[inputs[0].name]
         if matrix.shape[1] != len(features):
             raise TensorError(
-                tensors[0].name,
+                inputs[0].name,
                 f"has {matrix.shape[1]} columns; the model takes {len(features)} "
                 f"({', '.join(features)})",
             )
         if matrix.dtype.kind == "f":
             return Matrix(matrix, features)
         return pa.table([matrix[:, i] for i in range(len(features))], names=features)
-    for tensor in tensors:
-        if len(tensor.shape) > 2 or tensor.shape[1:] not in ([], [1]):
+    for tensor in inputs:
+        if tensor.name in declared_tensors:
+            _check_declared(tensor, declared_tensors[tensor.name])
+        elif len(tensor.shape) > 2 or tensor.shape[1:] not in ([], [1]):
             raise TensorError(
                 tensor.name,
                 f"shape {tensor.shape}: a tensor per feature is [N] or [N, 1] "
                 "(or send one [N, K] tensor of all the features)",
             )
-    rows = {decoded.columns[t.name].shape[0] for t in tensors}
+    rows = {decoded.columns[t.name].shape[0] for t in inputs}
     if len(rows) > 1:
         raise DecodeError(MEDIA_TYPE, "input tensors have different numbers of rows")
-    return pa.table({t.name: _arrow(t, decoded.columns[t.name].reshape(-1)) for t in tensors})
+    return pa.table(
+        {
+            t.name: _tensor_column(t, decoded.columns[t.name])
+            if t.name in declared_tensors
+            else _arrow(t, decoded.columns[t.name].reshape(-1))
+            for t in inputs
+        }
+    )
+
+
+@dataclass(frozen=True)
+class Declared:
+    """A tensor feature as V2 takes it: its datatype and its shape per row."""
+
+    datatype: str
+    shape: list[int]
+
+
+def declared(features: Iterable[Feature]) -> dict[str, Declared]:
+    """The tensor features (``Feature.shape``) among ``features``, by name."""
+    return {
+        f.name: Declared(tensor_type(f.type)[0], f.shape) for f in features if f.shape is not None
+    }
+
+
+def _one_matrix(inputs: list[TensorIn], tensors: Mapping[str, Declared]) -> bool:
+    """Whether the request is one ``[N, K]`` tensor of all the features (not a tensor's)."""
+    only = inputs[0]
+    single = len(inputs) == 1 and len(only.shape) == 2
+    return single and only.shape[1] != 1 and only.name not in tensors
+
+
+def _check_declared(tensor: TensorIn, expected: Declared) -> None:
+    if tensor.shape[1:] != expected.shape:
+        raise TensorError(
+            tensor.name,
+            f"shape {tensor.shape} does not match the model's {[-1, *expected.shape]}",
+        )
+    if tensor.datatype != expected.datatype:
+        problem = f"datatype {tensor.datatype} does not match the model's {expected.datatype}"
+        raise TensorError(tensor.name, problem)
+
+
+def _tensor_column(tensor: TensorIn, values: np.ndarray) -> pa.Array:
+    """An ``[N, *shape]`` tensor as a fixed-size list column: row i, the i-th block of
+    ``prod(shape)`` values, C order."""
+    size = math.prod(tensor.shape[1:])
+    if tensor.datatype == "BYTES" or size == 0:
+        raise TensorError(tensor.name, f"shape {tensor.shape}: a tensor feature is of numbers")
+    flat = np.ascontiguousarray(values).reshape(-1)
+    return pa.FixedSizeListArray.from_arrays(_arrow(tensor, flat), size)
 
 
 def encode(
-    table: pa.Table, request: InferenceRequest, name: str, version: int
+    table: pa.Table,
+    request: InferenceRequest,
+    name: str,
+    version: int,
+    shapes: Mapping[str, list[int]] | None = None,
 ) -> tuple[bytes, dict[str, str]]:
-    """The response body and its extra headers; binary when the request asked for it."""
+    """The response body and its extra headers; binary when the request asked for it. An
+    output of a shape in ``shapes`` (``ModelVersion.output_shapes``) is ``[N, *shape]``."""
     wanted = [o.name for o in request.outputs] if request.outputs else table.column_names
     unknown = [n for n in wanted if n not in table.column_names]
     if unknown:
@@ -174,6 +241,8 @@ def encode(
         if pa.types.is_list(column.type):
             column = json_texts(column)  # ragged: no tensor holds it
         datatype, row_shape = tensor_type(column.type)
+        if shapes and column_name in shapes and row_shape == [math.prod(shapes[column_name])]:
+            row_shape = list(shapes[column_name])
         tensor: dict[str, Any] = {
             "name": column_name,
             "shape": [table.num_rows, *row_shape],
@@ -236,13 +305,20 @@ def _flat(column: pa.ChunkedArray) -> pa.ChunkedArray:
     return pa.chunked_array([lists.values.slice(lists.offset * size, len(lists) * size)])
 
 
-def _refuse_overflow(overflow: Overflow, tensors: int, features: list[str]) -> None:
+def _refuse_overflow(
+    overflow: Overflow, tensors: int, features: list[str], declared: Mapping[str, Declared]
+) -> None:
     """Raise :class:`OutOfTypeRange` naming the overflowing value's column and row: a
-    feature's own tensor, or a column of the one ``[N, K]`` tensor of them all. (A tensor
-    of another shape leaves its refusal to the shape checks.)"""
+    feature's own tensor (a tensor feature's row, its block), or a column of the one
+    ``[N, K]`` tensor of them all. (A tensor of another shape leaves its refusal to the
+    shape checks.)"""
     tensor, index = overflow.tensor, overflow.index
     column, row = tensor.name, index
-    if tensors == 1 and len(tensor.shape) == 2 and tensor.shape[1] != 1:
+    if tensor.name in declared:
+        if tensor.shape[1:] != declared[tensor.name].shape:
+            return
+        row = index // max(math.prod(tensor.shape[1:]), 1)
+    elif tensors == 1 and len(tensor.shape) == 2 and tensor.shape[1] != 1:
         if tensor.shape[1] != len(features):
             return
         row, j = divmod(index, tensor.shape[1])

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from serving.codecs import v2
+from serving.codecs import Rows, v2
 from serving.errors import MMServeError, ModelLoading, NotFound
 from serving.http import _openapi
 from serving.http._body import read_body, score
@@ -87,12 +87,28 @@ async def infer(name: str, request: Request, version: str | None = None) -> Resp
     decoded = await off_loop_if_large(
         len(body), v2.decode, body, request.headers.get(v2.HEADER_LENGTH)
     )
-    scored = await score(
-        request, _ref(name, version), lambda features: v2.to_rows(decoded, features), len(body)
+    registry: Registry = request.app.state.registry
+    ref = _ref(name, version)
+
+    def decode(features: list[str]) -> Rows:
+        return v2.to_rows(decoded, features, _tensors(registry, ref, features))
+
+    scored = await score(request, ref, decode, len(body))
+    mv = scored.predictor.version
+    content, headers = v2.encode(
+        scored.table, decoded.request, mv.name, mv.version, mv.output_shapes
     )
-    version_of = scored.predictor.version
-    content, headers = v2.encode(scored.table, decoded.request, version_of.name, version_of.version)
     return Response(content, headers=headers)
+
+
+def _tensors(registry: Registry, ref: str, features: list[str]) -> dict[str, v2.Declared]:
+    """The tensor features of the version about to score (the data plane has just loaded
+    it, and hands the decoder only its features' names): found without the store, as the
+    data plane found it."""
+    key = registry.resolved(ref)
+    entry = None if key is None else registry.cache.entry(key)
+    inputs = [] if entry is None else entry.value.version.inputs
+    return v2.declared(inputs) if [f.name for f in inputs] == features else {}
 
 
 @router.get("/v2/models/{name}/config")
@@ -159,16 +175,17 @@ async def model_statistics(
 
 def _metadata(mv: ModelVersion, versions: list[int]) -> dict[str, Any]:
     """Each input and output as the codec reads and answers it: its datatype, and shape
-    ``[-1]`` (any number of rows), or ``[-1, K]`` for an output of K values (an embedding)."""
+    ``[-1]`` (any number of rows), ``[-1, K]`` for an output of K values (an embedding), or
+    ``[-1, *shape]`` for a tensor declared with a shape."""
 
-    def tensor(name: str, arrow: pa.DataType) -> dict[str, Any]:
+    def tensor(name: str, arrow: pa.DataType, shape: list[int] | None) -> dict[str, Any]:
         datatype, row_shape = v2.tensor_type(arrow)
-        return {"name": name, "datatype": datatype, "shape": [-1, *row_shape]}
+        return {"name": name, "datatype": datatype, "shape": [-1, *(shape or row_shape)]}
 
     return {
         "name": mv.name,
         "versions": [str(v) for v in versions],
         "platform": mv.flavor,
-        "inputs": [tensor(f.name, f.type) for f in mv.inputs],
-        "outputs": [tensor(o, output_type(mv, o)) for o in mv.outputs],
+        "inputs": [tensor(f.name, f.type, f.shape) for f in mv.inputs],
+        "outputs": [tensor(o, output_type(mv, o), mv.output_shapes.get(o)) for o in mv.outputs],
     }

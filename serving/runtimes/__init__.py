@@ -82,6 +82,10 @@ class Description:
     """Binary features the model reads as files, from their paths (``Feature.path``)."""
     output_content_types: dict[str, str] = field(default_factory=dict)
     """Media types of binary outputs (``image/png``)."""
+    shapes: dict[str, list[int]] = field(default_factory=dict)
+    """Tensor features' shapes per row (``Feature.shape``); their types are fixed-size lists."""
+    output_shapes: dict[str, list[int]] = field(default_factory=dict)
+    """Tensor outputs' shapes per row (``ModelVersion.output_shapes``)."""
     categories: dict[str, list[Any]] = field(default_factory=dict)
     """Categorical features' categories, as the model was trained with."""
     output_types: dict[str, str] = field(default_factory=dict)

@@ -11,6 +11,7 @@
     [inputs]                           # optional when registered with an input example
     amount = "double"
     scan = { type = "binary", content_type = "image/*" }   # a file: the body it takes raw
+    pixels = { type = "float", shape = [3, 224, 224] }      # a tensor: a row's values, C order
     [outputs]                          # required: every column predict answers with
     score = "double"
     upscaled = { type = "binary", content_type = "image/png" }   # answered raw when accepted
@@ -28,7 +29,7 @@ from packaging.requirements import InvalidRequirement, Requirement
 
 from serving.codecs.raw import MEDIA_TYPE
 from serving.errors import InvalidName, MissingPackage
-from serving.metadata import Task, arrow_type
+from serving.metadata import Task, arrow_type, check_fits, check_shape, tensor_dtype
 
 NAME = "mmserve.toml"
 _KEYS = ("model", "task", "requirements", "classes", "pandas", "row_block", "inputs", "outputs")
@@ -52,6 +53,10 @@ class Manifest:
     paths: list[str] = field(default_factory=list)
     """Binary inputs the model reads as files (``path = true``): it gets their paths."""
     output_content_types: dict[str, str] = field(default_factory=dict)
+    """The same of outputs."""
+    shapes: dict[str, list[int]] = field(default_factory=dict)
+    """Tensor inputs' shapes per row (``shape = [3, 224, 224]``): fixed-size list columns."""
+    output_shapes: dict[str, list[int]] = field(default_factory=dict)
     """The same of outputs."""
     classes: list[Any] | None = None
     pandas: bool = False
@@ -78,8 +83,10 @@ def parse(text: bytes, where: str) -> Manifest:
     content_types: dict[str, str] = {}
     output_content_types: dict[str, str] = {}
     paths: list[str] = []
-    inputs = _schema(raw, "inputs", content_types, paths)
-    outputs = _schema(raw, "outputs", output_content_types, [])
+    shapes: dict[str, list[int]] = {}
+    output_shapes: dict[str, list[int]] = {}
+    inputs = _schema(raw, "inputs", content_types, paths, shapes)
+    outputs = _schema(raw, "outputs", output_content_types, [], output_shapes)
     if not outputs:
         raise InvalidName(f"{NAME} [outputs]", "", 'declare every output as name = "arrow type"')
     requirements = raw.get("requirements", [])
@@ -102,6 +109,8 @@ def parse(text: bytes, where: str) -> Manifest:
         content_types=content_types,
         output_content_types=output_content_types,
         paths=paths,
+        shapes=shapes,
+        output_shapes=output_shapes,
         requirements=list(requirements),
         classes=classes,
         pandas=raw.get("pandas", False) is True,
@@ -128,12 +137,17 @@ def check_installed(requirements: list[str], what: str) -> None:
 
 
 def _schema(
-    raw: dict[str, Any], section: str, content_types: dict[str, str], paths: list[str]
+    raw: dict[str, Any],
+    section: str,
+    content_types: dict[str, str],
+    paths: list[str],
+    shapes: dict[str, list[int]],
 ) -> dict[str, str]:
     """``[inputs]`` or ``[outputs]``: names and Arrow types, in their declared order; a
     column declared ``{ type = "binary", content_type = "image/png" }`` adds its media type
     to ``content_types``, an input ``{ type = "binary", path = true }`` its name to
-    ``paths``."""
+    ``paths``, a ``{ type = "float", shape = [3, 224, 224] }`` its shape to ``shapes`` (its
+    type a fixed-size list of their product)."""
     table = raw.get(section, {})
     if not isinstance(table, dict):
         raise InvalidName(f"{NAME} [{section}]", str(table), 'a table of name = "arrow type"')
@@ -141,9 +155,12 @@ def _schema(
     for name, declared in table.items():
         where = f"{NAME} [{section}] {name}"
         dtype, media = declared, None
-        keys = {"type", "content_type", "path"} if section == "inputs" else {"type", "content_type"}
+        keys = {"type", "content_type", "shape"} | ({"path"} if section == "inputs" else set())
         if isinstance(declared, dict) and set(declared) <= keys:
             dtype, media = declared.get("type"), declared.get("content_type")
+            if "shape" in declared:
+                shapes[name] = check_shape(declared["shape"], f"{where} shape")
+                dtype = _tensor_type(dtype, shapes[name], where)
             if declared.get("path", False) is not False:
                 if declared["path"] is not True or dtype != "binary":
                     rule = "path = true is for a binary input the model reads as a file"
@@ -163,6 +180,19 @@ def _schema(
                 raise InvalidName(f"{where} content_type", str(media), rule)
             content_types[name] = media
     return types
+
+
+def _tensor_type(dtype: Any, shape: list[int], where: str) -> str:
+    """The fixed-size list type of a tensor of ``dtype`` values (a number or bool type)."""
+    try:
+        if not isinstance(dtype, str):
+            raise InvalidName(where, str(dtype), "")
+        listed = tensor_dtype(dtype, shape)
+        check_fits(arrow_type(listed), shape, where)
+    except InvalidName:
+        rule = "a tensor's type is a number type such as float, double or int64"
+        raise InvalidName(f"{where} type", str(dtype), rule) from None
+    return listed
 
 
 def _parsed(requirement: Any) -> Requirement | None:

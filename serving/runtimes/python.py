@@ -118,6 +118,8 @@ def describe(native: Any, method: Method | None) -> Description:
         content_types=manifest.content_types,
         paths=manifest.paths,
         output_content_types=manifest.output_content_types,
+        shapes=manifest.shapes,
+        output_shapes=manifest.output_shapes,
         output_types=dict(manifest.outputs),
         files=loaded.files,
         requirements=manifest.requirements,
