@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import base64
 import io
+import os
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -13,7 +16,9 @@ from typing import Any
 import httpx
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
+import tritonclient.http as triton
 from PIL import Image
 from sklearn.datasets import load_digits
 
@@ -145,3 +150,58 @@ def test_a_file_that_is_no_8x8_png_is_refused_naming_the_problem(
     with pytest.raises(InvalidInput) as raised:
         in_process(registry, [data])
     assert raised.value.message == f"{step}row 0: {reason}"
+
+
+def test_the_reader_answers_alike_over_v2_bytes_through_tritonclient(
+    client: httpx.Client, registry: Registry, files: list[bytes]
+) -> None:
+    """The reader alone through tritonclient (its routes are a model's): a BYTES tensor of
+    PNG files in the binary extension; and the chain through the endpoint's V2 route, its
+    files as base64 strings in JSON."""
+    local = registry.load("digits-png:1").predict(pa.table({"image": pa.array(files)}))
+    server = triton.InferenceServerClient(str(client.base_url).removeprefix("http://"))
+    tensor = triton.InferInput("image", [len(files)], "BYTES")
+    tensor.set_data_from_numpy(np.array(files, dtype=object), binary_data=True)
+    answer = server.infer("digits-png", [tensor])
+    for name in ("p0", "p27", "p63"):
+        assert answer.as_numpy(name).tolist() == local.column(name).to_pylist()
+    body = {
+        "inputs": [
+            {
+                "name": "image",
+                "shape": [len(files)],
+                "datatype": "BYTES",
+                "parameters": {"content_type": "base64"},
+                "data": [base64.b64encode(f).decode() for f in files],
+            }
+        ]
+    }
+    chained = client.post(f"/v2/endpoints/{digits.ENDPOINT}/infer", json=body).json()
+    labels = next(o for o in chained["outputs"] if o["name"] == "label")["data"]
+    assert labels == [row["label"] for row in in_process(registry, files)]
+
+
+def test_a_batch_over_a_folder_of_500_pngs_answers_as_in_process(
+    registry: Registry, root: Path
+) -> None:
+    images = load_digits().images[:500]
+    folder = root / "five-hundred"
+    folder.mkdir()
+    for i, image in enumerate(images):
+        (folder / f"{i:04d}.png").write_bytes(encode(image.reshape(-1)))
+    out = root / "scores"
+    mmserve = str(Path(sys.executable).with_name("mmserve"))
+    command = ["batch", "run", "--model", "digits-png:1,digits:1", "--format", "parquet"]
+    done = subprocess.run(
+        [mmserve, *command, "--input", str(folder), "--output", str(out)],
+        env={**os.environ, "MMSERVE_STORE_URL": registry.store.url},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    table = pq.read_table(sorted(out.glob("part-*.parquet"))).sort_by("path")
+    assert table.column("path").to_pylist() == [f"{i:04d}.png" for i in range(500)]
+    files = [(folder / p).read_bytes() for p in table.column("path").to_pylist()]
+    expected = in_process(registry, files)
+    assert table.drop_columns(["path"]).to_pylist() == expected
