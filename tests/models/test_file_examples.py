@@ -59,10 +59,10 @@ def test_the_upscaler_answers_a_png_twice_as_large_in_real_time(client: httpx.Cl
     response = invoke(client, "upscale", image, "image/png")
     assert (response.status_code, response.headers["content-type"]) == (200, "image/png")
     assert response.content == upscale(image)  # the same bytes as in process
-    with Image.open(io.BytesIO(response.content)) as answered, Image.open(io.BytesIO(image)) as sent:
-        assert answered.size == (80, 60)
-        expected = sent.resize((80, 60), Image.Resampling.LANCZOS)
-        assert np.array_equal(np.asarray(answered), np.asarray(expected))
+    answered, sent = Image.open(io.BytesIO(response.content)), Image.open(io.BytesIO(image))
+    assert answered.size == (80, 60)
+    expected = sent.resize((80, 60), Image.Resampling.LANCZOS)
+    assert np.array_equal(np.asarray(answered), np.asarray(expected))
 
 
 def test_the_upscaler_as_an_async_job_serves_its_result_as_png(client: httpx.Client) -> None:
