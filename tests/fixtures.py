@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import textwrap
 import time
 from pathlib import Path
 from typing import Any
@@ -203,3 +204,13 @@ def typed_answers(xs: list[float]) -> list[dict[str, Any]]:
         }
         for x in xs
     ]
+
+
+def code_folder(root: Path, name: str, manifest: str, **files: str) -> Path:
+    """A ``python`` model's folder ``root/name``: its ``mmserve.toml`` and ``files`` (a file
+    name and its text), each dedented."""
+    folder = root / name
+    folder.mkdir(parents=True, exist_ok=True)
+    for file, text in {"mmserve.toml": manifest, **files}.items():
+        (folder / file).write_text(textwrap.dedent(text))
+    return folder

@@ -11,7 +11,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -29,7 +28,7 @@ from serving.store import Store
 from tests import fixtures
 from tests.batch.test_runner import read_parts
 from tests.services import mmserve_worker, redis_server
-from tests.serving.http.test_raw_bodies import FILES, MANIFESTS
+from tests.serving.http.test_raw_bodies import MANIFESTS, register_file_models
 
 MMSERVE = str(Path(sys.executable).with_name("mmserve"))
 MORE = """\
@@ -85,13 +84,10 @@ def scan(i: int) -> bytes:
 @pytest.fixture
 def registry(tmp_path: Path) -> Registry:
     registry = Registry(Store.from_url(str(tmp_path / "store")))
-    for code, manifests in (("files", MANIFESTS), ("more", MORE_MANIFESTS)):
-        for name, manifest in manifests.items():
-            folder = tmp_path / "models" / name
-            folder.mkdir(parents=True)
-            (folder / f"{code}.py").write_text(textwrap.dedent(FILES) if code == "files" else MORE)
-            (folder / "mmserve.toml").write_text(textwrap.dedent(manifest))
-            registry.register(folder, name, trust_code=True)
+    register_file_models(registry, tmp_path / "models", *MANIFESTS)
+    for name, manifest in MORE_MANIFESTS.items():
+        folder = fixtures.code_folder(tmp_path / "models", name, manifest, **{"more.py": MORE})
+        registry.register(folder, name, trust_code=True)
     registry.register(fixtures.logistic(), "lr")
     return registry
 

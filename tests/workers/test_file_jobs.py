@@ -9,15 +9,15 @@ import hashlib
 import os
 import subprocess
 import sys
-import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from serving.registry import Registry
+from tests import fixtures
 from tests.services import mmserve_worker
-from tests.serving.http.test_raw_bodies import FILES, MANIFESTS, PNG
+from tests.serving.http.test_raw_bodies import PNG, register_file_models
 from tests.serving.test_runtime_python import HASHER, HASHER_MANIFEST
 from tests.workers.stack import Stack, wait
 
@@ -31,16 +31,8 @@ def worker(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[i
     ``hasher`` (which reads its input as a file, ``path = true``)."""
     folders = tmp_path_factory.mktemp("models")
     registry = Registry(stack.store)
-    for name in ("digest", "mirror"):
-        folder = folders / name
-        folder.mkdir()
-        (folder / "files.py").write_text(textwrap.dedent(FILES))
-        (folder / "mmserve.toml").write_text(textwrap.dedent(MANIFESTS[name]))
-        registry.register(folder, name, trust_code=True)
-    hasher = folders / "hasher"
-    hasher.mkdir()
-    (hasher / "hasher.py").write_text(textwrap.dedent(HASHER))
-    (hasher / "mmserve.toml").write_text(textwrap.dedent(HASHER_MANIFEST))
+    register_file_models(registry, folders, "digest", "mirror")
+    hasher = fixtures.code_folder(folders, "hasher", HASHER_MANIFEST, **{"hasher.py": HASHER})
     registry.register(hasher, "hasher", trust_code=True)
     with mmserve_worker(stack.env, str(stack.logs / "worker.log"), "--concurrency", "1") as proc:
         yield proc.pid

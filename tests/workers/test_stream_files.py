@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import base64
 import json
-import textwrap
 import threading
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from serving.registry import Registry
 from serving.settings import StreamSettings
 from serving.store import Store
 from tests.services import RedisServer
-from tests.serving.http.test_raw_bodies import FILES, MANIFESTS
+from tests.serving.http.test_raw_bodies import register_file_models
 from tests.workers.streams import entries, mmserve_stream, produce, wait_for
 from workers.stream import Consumer, LiveModel, Names, RedisEventLog
 
@@ -33,12 +32,7 @@ NAMES = Names("events", "scores", "scores-dlq", "scorers", "c1")
 @pytest.fixture
 def registry(tmp_path: Path) -> Registry:
     registry = Registry(Store.from_url(str(tmp_path / "store")))
-    for name in ("digest", "mirror"):
-        folder = tmp_path / name
-        folder.mkdir()
-        (folder / "files.py").write_text(textwrap.dedent(FILES))
-        (folder / "mmserve.toml").write_text(textwrap.dedent(MANIFESTS[name]))
-        registry.register(folder, name, trust_code=True)
+    register_file_models(registry, tmp_path, "digest", "mirror")
     registry.store.write("scans/a.png", PNG)
     registry.store.write("scans/b.pdf", SCAN)
     registry.store.write("scans/big.bin", BIG)

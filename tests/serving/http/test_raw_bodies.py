@@ -7,7 +7,6 @@ import base64
 import hashlib
 import json
 import os
-import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -100,12 +99,7 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def client(root: Path) -> Iterator[httpx.Client]:
     registry = Registry(Store.from_url(str(root / "store")))
-    for name, manifest in MANIFESTS.items():
-        folder = root / name
-        folder.mkdir()
-        (folder / "files.py").write_text(textwrap.dedent(FILES))
-        (folder / "mmserve.toml").write_text(textwrap.dedent(manifest))
-        registry.register(folder, name, trust_code=True)
+    register_file_models(registry, root, *MANIFESTS)
     registry.register(fixtures.logistic(), "lr")
     (root / "endpoints.yaml").write_text(ENDPOINTS)
     env = {
@@ -116,6 +110,14 @@ def client(root: Path) -> Iterator[httpx.Client]:
     }
     with mmserve_server(env) as url, httpx.Client(base_url=url, timeout=30) as client:
         yield client
+
+
+def register_file_models(registry: Registry, root: Path, *names: str) -> None:
+    """Register the file models ``names`` (of :data:`MANIFESTS`, their code :data:`FILES`),
+    each from its folder under ``root``."""
+    for name in names:
+        folder = fixtures.code_folder(root, name, MANIFESTS[name], **{"files.py": FILES})
+        registry.register(folder, name, trust_code=True)
 
 
 def invoke(
@@ -198,16 +200,12 @@ def test_a_body_the_model_cannot_take_is_refused_naming_what_it_takes(
 
 def test_the_schema_records_the_content_types(tmp_path: Path) -> None:
     registry = Registry(Store.from_url(str(tmp_path / "store")))
-    for name in ("digest", "mirror"):
-        folder = tmp_path / name
-        folder.mkdir()
-        (folder / "files.py").write_text(textwrap.dedent(FILES))
-        (folder / "mmserve.toml").write_text(textwrap.dedent(MANIFESTS[name]))
-    digest = registry.register(tmp_path / "digest", "digest", trust_code=True)
+    register_file_models(registry, tmp_path, "digest", "mirror")
+    digest = registry.get("digest")
     assert [(f.name, f.dtype, f.content_type) for f in digest.inputs] == [
         ("scan", "binary", "image/*")
     ]
-    mirror = registry.register(tmp_path / "mirror", "mirror", trust_code=True)
+    mirror = registry.get("mirror")
     assert (mirror.output_types, mirror.output_content_types) == (
         {"image": "binary"},
         {"image": "image/png"},

@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
-import textwrap
 from collections.abc import Iterator
 
 import httpx
@@ -18,49 +17,8 @@ import tritonclient.http as httpclient
 from serving.registry import Registry
 from serving.store import Store
 from tests.services import mmserve_server
+from tests.serving.http.test_raw_bodies import register_file_models
 
-FILES = """\
-    import hashlib
-
-    import pyarrow as pa
-
-
-    class Digest:
-        def load(self, path):
-            pass
-
-        def predict(self, table):
-            files = table.column(0).to_pylist()
-            return pa.table({
-                "size": pa.array([len(f) for f in files], pa.int64()),
-                "sha256": [hashlib.sha256(f).hexdigest() for f in files],
-            })
-
-
-    class Mirror:
-        def load(self, path):
-            pass
-
-        def predict(self, table):
-            return pa.table({"image": [f[::-1] for f in table["image"].to_pylist()]})
-"""
-MANIFESTS = {
-    "digest": """\
-        model = "files:Digest"
-        [inputs]
-        scan = { type = "binary", content_type = "image/*" }
-        [outputs]
-        size = "int64"
-        sha256 = "string"
-    """,
-    "mirror": """\
-        model = "files:Mirror"
-        [inputs]
-        image = "binary"
-        [outputs]
-        image = { type = "binary", content_type = "image/png" }
-    """,
-}
 ALL_BYTES = bytes(range(256))
 PNG = b"\x89PNG\r\n\x1a\n" + ALL_BYTES * 3  # not a whole image: the models only read bytes
 
@@ -69,12 +27,7 @@ PNG = b"\x89PNG\r\n\x1a\n" + ALL_BYTES * 3  # not a whole image: the models only
 def url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     root = tmp_path_factory.mktemp("v2-binary")
     registry = Registry(Store.from_url(str(root / "store")))
-    for name, manifest in MANIFESTS.items():
-        folder = root / name
-        folder.mkdir()
-        (folder / "files.py").write_text(textwrap.dedent(FILES))
-        (folder / "mmserve.toml").write_text(textwrap.dedent(manifest))
-        registry.register(folder, name, trust_code=True)
+    register_file_models(registry, root, "digest", "mirror")
     env = {"MMSERVE_STORE_URL": str(root / "store"), "PYTHONPATH": os.getcwd()}
     with mmserve_server(env) as base:
         yield base
