@@ -12,9 +12,10 @@ from starlette.concurrency import run_in_threadpool
 
 from serving.codecs import Rows, v2
 from serving.errors import MMServeError, ModelLoading, NotFound
-from serving.http import _openapi
+from serving.http import _openapi, endpoints
 from serving.http._body import read_body, score
 from serving.http._dataplane import DataPlane, off_loop_if_large
+from serving.http._endpoints import EndpointPlane
 from serving.metadata import ModelVersion
 from serving.predictor import output_type
 from serving.registry import Registry
@@ -83,6 +84,12 @@ def _not_ready(name: str, error: str, retry_after: int | None) -> JSONResponse:
     responses=_openapi.V2_RESPONSES,
 )
 async def infer(name: str, request: Request, version: str | None = None) -> Response:
+    """Score the request's tensors with the model ``name``; an applied endpoint's name is
+    answered by the endpoint (its variant, or its chain), as ``/v2/endpoints/{name}/infer``
+    would: a Triton client, which only knows model routes, reaches a pipeline that way."""
+    plane: EndpointPlane = request.app.state.endpoints
+    if version is None and name in plane.snapshot:  # what the server last read: no store read
+        return await endpoints.infer(name, request)
     body = await read_body(request)
     decoded = await off_loop_if_large(
         len(body), v2.decode, body, request.headers.get(v2.HEADER_LENGTH)

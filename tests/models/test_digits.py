@@ -157,9 +157,9 @@ def test_a_file_that_is_no_8x8_png_is_refused_naming_the_problem(
 def test_the_reader_answers_alike_over_v2_bytes_through_tritonclient(
     client: httpx.Client, registry: Registry, files: list[bytes]
 ) -> None:
-    """The reader alone through tritonclient (its routes are a model's): a BYTES tensor of
-    PNG files in the binary extension; and the chain through the endpoint's V2 route, its
-    files as base64 strings in JSON."""
+    """tritonclient sends the PNG files as a BYTES tensor in the binary extension, to the
+    reader alone and to the endpoint's chain (an applied endpoint answers on the model
+    routes); the chain's own V2 route takes them as base64 strings in JSON."""
     local = registry.load("digits-png:1").predict(pa.table({"image": pa.array(files)}))
     server = triton.InferenceServerClient(str(client.base_url).removeprefix("http://"))
     tensor = triton.InferInput("image", [len(files)], "BYTES")
@@ -167,6 +167,10 @@ def test_the_reader_answers_alike_over_v2_bytes_through_tritonclient(
     answer = server.infer("digits-png", [tensor])
     for name in ("p0", "p27", "p63"):
         assert answer.as_numpy(name).tolist() == local.column(name).to_pylist()
+    expected = in_process(registry, files)
+    chain = server.infer(digits.ENDPOINT, [tensor])
+    assert chain.as_numpy("label").tolist() == [row["label"] for row in expected]
+    assert chain.as_numpy("proba_3").tolist() == [row["proba_3"] for row in expected]
     body = {
         "inputs": [
             {
