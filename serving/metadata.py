@@ -187,6 +187,11 @@ def _scalar_type(alias: str, name: str) -> pa.DataType:
         ) from None
 
 
+def names(features: Iterable[Feature]) -> list[str]:
+    """The features' names, in order."""
+    return [f.name for f in features]
+
+
 def infer_inputs(
     features: list[str],
     count: int | None,

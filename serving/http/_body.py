@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any, TypeVar
 
-import pyarrow as pa
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 
 from serving.codecs import Bounds, DecodeError
 from serving.errors import PayloadTooLarge
-from serving.http._dataplane import DataPlane, Scored
+from serving.http._dataplane import DataPlane, Decode, Scored
 from serving.registry import Registry
 
 M = TypeVar("M", bound=BaseModel)
@@ -76,11 +74,11 @@ def registry_of(request: Request) -> Registry:
 async def score(
     request: Request,
     ref: str,
-    decode: Callable[[list[str]], pa.Table],
+    decode: Decode,
     body_bytes: int,
     as_rows: bool = False,
 ) -> Scored:
-    """Score the rows ``decode(feature names)`` gives with the model ``ref``, through the
+    """Score the rows ``decode(features)`` gives with the model ``ref``, through the
     data plane (load on first use, limits, micro-batching). What it learns about the
     request (model, cold start) goes to ``request.state`` for headers, metrics and logs."""
     dataplane: DataPlane = request.app.state.dataplane

@@ -25,6 +25,7 @@ from serving.http._batching import MicroBatcher
 from serving.http._metrics import Metrics
 from serving.http._middleware import note_stale
 from serving.http._storecheck import StoreCheck
+from serving.metadata import Feature
 from serving.predictor import Answer, Predictor, Prepared
 from serving.refs import ModelRef
 from serving.registry import Registry
@@ -32,8 +33,9 @@ from serving.settings import ModelServing, Settings
 
 T = TypeVar("T")
 Key: TypeAlias = tuple[str, int]
-Decode: TypeAlias = Callable[[list[str]], Rows | Raw]
-"""A request's rows, given the model's feature names: a table, a matrix, or a raw body."""
+Decode: TypeAlias = Callable[[list[Feature]], Rows | Raw]
+"""A request's rows, given the model's features (names, types, tensor shapes): a table, a
+matrix, or a raw body."""
 
 log = logging.getLogger("mmserve.http")
 _PROVISION_RETRY_S = 2.0
@@ -76,7 +78,7 @@ class DataPlane:
     async def predict(
         self, ref: str, decode: Decode, body_bytes: int, as_rows: bool = False
     ) -> Scored:
-        """Score the rows ``decode(feature names)`` gives with the model ``ref``; ``as_rows``:
+        """Score the rows ``decode(features)`` gives with the model ``ref``; ``as_rows``:
         the answer's rows as Python dicts too, where a shared call made them (a JSON answer)."""
         name = ModelRef.parse(ref).name
         policy = self.policy(name)
@@ -232,7 +234,7 @@ class DataPlane:
         self, predictor: Predictor, decode: Decode, body_bytes: int, as_rows: bool
     ) -> Prepared:
         def prepare() -> Prepared:
-            rows = decode([f.name for f in predictor.version.inputs])
+            rows = decode(predictor.version.inputs)
             return predictor.prepare(rows, as_rows=as_rows)
 
         return await off_loop_if_large(body_bytes, prepare)

@@ -14,7 +14,6 @@ import re
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -32,6 +31,7 @@ from serving.errors import EndpointNotFound, MMServeError
 from serving.http._capture import CaptureWriter
 from serving.http._dataplane import DataPlane, Decode, off_loop_if_large
 from serving.http._metrics import Metrics
+from serving.metadata import Feature
 from serving.predictor import Predictor
 from serving.settings import Settings
 
@@ -137,7 +137,7 @@ class EndpointPlane:
         """Score the request's rows with ``variant`` (its models ``refs``)."""
         kept: list[Rows] = []
 
-        def keeping(features: list[str]) -> Rows:
+        def keeping(features: list[Feature]) -> Rows:
             rows = decode(features)
             kept.append(rows)
             return rows
@@ -167,8 +167,8 @@ class EndpointPlane:
         predictors = [p for p, _ in loaded]
         waits = [s for _, s in loaded if s is not None]
         versions = [p.version for p in predictors]
-        features = [f.name for f in inputs_of(versions)]
-        current = table_of(await off_loop_if_large(body_bytes, decode, features), versions)
+        rows = await off_loop_if_large(body_bytes, decode, inputs_of(versions))
+        current = table_of(rows, versions)
         for number, predictor in enumerate(predictors[:-1], 1):
             with step_named(number, predictor.ref):
                 step = await self.dataplane.predict(predictor.ref, _given(current), body_bytes)
@@ -248,7 +248,7 @@ class EndpointPlane:
         name = answer.served.name
         kept: list[Rows] = []
 
-        def keeping(features: list[str]) -> Rows:
+        def keeping(features: list[Feature]) -> Rows:
             kept.append(decode(features))
             return kept[-1]
 
@@ -303,7 +303,7 @@ class EndpointPlane:
             await asyncio.wait(list(self.shadows), timeout=seconds)
 
 
-def _given(table: pa.Table) -> Callable[[list[str]], pa.Table]:
+def _given(table: pa.Table) -> Decode:
     return lambda _features: table
 
 

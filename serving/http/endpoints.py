@@ -26,6 +26,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import Receive, Scope, Send
 
 from serving import codecs, scorers
+from serving.codecs import Rows
 from serving.codecs import v1 as v1_codec
 from serving.codecs import v2 as v2_codec
 from serving.endpoints.catalog import Served
@@ -38,6 +39,7 @@ from serving.http._dataplane import Decode, off_loop_if_large
 from serving.http._endpoints import Answer, EndpointPlane
 from serving.http._errors import error_response
 from serving.http._follow import Follower
+from serving.metadata import Feature, names
 
 router = APIRouter(tags=["endpoints"])
 
@@ -95,7 +97,7 @@ async def _predict(name: str, request: Request) -> Response:
         bounds = decode_bounds(request)
         decode: Decode = lambda _: codecs.decode(body, codecs.ARROW, bounds)  # noqa: E731
     else:
-        decode = lambda features: v1_codec.decode(body, features)  # noqa: E731
+        decode = lambda features: v1_codec.decode(body, names(features))  # noqa: E731
     answer = await _invoke(request, name, decode, len(body))
     if codecs.ARROW in request.headers.get("accept", ""):
         content, media_type = codecs.encode(answer.table, codecs.ARROW), codecs.ARROW
@@ -122,9 +124,12 @@ async def _infer(name: str, request: Request) -> Response:
     decoded = await off_loop_if_large(
         len(body), v2_codec.decode, body, request.headers.get(v2_codec.HEADER_LENGTH)
     )
-    decode: Decode = lambda features: v2_codec.to_rows(decoded, features)  # noqa: E731
+    def decode(features: list[Feature]) -> Rows:
+        return v2_codec.to_rows(decoded, names(features), v2_codec.declared(features))
+
     answer = await _invoke(request, name, decode, len(body))
-    content, headers = v2_codec.encode(answer.table, decoded.request, *answer.last)
+    shapes = answer.predictors[-1].version.output_shapes
+    content, headers = v2_codec.encode(answer.table, decoded.request, *answer.last, shapes)
     return _respond(request, answer, decode, len(body), content, headers)
 
 

@@ -21,7 +21,7 @@ from serving.http import _openapi
 from serving.http._body import decode_bounds, read_body, score
 from serving.http._dataplane import Decode
 from serving.http._endpoints import EndpointPlane
-from serving.metadata import ModelVersion
+from serving.metadata import ModelVersion, names
 from serving.registry import Registry
 
 router = APIRouter(tags=["sagemaker"])
@@ -57,7 +57,7 @@ def body_decoder(request: Request, body: bytes) -> tuple[Decode, str]:
         whole = raw.Raw(body, kind)
         return (lambda _: whole), kind
     bounds = decode_bounds(request)
-    return (lambda f: sagemaker.decode(body, kind, f, bounds)), kind
+    return (lambda features: sagemaker.decode(body, kind, names(features), bounds)), kind
 
 
 def answer_of(

@@ -17,6 +17,7 @@ from serving.codecs import Rows, v1
 from serving.http import _openapi
 from serving.http._auth import require_admin
 from serving.http._body import decode_bounds, read_body, score
+from serving.metadata import Feature, names
 from serving.registry import Registry
 
 router = APIRouter(tags=["v1"])
@@ -44,10 +45,10 @@ async def predict(ref: str, request: Request) -> Response:
 
     bounds = decode_bounds(request)
 
-    def decode(features: list[str]) -> Rows:
+    def decode(features: list[Feature]) -> Rows:
         if kind == codecs.ARROW:
             return codecs.decode(body, codecs.ARROW, bounds)
-        return v1.decode(body, features)
+        return v1.decode(body, names(features))
 
     scored = await score(request, ref, decode, len(body), as_rows=not as_arrow)
     if as_arrow:

@@ -16,7 +16,7 @@ from serving.http import _openapi, endpoints
 from serving.http._body import read_body, score
 from serving.http._dataplane import DataPlane, off_loop_if_large
 from serving.http._endpoints import EndpointPlane
-from serving.metadata import ModelVersion
+from serving.metadata import Feature, ModelVersion, names
 from serving.predictor import output_type
 from serving.registry import Registry
 
@@ -94,11 +94,10 @@ async def infer(name: str, request: Request, version: str | None = None) -> Resp
     decoded = await off_loop_if_large(
         len(body), v2.decode, body, request.headers.get(v2.HEADER_LENGTH)
     )
-    registry: Registry = request.app.state.registry
     ref = _ref(name, version)
 
-    def decode(features: list[str]) -> Rows:
-        return v2.to_rows(decoded, features, _tensors(registry, ref, features))
+    def decode(features: list[Feature]) -> Rows:
+        return v2.to_rows(decoded, names(features), v2.declared(features))
 
     scored = await score(request, ref, decode, len(body))
     mv = scored.predictor.version
@@ -106,16 +105,6 @@ async def infer(name: str, request: Request, version: str | None = None) -> Resp
         scored.table, decoded.request, mv.name, mv.version, mv.output_shapes
     )
     return Response(content, headers=headers)
-
-
-def _tensors(registry: Registry, ref: str, features: list[str]) -> dict[str, v2.Declared]:
-    """The tensor features of the version about to score (the data plane has just loaded
-    it, and hands the decoder only its features' names): found without the store, as the
-    data plane found it."""
-    key = registry.resolved(ref)
-    entry = None if key is None else registry.cache.entry(key)
-    inputs = [] if entry is None else entry.value.version.inputs
-    return v2.declared(inputs) if [f.name for f in inputs] == features else {}
 
 
 @router.get("/v2/models/{name}/config")

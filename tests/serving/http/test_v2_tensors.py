@@ -18,6 +18,8 @@ from serving.store import Store
 from tests.services import mmserve_server
 from tests.serving.test_tensors import MANIFEST, MEANS
 
+ENDPOINTS = "endpoints:\n  averages:\n    variants: [{name: a, model: means:1}]\n"
+
 
 @pytest.fixture(scope="module")
 def url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
@@ -28,7 +30,12 @@ def url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     (folder / "means.py").write_text(textwrap.dedent(MEANS))
     (folder / "mmserve.toml").write_text(textwrap.dedent(MANIFEST))
     registry.register(folder, "means", trust_code=True)
-    env = {"MMSERVE_STORE_URL": str(root / "store"), "PYTHONPATH": os.getcwd()}
+    (root / "endpoints.yaml").write_text(ENDPOINTS)
+    env = {
+        "MMSERVE_STORE_URL": str(root / "store"),
+        "MMSERVE_ENDPOINTS": str(root / "endpoints.yaml"),
+        "PYTHONPATH": os.getcwd(),
+    }
     with mmserve_server(env) as base:
         yield base
 
@@ -78,3 +85,20 @@ def test_metadata_and_configuration_show_the_shapes(
     config = triton.get_model_config("means")
     assert config["input"] == [{"name": "pixels", "data_type": "TYPE_FP32", "dims": [-1, 3, 4, 4]}]
     assert config["output"] == [{"name": "means", "data_type": "TYPE_FP32", "dims": [-1, 3]}]
+
+
+@pytest.mark.parametrize("binary_data", [True, False])
+def test_an_endpoint_takes_tensors_as_its_model_does(
+    triton: httpclient.InferenceServerClient, binary_data: bool
+) -> None:
+    """Through the endpoint ``averages`` (its name on the model routes, as a Triton client
+    calls it), with the same shapes checked and answered."""
+    x = np.arange(96, dtype=np.float32).reshape(2, 3, 4, 4) / 4
+    wanted = [httpclient.InferRequestedOutput("means", binary_data=binary_data)]
+    answer = triton.infer("averages", [pixels(x, binary_data)], outputs=wanted)
+    np.testing.assert_array_equal(answer.as_numpy("means"), x.mean(axis=(2, 3)))
+    with pytest.raises(InferenceServerException) as refused:
+        triton.infer("averages", [pixels(np.zeros((1, 3, 4), np.float32), binary_data)])
+    assert refused.value.message() == (
+        "input tensor 'pixels': shape [1, 3, 4] does not match the model's [-1, 3, 4, 4]"
+    )
