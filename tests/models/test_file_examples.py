@@ -1,6 +1,7 @@
 """The issue's other examples of payloads that are no rows, on a real ``mmserve serve``: an
 upscaler (a PNG in, a PNG twice as large out) in real time and as an async job, and a text
-classifier of support messages (a text in, a team out) as a raw text body and as V1 JSON."""
+classifier of support messages (a text in, a team out) as a raw text body, as V1 JSON and
+over a stream."""
 
 from __future__ import annotations
 
@@ -14,13 +15,15 @@ import httpx
 import numpy as np
 import pyarrow as pa
 import pytest
+import redis
 from PIL import Image
 
 from models import support
 from models.upscale.upscale import upscale
 from serving.registry import Registry
 from serving.store import Store
-from tests.services import mmserve_server
+from tests.services import mmserve_server, redis_server
+from tests.workers.streams import entries, mmserve_stream, produce, wait_for
 
 UPSCALE = Path(__file__).resolve().parents[2] / "models" / "upscale"
 HELD_OUT = 200
@@ -106,3 +109,22 @@ def test_a_support_message_is_routed_alike_as_text_and_as_json(
     for text, expected in list(zip(texts, local, strict=True))[:10]:
         raw = invoke(client, "support", text.encode(), "text/plain; charset=utf-8")
         assert raw.json()["predictions"] == [expected]
+
+
+@pytest.mark.slow
+def test_support_messages_over_a_stream_are_routed_as_in_process(
+    registry: Registry, tmp_path: Path
+) -> None:
+    """Events whose ``text`` field is the message, scored by a real ``mmserve stream``."""
+    texts, _ = support.messages(30, seed=7)
+    local = registry.load("support").predict(pa.table({"text": texts})).to_pylist()
+    with redis_server() as broker, redis.Redis.from_url(broker.url, decode_responses=True) as r:
+        produce(r, "messages", [{"id": str(i), "text": text} for i, text in enumerate(texts)])
+        env = {"MMSERVE_STORE_URL": registry.store.url, "MMSERVE_REDIS_URL": broker.url}
+        args = ["--model", "support", "--source", "messages", "--sink", "teams"]
+        args += ["--group", "g", "--start", "0", "--id-field", "id"]
+        with mmserve_stream(env, tmp_path / "stream.log", *args):
+            wait_for(lambda: r.xlen("teams") == len(texts), f"{len(texts)} outputs")
+        answers = entries(r, "teams")
+    assert [a["label"] for a in answers] == [row["label"] for row in local]
+    assert [float(a["proba_shipping"]) for a in answers] == [row["proba_shipping"] for row in local]

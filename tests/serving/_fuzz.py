@@ -23,8 +23,9 @@ import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
 from serving import codecs
-from serving.codecs import sagemaker, v1, v2
+from serving.codecs import raw, sagemaker, v1, v2
 from serving.errors import MMServeError
+from serving.metadata import Feature
 
 FEATURES = ["a", "b", "c"]
 MEMORY_CAP = 3 << 30
@@ -116,7 +117,37 @@ def decoders() -> dict[str, tuple[bytes, Callable[[bytes], Any]]]:
     found["v1"] = (b'{"instances": [[1, 2, 3], {"a": 1}]}', lambda b: v1.decode(b, FEATURES))
     found["v2-json"] = (_v2_json(), lambda b: _v2(b, None))
     found["v2-binary"] = (binary, lambda b: _v2(b, header))
+    # Files and tensors (issue 19): base64 cells, BYTES in base64, a shaped tensor, raw bodies
+    cells = b'{"instances": [{"a": {"b64": "iVBORw0KGgo="}, "b": 1}, {"a": null, "b": 2}]}'
+    found["v1-b64"] = (cells, lambda b: v1.decode(b, FEATURES))
+    found["v2-base64"] = (_v2_base64(), lambda b: _v2(b, None))
+    found["v2-tensor"] = (_v2_tensor(), _v2_shaped)
+    found["raw-binary"] = (b"\x89PNG\r\n\x1a\n\x00", lambda b: _raw(b, "binary", "image/png"))
+    found["raw-text"] = (b"un deux trois", lambda b: _raw(b, "string", "text/plain"))
     return found
+
+
+def _v2_base64() -> bytes:
+    data = ["iVBORw0KGgo=", "AAH/", ""]
+    parameters = {"content_type": "base64"}
+    tensor = {"name": "a", "shape": [3], "datatype": "BYTES", "parameters": parameters}
+    return json.dumps({"inputs": [{**tensor, "data": data}]}).encode()
+
+
+_PIXELS = Feature(name="a", dtype="float[12]", shape=[3, 2, 2])
+
+
+def _v2_tensor() -> bytes:
+    tensor = {"name": "a", "shape": [2, 3, 2, 2], "datatype": "FP32", "data": list(range(24))}
+    return json.dumps({"inputs": [tensor]}).encode()
+
+
+def _v2_shaped(body: bytes) -> Any:
+    return v2.to_rows(v2.decode(body, None), ["a"], v2.declared([_PIXELS]))
+
+
+def _raw(body: bytes, dtype: str, media_type: str) -> Any:
+    return raw.table(raw.Raw(body, media_type), [Feature(name="a", dtype=dtype)])
 
 
 def _decode(kind: str) -> Callable[[bytes], Any]:
