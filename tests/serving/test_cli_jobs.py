@@ -385,13 +385,24 @@ def test_submit_with_output_waits_and_writes_the_result(routes: JobRoutes, tmp_p
     assert [s.method for s in routes.seen] == ["POST", "GET", "GET", "GET"]
 
 
-def test_submit_of_an_unknown_format_names_it(routes: JobRoutes, tmp_path: Path) -> None:
-    (tmp_path / "rows.txt").write_text("f0\n1\n")
-    result = jobs(routes.url, "submit", "churn", str(tmp_path / "rows.txt"))
-    assert result.exit_code == 1
-    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1
-    assert "'.txt'" in result.stderr
-    assert routes.seen == []
+@pytest.mark.parametrize(
+    ("name", "sent"),
+    [
+        ("scan.png", "image/png"),
+        ("note.txt", "text/plain"),
+        ("blob.zzz", "application/octet-stream"),
+    ],
+)
+def test_submit_of_a_file_that_is_no_table_sends_its_own_media_type(
+    routes: JobRoutes, tmp_path: Path, name: str, sent: str
+) -> None:
+    """A file of no table format is a file job (a model of one binary or text input takes
+    it): sent with the media type its suffix says, or as bytes."""
+    (tmp_path / name).write_bytes(b"\x89PNG not read by the client")
+    routes.answer("POST", "/v1/models/upscale/async", (202, ACCEPTED))
+    result = jobs(routes.url, "submit", "upscale", str(tmp_path / name))
+    assert (result.exit_code, result.stdout) == (0, f"{TOKEN}\n")
+    assert routes.seen[0].headers["Content-Type"] == sent
 
 
 def test_status_prints_the_record(routes: JobRoutes) -> None:
