@@ -12,7 +12,8 @@ input's folder: the id column), then that input holding the file's bytes (or its
   ``skip`` sets it aside in ``_rejects/`` (``row``, ``path``, ``reason``).
 - **Memory.** Files are read one at a time into a model call of at most ``batch_rows`` files
   and at most ``max_file_bytes`` bytes of them (or one file): never all at once.
-- **Parts.** ``partition_rows`` files a partition, in path order, planned from the one
+- **Parts.** ``partition_rows`` files a partition (at most :data:`PART_FILES`, so that a
+  distributed run spreads a folder over the workers), in path order, planned from the one
   listing made at the start; resumed and distributed as any run's.
 - **Files out** (``files_out``). A model whose one output is binary writes each file's answer
   as ``<path>.out`` under the output folder (SageMaker Batch Transform's names); the parts
@@ -40,6 +41,9 @@ PATH = "path"
 OUTPUT = "output"
 """With ``files_out``, the column naming the file each answer was written to."""
 SUFFIX = ".out"
+PART_FILES = 1000
+"""Most files a partition holds: ``partition_rows`` (a million) would make one part, and one
+task, of any folder."""
 
 
 class BadFile(InputError):

@@ -1,7 +1,8 @@
 """One partition of a batch input, scored into one output part.
 
 - **Plan**: one partition per input file, or per range of row groups of a large parquet file;
-  in a run over files that are no tables, ``partition_rows`` files (:mod:`batch.files`).
+  in a run over files that are no tables, ``partition_rows`` files, at most
+  :data:`batch.files.PART_FILES` (:mod:`batch.files`).
 - **Part**: a partition's rows, read as record batches (memory stays bounded whatever the
   input's size), scored, and written as ``part-NNNNN.<format>``, atomically, in input order;
   then ``_parts/part-NNNNN.json`` (rows, rejects, sha256). A part with its record is done.
@@ -72,7 +73,7 @@ def plan(spec: BatchSpec, settings: Settings, roots: Roots | None = None) -> lis
     limit = settings.batch.max_input_files
     fs, found = input_files(spec.input, settings.aws, limit, roots)
     if files.over_files(found):
-        size = spec.partition_rows
+        size = min(spec.partition_rows, files.PART_FILES)
         chunks = [tuple(found[i : i + size]) for i in range(0, len(found), size)]
         return [Partition(i, chunk[0], None, chunk) for i, chunk in enumerate(chunks)]
     partitions: list[Partition] = []

@@ -18,7 +18,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from batch import files
 from batch.files import BadFile, FilesRefused
+from batch.parts import plan
 from batch.runner import run_batch
 from batch.spec import BatchSpec
 from serving.errors import InvalidName
@@ -284,3 +286,13 @@ def test_a_distributed_run_writes_what_a_local_run_writes(
     for name in NAMES:
         out = f"{name}.out"
         assert (tmp_path / "spread" / out).read_bytes() == (tmp_path / "local" / out).read_bytes()
+
+
+def test_a_folder_is_planned_in_parts_of_at_most_part_files(tmp_path: Path) -> None:
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for i in range(files.PART_FILES + 5):
+        (folder / f"{i:05d}.png").write_bytes(b"x")
+    spec = BatchSpec(model="digest", input=str(folder), output=str(tmp_path / "out"))
+    sizes = [len(p.files) for p in plan(spec, Settings())]
+    assert sizes == [files.PART_FILES, 5]
