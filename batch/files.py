@@ -167,13 +167,11 @@ def _too_big(length: int, max_bytes: int) -> str | None:
 
 
 def _value(data: bytes, feature: Feature) -> tuple[bytes | str, str | None]:
-    """The file's cell: its bytes, or (a string input) its UTF-8 text."""
-    if _is_binary(feature.type):
-        return data, None
+    """The file's cell (:func:`serving.codecs.raw.cell`), or why it cannot be one."""
     try:
-        return data.decode("utf-8"), None
-    except UnicodeDecodeError as err:
-        return b"", f"it is not UTF-8 text (byte {err.start})"
+        return raw.cell(data, feature), None
+    except ValueError as err:
+        return b"", str(err)
 
 
 def _rows(names: list[str], values: list[bytes | str], feature: Feature) -> pa.Table:
@@ -183,8 +181,4 @@ def _rows(names: list[str], values: list[bytes | str], feature: Feature) -> pa.T
 
 
 def _binary(version: ModelVersion, output: str) -> bool:
-    return _is_binary(arrow_type(version.output_types.get(output, "double")))
-
-
-def _is_binary(t: pa.DataType) -> bool:
-    return pa.types.is_binary(t) or pa.types.is_large_binary(t)
+    return raw.is_binary(arrow_type(version.output_types.get(output, "double")))

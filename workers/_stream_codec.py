@@ -14,7 +14,6 @@ the consumer's store (``s3://…``, ``file://…``, ``store:<key>``), read by
 
 from __future__ import annotations
 
-import base64
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -24,7 +23,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from serving.codecs import json_texts
+from serving.codecs import base64_texts, json_texts
+from serving.codecs.raw import is_binary
 from serving.errors import InvalidField, MissingField, MMServeError
 from serving.metadata import Feature
 from workers._stream_files import Files
@@ -93,8 +93,8 @@ def outputs(
     for name, column in zip(scored.column_names, scored.columns, strict=True):
         if pa.types.is_list(column.type) or pa.types.is_fixed_size_list(column.type):
             text = json_texts(column).to_pylist()  # an embedding: "[0.5,1.0]"
-        elif _is_binary(column.type):  # a file: its bytes as base64 text
-            text = [None if v is None else base64.b64encode(v).decode() for v in column.to_pylist()]
+        elif is_binary(column.type):  # a file: its bytes as base64 text
+            text = base64_texts(column).to_pylist()
         else:  # Arrow writes floats in their shortest form that reads back to the same bits.
             text = pc.cast(column, pa.string()).to_pylist()
         columns[name] = [v if v is not None else "" for v in text]
@@ -147,7 +147,7 @@ def _files(
 ) -> list[Mapping[str, Any]]:
     """``rows`` with the text of each binary feature replaced by the file's bytes; a text
     that gives none is reported (its row holds no bytes, and is set aside)."""
-    names = [f.name for f in features if _is_binary(f.type)]
+    names = [f.name for f in features if is_binary(f.type)]
     if not names:
         return list(rows)
     read: list[Mapping[str, Any]] = []
@@ -165,10 +165,6 @@ def _files(
                     row[name] = b""
         read.append(row)
     return read
-
-
-def _is_binary(t: pa.DataType) -> bool:
-    return pa.types.is_binary(t) or pa.types.is_large_binary(t)
 
 
 def _ids(
@@ -271,6 +267,6 @@ def _kind(feature: Feature) -> str:
         return "a number"
     if pa.types.is_boolean(t):
         return "a boolean"
-    if _is_binary(t):
+    if is_binary(t):
         return "base64 or a reference"
     return "a string" if pa.types.is_string(t) else f"a value of type {t}"

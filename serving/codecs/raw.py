@@ -56,13 +56,22 @@ def table(raw: Raw, inputs: list[Feature]) -> pa.Table:
     if not data:
         raise DecodeError(raw.media_type, "the body is empty")
     feature = inputs[0]
-    if _is_binary(feature.type):
-        return pa.table({feature.name: pa.array([data], feature.type)})
     try:
-        text = data.decode("utf-8")
+        value = cell(data, feature)
+    except ValueError as err:
+        raise DecodeError(raw.media_type, str(err)) from None
+    return pa.table({feature.name: pa.array([value], feature.type)})
+
+
+def cell(data: bytes, feature: Feature) -> bytes | str:
+    """A file's value for ``feature``: its bytes for a binary input, its text for a string
+    one; a ``ValueError`` naming the first byte that is not UTF-8."""
+    if is_binary(feature.type):
+        return data
+    try:
+        return data.decode("utf-8")
     except UnicodeDecodeError as err:
-        raise DecodeError(raw.media_type, f"it is not UTF-8 text (byte {err.start})") from None
-    return pa.table({feature.name: pa.array([text], feature.type)})
+        raise ValueError(f"it is not UTF-8 text (byte {err.start})") from None
 
 
 def check(media_type: str, inputs: list[Feature]) -> None:
@@ -79,7 +88,7 @@ def accepted(inputs: list[Feature]) -> list[str]:
     if len(inputs) != 1:
         return []
     feature = inputs[0]
-    if _is_binary(feature.type):
+    if is_binary(feature.type):
         return [feature.content_type or "*/*"]
     if pa.types.is_string(feature.type) or pa.types.is_large_string(feature.type):
         return [feature.content_type or "text/*"]
@@ -97,7 +106,7 @@ def answer(
     name = outputs[0]
     media = content_types.get(name)
     column = answer.column(name) if name in answer.column_names else None
-    if media is None or column is None or not _is_binary(column.type):
+    if media is None or column is None or not is_binary(column.type):
         return None
     wanted = [part.split(";")[0].strip().lower() for part in (accept or "*/*").split(",")]
     if not any(_matches(media, w) for w in wanted):
@@ -115,5 +124,5 @@ def _matches(media_type: str, pattern: str) -> bool:
     return kind == given_kind and sub in ("*", given_sub)
 
 
-def _is_binary(t: pa.DataType) -> bool:
+def is_binary(t: pa.DataType) -> bool:
     return pa.types.is_binary(t) or pa.types.is_large_binary(t)

@@ -18,7 +18,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import redis
 import tritonclient.http as triton
 from PIL import Image
 from sklearn.datasets import load_digits
@@ -29,8 +28,8 @@ from serving.endpoints.pipeline import Pipeline
 from serving.errors import InvalidInput
 from serving.registry import Registry
 from serving.store import Store
-from tests.services import mmserve_server, redis_server
-from tests.workers.streams import entries, mmserve_stream, produce, wait_for
+from tests.services import mmserve_server
+from tests.workers.streams import scored_by_a_stream
 
 FILES = 50
 CORRECT = 49  # of the first 50 held-out digits (deterministic: lbfgs, no randomness)
@@ -218,15 +217,10 @@ def test_a_stream_of_pngs_answers_as_in_process(
     registry: Registry, files: list[bytes], root: Path
 ) -> None:
     """Events carrying PNG files in base64, scored by a real ``mmserve stream`` of the chain."""
-    with redis_server() as broker, redis.Redis.from_url(broker.url, decode_responses=True) as r:
-        cells = [base64.b64encode(f).decode() for f in files]
-        produce(r, "pngs", [{"id": str(i), "image": cell} for i, cell in enumerate(cells)])
-        env = {"MMSERVE_STORE_URL": registry.store.url, "MMSERVE_REDIS_URL": broker.url}
-        args = ["--model", "digits-png:1,digits:1", "--source", "pngs", "--sink", "labels"]
-        args += ["--group", "g", "--start", "0", "--id-field", "id"]
-        with mmserve_stream(env, root / "stream.log", *args):
-            wait_for(lambda: r.xlen("labels") == len(files), f"{len(files)} outputs")
-        answers = entries(r, "labels")
+    cells = [base64.b64encode(f).decode() for f in files]
+    events = [{"id": str(i), "image": cell} for i, cell in enumerate(cells)]
+    chain = "digits-png:1,digits:1"
+    answers = scored_by_a_stream(registry.store.url, chain, events, root / "stream.log")
     expected = in_process(registry, files)
     assert [int(a["label"]) for a in answers] == [row["label"] for row in expected]
     assert [float(a["proba_3"]) for a in answers] == [row["proba_3"] for row in expected]

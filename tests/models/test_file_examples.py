@@ -15,15 +15,14 @@ import httpx
 import numpy as np
 import pyarrow as pa
 import pytest
-import redis
 from PIL import Image
 
 from models import support
 from models.upscale.upscale import upscale
 from serving.registry import Registry
 from serving.store import Store
-from tests.services import mmserve_server, redis_server
-from tests.workers.streams import entries, mmserve_stream, produce, wait_for
+from tests.services import mmserve_server
+from tests.workers.streams import scored_by_a_stream
 
 UPSCALE = Path(__file__).resolve().parents[2] / "models" / "upscale"
 HELD_OUT = 200
@@ -118,13 +117,7 @@ def test_support_messages_over_a_stream_are_routed_as_in_process(
     """Events whose ``text`` field is the message, scored by a real ``mmserve stream``."""
     texts, _ = support.messages(30, seed=7)
     local = registry.load("support").predict(pa.table({"text": texts})).to_pylist()
-    with redis_server() as broker, redis.Redis.from_url(broker.url, decode_responses=True) as r:
-        produce(r, "messages", [{"id": str(i), "text": text} for i, text in enumerate(texts)])
-        env = {"MMSERVE_STORE_URL": registry.store.url, "MMSERVE_REDIS_URL": broker.url}
-        args = ["--model", "support", "--source", "messages", "--sink", "teams"]
-        args += ["--group", "g", "--start", "0", "--id-field", "id"]
-        with mmserve_stream(env, tmp_path / "stream.log", *args):
-            wait_for(lambda: r.xlen("teams") == len(texts), f"{len(texts)} outputs")
-        answers = entries(r, "teams")
+    events = [{"id": str(i), "text": text} for i, text in enumerate(texts)]
+    answers = scored_by_a_stream(registry.store.url, "support", events, tmp_path / "stream.log")
     assert [a["label"] for a in answers] == [row["label"] for row in local]
     assert [float(a["proba_shipping"]) for a in answers] == [row["proba_shipping"] for row in local]

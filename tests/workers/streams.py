@@ -15,11 +15,12 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import redis
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.linear_model import LogisticRegression
 
 from tests import fixtures
-from tests.services import kill_group
+from tests.services import kill_group, redis_server
 
 
 class GatedLogistic(LogisticRegression):
@@ -121,3 +122,18 @@ def mmserve_stream(env: dict[str, str], log: Path, *args: str) -> Iterator[subpr
             except subprocess.TimeoutExpired:
                 kill_group(proc, signal.SIGKILL)
                 proc.wait(10)
+
+
+def scored_by_a_stream(
+    store_url: str, model: str, events: list[dict[str, str]], log: Path
+) -> list[dict[str, str]]:
+    """The output entries of ``events`` (each with an ``id`` field) scored by a real
+    ``mmserve stream`` of ``model`` on a throwaway Redis, in order."""
+    with redis_server() as broker, redis.Redis.from_url(broker.url, decode_responses=True) as r:
+        produce(r, "events", events)
+        env = {"MMSERVE_STORE_URL": store_url, "MMSERVE_REDIS_URL": broker.url}
+        args = ["--model", model, "--source", "events", "--sink", "outputs"]
+        args += ["--group", "g", "--start", "0", "--id-field", "id"]
+        with mmserve_stream(env, log, *args):
+            wait_for(lambda: r.xlen("outputs") == len(events), f"{len(events)} outputs")
+        return entries(r, "outputs")
