@@ -1,0 +1,112 @@
+"""The fast input path answers as the checked path and as the library's own call, bit for bit,
+for every model of the real-time benchmark's set (``benchmarks/realistic.py``).
+
+The fast path is what a request that already fits takes: JSON rows of numbers decoded into
+one matrix, or a table of exactly the registered columns and types. The checked path is
+what any other request takes (columns in another order, an extra column): selection, casts,
+per-column checks. A model fitted on a DataFrame is called with its matrix twin where that
+answers as the DataFrame does (``serving/runtimes/sklearn.py``); the library's own call here
+is always the DataFrame one. Calls are compared on 8 rows (a multiple of ``row_block``): a
+one-row request is answered as the first of 8 copies of its row.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from benchmarks import realistic
+from serving.codecs import v1
+from serving.predictor import Predictor
+from serving.registry import Registry
+from serving.store import Store
+
+MODELS = [name for name in realistic.MODELS if name != "churn-onnx"]
+
+
+@pytest.fixture(scope="module")
+def fitted() -> dict[str, realistic.Fitted]:
+    return realistic.fit(tuple(MODELS), rows=2_000)
+
+
+@pytest.fixture(scope="module")
+def predictors(
+    fitted: dict[str, realistic.Fitted], tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Predictor]:
+    registry = Registry(Store.from_url(str(tmp_path_factory.mktemp("store"))))
+    for model in fitted.values():
+        registry.register(model.model, model.name, input_example=model.example, **model.options)
+    return {name: registry.load(f"{name}:1") for name in fitted}
+
+
+def _rows(model: realistic.Fitted, count: int) -> pa.Table:
+    """``count`` distinct rows of the registered schema."""
+    if model.numeric:
+        rng = np.random.default_rng(3)
+        values = rng.standard_normal((count, realistic.FEATURES)).round(4).astype(np.float32)
+        return pa.table(dict(zip(realistic.NAMES, values.T, strict=True)))
+    from models import churn
+
+    return churn.sample(count, seed=5).select(model.names).cast(model.example.schema)
+
+
+def _checked(table: pa.Table) -> pa.Table:
+    """The same rows as a request the fast path turns away: columns reversed, one extra."""
+    reordered = table.select(table.column_names[::-1])
+    return reordered.append_column("note", pa.array(["x"] * table.num_rows))
+
+
+def _fast(predictor: Predictor, table: pa.Table) -> pa.Table:
+    """The rows as a V1 JSON body of instances (lists of numbers, else objects by name)
+    becomes them on the server: decoded, then predicted."""
+    rows = table.to_pylist()
+    instances = [list(r.values()) for r in rows] if len(table.column_names) == 20 else rows
+    body = json.dumps({"instances": instances}).encode()
+    decoded = v1.decode(body, [f.name for f in predictor.inputs])
+    return predictor.predict(decoded)
+
+
+def _library(model: realistic.Fitted, table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+    """The library called as its users call it: with a DataFrame if it was fitted on one,
+    else with a C-ordered matrix (rows as numpy makes them of a list)."""
+    frame = table.to_pandas()
+    native = model.model
+    x: Any = frame if hasattr(native, "feature_names_in_") else np.ascontiguousarray(frame)
+    return native.predict_proba(x), np.asarray(native.predict(x))
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_fast_path_answers_as_checked_path_and_library(
+    name: str, fitted: dict[str, realistic.Fitted], predictors: dict[str, Predictor]
+) -> None:
+    model, predictor = fitted[name], predictors[name]
+    table = _rows(model, 8)
+    fast, checked = _fast(predictor, table), predictor.predict(_checked(table))
+    proba, labels = _library(model, table)
+    assert fast.equals(checked)
+    assert fast.column_names == ["label", "proba_0", "proba_1"]
+    np.testing.assert_array_equal(fast["proba_0"].to_numpy(), proba[:, 0])
+    np.testing.assert_array_equal(fast["proba_1"].to_numpy(), proba[:, 1])
+    np.testing.assert_array_equal(fast["label"].to_numpy(), labels)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_one_row_is_answered_as_in_any_batch(
+    name: str, fitted: dict[str, realistic.Fitted], predictors: dict[str, Predictor]
+) -> None:
+    predictor = predictors[name]
+    table = _rows(fitted[name], 8)
+    alone = [_fast(predictor, table.slice(i, 1)) for i in range(8)]
+    together = _fast(predictor, table)
+    assert pa.concat_tables(alone).equals(together)
+
+
+def test_numeric_dataframe_models_take_their_matrix(predictors: dict[str, Predictor]) -> None:
+    """Which models the twin serves: every DataFrame model of floats whose DataFrame
+    scikit-learn only turns into a matrix; the churn pipeline selects columns by name."""
+    frames = {name: predictors[name].runtime.frame for name in ("lr-df", "hgb", "rf", "churn")}
+    assert frames == {"lr-df": False, "hgb": False, "rf": False, "churn": True}
