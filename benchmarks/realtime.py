@@ -1,13 +1,15 @@
-"""Real-time serving: mmserve against the HTTP floor, a naive FastAPI app and MLServer, under wrk.
+"""Real-time serving: mmserve against the HTTP floor, a naive FastAPI app, MLServer and BentoML,
+under wrk, on the models people deploy (benchmarks/realistic.py).
 
-    .venv/bin/python benchmarks/realtime.py [--quick] [--duration 10] [--concurrency 1,16,64]
-        [--models lr,rf,xgb] [--only floor,naive,mlserver,mmserve,mmserve-unbatched]
+    .venv/bin/python benchmarks/realtime.py [--quick] [--duration 10] [--concurrency 1,64]
+        [--models lr,lr-df,hgb,rf,xgb,lgbm,churn,churn-onnx]
+        [--only floor,naive,mlserver,bentoml,mmserve,mmserve-unbatched]
 
-Each server is its own process with one uvicorn worker on a free loopback port, pinned to
-core 0; wrk (one thread) runs pinned to core 1. Every request is one row of 20 float32
-features, in the format the server natively speaks. mmserve-unbatched (mmserve with
-batching off) runs alongside mmserve, at c=1 only, for the target "batching adds < 0.2 ms
-to p50 at c=1". See benchmarks/README.md, "Real time".
+Each server is its own process with one worker on a free loopback port, pinned to core 0;
+wrk (one thread) runs pinned to core 1. Every request is one row, in the format the server
+natively speaks. mmserve-unbatched (mmserve with batching off) runs alongside mmserve, at
+c=1 only, for the target "batching adds < 0.2 ms to p50 at c=1". See benchmarks/README.md,
+"Real time".
 """
 
 from __future__ import annotations
@@ -35,20 +37,20 @@ from typing import Any
 
 import joblib
 import numpy as np
-import pandas as pd
-import pyarrow as pa
 import sklearn
 from rich.console import Console
 from rich.table import Table
-from sklearn.datasets import make_classification
-from sklearn.ensemble import RandomForestClassifier
-from sklearn.linear_model import LogisticRegression
 
 from serving.registry import Registry
 from serving.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
 HERE = ROOT / "benchmarks"
+sys.path[:0] = [str(ROOT), str(HERE / "realtime")]  # the model set (and the demo's churn), bento
+import bento  # noqa: E402
+
+from benchmarks import realistic  # noqa: E402
+
 WORK = HERE / ".work"
 RESULTS = WORK / "realtime.json"
 MLSERVER_VENV = WORK / "mlserver-venv"
@@ -56,19 +58,26 @@ MLSERVER_PINS = (
     "mlserver==1.7.1",
     "mlserver-sklearn==1.7.1",
     "mlserver-xgboost==1.7.1",
+    "mlserver-lightgbm==1.7.1",
     "uvloop==0.21.0",  # newer uvloop crashes MLServer 1.7.1 at start (SeldonIO/MLServer#2286)
     f"scikit-learn=={sklearn.__version__}",  # the same estimator class as the pickle
     f"joblib=={joblib.__version__}",
     f"xgboost=={version('xgboost')}",  # the same library reads the same model file
+    f"lightgbm=={version('lightgbm')}",
+    f"pandas=={version('pandas')}",
 )
 MLSERVER_BATCH = {"max_batch_size": 64, "max_batch_time": 0.002}
-SERVERS = ("floor", "naive", "mlserver", "mmserve", "mmserve-unbatched")
+SERVERS = ("floor", "naive", "mlserver", "bentoml", "mmserve", "mmserve-unbatched")
+PEERS = ("mlserver", "bentoml")  # the servers users would pick instead
 NAME_WIDTH = max(len(name) for name in SERVERS)
-MODELS = ("lr", "rf", "xgb")
-FEATURES = 20
+MODELS = realistic.MODELS
+# Peers serve the model as scikit-learn (MLServer 1.7.1 has no ONNX runtime); mmserve's
+# ONNX graph is compared with the floor only.
+COMPILED = {"churn-onnx"}
 TARGET_C = 64  # the concurrency the issue sets its throughput targets at
 TURNS = 4  # wrk runs per server when servers take turns at one concurrency (measure_in_turns)
 PROBA_TOLERANCE = 1e-6
+ONNX_TOLERANCE = 1e-5  # the graph's probabilities against scikit-learn's (compile's default)
 # Servers get one BLAS/OpenMP thread each: they are pinned to one core, where a second
 # thread can only wait for the first.
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -93,7 +102,7 @@ class Server:
     name: str
     argv: list[str]
     port: int
-    protocol: str  # "v1" ({"instances": ...} on /v1/models/{name}:predict) or "v2"
+    protocol: str  # "v1" ({"instances": ...} on /v1/models/{name}:predict), "v2", "bentoml"
     read_proba: Callable[[dict[str, Any]], list[float]] | None  # None: a constant answer
     env: dict[str, str] = field(default_factory=dict)
     ready: list[str] = field(default_factory=lambda: ["/v2/health/ready"])
@@ -138,8 +147,8 @@ class Bench:
 
     options: Options
     wrk: str
-    row: list[float]
-    expected: dict[str, list[float]]  # each model's predict_proba of the row, in-process
+    models: dict[str, realistic.Fitted]
+    expected: dict[str, list[float]]  # each model's predict_proba of its row, in-process
     folder: Path  # artifacts and request bodies; temporary
     points: list[Point] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
@@ -152,47 +161,26 @@ class Bench:
 # -- models ----------------------------------------------------------------------------------
 
 
-def train(names: tuple[str, ...] = MODELS) -> dict[str, Any]:
-    x, y = make_classification(
-        n_samples=20_000, n_features=FEATURES, n_informative=10, random_state=0
-    )
-    x = x.astype(np.float32)
-    models: dict[str, Any] = {}
-    if "lr" in names:
-        models["lr"] = LogisticRegression(max_iter=1000).fit(x, y)
-    if "rf" in names:
-        forest = RandomForestClassifier(n_estimators=100, max_depth=10, n_jobs=1, random_state=0)
-        models["rf"] = forest.fit(x, y)
-    if "xgb" in names:
-        import xgboost  # imported here: the other benchmarks import this module
-
-        # Fitted on a DataFrame, as boosters usually are: it has feature names.
-        frame = pd.DataFrame(x, columns=[f"f{i}" for i in range(FEATURES)])
-        booster = xgboost.XGBClassifier(n_estimators=100, max_depth=6, n_jobs=1, random_state=0)
-        models["xgb"] = booster.fit(frame, y)
-    return models
-
-
-def request_row() -> list[float]:
-    """The one row every request sends; 4 decimals, so every server parses the same floats."""
-    x, _ = make_classification(n_samples=1, n_features=FEATURES, random_state=1)
-    return [round(float(v), 4) for v in x[0]]
-
-
-def write_artifacts(models: dict[str, Any], folder: Path) -> None:
-    """The mmserve store, the naive app's joblib files, and MLServer's model repository: the
-    joblib file for scikit-learn, XGBoost's own file (what mmserve stores) for XGBoost."""
+def write_artifacts(models: dict[str, realistic.Fitted], folder: Path) -> None:
+    """The mmserve store, the joblib files of the naive app and BentoML, and MLServer's model
+    repository: the joblib file for scikit-learn, the boosters' own files (what mmserve
+    stores) for XGBoost and LightGBM."""
     registry = Registry(Store.from_url(str(folder / "store")))
-    example = pa.table({f"f{i}": np.zeros(16, dtype=np.float32) for i in range(FEATURES)})
     (folder / "joblib").mkdir()
-    for name, model in models.items():
-        registry.register(model, name=name, input_example=example)  # a float32 input schema
+    for name, fitted in models.items():
+        model = fitted.model
+        registry.register(model, name=name, input_example=fitted.example, **fitted.options)
+        if name in COMPILED:
+            continue
         joblib.dump(model, folder / "joblib" / f"{name}.joblib")
         repo = folder / "mlserver" / name
         repo.mkdir(parents=True)
-        if hasattr(model, "save_model"):  # XGBoost
+        if name == "xgb":
             model.save_model(repo / "model.ubj")
             runtime, uri = "mlserver_xgboost.XGBoostModel", "./model.ubj"
+        elif name == "lgbm":
+            model.booster_.save_model(repo / "model.txt")
+            runtime, uri = "mlserver_lightgbm.LightGBMModel", "./model.txt"
         else:
             joblib.dump(model, repo / "model.joblib")
             runtime, uri = "mlserver_sklearn.SKLearnModel", "./model.joblib"
@@ -250,6 +238,13 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def bentoml_peer(python: Path, artifacts: Path) -> Server:
+    port = free_port()
+    argv, env = bento.bentoml_server(python, artifacts / "joblib", port)
+    reader = bento.read_proba
+    return Server("bentoml", argv, port, "bentoml", reader, env, ready=[bento.READY_PATH])
+
+
 def uvicorn_app(name: str, factory: str, env: dict[str, str]) -> Server:
     port = free_port()
     argv = [sys.executable, "-m", "uvicorn", "--factory", f"apps:{factory}"]
@@ -261,6 +256,7 @@ def uvicorn_app(name: str, factory: str, env: dict[str, str]) -> Server:
 
 def mlserver(executable: Path, artifacts: Path, models: tuple[str, ...]) -> Server:
     port, repo = free_port(), artifacts / "mlserver"
+    models = tuple(m for m in models if m not in COMPILED)
     settings = {
         "debug": False,  # debug (the default) writes an access-log line per request
         "host": "127.0.0.1",
@@ -308,6 +304,12 @@ def build_servers(bench: Bench) -> list[list[Server]]:
                 bench.skip("mlserver", "its install failed")
             else:
                 servers.append(mlserver(executable, folder, bench.options.models))
+        elif name == "bentoml":
+            python = bento.ensure_bentoml(WORK, WORK / "logs" / "bentoml-install.log")
+            if python is None:
+                bench.skip("bentoml", "its install failed")
+            else:
+                servers.append(bentoml_peer(python, folder))
         elif name == "mmserve":
             servers.append(mmserve(folder))
         elif name == "mmserve-unbatched":
@@ -385,19 +387,41 @@ def stop(process: subprocess.Popen[bytes]) -> None:
 def predict_path(server: Server, model: str) -> str:
     if server.protocol == "v2":
         return f"/v2/models/{model}/infer"
+    if server.protocol == "bentoml":
+        return bento.request_path(model)
     return f"/v1/models/{model}:predict"
 
 
-def body_path(server: Server, bench: Bench) -> Path:
-    return bench.folder / f"body-{server.protocol}.json"
+def body_path(server: Server, model: str, bench: Bench) -> Path:
+    return bench.folder / f"body-{server.name}-{model}.json"
 
 
-def request_body(server: Server, row: list[float]) -> bytes:
-    if server.protocol == "v2":
-        tensor = {"name": "input-0", "shape": [1, len(row)], "datatype": "FP32", "data": row}
-        # MLServer's scikit-learn runtime calls predict() unless predict_proba is asked for.
-        return json.dumps({"inputs": [tensor], "outputs": [{"name": "predict_proba"}]}).encode()
-    return json.dumps({"instances": [row]}).encode()
+def request_body(server: Server, fitted: realistic.Fitted) -> bytes:
+    """One row as the server takes it: numbers as a list (a V2 FP32 tensor for MLServer, the
+    fastest form it takes), the churn pipeline's mixed columns as an object by name (V2: one
+    input per column, decoded into a DataFrame by MLServer's pandas codec)."""
+    row: list[Any] | dict[str, Any] = list(fitted.row.values()) if fitted.numeric else fitted.row
+    if server.protocol == "bentoml":
+        return bento.request_body(fitted.name, row)
+    if server.protocol == "v1":
+        return json.dumps({"instances": [row]}).encode()
+    if fitted.numeric:
+        values = list(fitted.row.values())
+        inputs = [
+            {"name": "input-0", "shape": [1, len(values)], "datatype": "FP32", "data": values}
+        ]
+        parameters = {}
+    else:
+        inputs = [_v2_column(field, fitted.row[field.name]) for field in fitted.example.schema]
+        parameters = {"content_type": "pd"}
+    # MLServer's scikit-learn runtime calls predict() unless predict_proba is asked for.
+    body = {"inputs": inputs, "outputs": [{"name": "predict_proba"}], "parameters": parameters}
+    return json.dumps(body).encode()
+
+
+def _v2_column(field: Any, value: Any) -> dict[str, Any]:
+    datatype = {str: "BYTES", float: "FP64", int: "INT64"}[type(value)]
+    return {"name": field.name, "shape": [1], "datatype": datatype, "data": [value]}
 
 
 def _naive_proba(answer: dict[str, Any]) -> list[float]:
@@ -410,7 +434,8 @@ def _mmserve_proba(answer: dict[str, Any]) -> list[float]:
 
 
 def _v2_proba(answer: dict[str, Any]) -> list[float]:
-    return [float(p) for p in answer["outputs"][0]["data"]]
+    data = [float(p) for p in answer["outputs"][0]["data"]]
+    return [1.0 - data[0], data[0]] if len(data) == 1 else data  # a LightGBM Booster: P(1)
 
 
 def check(server: Server, model: str, body: bytes, expected: list[float]) -> str | None:
@@ -428,7 +453,8 @@ def check(server: Server, model: str, body: bytes, expected: list[float]) -> str
     if server.read_proba is None:
         return None
     got = server.read_proba(answer)
-    if len(got) != len(expected) or not np.allclose(got, expected, rtol=0, atol=PROBA_TOLERANCE):
+    tolerance = ONNX_TOLERANCE if model in COMPILED else PROBA_TOLERANCE
+    if len(got) != len(expected) or not np.allclose(got, expected, rtol=0, atol=tolerance):
         return f"probabilities {got} differ from predict_proba's {expected}"
     return None
 
@@ -455,7 +481,7 @@ def run_wrk(
 
 def measure(server: Server, model: str, c: int, seconds: int, bench: Bench) -> Point:
     url, pin = server.url(predict_path(server, model)), bench.options.pin
-    out = run_wrk(bench.wrk, url, body_path(server, bench), c, seconds, pin)
+    out = run_wrk(bench.wrk, url, body_path(server, model, bench), c, seconds, pin)
     return Point(
         server=server.name,
         model=model,
@@ -503,12 +529,14 @@ def bench_servers(servers: list[Server], bench: Bench) -> None:
     """For each model: check each server's answer and warm it up, then load the servers at
     each concurrency, taking turns where more than one is measured at it."""
     options = bench.options
-    for server in servers:
-        body_path(server, bench).write_bytes(request_body(server, bench.row))
     for model in options.models:
-        ready = [server for server in servers if answers_right(server, model, bench)]
+        serving = [s for s in servers if model not in COMPILED or s.name not in PEERS]
+        for server in serving:
+            body = request_body(server, bench.models[model])
+            body_path(server, model, bench).write_bytes(body)
+        ready = [server for server in serving if answers_right(server, model, bench)]
         for server in ready:
-            url, body = server.url(predict_path(server, model)), body_path(server, bench)
+            url, body = server.url(predict_path(server, model)), body_path(server, model, bench)
             warm_c = max(c for c in options.concurrency if server.measured_at(c))
             run_wrk(bench.wrk, url, body, warm_c, options.warmup, options.pin)
         for c in options.concurrency:
@@ -519,7 +547,7 @@ def bench_servers(servers: list[Server], bench: Bench) -> None:
 
 
 def answers_right(server: Server, model: str, bench: Bench) -> bool:
-    body = body_path(server, bench).read_bytes()
+    body = body_path(server, model, bench).read_bytes()
     problem = check(server, model, body, bench.expected[model])
     if problem is not None:
         bench.skip(f"{server.name}/{model}", f"wrong answer: {problem}")
@@ -580,12 +608,14 @@ def results_table(model: str, points: Index, options: Options) -> Table:
 def targets(points: Index, models: tuple[str, ...]) -> list[Target]:
     """The issue's targets for mmserve that this run has the figures for."""
     found = [
-        _throughput(points, "lr", "floor", 0.75),
-        _throughput(points, "lr", "mlserver", 3.0),
-        _throughput(points, "rf", "mlserver", 2.0),
-        _tail(points, "rf", "mlserver"),
-        *(_batching_cost(points, model, 0.2) for model in models),
+        _throughput(points, "lr", "floor", 1.0),
+        _throughput(points, "lr-df", "floor", 0.8),
+        _throughput(points, "churn-onnx", "floor", 0.7),
     ]
+    for model in models:
+        found += [_throughput(points, model, "mlserver", 3.0), _tail(points, model, "mlserver")]
+        found += [_throughput(points, model, "bentoml", 1.0), _tail(points, model, "bentoml")]
+    found += [_batching_cost(points, model, 0.2) for model in models]
     return [target for target in found if target is not None]
 
 
@@ -647,6 +677,7 @@ def write_json(bench: Bench, found: list[Target], load_at_start: float) -> None:
         "machine": {**machine(), "load_average_1m_at_start": round(load_at_start, 2)},
         "options": asdict(bench.options),
         "mlserver": {"pins": list(MLSERVER_PINS), **MLSERVER_BATCH},
+        "bentoml": {"pins": list(bento.pins())},
         "points": [asdict(p) for p in bench.points],
         "targets": [asdict(t) for t in found],
         "skipped": bench.skipped,
@@ -662,8 +693,8 @@ def parse_options() -> Options:
     parser.add_argument("--quick", action="store_true", help="3 s per point, 1 s warm-up")
     parser.add_argument("--duration", type=int, help="seconds per point (default 10)")
     parser.add_argument("--warmup", type=int, help="seconds of warm-up per server and model")
-    parser.add_argument("--concurrency", default="1,16,64", help="open connections, e.g. 1,16,64")
-    parser.add_argument("--models", default=",".join(MODELS), help="of: lr, rf, xgb")
+    parser.add_argument("--concurrency", default="1,64", help="open connections, e.g. 1,16,64")
+    parser.add_argument("--models", default=",".join(MODELS), help=f"of: {', '.join(MODELS)}")
     parser.add_argument("--only", default=",".join(SERVERS), help=f"of: {', '.join(SERVERS)}")
     parser.add_argument("--no-pin", action="store_true", help="do not pin servers and wrk to cores")
     args = parser.parse_args()
@@ -687,11 +718,9 @@ def _names(given: str, known: tuple[str, ...], parser: argparse.ArgumentParser) 
 
 
 def run(options: Options, folder: Path) -> Bench:
-    models = train(options.models)
-    row = request_row()
-    x = np.asarray([row], dtype=np.float32)
-    expected = {name: m.predict_proba(x)[0].tolist() for name, m in models.items()}
-    bench = Bench(options, ensure_wrk(), row, expected, folder)
+    models = realistic.fit(options.models)
+    expected = {name: fitted.expected() for name, fitted in models.items()}
+    bench = Bench(options, ensure_wrk(), models, expected, folder)
     write_artifacts(models, folder)
     for group in build_servers(bench):
         try:

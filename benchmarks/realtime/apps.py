@@ -5,7 +5,8 @@
 
 ``floor`` parses the JSON body and returns a constant: the most a Python HTTP server on
 this stack can answer. ``naive`` is what a user would write in ten minutes: load each
-``<dir>/<name>.joblib`` at start, and call ``predict_proba`` on every request's rows.
+``<dir>/<name>.joblib`` at start, and call ``predict_proba`` on every request's rows (as a
+DataFrame, for a model fitted on one).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 
 import joblib
 import numpy as np
+import pandas as pd
 from fastapi import FastAPI, Request
 
 _CONSTANT = {"predictions": [[0.5, 0.5]]}
@@ -41,8 +43,15 @@ def naive() -> FastAPI:
     @app.post("/v1/models/{name}:predict")
     async def predict(name: str, request: Request) -> dict[str, Any]:
         rows = json.loads(await request.body())["instances"]
-        proba = models[name].predict_proba(np.asarray(rows, dtype=np.float32))
-        return {"predictions": proba.tolist()}
+        model = models[name]
+        names = getattr(model, "feature_names_in_", None)
+        if names is None:
+            x: Any = np.asarray(rows, dtype=np.float32)
+        elif isinstance(rows[0], dict):  # the churn pipeline's mixed columns, by name
+            x = pd.DataFrame(rows, columns=names)
+        else:  # a model fitted on a DataFrame of floats
+            x = pd.DataFrame(np.asarray(rows, dtype=np.float32), columns=names)
+        return {"predictions": model.predict_proba(x).tolist()}
 
     return app
 
