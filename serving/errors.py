@@ -9,6 +9,9 @@ the batch runner writes it into rejects, the stream consumer dead-letters it.
     ├── InvalidEndpoints (400)          an endpoints file refused: its line and the reason
     ├── InvalidSchedules (400)          a schedules file refused: the schedule and the reason
     ├── UnsupportedOperation (400)      something an endpoint of that kind cannot do
+    ├── CompileRefused (422)            a model ``--compile`` does not register as a graph
+    │   ├── NotCompilable               no input example, or no converter for the model
+    │   └── CompiledDisagrees           the graph's answer differs from the model's
     ├── NotFound (404)
     │   ├── ObjectNotFound              no object at a store key
     │   ├── ModelNotFound
@@ -215,6 +218,28 @@ class UnsupportedOperation(MMServeError):
     def __init__(self, what: str, why: str) -> None:
         super().__init__(f"{what}: {why}")
         self.what = what
+
+
+class CompileRefused(MMServeError):
+    status = HTTPStatus.UNPROCESSABLE_ENTITY
+
+
+class NotCompilable(CompileRefused):
+    def __init__(self, model: str, target: str, reason: str) -> None:
+        super().__init__(f"cannot compile {model} to {target}: {reason}")
+        self.model, self.target = model, target
+
+
+class CompiledDisagrees(CompileRefused):
+    def __init__(
+        self, row: int, column: str, model: object, graph: object, tolerance: float | None
+    ) -> None:
+        rule = "labels must be equal" if tolerance is None else f"tolerance {tolerance:g}"
+        super().__init__(
+            f"the compiled graph disagrees with the model on row {row} of the input example: "
+            f"{column} is {model!r} by the model, {graph!r} by the graph ({rule})"
+        )
+        self.row, self.column = row, column
 
 
 class Conflict(MMServeError):

@@ -61,6 +61,31 @@ class Feature(BaseModel):
         return arrow_type(self.dtype)
 
 
+class Compilation(BaseModel):
+    """How a compiled version (``register(..., compile="onnx")``) was made from the model
+    handed to registration, and how closely their answers agreed on its input example."""
+
+    source_flavor: Flavor
+    """The model's own flavor (``sklearn-skops``): what was compiled."""
+    source_type: str
+    """The model's class (``sklearn.pipeline.Pipeline``)."""
+    source_sha256: str
+    """The sha256 of the model's own artifact (not stored: the graph is what is served)."""
+    converter: str
+    """The converter (``skl2onnx``); its version is ``converter_version``."""
+    converter_version: str
+    numbers: Literal["double", "float"]
+    """The graph's numeric inputs: double where the converter's graph loads, else float."""
+    rows_checked: int
+    """Rows of the input example both answered: labels equal on every one."""
+    labels_equal: bool = True
+    tolerance: float
+    """The largest absolute difference allowed between the model's and the graph's
+    probabilities (or predictions) on any row."""
+    max_difference: float
+    """The largest absolute difference measured on those rows."""
+
+
 class ModelVersion(BaseModel):
     """The metadata of one registered version (``registry/<name>/<version>/model.json``)."""
 
@@ -95,6 +120,8 @@ class ModelVersion(BaseModel):
     """A folder artifact's files (a ``python`` model's code and weights) and their sha256."""
     requirements: list[str] = []
     """Packages the model needs beyond its runtime's own (a ``python`` model's)."""
+    compiled: Compilation | None = None
+    """Set when the artifact is a graph compiled from the registered model (``--compile``)."""
     libraries: dict[str, str]
     created: datetime
     description: str = ""

@@ -90,13 +90,18 @@ class Registry:
         extra_columns: Literal["ignore", "reject"] = "ignore",
         row_block: int | None = None,
         force: bool = False,
+        compile: Literal["onnx"] | None = None,
+        compile_tolerance: float | None = None,
     ) -> ModelVersion:
         """Register a model object (a scikit-learn estimator, an XGBoost model...) or an
         artifact file (``.skops``, ``.ubj``...; ``.joblib``/``.pkl`` only with
         ``trust_pickle``; a folder of Python code only with ``trust_code``) as the next
         version of ``name``. The flavor is told from the object's library or the file's name
         and content unless ``flavor`` names it. ``row_block`` defaults to the runtime's:
-        1 for tree models (XGBoost, LightGBM, an ONNX tree ensemble), else 8."""
+        1 for tree models (XGBoost, LightGBM, an ONNX tree ensemble), else 8.
+        ``compile="onnx"`` registers a scikit-learn model as its ONNX graph, checked on the
+        input example to answer alike within ``compile_tolerance`` (see
+        :mod:`serving.runtimes._compile`)."""
         validate_name(name)
         approval = approval or self.settings.default_approval
         if alias is not None:
@@ -148,6 +153,14 @@ class Registry:
             tags=dict(tags or {}),
             approval=approval,
         )
+        if compile is not None:  # the graph is registered in the model's place
+            from serving.runtimes import _compile
+
+            threads = self.settings.model_threads
+            data, native, mv = _compile.compiled(
+                native, mv, example, compile, compile_tolerance, row_block, threads
+            )
+            runtime = runtimes.runtime(mv.flavor)
         if example is not None:  # fail at registration, not at the first request
             model = runtime.wrap(native, mv, self.settings.model_threads)
             Predictor(mv, model).predict(example.slice(0, 16))

@@ -79,6 +79,17 @@ def register(
     force: Annotated[
         bool, typer.Option(help="Point a protected alias at an unapproved version.")
     ] = False,
+    compile: Annotated[
+        Literal["onnx"] | None,
+        typer.Option(
+            help="Register a scikit-learn model as its ONNX graph (skl2onnx), served by "
+            "onnxruntime; needs --input-example, whose rows both must answer alike."
+        ),
+    ] = None,
+    compile_tolerance: Annotated[
+        float | None,
+        typer.Option(help="Largest absolute probability difference allowed (1e-05)."),
+    ] = None,
 ) -> None:
     """Register a model artifact as the next version of NAME."""
     tags = dict(t.split("=", 1) for t in tag if "=" in t)
@@ -96,6 +107,8 @@ def register(
         tags=tags,
         approval=approval,
         force=force,
+        compile=compile,
+        compile_tolerance=compile_tolerance,
     )
     # The whole sha256, computed here from the file: what an operator pins in the servers'
     # trust root (MMSERVE_REGISTRY__TRUSTED_SHA256), never read back from the store.
@@ -103,6 +116,16 @@ def register(
         f"registered [bold]{mv.ref}[/bold] ({mv.flavor}, {mv.task}, sha256 {mv.sha256})",
         soft_wrap=True,
     )
+    if mv.compiled is not None:
+        c = mv.compiled
+        out.print(
+            f"compiled from {c.source_type} ({c.source_flavor}, sha256 {c.source_sha256}) by "
+            f"{c.converter} {c.converter_version}: {c.rows_checked} rows checked, "
+            f"{'labels equal, ' if mv.task == 'classifier' else ''}max difference "
+            f"{c.max_difference:.3g} <= tolerance {c.tolerance:g}",
+            soft_wrap=True,
+            highlight=False,
+        )
 
 
 @models_app.command("list")

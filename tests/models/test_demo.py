@@ -278,7 +278,7 @@ def test_python_m_models_answers_the_same_in_every_mode(tmp_path: Path) -> None:
     # The README's commands that need no server run as written, in the demo's folder.
     env = {**os.environ, "MMSERVE_STORE_URL": store_url, "COLUMNS": "200"}
     offline = [c for c in readme_commands() if re.match(r"mmserve (models register|predict) ", c)]
-    assert len(offline) == 4
+    assert len(offline) == 5
     for command in offline:
         words = re.sub(r" \[.*?\]", "", command).split()[1:]  # without its [optional] parts
         argv = [Path(sys.executable).with_name("mmserve"), *words]
@@ -288,6 +288,9 @@ def test_python_m_models_answers_the_same_in_every_mode(tmp_path: Path) -> None:
     assert registry.version_numbers("legacy") == [1]
     assert registry.version_numbers("credit") == [1, 2, 3]
     assert registry.get("credit:3").flavor == "xgboost"
+    compiled = registry.get("churn-onnx:1")  # demo/churn.skops, compiled (--compile onnx)
+    assert compiled.flavor == "onnx" and compiled.compiled is not None
+    assert compiled.compiled.rows_checked == 5
 
 
 def test_the_demo_server_stops_when_the_demo_fails(tmp_path: Path) -> None:
