@@ -119,7 +119,8 @@ class SklearnModel:
         if twin is not None:
             self.frame = False
             self.scores = _by_columns(getattr(twin, method))
-            self._predict = _by_columns(twin.predict)
+            predict = getattr(twin, "predict", None)  # a transformer has none
+            self._predict = predict and _by_columns(predict)
         elif self.frame and inputs and not self._by_predict:
             columns = _table_twin(native, inputs)
             if columns is not None:  # the checked feature table, not its DataFrame
