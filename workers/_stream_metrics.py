@@ -62,7 +62,7 @@ class StreamMetrics:
         )
         self._server: Any = None
 
-    def scored(self, model: str, version: str, lags: Sequence[float]) -> None:
+    def scored(self, model: str, version: str, lags: Sequence[float] | np.ndarray) -> None:
         self.events.labels(model, version).inc(len(lags))
         self.lag.observe(lags)
 
@@ -92,8 +92,8 @@ class _BatchHistogram(Collector):
         self._sum = 0.0
         self._lock = threading.Lock()
 
-    def observe(self, values: Sequence[float]) -> None:
-        if not values:
+    def observe(self, values: Sequence[float] | np.ndarray) -> None:
+        if len(values) == 0:
             return
         array = np.asarray(values, dtype=np.float64)
         index = np.searchsorted(self._bounds, array, side="left")  # bucket i: value <= bound i

@@ -82,12 +82,14 @@ _COMMIT = (
 local group, me, count = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local names, constant = cjson.decode(ARGV[4]), cjson.decode(ARGV[5])
 local outputs, dead = cjson.decode(ARGV[6]), cjson.decode(ARGV[7])
--- Which of the batch's entries are still pending on this consumer: one read of what it
--- holds (its batch, as a rule); if that many came back, some may be missing: ask by entry.
+-- Which of the batch's entries are still pending on this consumer: one read of the oldest
+-- it holds (its batch, as a rule; the next batch, read ahead, is newer); if that many came
+-- back, an entry not among them may still be pending here: ask for it alone.
 local held = {}
 local pending = redis.call('XPENDING', KEYS[1], group, '-', '+', count, me)
 local function mine(id)
-  if #pending < count then return held[id] ~= nil end
+  if held[id] then return true end
+  if #pending < count then return false end
   return #redis.call('XPENDING', KEYS[1], group, id, id, 1, me) == 1
 end
 for _, entry in ipairs(pending) do held[entry[1]] = true end
@@ -145,6 +147,8 @@ class RedisEventLog:
         self._claim = client.register_script(_CLAIM)
         self._commit = client.register_script(_COMMIT)
         self._own: str | None = "0"  # reading this consumer's own pending entries, after this id
+        self._ahead: Any = None  # the connection a read was sent on by read_ahead, unanswered
+        self._early: list[Event] | None = None  # that read's events, taken during a commit
         self._cursor = "0-0"  # where the claim scan goes on
         self._start = start
 
@@ -155,6 +159,8 @@ class RedisEventLog:
             raise RedisUnavailable(self._url, err) from err
 
     def read(self, count: int, block_ms: int) -> list[Event]:
+        if (self._ahead is not None or self._early is not None) and (events := self.take_ahead()):
+            return events
         try:
             with self._errors():
                 if self._own is not None:
@@ -169,6 +175,31 @@ class RedisEventLog:
                 return self._blocking(block_ms)
         except _GroupLost:
             return []
+
+    def read_ahead(self, count: int) -> None:
+        """Send the packed read of up to ``count`` new entries on a connection of its own,
+        not waiting for the reply (:meth:`take_ahead` or the next commit reads it): Redis
+        runs the script while the caller scores. Not while this consumer's own pending
+        entries are read back."""
+        if self._ahead is not None or self._early is not None or self._own is not None:
+            return
+        n = self.names
+        self._ahead = self._send(self._read.sha, [n.source], [n.group, n.consumer, count, ">"])
+
+    def take_ahead(self) -> list[Event]:
+        early, self._early = self._early, None
+        if early is not None:
+            return early
+        connection, self._ahead = self._ahead, None
+        if connection is None:
+            return []
+        try:
+            raw = self._receive(connection)
+        except redis.exceptions.NoScriptError:  # a Redis without the script: nothing was read
+            return []
+        except _GroupLost:
+            return []
+        return self._unpacked(raw, ">")
 
     def claim(self, count: int, trimmed: Mapping[str, str]) -> Claimed:
         n = self.names
@@ -203,9 +234,13 @@ class RedisEventLog:
             _json(list(rows)),
             _json([[d.source_id, *_flat(d.fields)] for d in dead]),
         ]
+        keys = [n.source, n.sink, n.dead_letter]
         try:
-            with self._errors():
-                reply = self._commit(keys=[n.source, n.sink, n.dead_letter], args=args)
+            if self._ahead is None:
+                with self._errors():
+                    reply = self._commit(keys=keys, args=args)
+            else:
+                reply = self._commit_reading_ahead(keys, args)
         except _GroupLost:  # the batch went with the group
             return Committed(frozenset(ids), 0.0)
         skipped, seconds, micros = reply
@@ -221,14 +256,67 @@ class RedisEventLog:
 
     # -- helpers ---------------------------------------------------------------------------
 
+    def _commit_reading_ahead(self, keys: list[str], args: list[Any]) -> Any:
+        """The commit script's reply; the read ahead's taken (into ``_early``, for the next
+        read) while Redis runs it."""
+        connection = self._send(self._commit.sha, keys, args)
+        try:
+            self._early = self.take_ahead()
+        except BaseException:  # its reply is lost with its connection; the commit's too
+            self._drop(connection)
+            raise
+        try:
+            return self._receive(connection)
+        except redis.exceptions.NoScriptError:  # a Redis without the script: it did nothing
+            with self._errors():
+                return self._commit(keys=keys, args=args)
+
+    def _send(self, sha: str, keys: list[str], args: list[Any]) -> Any:
+        """``EVALSHA`` sent on a connection of the pool taken for it; the reply not read."""
+        pool = self.redis.connection_pool
+        with self._errors():
+            connection = pool.get_connection()
+        try:
+            with self._errors():
+                connection.send_command("EVALSHA", sha, len(keys), *keys, *args)
+        except BaseException:
+            self._drop(connection)
+            raise
+        return connection
+
+    def _receive(self, connection: Any) -> Any:
+        """The reply of what :meth:`_send` sent; the connection back to the pool (closed
+        first when the reply is lost: what else it held is unknown)."""
+        try:
+            with self._errors():
+                reply = connection.read_response()
+        except redis.ResponseError:  # a reply (NOSCRIPT): the connection is sound
+            self.redis.connection_pool.release(connection)
+            raise
+        except _GroupLost:
+            self.redis.connection_pool.release(connection)
+            raise
+        except BaseException:
+            self._drop(connection)
+            raise
+        self.redis.connection_pool.release(connection)
+        return reply
+
+    def _drop(self, connection: Any) -> None:
+        connection.disconnect()
+        self.redis.connection_pool.release(connection)
+
     def _packed(self, count: int, after: str) -> list[Event]:
         n = self.names
         raw = self._read(keys=[n.source], args=[n.group, n.consumer, count, after])
+        return self._unpacked(raw, after)
+
+    def _unpacked(self, raw: str | None, after: str) -> list[Event]:
         if raw is None:
             return []
         entries, counts = json.loads(raw)
-        if after == ">":
-            return [_event(e, 1) for e in entries]
+        if after == ">":  # the common case, without a call per entry
+            return [Event(i, None, 1, flat=flat or None) for i, flat in entries]
         return [_event(e, c) for e, c in zip(entries, _list(counts), strict=True)]
 
     def _blocking(self, block_ms: int) -> list[Event]:
@@ -265,7 +353,7 @@ class RedisEventLog:
                 "made again; entries in flight went with it",
                 self.names.group, self.names.source,
             )  # fmt: skip
-            self._own, self._cursor = "0", "0-0"
+            self._own, self._cursor, self._early = "0", "0-0", None
             try:
                 self._create_group("0")
             except (redis.ConnectionError, redis.TimeoutError) as again:
@@ -278,9 +366,10 @@ class _GroupLost(Exception):
 
 
 def _event(entry: list[Any], deliveries: int) -> Event:
+    """An entry as read: its fields' flat list is kept, made a dict only if asked for; a
+    trimmed entry's fields are ``false`` (or, from redis-py, empty)."""
     entry_id, flat = entry
-    fields = dict(zip(flat[::2], flat[1::2], strict=True)) if flat else None
-    return Event(entry_id, fields, int(deliveries), int(entry_id.split("-", 1)[0]))
+    return Event(entry_id, None, int(deliveries), flat=flat if flat else None)
 
 
 def _flat(fields: Mapping[str, str]) -> list[str]:

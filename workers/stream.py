@@ -35,6 +35,10 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from serving import scorers
 from serving.errors import (
     EntryTrimmed,
@@ -98,22 +102,36 @@ class Consumer:
         return self._retrying(opened, stop) is not None
 
     def run(self, stop: threading.Event) -> None:
-        """Score batches until ``stop`` is set; the batch begun is committed first."""
+        """Score batches until ``stop`` is set; every batch read is committed first."""
         while not stop.is_set():
             self.step(stop)
+        ahead = self._retrying(self.log.take_ahead, None)  # a read begun: its events too
+        if ahead:
+            self._process(ahead)
 
     def step(self, stop: threading.Event | None = None) -> int:
-        """Gather a batch, score it, commit it; the number of events it held."""
+        """Gather a batch, score it, commit it; the number of events it held.
+
+        While a full batch scores, the next one is asked for already (``read_ahead``): the
+        log reads it while this process scores, so their times overlap instead of adding
+        up. It is pending on this consumer like any batch read: if the process dies with
+        it, it is delivered again (claimed, or read back at the next start), and a commit
+        writes only what is still pending here."""
         stop = stop or threading.Event()
         events = self._retrying(lambda: self._gather(stop), stop)
         if not events:
             return 0
+        if len(events) >= self.settings.batch_size and not stop.is_set():
+            self._retrying(lambda: self.log.read_ahead(self.settings.batch_size), None)
+        self._process(events)
+        return len(events)
+
+    def _process(self, events: list[Event]) -> None:
         batch, dead, ref = self._score(events)
         # Committed however long Redis is away, even once asked to stop: the work is done.
         committed = self._retrying(lambda: self.log.commit(batch, dead), None)
         assert committed is not None  # never given up on without a stop event
         self._account(events, batch, dead, committed, ref)
-        return len(events)
 
     # -- gathering -------------------------------------------------------------------------
 
@@ -179,8 +197,9 @@ class Consumer:
                 dead.append(self._letter(event, [err], event_id))
             else:  # left pending: delivered again (and counted) after claim_idle_ms
                 log.warning("entry %s, delivery %d: %s", event.id, event.deliveries, err.message)
-        position = {e.id: k for k, e in enumerate(events)}
-        dead.sort(key=lambda letter: position[letter.source_id])
+        if len(dead) > 1:
+            position = {e.id: k for k, e in enumerate(events)}
+            dead.sort(key=lambda letter: position[letter.source_id])
         rows = [decoded.rows[row] for row in scored.rows]
         scored_events, ids = [live[i] for i in rows], [decoded.ids[i] for i in rows]
         # outputs() takes "name:version"; a chain's is "prep,fraud:1,7", its fields step by step.
@@ -195,10 +214,10 @@ class Consumer:
         live: list[Event] = []
         dead: list[DeadLetter] = []
         for event in events:
-            if event.fields is None:
+            if event.trimmed:
                 dead.append(self._letter(event, [EntryTrimmed(self._source)]))
             elif event.deliveries > limit:
-                given = event.fields.get(id_field) if id_field else None
+                given = event.fields.get(id_field) if id_field and event.fields else None
                 dead.append(
                     self._letter(event, [TooManyDeliveries(event.deliveries, limit)], given)
                 )
@@ -220,9 +239,8 @@ class Consumer:
         ref: str,
     ) -> None:
         skipped = committed.skipped
-        written = {e.id: e.time_ms for e in events}
-        lags = [committed.time_s - written[i] / 1000 for i in batch.source_ids if i not in skipped]
-        self.metrics.scored(*scorers.labels(ref), lags)
+        ids = [i for i in batch.source_ids if i not in skipped] if skipped else batch.source_ids
+        self.metrics.scored(*scorers.labels(ref), committed.time_s - _entry_times_s(ids))
         self.metrics.batch_size.observe(len(events))
         for letter in dead:
             if letter.source_id not in skipped:
@@ -249,6 +267,15 @@ class Consumer:
                     time.sleep(delay)
                 elif stop.wait(delay):
                     return None
+
+
+def _entry_times_s(ids: Sequence[str]) -> np.ndarray:
+    """When the entries ``ids`` were written (seconds since the epoch): their ids' ms part,
+    read in one Arrow call rather than an int() per event."""
+    if not ids:
+        return np.zeros(0)
+    ms = pc.list_element(pc.split_pattern(pa.array(ids, pa.string()), "-", max_splits=1), 0)
+    return pc.cast(ms, pa.int64()).to_numpy() / 1000
 
 
 def serve(
