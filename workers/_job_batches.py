@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import re
 from collections.abc import Generator, Iterator
 from typing import Any, cast
 
@@ -46,6 +47,7 @@ from workers.jobs import Job
 
 _FORMATS: dict[str, Format] = {codecs.CSV: "csv", codecs.JSONL: "jsonl", codecs.PARQUET: "parquet"}
 _HEAD_CHUNK = 1 << 16
+_PRINTABLE = re.compile(rb"[\x20-\x7e\t]+")
 ROW_GROUP = 1024 * 1024
 """Rows of a parquet answer's row groups: pyarrow's default, into which ``pq.write_table``
 (the whole-input path) cuts a table."""
@@ -79,8 +81,22 @@ def headerless(head: bytes, kind: str, features: list[str]) -> bool:
     header row gives no rows). Raises that decoder's error for a first line it refuses."""
     if kind != codecs.CSV:
         return False
-    probe = sagemaker.decode(head[: head.find(b"\n") + 1] or head, kind, features)
+    line = head[: head.find(b"\n") + 1] or head
+    if _plain_values(line.strip(), features):
+        return True  # what the decoder answers for it, without its ~0.4 ms per call
+    probe = sagemaker.decode(line, kind, features)
     return isinstance(probe, pa.Table) and probe.num_rows > 0
+
+
+def _plain_values(line: bytes, features: list[str]) -> bool:
+    """Whether ``line`` is plainly a row of values the decoder reads as one row: printable
+    ASCII without quotes or carriage returns, naming no feature, one cell per feature (with
+    names given and nothing quoted, the CSV reader cannot fail on it). ``False`` leaves the
+    question to the decoder."""
+    if not _PRINTABLE.fullmatch(line) or b'"' in line:
+        return False
+    cells = line.decode().split(",")
+    return len(cells) == len(features) and not {c.strip() for c in cells} & set(features)
 
 
 def encode(table: pa.Table, kind: str, header: bool) -> bytes:

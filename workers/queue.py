@@ -13,11 +13,13 @@ sweep finds the waiting units in one read of the queue.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import random
 import re
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -30,6 +32,8 @@ from workers.jobs import Job
 RUN_TASK = "mmserve.jobs.run"
 NOTIFY_TASK = "mmserve.jobs.notify"
 SWEEP_TASK = "mmserve.jobs.sweep"
+FINISHED_CHANNEL = "mmserve:jobs:finished"
+"""Redis channel on which a worker publishes the token of each job it finished."""
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0, 3600.0)
 
 
@@ -60,6 +64,16 @@ class Queue(Protocol):
     def counters(self) -> dict[str, float]:
         """The job counters, across every process sharing this queue."""
 
+    def finished(self, job: Job, amounts: dict[str, float]) -> None:
+        """Count a job that finished (:meth:`count`) and tell whoever waits for it
+        (:meth:`subscribe`) its record, as stored, at once."""
+
+    def subscribe(self, listener: Callable[[str, str], None]) -> None:
+        """Call ``listener`` with the token and the record (JSON) of every job that finishes
+        from now on, in any process sharing this queue (from a thread of the queue's: it
+        must not block). A hint only: a listener missing one (Redis away) still has the
+        store."""
+
 
 def owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
@@ -89,6 +103,10 @@ class RedisQueue:
         )
         self._release = self.redis.register_script(
             "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end"
+        )
+        self._finished = self.redis.register_script(
+            "for i = 3, #ARGV, 2 do redis.call('hincrbyfloat', KEYS[1], ARGV[i], ARGV[i + 1]) end "
+            "redis.call('publish', ARGV[1], ARGV[2])"
         )
         self._renew = self.redis.register_script(
             "if redis.call('get', KEYS[1]) == ARGV[1] then "
@@ -123,26 +141,22 @@ class RedisQueue:
         me, lease_ms = owner(), int(self.settings.lease_s * 1000)
         if not self.redis.set(_lease(token), me, nx=True, px=lease_ms):
             return None
-        return self._leased(token, me, lease_ms)
+        return self._leased(token, me)
 
     @contextlib.contextmanager
-    def _leased(self, token: str, me: str, lease_ms: int) -> Iterator[None]:
-        done = threading.Event()
-
-        def renew() -> None:
-            while not done.wait(lease_ms / 3000):
-                with contextlib.suppress(Exception):  # Redis away: the lease may lapse
-                    self._renew(keys=[_lease(token)], args=[me, lease_ms])
-
-        renewer = threading.Thread(target=renew, name=f"lease-{token[:8]}", daemon=True)
-        renewer.start()
+    def _leased(self, token: str, me: str) -> Iterator[None]:
+        self._renewer.hold(_lease(token), me)
         try:
             yield
         finally:
-            done.set()
-            renewer.join()
+            self._renewer.drop(_lease(token))
             with contextlib.suppress(Exception):
                 self._release(keys=[_lease(token)], args=[me])
+
+    @functools.cached_property
+    def _renewer(self) -> _Renewer:
+        lease_ms = int(self.settings.lease_s * 1000)
+        return _Renewer(lambda key, me: self._renew(keys=[key], args=[me, lease_ms]), lease_ms)
 
     def waiting(self) -> set[str]:
         messages = self.redis.lrange(self.settings.queue, 0, -1)
@@ -162,6 +176,58 @@ class RedisQueue:
 
     def counters(self) -> dict[str, float]:
         return {str(k): float(v) for k, v in self.redis.hgetall(_STATS).items()}
+
+    def finished(self, job: Job, amounts: dict[str, float]) -> None:
+        # One call (a job's ~16 counters packed by redis-py cost more than the round trip).
+        pairs = [str(v) for field, amount in amounts.items() for v in (field, amount)]
+        message = f"{job.id} {job.model_dump_json()}"
+        self._finished(keys=[_STATS], args=[FINISHED_CHANNEL, message, *pairs])
+
+    def subscribe(self, listener: Callable[[str, str], None]) -> None:
+        def heard(message: dict[str, Any]) -> None:
+            token, _, record = str(message["data"]).partition(" ")
+            listener(token, record)
+
+        def lost(err: BaseException, pubsub: Any, thread: Any) -> None:
+            # Redis away: the next read reconnects and subscribes again (meanwhile waits end
+            # on their records); nothing is raised out of the thread.
+            time.sleep(1.0)
+
+        pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+        pubsub.subscribe(**{FINISHED_CHANNEL: heard})
+        pubsub.run_in_thread(sleep_time=1.0, daemon=True, exception_handler=lost)
+
+
+class _Renewer:
+    """One thread per process renews the leases it holds, a few times per lease period (a
+    thread per job cost each job its start and join)."""
+
+    def __init__(self, renew: Callable[[str, str], object], lease_ms: int):
+        self._renew = renew
+        self._every_s = lease_ms / 3000
+        self._held: dict[str, str] = {}
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def hold(self, key: str, me: str) -> None:
+        with self._lock:
+            self._held[key] = me
+            if self._thread is None or not self._thread.is_alive():  # none yet, or forked
+                self._thread = threading.Thread(target=self._run, name="leases", daemon=True)
+                self._thread.start()
+
+    def drop(self, key: str) -> None:
+        with self._lock:
+            self._held.pop(key, None)
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(self._every_s)
+            with self._lock:
+                held = list(self._held.items())
+            for key, me in held:
+                with contextlib.suppress(Exception):  # Redis away: the lease may lapse
+                    self._renew(key, me)
 
 
 class LocalQueue:
@@ -183,6 +249,7 @@ class LocalQueue:
         self._queued: set[str] = set()
         self._leased: set[str] = set()
         self._counters: dict[str, float] = {}
+        self._listeners: list[Callable[[str, str], None]] = []
 
     def enqueue(self, job: Job) -> None:
         with self._lock:
@@ -251,6 +318,16 @@ class LocalQueue:
     def counters(self) -> dict[str, float]:
         with self._lock:
             return dict(self._counters)
+
+    def finished(self, job: Job, amounts: dict[str, float]) -> None:
+        self.count(amounts)
+        if self._listeners:
+            record = job.model_dump_json()
+            for listener in list(self._listeners):
+                listener(job.id, record)
+
+    def subscribe(self, listener: Callable[[str, str], None]) -> None:
+        self._listeners.append(listener)
 
     def close(self, wait: bool = False) -> None:
         """Stop; with ``wait``, after every job handed over so far ran (else drop the queued)."""

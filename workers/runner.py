@@ -80,8 +80,9 @@ class Runner:
             job = self.jobs.update(token, self._started)
             if not job.status.finished:
                 job = self._execute(job)
+            if job.status.finished:
+                self._counted(job)  # its waiters told before the lease's release, not after
         if job.status.finished:
-            self._counted(job)
             job = self._notify(job)
         return job
 
@@ -187,7 +188,7 @@ class Runner:
         counts = {kind: 1.0}
         if job.finished_at is not None:
             counts |= latency_counts((job.finished_at - job.created_at).total_seconds())
-        self.queue.count(counts)
+        self.queue.finished(job, counts)  # counted, and its waiters told, at once
 
     # -- notifications ---------------------------------------------------------------------
 

@@ -4,6 +4,8 @@
   routes, streamed to the store, up to ``MMSERVE_JOBS__MAX_PAYLOAD_BYTES``), or
   ``{"input_location": ...}`` naming an object already in the store.
 - ``GET /v1/jobs/{token}``, ``GET /v1/jobs/{token}/result``, ``DELETE /v1/jobs/{token}``.
+  ``GET /v1/jobs/{token}?wait=S`` is a long poll: it answers as soon as the job finished,
+  or with its status after ``S`` seconds (at most 20; :mod:`serving.http._waits`).
 - ``POST /endpoints/{name}/async-invocations``: SageMaker's asynchronous invocation, of
   the endpoint ``name`` (the variant drawn for it) if there is one, else of the model.
 
@@ -33,16 +35,18 @@ gets 503, the record says why, and the sweep enqueues the job when the queue is 
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import json
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import anyio
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field, ValidationError
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
@@ -61,6 +65,7 @@ from serving.errors import (
 from serving.http._auth import credential
 from serving.http._body import invalid_body
 from serving.http._endpoints import TARGET_HEADERS
+from serving.http._waits import Waits
 from workers.jobs import Job, JobError, Status, key, new_token, now, valid_token
 from workers.notify import check_url
 from workers.runner import Runner
@@ -69,6 +74,8 @@ router = APIRouter(tags=["async"])
 
 SAGEMAKER = "x-amzn-sagemaker-"
 _POINTER_BYTES = 64 * 1024  # a JSON body this small may be {"input_location": ...}
+_SMALL_BYTES = 64 * 1024  # a body this small is read whole, then stored in one write
+MAX_WAIT_S = 20.0  # longest long poll of a job's status (SQS's longest receive wait)
 _CHUNK = 1024 * 1024
 _MAX_KEY = 256  # characters of an idempotency key (SageMaker's inference ids: 64)
 _SAGEMAKER_TTL_S = 6 * 3600  # SageMaker's default and longest RequestTTLSeconds
@@ -158,9 +165,27 @@ async def _target(request: Request, name: str) -> tuple[str, str | None]:
 
 
 @router.get("/v1/jobs/{token}", summary="A job's status")
-async def status(token: str, request: Request) -> dict[str, Any]:
+async def status(
+    token: str,
+    request: Request,
+    wait: Annotated[
+        float,
+        Query(
+            ge=0,
+            le=MAX_WAIT_S,
+            description="Seconds to wait for the job to finish (a long poll): the answer comes "
+            "as soon as it finished, else with its status after that long",
+        ),
+    ] = 0,
+) -> dict[str, Any]:
+    """The job's record; with ``wait``, once it finished (or after ``wait`` seconds)."""
     runner = _runner(request)
-    job = await run_in_threadpool(runner.jobs.get, valid_token(token))
+    token = valid_token(token)
+    if wait > 0:
+        read = functools.partial(run_in_threadpool, runner.jobs.get, token)
+        job = await _waits(request, runner).until_finished(token, wait, read)
+    else:
+        job = await run_in_threadpool(runner.jobs.get, token)
     return _view(request, runner, job)
 
 
@@ -189,6 +214,8 @@ async def cancel(token: str, request: Request) -> dict[str, Any]:
         return job.finish(Status.CANCELLED, _CANCELLED)
 
     job = await run_in_threadpool(runner.jobs.update, valid_token(token), cancelled)
+    with contextlib.suppress(Exception):  # a hint to long polls, which read the record anyway
+        await run_in_threadpool(runner.queue.finished, job, {})
     return _view(request, runner, job)
 
 
@@ -198,6 +225,15 @@ async def cancel(token: str, request: Request) -> dict[str, Any]:
 def _runner(request: Request) -> Runner:
     runner: Runner = request.app.state.jobs
     return runner
+
+
+def _waits(request: Request, runner: Runner) -> Waits:
+    """The app's long polls (made on the first, with the queue's subscription)."""
+    state = request.app.state
+    waits: Waits | None = getattr(state, "job_waits", None)
+    if waits is None:
+        waits = state.job_waits = Waits(runner.queue)
+    return waits
 
 
 def _new_job(
@@ -232,37 +268,60 @@ async def _accept(
     """Pin the model version (each step's, for a chain), store the input (the body, if
     ``upload``) and the record, publish; the job submitted earlier with the same idempotency
     key by the same credential, if that was the same request (``asked``, and the input)."""
-    job.model = await run_in_threadpool(scorers.pin, runner.registry, job.requested)
-    if job.content_type not in sagemaker.ACCEPTED:  # a file: refused now if no model takes it
-        steps = scorers.steps(job.model)
-        versions = [await run_in_threadpool(runner.registry.get, step) for step in steps]
-        raw.check(job.content_type, inputs_of(versions))
+    who = credential(request.scope["headers"], request.app.state.settings)
+    if upload and (body := await _small_body(request, runner)) is not None:
+        # A small body, read here: the rest is one hop off the loop, not one a step.
+        return await run_in_threadpool(_accept_small, runner, job, body, asked, who)
+    await run_in_threadpool(_pin, runner, job)
     if upload:
         asked = {**asked, "body": await _upload(request, runner, job.input_key, job.content_type)}
     elif await run_in_threadpool(runner.store.exists, job.input_key):
         asked = {**asked, "input_location": job.input_key}
     else:
         raise DecodeError("request", f"no object at the input location {job.input_key!r}")
+    return await run_in_threadpool(_record, runner, job, upload, asked, who)
+
+
+def _accept_small(runner: Runner, job: Job, body: bytes, asked: dict[str, str], who: str) -> Job:
+    """:func:`_accept` of a body already read whole (small), in one call."""
+    _pin(runner, job)
+    if not body:
+        raise DecodeError("request", "the body is empty")
+    runner.store.write(job.input_key, body, content_type=job.content_type)
+    asked = {**asked, "body": hashlib.sha256(body).hexdigest()}
+    return _record(runner, job, True, asked, who)
+
+
+def _pin(runner: Runner, job: Job) -> None:
+    """Pin the job's model version (each step's, for a chain); a file is refused now if no
+    model takes it."""
+    job.model = scorers.pin(runner.registry, job.requested)
+    if job.content_type not in sagemaker.ACCEPTED:
+        versions = [runner.registry.get(step) for step in scorers.steps(job.model)]
+        raw.check(job.content_type, inputs_of(versions))
+
+
+def _record(runner: Runner, job: Job, uploaded: bool, asked: dict[str, str], who: str) -> Job:
+    """Store the record of a job whose input is stored, and publish it: the job, or the one
+    submitted first with its idempotency key (for the same request)."""
     if job.idempotency_key is not None:
-        first = await _claim(runner, job, request, upload, asked)
+        first = _claim(runner, job, uploaded, asked, who)
         if first != job.id:
-            return await run_in_threadpool(runner.jobs.get, first)
-    await run_in_threadpool(runner.jobs.create, job)
+            return runner.jobs.get(first)
+    runner.jobs.create(job)
     try:
-        await run_in_threadpool(runner.queue.enqueue, job)
+        runner.queue.enqueue(job)
     except QueueUnavailable as err:
         update = {"queue_error": str(err.__cause__ or err)}
-        await run_in_threadpool(runner.jobs.update, job.id, lambda j: j.model_copy(update=update))
+        runner.jobs.update(job.id, lambda j: j.model_copy(update=update))
         raise
     return job
 
 
-async def _claim(
-    runner: Runner, job: Job, request: Request, uploaded: bool, asked: dict[str, str]
-) -> str:
-    """The job that holds ``job``'s idempotency key for the caller's credential: ``job``'s
-    own token if it is the first; the earlier job's for the same request (the input just
-    uploaded is then dropped); :class:`IdempotencyConflict` for another request."""
+def _claim(runner: Runner, job: Job, uploaded: bool, asked: dict[str, str], who: str) -> str:
+    """The job that holds ``job``'s idempotency key for the caller's credential (``who``):
+    ``job``'s own token if it is the first; the earlier job's for the same request (the
+    input just uploaded is then dropped); :class:`IdempotencyConflict` for another request."""
     asked |= {
         "content_type": job.content_type,
         "accept": job.accept,
@@ -271,15 +330,12 @@ async def _claim(
     }
     if job.passthrough:  # absent otherwise: a key claimed before columns were kept still holds
         asked["passthrough"] = json.dumps(job.passthrough)
-    who = credential(request.scope["headers"], request.app.state.settings)
     first = ""
     try:
-        first = await run_in_threadpool(
-            runner.jobs.claim_key, who, str(job.idempotency_key), job.id, asked
-        )
+        first = runner.jobs.claim_key(who, str(job.idempotency_key), job.id, asked)
     finally:
         if uploaded and first != job.id:
-            await run_in_threadpool(runner.store.delete, job.input_key)
+            runner.store.delete(job.input_key)
     return first
 
 
@@ -382,6 +438,19 @@ def _seconds(headers: Any, name: str, low: int, high: float) -> int | None:
         rule = f"must be {low} to {int(high)} seconds"
         raise DecodeError("request", f"X-Amzn-SageMaker-{name} {rule}")
     return int(value)
+
+
+async def _small_body(request: Request, runner: Runner) -> bytes | None:
+    """The whole body, if its declared length is at most :data:`_SMALL_BYTES` (and the
+    limit); ``None`` for a body to stream (:func:`_upload`)."""
+    declared = request.headers.get("content-length")
+    small = min(_SMALL_BYTES, runner.settings.max_payload_bytes)
+    if declared is None or not declared.isdigit() or int(declared) > small:
+        return None
+    body = await request.body()
+    if len(body) > runner.settings.max_payload_bytes:
+        raise PayloadTooLarge(runner.settings.max_payload_bytes)
+    return body
 
 
 async def _upload(request: Request, runner: Runner, input_key: str, content_type: str) -> str:

@@ -24,7 +24,7 @@ from serving.registry import Registry
 from serving.settings import JobSettings
 from serving.store import Store
 from tests import fixtures
-from workers._job_batches import ROW_GROUP, Answers
+from workers._job_batches import ROW_GROUP, Answers, headerless
 from workers.jobs import Job, JobError, Jobs, Status, key, new_token, now
 from workers.queue import LocalQueue
 from workers.runner import Runner
@@ -254,3 +254,37 @@ def test_a_json_job_keeps_its_columns_too_and_positional_rows_have_none(registry
     positional = json.dumps(rows(3).to_pandas().values.tolist()).encode()
     job = run_job(registry, "lr:1", positional, codecs.JSON, codecs.JSONL, id_column="id")
     assert job.error == JobError(type="MissingColumn", message="missing column 'id'")
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"1,2,3\n4,5,6\n",
+        b"1,2,3",
+        b" 1 , 2 ,x\n",
+        b",,\n",
+        b"\t1,2,3\r\n",
+        b"1e5,-0,nan\n",
+        b"f0,f1,f2\n1,2,3\n",
+        b"a,f1,c\n",
+        b'"1,2",3,4\n',
+        b"1,2\n",
+        b"1,2,3,4\n",
+        b"\n1,2,3\n",
+        b"1;2;3\n",
+    ],
+)
+def test_a_first_line_of_plain_values_is_headerless_as_the_decoder_says(head: bytes) -> None:
+    # The shortcut for plain rows of values answers what decoding the first line answers.
+    features = ["f0", "f1", "f2"]
+    line = head[: head.find(b"\n") + 1] or head
+    try:
+        probe = sagemaker.decode(line, codecs.CSV, features)
+        expected: object = isinstance(probe, pa.Table) and probe.num_rows > 0
+    except MMServeError as err:
+        expected = err.message
+    try:
+        found: object = headerless(head, codecs.CSV, features)
+    except MMServeError as err:
+        found = err.message
+    assert found == expected
