@@ -480,6 +480,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    if sys.path[0] == str(HERE):  # this folder's batch.py would hide the batch package
+        sys.path[0] = str(ROOT)
     if sys.argv[1:2] == ["_floor"]:
         floor_main(*sys.argv[2:7])
     elif sys.argv[1:2] == ["_produce"]:
