@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import multiprocessing
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from typing import Any
 
@@ -31,10 +31,16 @@ from serving.store import Store
 
 
 def execute(
-    run: Run, todo: list[Partition], scorer: Scorer, settings: Settings, helpers: int
+    run: Run,
+    todo: list[Partition],
+    load: Callable[[], Scorer],
+    settings: Settings,
+    helpers: int,
 ) -> Iterator[PartResult]:
-    """Write ``todo`` here (with ``scorer``, loaded for ``run.model``) and in ``helpers``
-    processes (each loading ``run.model`` itself); yields each part's record."""
+    """Write ``todo`` here (with the scorer ``load`` gives for ``run.model``) and in
+    ``helpers`` processes (each loading ``run.model`` itself); yields each part's record.
+    ``load`` is called once the helpers are starting: the model loads of all the processes
+    overlap (a forest's takes a second or more, before any row)."""
     context = fork_server()
     lifeline, held = context.Pipe(duplex=False)  # the helpers watch it; this process holds it
     spec = run.spec.model_dump_json()
@@ -60,6 +66,7 @@ def execute(
     feeder.start()
     reported: set[int] = set()
     try:
+        scorer = load()
         while (index := ends.back()) is not None:
             yield write_part(run.spec, todo[index], scorer, run.out, settings)
             yield from _reported(futures, reported, block=False)

@@ -197,14 +197,17 @@ def _execute(
 
         yield from on_workers(run, todo, settings)
         return
-    scorer = scorers.load(registry, run.model)
     if workers <= 1 or len(todo) <= 1:
+        scorer = scorers.load(registry, run.model)
         for partition in todo:
             yield write_part(run.spec, partition, scorer, run.out, settings)
         return
     from batch.local import execute as here_and_helpers
 
-    yield from here_and_helpers(run, todo, scorer, settings, workers - 1)
+    # Loaded once the helpers start: their loads of the model overlap this process's.
+    yield from here_and_helpers(
+        run, todo, lambda: scorers.load(registry, run.model), settings, workers - 1
+    )
 
 
 def failure_message(err: BaseException) -> str:

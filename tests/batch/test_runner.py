@@ -22,6 +22,7 @@ import pytest
 from batch.parts import BadRow
 from batch.runner import RunConflict, run_batch, status
 from batch.spec import BatchSpec
+from serving.errors import TamperedArtifact
 from serving.registry import Registry
 from serving.settings import AwsSettings, Settings
 from serving.store import Store
@@ -150,6 +151,27 @@ def test_two_processes_write_what_one_writes(tmp_path: Path) -> None:
     # This process takes parts from the back, the helper from the front, until they meet.
     assert writers[-1] == here and writers[0] != here
     assert writers == sorted(writers, key=lambda w: w == here)
+
+
+def test_a_model_that_fails_to_load_here_fails_a_two_process_run_and_the_next_one_runs(
+    tmp_path: Path,
+) -> None:
+    registry = Registry(Store.from_url(str(tmp_path / "store")))
+    mv = registry.register(fixtures.logistic(), "lr")  # loaded here once the helper starts
+    pq.write_table(dataset(400), tmp_path / "in.parquet", row_group_size=100)
+    settings = Settings(store_url=registry.store.url)
+    spec = BatchSpec(model="lr", input=str(tmp_path / "in.parquet"), output=str(tmp_path / "out"),
+                     id_column="id", partition_rows=100)  # fmt: skip
+    key = "registry/lr/1/model.skops"
+    artifact = registry.store.read(key)
+    registry.store.write(key, artifact + b"\0")
+    with pytest.raises(TamperedArtifact) as info:
+        run_batch(spec, registry, settings, workers=2)
+    assert info.value.message.startswith(f"artifact '{key}' fails its integrity check")
+    assert info.value.message.endswith(f"registered as {mv.sha256}")
+    registry.store.write(key, artifact)
+    manifest = run_batch(spec, registry, settings, workers=2, resume=True)
+    assert manifest["rows"] == 400 and len(manifest["parts"]) == 4
 
 
 @pytest.mark.slow
