@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from typing import Any
 
 import numpy as np
+import orjson
 import pyarrow as pa
 
 from serving.codecs import (
@@ -49,7 +51,7 @@ def decode(body: bytes, features: list[str], bounds: Bounds | None = None) -> Ro
     """The rows of a V1 request body; positional instances take ``features`` as names. With
     ``bounds``, rows past them are refused (413), decoded bytes counted like any cell."""
     try:
-        document = json.loads(body)
+        document = _loads(body)
     except (ValueError, RecursionError) as err:  # RecursionError: nested past the stack
         raise DecodeError(JSON, str(err)) from None
     if not isinstance(document, dict):
@@ -58,6 +60,22 @@ def decode(body: bytes, features: list[str], bounds: Bounds | None = None) -> Ro
     if isinstance(rows, dict):
         return _bounded(_columns(rows), bounds)
     return rows_of(rows, features, bounds)
+
+
+# 19 digits in a row: maybe an integer past int64, which orjson reads as a float (rounded).
+_LONG_DIGITS = re.compile(rb"[0-9]{19}")
+
+
+def _loads(body: bytes) -> Any:
+    """The JSON document ``json.loads`` reads, read by orjson (a third of the time) where it
+    reads the same: not where it would round an integer, nor what it refuses (NaN, a lone
+    surrogate...), which json reads or refuses in its own words."""
+    if not _LONG_DIGITS.search(body):
+        try:
+            return orjson.loads(body)
+        except orjson.JSONDecodeError:
+            pass
+    return json.loads(body)
 
 
 def rows_of(rows: Any, features: list[str], bounds: Bounds | None = None) -> Rows:
@@ -82,11 +100,11 @@ def encode(
     already made."""
     predictions = rows if rows is not None else table.to_pylist()
     answer = {"predictions": predictions, "model": name, "version": version}
-    try:
-        return json.dumps(answer, allow_nan=False, separators=(",", ":")).encode()
-    # Rare, and free to catch: a model answered NaN or inf (ValueError), or a column holds
-    # bytes (TypeError). The common answer pays no check of its schema.
-    except (ValueError, TypeError):
+    try:  # orjson writes NaN and infinities as null
+        return orjson.dumps(answer)
+    # Rare, and free to catch: a column holds bytes, or an int past 64 bits (a TypeError).
+    # The common answer pays no check of its schema.
+    except TypeError:
         answer["predictions"] = json_safe(table).to_pylist()
         return json.dumps(answer, separators=(",", ":")).encode()
 

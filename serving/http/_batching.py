@@ -52,18 +52,25 @@ class MicroBatcher(Generic[T, R]):
         max_batch_size: int = 64,
         max_wait_s: float = 0.0,
         on_call: Callable[[int, list[float]], None] | None = None,
+        deadlines: Deadlines | None = None,
     ):
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_s
         self._on_call = on_call  # (batch size, each item's seconds in the queue)
+        self._deadlines = deadlines
         self._queue: deque[_Pending] = deque()
         self._full = asyncio.Event()
         self._draining: asyncio.Task[None] | None = None
         self._placement = _Placement()
 
-    async def submit(self, run: Callable[[Sequence[T]], list[R]], item: T) -> R:
-        """``run([item, ...])``'s answer for ``item``, from a call it may share."""
+    async def submit(
+        self, run: Callable[[Sequence[T]], list[R]], item: T, timed: bool = False
+    ) -> R:
+        """``run([item, ...])``'s answer for ``item``, from a call it may share; ``timed``:
+        or the deadlines' error once its time is up."""
         pending = _Pending(run, item, asyncio.get_running_loop().create_future())
+        if timed and self._deadlines is not None:
+            self._deadlines.add(pending.future)
         self._queue.append(pending)
         if self._draining is None:
             self._draining = asyncio.create_task(self._drain())
@@ -129,7 +136,6 @@ class MicroBatcher(Generic[T, R]):
             if not pending.future.done():
                 pending.future.set_result(answer)
 
-
     async def _alone(self, batch: list[_Pending]) -> None:
         """Each request of ``batch`` in a call of its own (one of them holds an input the
         model refused): its answer, or its own refusal, is the same as in any batch."""
@@ -143,6 +149,39 @@ class MicroBatcher(Generic[T, R]):
                 pending.future.set_exception(err)
             else:
                 pending.future.set_result(answer)
+
+
+class Deadlines:
+    """Futures failed with ``error()`` once ``seconds`` have passed since each was added, on
+    one timer for them all: they are added in the order they fall due, so the timer only
+    ever waits for the oldest one still pending."""
+
+    def __init__(self, seconds: float, error: Callable[[], BaseException]):
+        self.seconds = seconds
+        self._error = error
+        self._due: deque[tuple[float, asyncio.Future[Any]]] = deque()
+        self._timer: asyncio.TimerHandle | None = None
+
+    def add(self, future: asyncio.Future[Any]) -> None:
+        loop = asyncio.get_running_loop()
+        while self._due and self._due[0][1].done():  # answered: nothing to fail
+            self._due.popleft()
+        self._due.append((loop.time() + self.seconds, future))
+        if self._timer is None:
+            self._timer = loop.call_at(self._due[0][0], self._expire)
+
+    def _expire(self) -> None:
+        self._timer = None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        while self._due:
+            due, future = self._due[0]
+            if not future.done():
+                if due > now:
+                    self._timer = loop.call_at(due, self._expire)
+                    return
+                future.set_exception(self._error())
+            self._due.popleft()
 
 
 class _Placement:

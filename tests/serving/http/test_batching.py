@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import pytest
 
 from serving.errors import InvalidInput
-from serving.http._batching import MicroBatcher
+from serving.http._batching import Deadlines, MicroBatcher
 
 
 class Recorder:
@@ -164,5 +164,26 @@ def test_a_model_that_waits_never_runs_on_the_event_loop() -> None:
         for i in range(4):
             await batcher.submit(run, i)
         assert threading.get_ident() not in run.threads
+
+    asyncio.run(main())
+
+
+def test_requests_past_their_deadline_fail_and_are_not_run() -> None:
+    """One timer for all requests: the one whose call runs too long and those queued behind
+    it fail with the deadlines' error; the queued ones are never run."""
+
+    async def main() -> None:
+        run = Recorder(seconds=2.0)
+        deadlines = Deadlines(0.5, lambda: TimeoutError("past its time"))
+        batcher: MicroBatcher[int, int] = MicroBatcher(deadlines=deadlines)
+        first = asyncio.ensure_future(batcher.submit(run, 1, timed=True))
+        await asyncio.get_running_loop().run_in_executor(None, run.started.wait)
+        queued = [asyncio.ensure_future(batcher.submit(run, i, timed=True)) for i in (2, 3)]
+        outcomes = await asyncio.gather(first, *queued, return_exceptions=True)
+        assert [str(o) for o in outcomes] == ["past its time"] * 3
+        run.seconds = 0.0
+        assert await batcher.submit(run, 4) == 40  # untimed: after the first call ends
+        assert await batcher.submit(run, 5, timed=True) == 50  # in time
+        assert run.calls == [[1], [4], [5]]
 
     asyncio.run(main())
