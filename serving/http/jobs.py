@@ -50,6 +50,7 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field, ValidationError
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
+from starlette.datastructures import URLPath
 
 from serving import codecs, scorers
 from serving.codecs import DecodeError, media_type, media_type_of, raw, sagemaker
@@ -146,7 +147,7 @@ async def async_invocations(name: str, request: Request) -> Response:
     answered = {
         "X-Amzn-SageMaker-OutputLocation": output,
         "X-Amzn-SageMaker-FailureLocation": runner.store.uri(job.error_key),
-        "Location": str(request.url_for("status", token=job.id)),
+        "Location": _status_url(request, job.id),
     }
     if variant is not None:
         answered |= {"X-Amzn-Invoked-Production-Variant": variant, "X-MMServe-Variant": variant}
@@ -500,8 +501,14 @@ def _pulled(chunks: AsyncIterator[bytes]) -> Iterator[bytes]:
 # -- answering -------------------------------------------------------------------------------
 
 
+def _status_url(request: Request, token: str) -> str:
+    """What ``request.url_for("status", token=token)`` answers, without its walk through
+    every route of the app (a tenth of a submit's time in the API)."""
+    return str(URLPath(f"/v1/jobs/{valid_token(token)}").make_absolute_url(request.base_url))
+
+
 def _view(request: Request, runner: Runner, job: Job) -> dict[str, Any]:
-    status_url = str(request.url_for("status", token=job.id))
+    status_url = _status_url(request, job.id)
     view: dict[str, Any] = {
         "job_id": job.id,
         "status": job.status.value,
