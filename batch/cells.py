@@ -17,6 +17,7 @@ fails (a few bad rows cost a few extra casts); a file without one is read as eve
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -31,7 +32,14 @@ import pyarrow.json as pajson
 from serving.codecs import read_json_lines
 from serving.codecs._jsonl import CheckedLines
 
-_NULLS = pa.array(pacsv.ConvertOptions().null_values)
+
+@functools.cache
+def _nulls() -> pa.Array:
+    """The CSV reader's null spellings, as an array (made on first use: a list made into an
+    array imports pandas, 50 MB, which the API process otherwise does without)."""
+    return pa.array(pacsv.ConvertOptions().null_values)
+
+
 _SHOWN = 40  # characters of a cell a reason quotes
 
 
@@ -98,7 +106,7 @@ def _cast_cells(cells: pa.Array, target: pa.DataType) -> tuple[pa.Array, list[in
     not fit (null in the column)."""
     if pa.types.is_string(target) or pa.types.is_large_string(target):
         return cells.cast(target), []
-    nulls = pc.is_in(cells, value_set=_NULLS)
+    nulls = pc.is_in(cells, value_set=_nulls())
     cells = pc.if_else(nulls, None, pc.utf8_trim_whitespace(cells))
     bad = _unfit(lambda a, b: cells.slice(a, b - a).cast(target), 0, len(cells))
     if bad:

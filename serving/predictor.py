@@ -9,8 +9,9 @@ which one model (a :class:`Predictor`) and a chain of them (a
 
 from __future__ import annotations
 
+import math
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
@@ -19,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from serving.codecs import Matrix, Rows, raw
+from serving.codecs import Matrix, Records, Rows, raw
 from serving.errors import (
     InputError,
     MissingColumn,
@@ -166,6 +167,15 @@ class Predictor:
         self._schema = pa.schema(list(zip(self._names, self._types, strict=True)))
         self._dtype = _float_dtype(self._types) if not self._wants_table else None
         self._columns: Any = None  # a frame model's column Index, made at its first call
+        # What a value of a row that came by name must be to go into its column as it is
+        # (the record lane, see _records_input); None: no lane for the model.
+        # The lane ends where the table path would: in a float64 matrix, or a table.
+        takes = [_taker(t, self._limit) for t in self._types]
+        tables = self._wants_table or not self._numeric or self._wants_frame
+        lane = self._dtype == np.float64 or (self._dtype is None and tables)
+        lane = lane and not self._categories and not self._paths
+        accepts = [take for take in takes if take is not None]
+        self._accepts = accepts if lane and len(accepts) == len(takes) else None
 
     @property
     def ref(self) -> str:
@@ -212,6 +222,11 @@ class Predictor:
                 paths = pa.table({self._names[0]: [str(rows.path)]})
                 return Prepared(1, paths, as_rows=as_rows)
             rows = raw.table(rows, self.version.inputs)
+        if isinstance(rows, Records):
+            x = self._records_input(rows.rows) if not passthrough else None
+            if x is not None:
+                return Prepared(len(rows.rows), x, as_rows=as_rows)
+            rows = rows.table()
         if isinstance(rows, Matrix):
             x = self._matrix_input(rows)
             if x is not None:
@@ -279,9 +294,7 @@ class Predictor:
         scores = np.asarray(scores)
         labels = None
         if self.version.method == "predict_proba":
-            labels = np.asarray(
-                self._invoke(lambda x: self.runtime.labels(x, scores), model_input)
-            )
+            labels = np.asarray(self._invoke(lambda x: self.runtime.labels(x, scores), model_input))
         return self._outputs(scores, rows, labels)
 
     # -- input ---------------------------------------------------------------------------
@@ -318,7 +331,7 @@ class Predictor:
             else:
                 x = _pad(np.concatenate([p.x[: p.rows] for p in batch]), self.version.row_block)
             return self._frame(x) if self._wants_frame else x
-        features = pa.concat_tables([p.x for p in batch])
+        features = self._joined_tables(batch)
         rows = features.num_rows
         pad = -rows % self.version.row_block
         if pad:  # slices of the last row, not copies: take() cost a one-row call 60 µs
@@ -328,6 +341,50 @@ class Predictor:
         if self._wants_frame:
             return features.to_pandas()
         return np.column_stack([c.to_numpy(zero_copy_only=False) for c in features.columns])
+
+    def _joined_tables(self, batch: Sequence[Prepared]) -> pa.Table:
+        """The batch's feature tables as one; rows that came by name (the record lane) get
+        their columns made at once, a run of requests at a time."""
+        tables: list[pa.Table] = []
+        named: list[dict[str, Any]] = []
+        for p in batch:
+            if isinstance(p.x, _Named):
+                named += p.x.rows
+                continue
+            if named:
+                tables.append(self._named_table(named))
+                named = []
+            tables.append(p.x)
+        if named:
+            tables.append(self._named_table(named))
+        return tables[0] if len(tables) == 1 else pa.concat_tables(tables)
+
+    def _named_table(self, rows: list[dict[str, Any]]) -> pa.Table:
+        names, types = self._names, self._types
+        columns = [pa.array([r[n] for r in rows], t) for n, t in zip(names, types, strict=True)]
+        return pa.Table.from_arrays(columns, schema=self._schema)
+
+    def _records_input(self, rows: list[dict[str, Any]]) -> Any:
+        """The model input of rows that came by name, when every row has exactly the
+        features as keys and every value is of its column's type as it is (an int for an
+        int64, a finite float, or an int float64 holds exactly, for a double, a string for
+        a string): the float64 matrix of a model of double inputs, else the rows, whose
+        columns the batch makes at once. ``None`` otherwise: the table path, which names
+        what is wrong, and whose answers these are."""
+        accepts = self._accepts
+        if accepts is None:
+            return None
+        names, width = self._names, len(self._names)
+        for row in rows:
+            if len(row) != width:
+                return None
+            for name, accept in zip(names, accepts, strict=True):
+                if not accept(row.get(name, _MISSING)):
+                    return None
+        if self._dtype is None:
+            return _Named(rows)
+        values = np.array([[row[n] for n in names] for row in rows], dtype=self._dtype)
+        return self._matrix_input(Matrix(values, names))
 
     def _frame(self, x: np.ndarray) -> Any:
         """A frame model's DataFrame of the float matrix ``x``: the one ``Table.to_pandas``
@@ -499,6 +556,51 @@ class Predictor:
 
     def _empty_outputs(self) -> dict[str, pa.Array]:
         return {name: pa.array([], t) for name, t in self._output_types.items()}
+
+
+class _Named:
+    """Rows that came by name and fit the schema as they are (see Predictor._records_input)."""
+
+    __slots__ = ("rows",)
+
+    def __init__(self, rows: list[dict[str, Any]]):
+        self.rows = rows
+
+
+_MISSING = object()
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+_EXACT_INT = 2**53  # integers a double holds exactly
+
+
+def _taker(t: pa.DataType, limit: float | None) -> Callable[[Any], bool] | None:
+    """What a JSON value must be to go into a column of type ``t`` as it is, with what the
+    table path would make of it (an int into a double: exactly that number); ``None`` for
+    a type without the record lane."""
+    if t == pa.int64():
+        return lambda v: type(v) is int and _INT64_MIN <= v <= _INT64_MAX
+    if t == pa.float64():
+        bound = math.inf if limit is None else limit
+
+        def fits(v: Any) -> bool:
+            if type(v) is float:
+                return -bound <= v <= bound and v == v  # finite (NaN compares False)
+            return type(v) is int and -_EXACT_INT < v < _EXACT_INT
+
+        return fits
+    if t == pa.string():
+        return lambda v: type(v) is str and (v.isascii() or _utf8(v))
+    if t == pa.bool_():
+        return lambda v: type(v) is bool
+    return None
+
+
+def _utf8(text: str) -> bool:
+    """Whether ``text`` is valid Unicode (JSON may escape a lone surrogate, which is not)."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _spooled(

@@ -18,10 +18,10 @@ import base64
 import io
 import json
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
 import numpy as np
 import pyarrow as pa
@@ -62,7 +62,19 @@ class Matrix:
         return pa.Table.from_arrays(columns, names=list(self.names))
 
 
-Rows: TypeAlias = pa.Table | Matrix
+@dataclass(frozen=True, slots=True)
+class Records:
+    """Rows that arrived as JSON objects by feature name (V1 instances). The predictor takes
+    rows whose keys and values fit the schema exactly as they are, and builds their Arrow
+    columns once for a whole micro-batch (a one-row request's own table was most of its
+    decoding); it takes any other as :meth:`table`, with the same answers and errors."""
+
+    rows: list[dict[str, Any]]
+    table: Callable[[], pa.Table]
+    """The same rows as a table, as the decoder makes it of them (its refusals included)."""
+
+
+Rows: TypeAlias = pa.Table | Matrix | Records
 """What decoders hand the predictor."""
 _SUFFIXES = {
     ".csv": CSV,

@@ -25,6 +25,7 @@ from serving.codecs import (
     Bounds,
     DecodeError,
     Matrix,
+    Records,
     Rows,
     _kind,
     column,
@@ -47,18 +48,23 @@ def body_type(content_type: str | None) -> str:
     return media_type(content_type, JSON, ACCEPTED)
 
 
-def decode(body: bytes, features: list[str], bounds: Bounds | None = None) -> Rows:
+def decode(
+    body: bytes, features: list[str], bounds: Bounds | None = None, records: bool = False
+) -> Rows:
     """The rows of a V1 request body; positional instances take ``features`` as names. With
-    ``bounds``, rows past them are refused (413), decoded bytes counted like any cell."""
+    ``bounds``, rows past them are refused (413), decoded bytes counted like any cell.
+    ``records``: instances that are objects come as :class:`Records` (for the predictor)."""
     try:
         document = _loads(body)
     except (ValueError, RecursionError) as err:  # RecursionError: nested past the stack
         raise DecodeError(JSON, str(err)) from None
     if not isinstance(document, dict):
         raise DecodeError(JSON, _SHAPE)
-    rows = document.get("instances", document.get("inputs"))
+    rows: Any = document.get("instances", document.get("inputs"))
     if isinstance(rows, dict):
         return _bounded(_columns(rows), bounds)
+    if records and bounds is None and _all_objects(rows):
+        return Records(rows, lambda: _objects(rows))
     return rows_of(rows, features, bounds)
 
 
@@ -84,8 +90,7 @@ def rows_of(rows: Any, features: list[str], bounds: Bounds | None = None) -> Row
     if not isinstance(rows, list) or not rows:
         raise DecodeError(JSON, f"{_SHAPE}, with at least one row")
     if all(isinstance(row, dict) for row in rows):
-        table = _columns({name: [row.get(name) for row in rows] for name in _keys(rows)})
-        return _bounded(table, bounds)
+        return _bounded(_objects(rows), bounds)
     if all(isinstance(row, list) for row in rows):
         return _bounded(_positional(rows, features), bounds)
     raise DecodeError(JSON, "instances must all be objects or all be lists")
@@ -116,6 +121,15 @@ def _bounded(rows: Rows, bounds: Bounds | None) -> Rows:
         bounds.check(len(rows.values), len(rows.names), rows.values.nbytes)
         return rows
     return bounds.table(rows)
+
+
+def _all_objects(rows: Any) -> bool:
+    return isinstance(rows, list) and bool(rows) and all(type(row) is dict for row in rows)
+
+
+def _objects(rows: list[dict[str, Any]]) -> pa.Table:
+    """Instances by name as columns: every key of any row, a null where a row lacks it."""
+    return _columns({name: [row.get(name) for row in rows] for name in _keys(rows)})
 
 
 def _keys(rows: list[dict[str, Any]]) -> list[str]:

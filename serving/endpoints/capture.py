@@ -23,7 +23,7 @@ from datetime import datetime
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from serving.codecs import Matrix, Rows
+from serving.codecs import Matrix, Records, Rows
 from serving.endpoints.pipeline import table_of
 from serving.store import Store
 
@@ -64,6 +64,8 @@ class Record:
     def rows(self) -> int:
         if isinstance(self.inputs, Matrix):
             return len(self.inputs.values)
+        if isinstance(self.inputs, Records):
+            return len(self.inputs.rows)
         return self.inputs.num_rows
 
 

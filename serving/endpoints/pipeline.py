@@ -21,7 +21,7 @@ from contextlib import contextmanager
 
 import pyarrow as pa
 
-from serving.codecs import Matrix, Rows
+from serving.codecs import Matrix, Records, Rows
 from serving.codecs.raw import Raw
 from serving.codecs.raw import table as raw_table
 from serving.errors import InputError, MissingColumn
@@ -60,7 +60,7 @@ def table_of(rows: Rows | Raw, versions: Sequence[ModelVersion] = ()) -> pa.Tabl
     ``versions`` (applied in order) take."""
     if isinstance(rows, Raw):
         return raw_table(rows, inputs_of(versions))
-    return rows.table() if isinstance(rows, Matrix) else rows
+    return rows.table() if isinstance(rows, Matrix | Records) else rows
 
 
 class Pipeline:

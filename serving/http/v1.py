@@ -48,7 +48,7 @@ async def predict(ref: str, request: Request) -> Response:
     def decode(features: list[Feature]) -> Rows:
         if kind == codecs.ARROW:
             return codecs.decode(body, codecs.ARROW, bounds)
-        return v1.decode(body, names(features))
+        return v1.decode(body, names(features), records=True)
 
     scored = await score(request, ref, decode, len(body), as_rows=not as_arrow)
     if as_arrow:

@@ -20,7 +20,8 @@ import pyarrow as pa
 import pytest
 
 from benchmarks import realistic
-from serving.codecs import v1
+from serving.codecs import Records, v1
+from serving.errors import MissingColumn
 from serving.predictor import Predictor
 from serving.registry import Registry
 from serving.runtimes import sklearn as sklearn_runtime
@@ -61,13 +62,14 @@ def _checked(table: pa.Table) -> pa.Table:
     return reordered.append_column("note", pa.array(["x"] * table.num_rows))
 
 
-def _fast(predictor: Predictor, table: pa.Table) -> pa.Table:
+def _fast(predictor: Predictor, table: pa.Table, by_name: bool = False) -> pa.Table:
     """The rows as a V1 JSON body of instances (lists of numbers, else objects by name)
-    becomes them on the server: decoded, then predicted."""
+    becomes them on the server: decoded as the route decodes them, then predicted."""
     rows = table.to_pylist()
-    instances = [list(r.values()) for r in rows] if len(table.column_names) == 20 else rows
+    numbers = len(table.column_names) == 20 and not by_name
+    instances = [list(r.values()) for r in rows] if numbers else rows
     body = json.dumps({"instances": instances}).encode()
-    decoded = v1.decode(body, [f.name for f in predictor.inputs])
+    decoded = v1.decode(body, [f.name for f in predictor.inputs], records=True)
     return predictor.predict(decoded)
 
 
@@ -103,6 +105,7 @@ def test_fast_path_answers_as_checked_path_and_library(
     for _ in range(4):  # a table twin's first three calls are checked against the DataFrame's
         fast = _fast(predictor, table)
     checked = predictor.predict(_checked(table))
+    assert _fast(predictor, table, by_name=True).equals(fast)
     proba, labels = _library(model, predictor, table)
     assert fast.equals(checked)
     assert fast.column_names == ["label", "proba_0", "proba_1"]
@@ -150,3 +153,29 @@ def test_a_table_twin_that_answers_otherwise_leaves_the_model_its_dataframe() ->
     answers = [checked(table).tolist() for _ in range(4)]
     assert answers == [[[0.25, 0.75]]] * 4
     assert calls == ["model", "twin", "model", "twin", "model", "model"]
+
+
+def test_rows_by_name_that_fit_take_the_record_lane_and_others_the_table_path(
+    predictors: dict[str, Predictor],
+) -> None:
+    """The churn pipeline's rows by name go into their columns as they are, a batch at a
+    time; a row with an int where a double is registered too (the table path casts it, to
+    the same number). A string where a number goes, a missing key or an extra one: the table
+    path, and its answer or refusal."""
+    predictor = predictors["churn"]
+    row = {"tenure_months": 7, "monthly_charges": 70.0, "support_calls": 1,
+           "contract": "one-year", "payment_method": "credit-card"}  # fmt: skip
+    as_int = {**row, "monthly_charges": 70}
+    named = [predictor.prepare(Records([r], lambda: pa.table({}))) for r in (row, as_int)]
+    assert [type(p.x).__name__ for p in named] == ["_Named", "_Named"]
+    answers = predictor.run(named)
+    assert answers[0].table.equals(answers[1].table)
+    assert answers[0].table.equals(predictor.predict(pa.Table.from_pylist([row])))
+    for odd in ({**row, "tenure_months": "7"}, {**row, "note": "x"}):
+        decoded = v1.decode(json.dumps({"instances": [odd]}).encode(), [], records=True)
+        prepared = predictor.prepare(decoded)
+        assert isinstance(prepared.x, pa.Table)
+        assert predictor.run([prepared])[0].table.equals(answers[0].table)
+    missing = v1.decode(b'{"instances": [{"tenure_months": 7}]}', [], records=True)
+    with pytest.raises(MissingColumn, match="monthly_charges"):
+        predictor.prepare(missing)
