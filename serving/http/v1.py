@@ -42,11 +42,10 @@ async def predict(ref: str, request: Request) -> Response:
     kind = v1.body_type(request.headers.get("content-type"))
     as_arrow = codecs.ARROW in request.headers.get("accept", "")
     body = await read_body(request)
-
-    bounds = decode_bounds(request)
+    bounds = decode_bounds(request) if kind == codecs.ARROW else None
 
     def decode(features: list[Feature]) -> Rows:
-        if kind == codecs.ARROW:
+        if bounds is not None:
             return codecs.decode(body, codecs.ARROW, bounds)
         return v1.decode(body, names(features), records=True)
 
