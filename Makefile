@@ -30,7 +30,7 @@ lint: dev
 bench: dev
 	$(BIN)/python benchmarks/predictor.py
 
-bench-realtime: dev  # about 7 minutes; installs wrk (apt) and MLServer (own venv) if absent
+bench-realtime: dev  # about 20 minutes; installs wrk (apt), MLServer and BentoML (own venvs) if absent
 	$(BIN)/python benchmarks/realtime.py
 
 bench-async: dev  # about 80 s; starts its own redis-server (apt-installed if absent)
