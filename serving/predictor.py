@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from serving.codecs import Matrix, Records, Rows, raw
+from serving.codecs import Matrix, Records, Rows, raw, v1
 from serving.errors import (
     InputError,
     MissingColumn,
@@ -588,19 +588,10 @@ def _taker(t: pa.DataType, limit: float | None) -> Callable[[Any], bool] | None:
 
         return fits
     if t == pa.string():
-        return lambda v: type(v) is str and (v.isascii() or _utf8(v))
+        return lambda v: type(v) is str and (v.isascii() or v1.is_text(v))
     if t == pa.bool_():
         return lambda v: type(v) is bool
     return None
-
-
-def _utf8(text: str) -> bool:
-    """Whether ``text`` is valid Unicode (JSON may escape a lone surrogate, which is not)."""
-    try:
-        text.encode()
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _spooled(

@@ -219,11 +219,7 @@ class Store:
         path = self.path(key)
         tmp = self._temp_path(path)
         with self._errors(key):
-            try:
-                _write_file(tmp, data)
-            except FileNotFoundError:
-                os.makedirs(os.path.dirname(path), exist_ok=True)
-                _write_file(tmp, data)
+            _write_file(tmp, data)
             try:
                 os.replace(tmp, path)
             except BaseException:
@@ -278,11 +274,7 @@ class Store:
             return
         tmp = self._temp_path(path)
         with self._errors(key):
-            try:
-                _write_file(tmp, data)
-            except FileNotFoundError:
-                os.makedirs(os.path.dirname(path), exist_ok=True)
-                _write_file(tmp, data)
+            _write_file(tmp, data)
             try:
                 os.link(tmp, path)  # atomic, and fails if the name is taken
             except FileExistsError:
@@ -503,8 +495,15 @@ def _link(temp: str, path: str, key: str) -> None:
 
 
 def _write_file(path: str, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
+    """``data`` as the file ``path``, its folder made if missing (only then: a look for it
+    on every write cost more than the write)."""
+    try:
+        with open(path, "wb") as f:
+            f.write(data)
+    except FileNotFoundError:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "wb") as f:
+            f.write(data)
 
 
 def _clean_local(root: Path, cutoff: float) -> int:

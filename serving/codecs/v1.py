@@ -176,7 +176,7 @@ def _columns(columns: dict[str, Any]) -> pa.Table:
 
 def _array(name: str, values: list[Any]) -> pa.Array:
     # JSON can escape a lone surrogate ("\ud800"), which is no character: Arrow refuses it.
-    if not _is_text(name):
+    if not is_text(name):
         raise DecodeError(JSON, f"column name {name!r} is not valid Unicode text")
     try:
         array = column(values, name)
@@ -225,7 +225,8 @@ def _not_b64(value: object) -> str:
     return f'{_kind(value)} where the field\'s other values are {{"b64": ...}} objects'
 
 
-def _is_text(value: str) -> bool:
+def is_text(value: str) -> bool:
+    """Whether ``value`` is valid Unicode (JSON may escape a lone surrogate, which is not)."""
     try:
         value.encode()
     except UnicodeEncodeError:
