@@ -18,7 +18,6 @@ import builtins
 import contextlib
 import fcntl
 import functools
-import hashlib
 import os
 import random
 import re
@@ -195,7 +194,7 @@ class Store:
         with self._errors(prefix):
             infos = self._fs.get_file_info(pafs.FileSelector(base, allow_not_found=True))
         names = (info.path[len(base) + 1 :] for info in infos)
-        return sorted(n for n in names if n and not n.startswith((_TMP_PREFIX, ".locks")))
+        return sorted(n for n in names if n and not n.startswith(_TMP_PREFIX))
 
     def walk(self, prefix: str) -> builtins.list[str]:
         """Every object key below ``prefix``, relative to it, sorted (one listing call)."""
@@ -288,14 +287,8 @@ class Store:
         """Replace the object at ``key`` with ``change(current)`` (``None`` if absent), atomically
         against concurrent updates from any process; returns what was written."""
         if self.is_local:
-            with self._locked(key):
-                try:
-                    current: bytes | None = self.read(key)
-                except ObjectNotFound:
-                    current = None
-                new = change(current)
-                self.write(key, new)
-                return new
+            with self._errors(key):
+                return self._update_file(key, change)
         bucket, s3_key = self.path(key).split("/", 1)
         for attempt in range(attempts):
             current, etag = self._s3_get(key, bucket, s3_key)
@@ -390,21 +383,32 @@ class Store:
         except OSError as err:
             raise StoreUnavailable(self.url, err) from err
 
-    @contextlib.contextmanager
-    def _locked(self, key: str) -> Iterator[None]:
-        name = hashlib.sha256(key.encode()).hexdigest()[:32]
-        lock = f"{self._root}/.locks/{name}"
-        try:
-            f = open(lock, "a")  # noqa: SIM115  (closed below, whichever way it was opened)
-        except FileNotFoundError:
-            os.makedirs(os.path.dirname(lock), exist_ok=True)
-            f = open(lock, "a")  # noqa: SIM115
-        with f:
-            fcntl.flock(f, fcntl.LOCK_EX)
+    def _update_file(self, key: str, change: Callable[[bytes | None], bytes]) -> bytes:
+        """:meth:`update` on disk: ``flock(2)`` on the file itself, which a writer replaces
+        by a rename (readers never see half a file); a writer that got the lock of a file
+        replaced meanwhile tries again on the new one. An absent object is created by a
+        link, which fails if another writer created it first (then that one is changed).
+        No lock file of its own: creating one cost a job more than the rest of its update."""
+        path = self.path(key)
+        while True:
             try:
-                yield
-            finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
+                f = open(path, "rb")  # noqa: SIM115  (closed below)
+            except FileNotFoundError:
+                new = change(None)
+                with contextlib.suppress(AlreadyExists):
+                    self.create(key, new)
+                    return new
+                continue
+            with f:
+                fcntl.flock(f, fcntl.LOCK_EX)
+                try:
+                    if os.fstat(f.fileno()).st_ino != os.stat(path).st_ino:
+                        continue  # replaced (or removed) while this writer waited
+                except FileNotFoundError:
+                    continue
+                new = change(f.read())
+                self.write(key, new)
+                return new
 
     def _s3(self) -> Any:
         """A boto3 client for the conditional requests pyarrow does not expose."""
@@ -508,8 +512,7 @@ def _write_file(path: str, data: bytes) -> None:
 
 def _clean_local(root: Path, cutoff: float) -> int:
     removed = 0
-    for folder, dirs, files in os.walk(root):
-        dirs[:] = [d for d in dirs if d != ".locks"]
+    for folder, _, files in os.walk(root):
         for name in files:
             path = Path(folder, name)
             with contextlib.suppress(FileNotFoundError):  # another cleaner was first

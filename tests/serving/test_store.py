@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import threading
 
@@ -92,6 +93,29 @@ def test_concurrent_updates_lose_nothing(store: Store) -> None:
     for t in threads:
         t.join()
     assert store.read("counter") == b"20"
+
+
+def _add_ones(root: str, times: int) -> None:
+    store = Store.from_url(root)
+    for _ in range(times):
+        store.update("counter", lambda current: str(int(current or b"0") + 1).encode())
+
+
+def test_updates_from_several_processes_on_disk_lose_nothing(tmp_path) -> None:
+    # Each update replaces the file the others wait to lock: a waiter must notice, and
+    # retry on the new one; the first ones race to create it.
+    processes = [
+        multiprocessing.get_context("fork").Process(target=_add_ones, args=(str(tmp_path), 40))
+        for _ in range(3)
+    ]
+    for p in processes:
+        p.start()
+    _add_ones(str(tmp_path), 40)
+    for p in processes:
+        p.join(60)
+        assert p.exitcode == 0
+    assert Store.from_url(str(tmp_path)).read("counter") == b"160"
+    assert sorted(os.listdir(tmp_path)) == ["counter"]  # no lock or temporary file left
 
 
 def test_unreachable_s3_is_reported_as_unavailable() -> None:
