@@ -3,13 +3,15 @@ under wrk, on the models people deploy (benchmarks/realistic.py).
 
     .venv/bin/python benchmarks/realtime.py [--quick] [--duration 10] [--concurrency 1,64]
         [--models lr,lr-df,hgb,rf,xgb,lgbm,churn,churn-onnx]
-        [--only floor,naive,mlserver,bentoml,mmserve,mmserve-unbatched]
+        [--only floor,naive,mlserver,bentoml,mmserve,mmserve-unbatched] [--grpc]
 
 Each server is its own process with one worker on a free loopback port, pinned to core 0;
 wrk (one thread) runs pinned to core 1. Every request is one row, in the format the server
 natively speaks. mmserve-unbatched (mmserve with batching off) runs alongside mmserve, at
-c=1 only, for the target "batching adds < 0.2 ms to p50 at c=1". See benchmarks/README.md,
-"Real time".
+c=1 only, for the target "batching adds < 0.2 ms to p50 at c=1". With --grpc, mmserve-grpc
+(mmserve answering the Open Inference Protocol over gRPC: one raw V2 tensor per request,
+loaded by h2load instead of wrk) takes turns with mmserve over HTTP, and the run prints
+gRPC's req/s over HTTP's. See benchmarks/README.md, "Real time".
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import contextlib
 import json
 import os
 import platform
+import re
 import shutil
 import signal
 import socket
@@ -41,6 +44,7 @@ import sklearn
 from rich.console import Console
 from rich.table import Table
 
+from serving.codecs import v2
 from serving.registry import Registry
 from serving.store import Store
 
@@ -69,6 +73,8 @@ MLSERVER_PINS = (
 MLSERVER_BATCH = {"max_batch_size": 64, "max_batch_time": 0.002}
 SERVERS = ("floor", "naive", "mlserver", "bentoml", "mmserve", "mmserve-unbatched")
 PEERS = ("mlserver", "bentoml")  # the servers users would pick instead
+GRPC = "mmserve-grpc"  # --grpc: mmserve over gRPC, beside mmserve over HTTP
+GRPC_METHOD = "/inference.GRPCInferenceService/ModelInfer"
 NAME_WIDTH = max(len(name) for name in SERVERS)
 MODELS = realistic.MODELS
 # Peers serve the model as scikit-learn (MLServer 1.7.1 has no ONNX runtime); mmserve's
@@ -93,6 +99,7 @@ class Options:
     models: tuple[str, ...]
     servers: tuple[str, ...]
     pin: bool
+    grpc: bool = False
 
 
 @dataclass
@@ -102,11 +109,13 @@ class Server:
     name: str
     argv: list[str]
     port: int
-    protocol: str  # "v1" ({"instances": ...} on /v1/models/{name}:predict), "v2", "bentoml"
+    protocol: str  # "v1" ({"instances": ...} on /v1/models/{name}:predict), "v2", "bentoml",
+    # "grpc" (a ModelInferRequest to the gRPC port)
     read_proba: Callable[[dict[str, Any]], list[float]] | None  # None: a constant answer
     env: dict[str, str] = field(default_factory=dict)
     ready: list[str] = field(default_factory=lambda: ["/v2/health/ready"])
     c1_only: bool = False  # measured at concurrency 1 only
+    grpc_port: int | None = None
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}{path}"
@@ -147,6 +156,7 @@ class Bench:
 
     options: Options
     wrk: str
+    h2load: str | None  # with --grpc
     models: dict[str, realistic.Fitted]
     expected: dict[str, list[float]]  # each model's predict_proba of its row, in-process
     folder: Path  # artifacts and request bodies; temporary
@@ -206,6 +216,19 @@ def ensure_wrk() -> str:
         subprocess.run(["apt-get", "update", "-q"], capture_output=True)
         subprocess.run(install, capture_output=True, check=True)
     return shutil.which("wrk") or sys.exit("wrk is still not on PATH after apt-get install")
+
+
+def ensure_h2load() -> str:
+    """h2load (nghttp2's HTTP/2 load generator), which loads the gRPC port as wrk does HTTP."""
+    found = shutil.which("h2load")
+    if found:
+        return found
+    console.print("h2load not found: apt-get install -y nghttp2-client")
+    install = ["apt-get", "install", "-y", "-q", "nghttp2-client"]
+    if subprocess.run(install, capture_output=True).returncode != 0:
+        subprocess.run(["apt-get", "update", "-q"], capture_output=True)
+        subprocess.run(install, capture_output=True, check=True)
+    return shutil.which("h2load") or sys.exit("h2load is still not on PATH after apt-get install")
 
 
 def ensure_mlserver() -> Path | None:
@@ -272,11 +295,15 @@ def mlserver(executable: Path, artifacts: Path, models: tuple[str, ...]) -> Serv
     )
 
 
-def mmserve(artifacts: Path, batching: bool = True) -> Server:
+def mmserve(artifacts: Path, batching: bool = True, grpc: bool = False) -> Server:
     port = free_port()
     argv = [str(Path(sys.executable).parent / "mmserve"), "serve", "--port", str(port)]
     argv += ["--log-level", "warning"]
     env = {"MMSERVE_STORE_URL": str(artifacts / "store")}
+    if grpc:
+        grpc_port = free_port()
+        argv += ["--grpc-port", str(grpc_port)]
+        return Server(GRPC, argv, port, "grpc", _grpc_proba, env, grpc_port=grpc_port)
     if batching:
         return Server("mmserve", argv, port, "v1", _mmserve_proba, env)
     env["MMSERVE_SERVING__BATCHING"] = "false"
@@ -317,6 +344,8 @@ def build_servers(bench: Bench) -> list[list[Server]]:
                 servers.append(mmserve(folder, batching=False))
             else:
                 bench.skip(name, "it is measured at c=1 only, and --concurrency has no 1")
+        elif name == GRPC:
+            servers.append(mmserve(folder, grpc=True))
     paired = [s for s in servers if s.name.startswith("mmserve") or s.name == "floor"]
     return [[s] for s in servers if s not in paired] + ([paired] if paired else [])
 
@@ -385,11 +414,19 @@ def stop(process: subprocess.Popen[bytes]) -> None:
 
 
 def predict_path(server: Server, model: str) -> str:
+    if server.protocol == "grpc":
+        return GRPC_METHOD
     if server.protocol == "v2":
         return f"/v2/models/{model}/infer"
     if server.protocol == "bentoml":
         return bento.request_path(model)
     return f"/v1/models/{model}:predict"
+
+
+def predict_url(server: Server, model: str) -> str:
+    if server.protocol == "grpc":
+        return f"http://127.0.0.1:{server.grpc_port}{GRPC_METHOD}"
+    return server.url(predict_path(server, model))
 
 
 def body_path(server: Server, model: str, bench: Bench) -> Path:
@@ -401,6 +438,8 @@ def request_body(server: Server, fitted: realistic.Fitted) -> bytes:
     fastest form it takes), the churn pipeline's mixed columns as an object by name (V2: one
     input per column, decoded into a DataFrame by MLServer's pandas codec)."""
     row: list[Any] | dict[str, Any] = list(fitted.row.values()) if fitted.numeric else fitted.row
+    if server.protocol == "grpc":
+        return grpc_body(fitted)
     if server.protocol == "bentoml":
         return bento.request_body(fitted.name, row)
     if server.protocol == "v1":
@@ -419,6 +458,32 @@ def request_body(server: Server, fitted: realistic.Fitted) -> bytes:
     return json.dumps(body).encode()
 
 
+def grpc_body(fitted: realistic.Fitted) -> bytes:
+    """One row as a gRPC client (tritonclient) sends it: raw tensors of the registered
+    types (one [1, 20] tensor of the numeric set, else one [1] tensor per column), in a
+    gRPC frame (no compression, the message's length, the message)."""
+    from tritonclient.grpc import service_pb2
+
+    request = service_pb2.ModelInferRequest(model_name=fitted.name)
+    fields = list(fitted.example.schema)
+    if fitted.numeric:
+        columns = [("input-0", fields[0].type, [1, len(fields)], list(fitted.row.values()))]
+    else:
+        columns = [(f.name, f.type, [1], [fitted.row[f.name]]) for f in fields]
+    for name, arrow, shape, values in columns:
+        datatype, _ = v2.tensor_type(arrow)
+        request.inputs.add(name=name, datatype=datatype, shape=shape)
+        if datatype == "BYTES":
+            texts = [str(value).encode() for value in values]
+            raw = b"".join(len(t).to_bytes(4, "little") + t for t in texts)
+        else:
+            little_endian = np.dtype(arrow.to_pandas_dtype()).newbyteorder("<")
+            raw = np.asarray(values, dtype=little_endian).tobytes()
+        request.raw_input_contents.append(raw)
+    message = request.SerializeToString()
+    return b"\x00" + len(message).to_bytes(4, "big") + message
+
+
 def _v2_column(field: Any, value: Any) -> dict[str, Any]:
     datatype = {str: "BYTES", float: "FP64", int: "INT64"}[type(value)]
     return {"name": field.name, "shape": [1], "datatype": datatype, "data": [value]}
@@ -433,6 +498,28 @@ def _mmserve_proba(answer: dict[str, Any]) -> list[float]:
     return [float(v) for k, v in row.items() if k.startswith("proba_")]
 
 
+def _grpc_proba(answer: dict[str, Any]) -> list[float]:
+    return [
+        float(v) for name, values in answer.items() if name.startswith("proba_") for v in values
+    ]
+
+
+def grpc_answer(server: Server, body: bytes) -> dict[str, Any]:
+    """The outputs of the server's answer to a framed ModelInferRequest, by name."""
+    import grpc
+    from tritonclient.grpc import service_pb2
+    from tritonclient.utils import triton_to_np_dtype
+
+    with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+        infer = channel.unary_unary(GRPC_METHOD)
+        response = service_pb2.ModelInferResponse.FromString(infer(body[5:], timeout=30))
+    return {
+        o.name: np.frombuffer(raw, dtype=triton_to_np_dtype(o.datatype)).tolist()
+        for o, raw in zip(response.outputs, response.raw_output_contents, strict=True)
+        if o.datatype != "BYTES"
+    }
+
+
 def _v2_proba(answer: dict[str, Any]) -> list[float]:
     data = [float(p) for p in answer["outputs"][0]["data"]]
     return [1.0 - data[0], data[0]] if len(data) == 1 else data  # a LightGBM Booster: P(1)
@@ -440,6 +527,13 @@ def _v2_proba(answer: dict[str, Any]) -> list[float]:
 
 def check(server: Server, model: str, body: bytes, expected: list[float]) -> str | None:
     """Why the server's answer to one request is wrong, or None when it is right."""
+    if server.protocol == "grpc":
+        import grpc
+
+        try:
+            return _wrong(server, model, grpc_answer(server, body), expected)
+        except grpc.RpcError as err:
+            return f"gRPC {err.code()}: {err.details()}"
     request = urllib.request.Request(
         server.url(predict_path(server, model)), body, {"Content-Type": "application/json"}
     )
@@ -450,6 +544,10 @@ def check(server: Server, model: str, body: bytes, expected: list[float]) -> str
         return f"HTTP {err.code}: {err.read()[:200]!r}"
     except (OSError, ValueError) as err:
         return f"no JSON answer: {err}"
+    return _wrong(server, model, answer, expected)
+
+
+def _wrong(server: Server, model: str, answer: dict[str, Any], expected: list[float]) -> str | None:
     if server.read_proba is None:
         return None
     got = server.read_proba(answer)
@@ -479,9 +577,52 @@ def run_wrk(
     raise RuntimeError(f"wrk printed no result (exit {done.returncode}): {' | '.join(said)}")
 
 
+def run_h2load(
+    h2load: str, url: str, body: Path, connections: int, seconds: int, pin: bool, log: Path
+) -> dict[str, Any]:
+    """h2load on the gRPC port, as run_wrk on HTTP: ``connections`` connections of one
+    request at a time each; its figures in run_wrk's names (latencies from its log of every
+    request). A gRPC error comes as HTTP 200 with a status in its trailers, which h2load does
+    not read: the answer is checked before the load (check)."""
+    argv = (["taskset", "-c", "1"] if pin else []) + [h2load, "-t1", f"-c{connections}", "-m1"]
+    argv += [f"-D{seconds}", "-d", str(body), f"--log-file={log}"]
+    argv += ["-H", "content-type: application/grpc", "-H", "te: trailers", url]
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60)
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"h2load did not finish within {seconds + 60} s") from None
+    counts = re.search(r"requests: \d+ total.* (\d+) errored, (\d+) timeout", done.stdout)
+    if counts is None:
+        said = (done.stderr or done.stdout).strip().splitlines()[:2]
+        raise RuntimeError(f"h2load printed no result (exit {done.returncode}): {' | '.join(said)}")
+    lines = [line.split("\t") for line in log.read_text().splitlines() if line]
+    latencies = np.array([int(line[2]) for line in lines], dtype=float)
+    statuses = [line[1] for line in lines]
+    return {
+        "requests": len(lines),
+        "duration_us": seconds * 1e6,
+        "p50_us": float(np.percentile(latencies, 50)) if len(lines) else 0.0,
+        "p99_us": float(np.percentile(latencies, 99)) if len(lines) else 0.0,
+        "non_2xx": sum(not status.startswith("2") for status in statuses),
+        "connect": 0,
+        "read": int(counts[1]),
+        "write": 0,
+        "timeout": int(counts[2]),
+    }
+
+
+def run_load(server: Server, model: str, c: int, seconds: int, bench: Bench) -> dict[str, Any]:
+    """wrk on an HTTP server, h2load on mmserve's gRPC port."""
+    url, body, pin = predict_url(server, model), body_path(server, model, bench), bench.options.pin
+    if server.protocol == "grpc":
+        assert bench.h2load is not None
+        with tempfile.TemporaryDirectory(dir=bench.folder) as tmp:  # h2load appends to a log
+            return run_h2load(bench.h2load, url, body, c, seconds, pin, Path(tmp) / "h2load.log")
+    return run_wrk(bench.wrk, url, body, c, seconds, pin)
+
+
 def measure(server: Server, model: str, c: int, seconds: int, bench: Bench) -> Point:
-    url, pin = server.url(predict_path(server, model)), bench.options.pin
-    out = run_wrk(bench.wrk, url, body_path(server, model, bench), c, seconds, pin)
+    out = run_load(server, model, c, seconds, bench)
     return Point(
         server=server.name,
         model=model,
@@ -536,9 +677,8 @@ def bench_servers(servers: list[Server], bench: Bench) -> None:
             body_path(server, model, bench).write_bytes(body)
         ready = [server for server in serving if answers_right(server, model, bench)]
         for server in ready:
-            url, body = server.url(predict_path(server, model)), body_path(server, model, bench)
             warm_c = max(c for c in options.concurrency if server.measured_at(c))
-            run_wrk(bench.wrk, url, body, warm_c, options.warmup, options.pin)
+            run_load(server, model, warm_c, options.warmup, bench)
         for c in options.concurrency:
             at_c = [server for server in ready if server.measured_at(c)]
             for point in measure_in_turns(at_c, model, c, bench):
@@ -603,6 +743,29 @@ def results_table(model: str, points: Index, options: Options) -> Table:
             )
         table.add_section()
     return table
+
+
+def grpc_table(points: Index, options: Options) -> Table | None:
+    """mmserve over gRPC against itself over HTTP (V1 JSON, its row above), same run."""
+    table = Table(
+        "model", "c", "gRPC req/s", "HTTP req/s", "gRPC ÷ HTTP", "p50 ms gRPC/HTTP",
+        "p99 ms gRPC/HTTP", title="mmserve: gRPC (V2, raw tensors) against HTTP (V1 JSON)",
+    )  # fmt: skip
+    for model in options.models:
+        for c in options.concurrency:
+            ours, http = points.get((GRPC, model, c)), points.get(("mmserve", model, c))
+            if ours is None or http is None:
+                continue
+            table.add_row(
+                model,
+                str(c),
+                f"{ours.rps:,.0f}",
+                f"{http.rps:,.0f}",
+                f"{ours.rps / http.rps:.2f}x",
+                f"{ours.p50_ms:.2f} / {http.p50_ms:.2f}",
+                f"{ours.p99_ms:.2f} / {http.p99_ms:.2f}",
+            )
+    return table if table.row_count else None
 
 
 def targets(points: Index, models: tuple[str, ...]) -> list[Target]:
@@ -697,8 +860,13 @@ def parse_options() -> Options:
     parser.add_argument("--models", default=",".join(MODELS), help=f"of: {', '.join(MODELS)}")
     parser.add_argument("--only", default=",".join(SERVERS), help=f"of: {', '.join(SERVERS)}")
     parser.add_argument("--no-pin", action="store_true", help="do not pin servers and wrk to cores")
+    parser.add_argument(
+        "--grpc", action="store_true", help="also mmserve over gRPC (h2load), against its HTTP"
+    )
     args = parser.parse_args()
     models, servers = _names(args.models, MODELS, parser), _names(args.only, SERVERS, parser)
+    if args.grpc:
+        servers += (GRPC,)
     return Options(
         duration=args.duration or (3 if args.quick else 10),
         warmup=args.warmup or (1 if args.quick else 3),
@@ -706,6 +874,7 @@ def parse_options() -> Options:
         models=models,
         servers=servers,
         pin=not args.no_pin and (os.cpu_count() or 1) >= 2,
+        grpc=args.grpc,
     )
 
 
@@ -720,7 +889,8 @@ def _names(given: str, known: tuple[str, ...], parser: argparse.ArgumentParser) 
 def run(options: Options, folder: Path) -> Bench:
     models = realistic.fit(options.models)
     expected = {name: fitted.expected() for name, fitted in models.items()}
-    bench = Bench(options, ensure_wrk(), models, expected, folder)
+    h2load = ensure_h2load() if options.grpc else None
+    bench = Bench(options, ensure_wrk(), h2load, models, expected, folder)
     write_artifacts(models, folder)
     for group in build_servers(bench):
         try:
@@ -749,6 +919,9 @@ def main() -> None:
     for model in options.models:
         if any(key[1] == model for key in index):
             console.print(results_table(model, index, options))
+    grpc_ratio = grpc_table(index, options)
+    if grpc_ratio is not None:
+        console.print(grpc_ratio)
     found = targets(index, options.models)
     console.print(targets_table(found))
     write_json(bench, found, load)

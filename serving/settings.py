@@ -320,8 +320,12 @@ class Settings(BaseSettings):
     opentelemetry: bool = False
     """FastAPI's own OpenTelemetry tracing and metrics, for a configured OTel SDK; off, it
     costs nothing (on, it looks the providers up on every request)."""
+    grpc_port: int | None = Field(None, ge=1, le=65535)
+    """Also serve the Open Inference Protocol over gRPC on this port (needs ``mmserve[grpc]``)."""
+    grpc_host: str = "127.0.0.1"
+    """Interface the gRPC port binds; ``mmserve serve --host`` sets it with HTTP's."""
     max_payload_bytes: int = Field(6 * 1024 * 1024, gt=0)
-    """Real-time request body limit."""
+    """Real-time request body limit (a gRPC message's too)."""
     max_decoded_bytes: int = Field(256 * 1024 * 1024, gt=0)
     """Most memory a body's rows may take once decoded (Arrow bytes, dictionary columns
     counted expanded), checked as they are read; past it, 413. Parquet and compressed Arrow

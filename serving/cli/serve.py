@@ -27,6 +27,15 @@ def serve(
         str, typer.Option(help="Interface to bind; 0.0.0.0 exposes the server.")
     ] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = PORT,
+    grpc_port: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            max=65535,
+            help="Also serve the Open Inference Protocol over gRPC on this port (mmserve[grpc]).",
+            show_default="MMSERVE_GRPC_PORT",
+        ),
+    ] = None,
     workers: Annotated[int, typer.Option(help="Server processes.")] = 1,
     serverless: Annotated[
         bool, typer.Option(help="Unload idle models (MMSERVE_SERVERLESS__IDLE_TTL_S).")
@@ -34,13 +43,19 @@ def serve(
     log_level: Annotated[str, typer.Option(help="Log level.")] = "info",
     access_log: Annotated[bool, typer.Option(help="Log every request, as JSON lines.")] = False,
 ) -> None:
-    """Serve every registered model over HTTP: V1, V2 and SageMaker routes, health, metrics."""
+    """Serve every registered model over HTTP: V1, V2 and SageMaker routes, health, metrics;
+    with --grpc-port, V2 over gRPC too, from the same process."""
     import uvicorn
 
-    from serving import logs
+    from serving import grpc, logs
 
     if serverless:  # read by the Settings each server process builds
         os.environ["MMSERVE_SERVERLESS__ENABLED"] = "true"
+    if grpc_port is not None:
+        if not grpc.available():
+            fail(f"--grpc-port: {grpc.MISSING}", 2)
+        os.environ["MMSERVE_GRPC_PORT"] = str(grpc_port)
+    os.environ["MMSERVE_GRPC_HOST"] = host  # gRPC, when on, binds where HTTP does
     with contextlib.ExitStack() as stack:
         if workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
             # One /metrics for all the processes: each writes its counts here, any adds up.

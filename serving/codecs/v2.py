@@ -24,7 +24,7 @@ import base64
 import json
 import math
 import struct
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -176,6 +176,16 @@ def to_rows(
     )
 
 
+def reader(decoded: Decoded) -> Callable[[list[Feature]], Rows]:
+    """The request's rows for a model of ``features`` (its tensor features by their shapes):
+    what a V2 request, over HTTP or gRPC, hands the data plane."""
+
+    def read(features: list[Feature]) -> Rows:
+        return to_rows(decoded, [f.name for f in features], declared(features))
+
+    return read
+
+
 @dataclass(frozen=True)
 class Declared:
     """A tensor feature as V2 takes it: its datatype and its shape per row."""
@@ -219,6 +229,47 @@ def _tensor_column(tensor: TensorIn, values: np.ndarray) -> pa.Array:
     return pa.FixedSizeListArray.from_arrays(_arrow(tensor, flat), size)
 
 
+@dataclass(frozen=True)
+class Output:
+    """One output tensor of an answer, whatever carries it (JSON, binary, gRPC)."""
+
+    name: str
+    datatype: str
+    shape: list[int]
+    column: pa.ChunkedArray
+    """Its values as the tensor holds them: a list of any length as its JSON text."""
+    binary: bool
+    """The request asked for its raw bytes (``binary_data``)."""
+    ragged: bool
+    """A list of any length in the answer (its values are JSON texts)."""
+
+
+def outputs(
+    table: pa.Table, request: InferenceRequest, shapes: Mapping[str, list[int]] | None = None
+) -> list[Output]:
+    """The tensors the request asked for (every column, if it named none), in its order. An
+    output of a shape in ``shapes`` (``ModelVersion.output_shapes``) is ``[N, *shape]``."""
+    wanted = [o.name for o in request.outputs] if request.outputs else table.column_names
+    unknown = [n for n in wanted if n not in table.column_names]
+    if unknown:
+        raise InputError(f"unknown outputs {unknown}; the model gives {table.column_names}")
+    binary_default = bool(request.parameters.get("binary_data_output", False))
+    asked = {o.name: o.parameters.get("binary_data", binary_default) for o in request.outputs or []}
+    found = []
+    for column_name in wanted:
+        column = table.column(column_name)
+        ragged = pa.types.is_list(column.type)
+        if ragged:
+            column = json_texts(column)  # no tensor holds it
+        datatype, row_shape = tensor_type(column.type)
+        if shapes and column_name in shapes and row_shape == [math.prod(shapes[column_name])]:
+            row_shape = list(shapes[column_name])
+        shape = [table.num_rows, *row_shape]
+        binary = bool(asked.get(column_name, binary_default))
+        found.append(Output(column_name, datatype, shape, column, binary, ragged))
+    return found
+
+
 def encode(
     table: pa.Table,
     request: InferenceRequest,
@@ -228,42 +279,31 @@ def encode(
 ) -> tuple[bytes, dict[str, str]]:
     """The response body and its extra headers; binary when the request asked for it. An
     output of a shape in ``shapes`` (``ModelVersion.output_shapes``) is ``[N, *shape]``."""
-    wanted = [o.name for o in request.outputs] if request.outputs else table.column_names
-    unknown = [n for n in wanted if n not in table.column_names]
-    if unknown:
-        raise InputError(f"unknown outputs {unknown}; the model gives {table.column_names}")
-    binary_default = bool(request.parameters.get("binary_data_output", False))
-    asked = {o.name: o.parameters.get("binary_data", binary_default) for o in request.outputs or []}
+    answered = outputs(table, request, shapes)
     binary = [f.name for f in table.schema if _is_bytes(f.type)]
-    outputs, blobs, listed = [], [], json_safe(table.drop_columns(binary))
-    for column_name in wanted:
-        column = table.column(column_name)
-        if pa.types.is_list(column.type):
-            column = json_texts(column)  # ragged: no tensor holds it
-        datatype, row_shape = tensor_type(column.type)
-        if shapes and column_name in shapes and row_shape == [math.prod(shapes[column_name])]:
-            row_shape = list(shapes[column_name])
+    tensors, blobs, listed = [], [], json_safe(table.drop_columns(binary))
+    for output in answered:
         tensor: dict[str, Any] = {
-            "name": column_name,
-            "shape": [table.num_rows, *row_shape],
-            "datatype": datatype,
+            "name": output.name,
+            "shape": output.shape,
+            "datatype": output.datatype,
         }
-        if asked.get(column_name, binary_default):
-            blob = _to_bytes(_flat(column))
+        if output.binary:
+            blob = tensor_bytes(output.column)
             tensor["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
-        elif pa.types.is_list(table.column(column_name).type):
-            tensor["data"] = column.to_pylist()
-        elif column_name in binary:  # not json_safe's {"b64": ...} objects: V1's spelling
-            tensor["data"] = base64_texts(column).to_pylist()
+        elif output.ragged:
+            tensor["data"] = output.column.to_pylist()
+        elif output.name in binary:  # not json_safe's {"b64": ...} objects: V1's spelling
+            tensor["data"] = base64_texts(output.column).to_pylist()
             tensor["parameters"] = dict(BASE64)
         else:
-            tensor["data"] = _data(listed.column(column_name))
-        outputs.append(tensor)
+            tensor["data"] = _data(listed.column(output.name))
+        tensors.append(tensor)
     document: dict[str, Any] = {
         "model_name": name,
         "model_version": str(version),
-        "outputs": outputs,
+        "outputs": tensors,
     }
     if request.id is not None:
         document["id"] = request.id
@@ -295,7 +335,13 @@ def _data(column: pa.ChunkedArray) -> list[Any]:
     return [value for row in column.to_pylist() for value in (empty if row is None else row)]
 
 
-def _flat(column: pa.ChunkedArray) -> pa.ChunkedArray:
+def tensor_bytes(column: pa.ChunkedArray) -> bytes:
+    """An output column's tensor in the binary extension's bytes (gRPC's raw contents too):
+    its values row-major, little-endian; a BYTES element as its 4-byte length, then itself."""
+    return _to_bytes(flat(column))
+
+
+def flat(column: pa.ChunkedArray) -> pa.ChunkedArray:
     """A fixed-size list column's values, row-major (the ``[N, K]`` tensor's ``N * K``
     elements); any other column as it is."""
     if not pa.types.is_fixed_size_list(column.type):
@@ -453,6 +499,46 @@ def _from_bytes(tensor: TensorIn, chunk: bytes) -> np.ndarray:
     except UnicodeDecodeError:  # a file, not text: the elements stay bytes (a binary column)
         texts = items
     return _shaped(tensor, np.asarray(texts, dtype=object))
+
+
+def from_raw(tensor: TensorIn, chunk: bytes) -> np.ndarray:
+    """A tensor from its raw bytes alone (gRPC's ``raw_input_contents``, which carries no
+    size of its own): exactly its shape's elements of its datatype, little-endian; BYTES
+    elements each a 4-byte length, then the bytes."""
+    if tensor.datatype != "BYTES":
+        needed = _elements(tensor) * np.dtype(_dtype(tensor)).itemsize
+        if len(chunk) != needed:
+            raise TensorError(
+                tensor.name,
+                f"raw contents of {len(chunk)} bytes; shape {tensor.shape} of "
+                f"{tensor.datatype} is {needed} bytes",
+            )
+    return _from_bytes(tensor, chunk)
+
+
+def from_values(tensor: TensorIn, values: Sequence[Any]) -> np.ndarray:
+    """A tensor from its values, flattened (gRPC's typed ``contents``): numbers of a type
+    that holds the datatype's (an INT8 in an int32), each within the datatype's range; BYTES
+    elements as bytes, text where every one is UTF-8 (as :func:`from_raw` reads them)."""
+    if tensor.datatype == "BYTES":
+        items = [bytes(item) for item in values]
+        try:
+            texts: list[str] | list[bytes] = [item.decode() for item in items]
+        except UnicodeDecodeError:  # a file, not text: a binary column
+            texts = items
+        return _shaped(tensor, np.asarray(texts, dtype=object))
+    dtype = np.dtype(_dtype(tensor))
+    given = np.asarray(values)
+    if dtype.kind in "iu" and given.size:
+        limits = np.iinfo(dtype)
+        outside = np.flatnonzero((given < limits.min) | (given > limits.max))
+        if outside.size:
+            index = int(outside[0])
+            raise TensorError(
+                tensor.name,
+                f"element {index}: {given[index]} is out of range for {tensor.datatype}",
+            )
+    return _shaped(tensor, given.astype(dtype, copy=False))
 
 
 def _from_base64(tensor: TensorIn, texts: np.ndarray) -> np.ndarray:

@@ -60,10 +60,20 @@ async def require_admin(request: Request, bearer: Bearer) -> None:
     """Management routes: off (403) unless ``MMSERVE_ADMIN_TOKEN`` is set, then they need
     ``Authorization: Bearer <token>`` (401 otherwise)."""
     settings: Settings = request.app.state.settings
+    try:
+        check_admin(bearer.credentials if bearer else None, settings)
+    except Unauthorized as err:
+        raise _challenge(err) from None
+
+
+def check_admin(given: str | None, settings: Settings) -> None:
+    """The admin token check of every protocol, ``given`` the bearer token a caller sent:
+    :class:`ManagementDisabled` without ``MMSERVE_ADMIN_TOKEN``, :class:`Unauthorized` for a
+    missing or wrong token."""
     if settings.admin_token is None:
         raise ManagementDisabled("MMSERVE_ADMIN_TOKEN")
-    if not _matches(bearer.credentials if bearer else None, settings.admin_token):
-        raise _challenge(Unauthorized("admin token", "'Authorization: Bearer <token>'"))
+    if not _matches(given, settings.admin_token):
+        raise Unauthorized("admin token", "'Authorization: Bearer <token>'")
 
 
 def needs_key(path: str) -> bool:
@@ -86,6 +96,16 @@ def credential(headers: list[tuple[bytes, bytes]], settings: Settings) -> str:
         if secret is not None and any(_matches(g, secret) for g in given):
             return name
     return NONE
+
+
+def bearer_of(headers: list[tuple[bytes, bytes]]) -> str | None:
+    """The token of the raw headers' ``Authorization: Bearer <token>``, if they have one."""
+    for name, value in headers:
+        if name == b"authorization":
+            scheme, _, given = value.decode("latin-1").partition(" ")
+            if scheme.lower() == "bearer":
+                return given
+    return None
 
 
 def _presented(headers: list[tuple[bytes, bytes]]) -> Iterator[str]:

@@ -16,8 +16,9 @@ from starlette.exceptions import HTTPException
 from starlette.types import Receive, Scope, Send
 
 import serving
+import serving.grpc
 from serving.endpoints.catalog import Endpoints
-from serving.errors import MMServeError
+from serving.errors import MissingPackage, MMServeError
 from serving.http import (
     batch,
     endpoints,
@@ -51,6 +52,8 @@ log = logging.getLogger("mmserve.http")
 def create_app(settings: Settings | None = None, registry: Registry | None = None) -> FastAPI:
     """The application; with no arguments, settings come from the environment."""
     settings = settings or Settings()
+    if settings.grpc_port is not None and not serving.grpc.available():
+        raise MissingPackage("MMSERVE_GRPC_PORT", "extra", "grpc", "pip install 'mmserve[grpc]'")
     registry = registry or Registry.from_settings(settings)
     metrics = Metrics(loaded_models=lambda: len(registry.cache.keys()))
     dataplane = DataPlane(registry, settings, metrics)
@@ -153,12 +156,26 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     if isinstance(runner.queue, LocalQueue):  # embedded mode: this process sweeps its jobs
         tasks.append(asyncio.create_task(_sweep_forever(runner)))
     await follower.start()  # endpoints file applied and the store read before any request
+    grpc_server = await _start_grpc(app) if app.state.settings.grpc_port is not None else None
     yield
+    if grpc_server is not None:
+        await grpc_server.stop(_GRPC_GRACE_S)
     await follower.stop()  # shadows finished, captured rows written
     for task in tasks:
         task.cancel()
     if isinstance(runner.queue, LocalQueue):
         runner.queue.close()
+
+
+_GRPC_GRACE_S = 5.0
+"""How long a stopping gRPC server lets the RPCs in flight finish."""
+
+
+async def _start_grpc(app: FastAPI) -> Any:
+    """The gRPC server beside HTTP, over the same planes (imported here: grpc is an extra)."""
+    from serving.grpc.server import start
+
+    return await start(app.state.dataplane, app.state.endpoints, app.state.metrics)
 
 
 async def _sweep_forever(runner: Runner) -> None:

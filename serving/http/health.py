@@ -36,7 +36,7 @@ async def ready(request: Request) -> JSONResponse:
     load balancer sends nothing here that only a 503 would answer. The body says what can
     be served and how the store is: ``store.available``, its last ``error``, the loaded
     ``models`` and, while the store is away, the ``references`` served stale."""
-    report = await _readiness(request.app.state.dataplane)
+    report = await readiness(request.app.state.dataplane)
     return JSONResponse(report, status_code=200 if report["ready"] else 503)
 
 
@@ -50,11 +50,12 @@ async def ready(request: Request) -> JSONResponse:
 )
 async def ping(request: Request) -> Response:
     """SageMaker's health check: 200 when ready (as ``/v2/health/ready``)."""
-    report = await _readiness(request.app.state.dataplane)
+    report = await readiness(request.app.state.dataplane)
     return Response(status_code=200 if report["ready"] else 503)
 
 
-async def _readiness(dataplane: DataPlane) -> dict[str, Any]:
+async def readiness(dataplane: DataPlane) -> dict[str, Any]:
+    """What ``/v2/health/ready`` answers (gRPC's ``ServerReady`` too): ``ready`` and why."""
     registry = dataplane.registry
     store = await dataplane.store_check.first()
     keys = registry.cache.keys()  # (name, version)

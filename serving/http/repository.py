@@ -61,12 +61,13 @@ async def repository_index(request: Request) -> list[IndexEntry]:
     """Every registered model with the version a bare name resolves to: ``READY`` when that
     version is loaded, else ``UNAVAILABLE``. ``{"ready": true}`` lists only the ready ones."""
     ready_only = (await parsed(request, IndexRequest)).ready
-    entries = await run_in_threadpool(_index, registry_of(request))
+    return await run_in_threadpool(index, registry_of(request), ready_only)
+
+
+def index(registry: Registry, ready_only: bool = False) -> list[IndexEntry]:
+    """The repository index (every protocol's); ``ready_only``: the loaded models alone."""
+    entries = [_index_entry(registry, name) for name in registry.models()]
     return [e for e in entries if e.state == "READY" or not ready_only]
-
-
-def _index(registry: Registry) -> list[IndexEntry]:
-    return [_index_entry(registry, name) for name in registry.models()]
 
 
 def _index_entry(registry: Registry, name: str) -> IndexEntry:
@@ -89,15 +90,15 @@ async def repository_load(name: str, request: Request) -> dict[str, Any]:
     """Load the version the bare name resolves to; a loaded one is dropped and loaded again
     from the store (integrity-checked anew). 404 for an unknown model, 507 for one bigger
     than the whole model cache."""
-    registry = registry_of(request)
-
-    def reload() -> None:
-        key = registry.resolve(validate_name(name))
-        registry.cache.discard(key)
-        registry.load(_ref(key))
-
-    await run_in_threadpool(reload)
+    await run_in_threadpool(load, registry_of(request), name)
     return {}
+
+
+def load(registry: Registry, name: str) -> None:
+    """Load (again) the version ``name`` resolves to (every protocol's repository load)."""
+    key = registry.resolve(validate_name(name))
+    registry.cache.discard(key)
+    registry.load(_ref(key))
 
 
 @router.post(
@@ -108,16 +109,16 @@ async def repository_load(name: str, request: Request) -> dict[str, Any]:
 )
 async def repository_unload(name: str, request: Request) -> dict[str, Any]:
     """Drop every loaded version of the model (the next request loads it again)."""
-    registry = registry_of(request)
-
-    def unload() -> None:
-        validate_name(name)
-        dropped = registry.cache.discard_where(lambda key: _is_version_of(key, name))
-        if not dropped and not registry.version_numbers(name):
-            raise ModelNotFound(name)
-
-    await run_in_threadpool(unload)
+    await run_in_threadpool(unload, registry_of(request), name)
     return {}
+
+
+def unload(registry: Registry, name: str) -> None:
+    """Drop every loaded version of ``name`` (every protocol's repository unload)."""
+    validate_name(name)
+    dropped = registry.cache.discard_where(lambda key: _is_version_of(key, name))
+    if not dropped and not registry.version_numbers(name):
+        raise ModelNotFound(name)
 
 
 def _is_version_of(key: object, name: str) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
@@ -10,13 +11,13 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from serving.codecs import Rows, v2
+from serving.codecs import v2
 from serving.errors import MMServeError, ModelLoading, NotFound
 from serving.http import _openapi, endpoints
 from serving.http._body import read_body, score
 from serving.http._dataplane import DataPlane, off_loop_if_large
 from serving.http._endpoints import EndpointPlane
-from serving.metadata import Feature, ModelVersion, names
+from serving.metadata import ModelVersion
 from serving.predictor import output_type
 from serving.registry import Registry
 
@@ -30,8 +31,12 @@ def _ref(name: str, version: str | None) -> str:
 @router.get("/v2/models/{name}")
 @router.get("/v2/models/{name}/versions/{version}")
 async def model_metadata(name: str, request: Request, version: str | None = None) -> dict[str, Any]:
-    registry: Registry = request.app.state.registry
-    mv = await run_in_threadpool(registry.get, _ref(name, version))
+    return await metadata_of(request.app.state.registry, _ref(name, version))
+
+
+async def metadata_of(registry: Registry, ref: str) -> dict[str, Any]:
+    """The model's V2 metadata (every protocol's): name, versions, platform, tensors."""
+    mv = await run_in_threadpool(registry.get, ref)
     versions = await run_in_threadpool(registry.version_numbers, mv.name)
     return _metadata(mv, versions)
 
@@ -48,27 +53,39 @@ async def model_ready(name: str, request: Request, version: str | None = None) -
     loads; a model that cannot load is 503 with the reason (``error``), an unknown one 404.
     So clients that wait for readiness before inferring (tritonclient, the KServe SDK, a
     probe) see a registered model become ready without sending it a request."""
-    registry: Registry = request.app.state.registry
-    ref = _ref(name, version)
+    readiness = await readiness_of(request.app.state.dataplane, _ref(name, version))
+    if readiness.ready:
+        return JSONResponse({"name": name, "ready": True})
+    retry_after = readiness.retry_after
+    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
+    body = {"name": name, "ready": False, "error": readiness.error}
+    return JSONResponse(body, status_code=503, headers=headers)
+
+
+@dataclass(frozen=True)
+class Readiness:
+    ready: bool
+    error: str | None = None
+    """Why not: ``loading``, or why it cannot load."""
+    retry_after: int | None = None
+
+
+async def readiness_of(dataplane: DataPlane, ref: str) -> Readiness:
+    """Whether the model is loaded, asking it to load (every protocol's readiness); an
+    unknown model raises :class:`NotFound`."""
+    registry = dataplane.registry
     key = await run_in_threadpool(registry.resolve, ref)
     if registry.cache.entry(key) is not None:  # not cache.get: a probe is not a use
-        return JSONResponse({"name": name, "ready": True})
-    dataplane: DataPlane = request.app.state.dataplane
+        return Readiness(True)
     try:
         await asyncio.wait_for(dataplane.predictor(ref), _READY_WAIT_S)
     except (TimeoutError, ModelLoading):
-        return _not_ready(name, "loading", retry_after=1)
+        return Readiness(False, "loading", retry_after=1)
     except NotFound:
         raise
     except MMServeError as err:
-        return _not_ready(name, err.message, err.retry_after if err.retryable else None)
-    return JSONResponse({"name": name, "ready": True})
-
-
-def _not_ready(name: str, error: str, retry_after: int | None) -> JSONResponse:
-    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
-    body = {"name": name, "ready": False, "error": error}
-    return JSONResponse(body, status_code=503, headers=headers)
+        return Readiness(False, err.message, err.retry_after if err.retryable else None)
+    return Readiness(True)
 
 
 @router.post(
@@ -94,12 +111,7 @@ async def infer(name: str, request: Request, version: str | None = None) -> Resp
     decoded = await off_loop_if_large(
         len(body), v2.decode, body, request.headers.get(v2.HEADER_LENGTH)
     )
-    ref = _ref(name, version)
-
-    def decode(features: list[Feature]) -> Rows:
-        return v2.to_rows(decoded, names(features), v2.declared(features))
-
-    scored = await score(request, ref, decode, len(body))
+    scored = await score(request, _ref(name, version), v2.reader(decoded), len(body))
     mv = scored.predictor.version
     content, headers = v2.encode(
         scored.table, decoded.request, mv.name, mv.version, mv.output_shapes
