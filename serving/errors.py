@@ -12,6 +12,7 @@ the batch runner writes it into rejects, the stream consumer dead-letters it.
     ├── CompileRefused (422)            a model ``--compile`` does not register as a graph
     │   ├── NotCompilable               no input example, or no converter for the model
     │   └── CompiledDisagrees           the graph's answer differs from the model's
+    ├── ImportRefused (422)             an MLflow model mmserve cannot take: its flavor, a type
     ├── NotFound (404)
     │   ├── ObjectNotFound              no object at a store key
     │   ├── ModelNotFound
@@ -23,6 +24,7 @@ the batch runner writes it into rejects, the stream consumer dead-letters it.
     │   ├── EndpointNotFound            no endpoint of that name is applied
     │   ├── NoCapture                   an endpoint with no captured traffic to advise from
     │   ├── VariantNotFound             an endpoint has no variant of that name
+    │   ├── SourceNotFound              no such MLflow model, version, alias, run or artifact
     │   └── EntryTrimmed                a pending stream entry trimmed before it was scored
     ├── Conflict (409)
     │   ├── AlreadyExists               an exclusive store write found the key taken
@@ -64,6 +66,7 @@ the batch runner writes it into rejects, the stream consumer dead-letters it.
     ├── RequestTimeout (504)            a request ran past the configured timeout
     ├── ModelTooLarge (507)             a model bigger than the whole model cache
     ├── StoreUnavailable (503, retryable)
+    ├── SourceUnavailable (502)         an MLflow tracking server failed or did not answer
     ├── MetricsUnavailable (503, retryable) a rollout cannot read a server's /metrics
     ├── QueueUnavailable (503, retryable) the broker did not take a job (the sweep will)
     └── RedisUnavailable (503, retryable) Redis (precomputed answers, streams) away
@@ -195,6 +198,13 @@ class VariantNotFound(NotFound):
         self.endpoint, self.variant, self.variants = endpoint, variant, variants
 
 
+class SourceNotFound(NotFound):
+    def __init__(self, source: str, missing: str, tracking_uri: str) -> None:
+        tracking_uri = without_credentials(tracking_uri)
+        super().__init__(f"cannot import {source}: {missing} (MLflow at {tracking_uri})")
+        self.source, self.tracking_uri = source, tracking_uri
+
+
 class InvalidEndpoints(MMServeError):
     status = HTTPStatus.BAD_REQUEST
 
@@ -240,6 +250,14 @@ class CompiledDisagrees(CompileRefused):
             f"{column} is {model!r} by the model, {graph!r} by the graph ({rule})"
         )
         self.row, self.column = row, column
+
+
+class ImportRefused(MMServeError):
+    status = HTTPStatus.UNPROCESSABLE_ENTITY
+
+    def __init__(self, source: str, reason: str) -> None:
+        super().__init__(f"cannot import {source}: {reason}")
+        self.source = source
 
 
 class Conflict(MMServeError):
@@ -556,6 +574,15 @@ class StoreUnavailable(MMServeError):
         url = without_credentials(url)
         super().__init__(f"object store {url} is unavailable: {err}")
         self.url = url
+
+
+class SourceUnavailable(MMServeError):
+    status = HTTPStatus.BAD_GATEWAY
+
+    def __init__(self, tracking_uri: str, err: BaseException | str) -> None:
+        tracking_uri = without_credentials(tracking_uri)
+        super().__init__(f"MLflow at {tracking_uri} failed: {err}")
+        self.tracking_uri = tracking_uri
 
 
 class MetricsUnavailable(MMServeError):

@@ -128,6 +128,80 @@ def register(
         )
 
 
+@models_app.command("import")
+@reports_errors
+def import_from_mlflow(
+    source: Annotated[
+        str,
+        typer.Argument(
+            help="An MLflow model: models:/NAME/VERSION, models:/NAME@ALIAS or runs:/RUN_ID/PATH."
+        ),
+    ],
+    name: Annotated[str, typer.Option(help="Model name in mmserve.")],
+    tracking_uri: Annotated[
+        str | None,
+        typer.Option(
+            envvar="MLFLOW_TRACKING_URI",
+            help="The MLflow tracking server (its model registry too, unless "
+            "MLFLOW_REGISTRY_URI says otherwise).",
+        ),
+    ] = None,
+    mlflow_flavor: Annotated[
+        str | None,
+        typer.Option(
+            help="The model's MLflow flavor to import (default: the first of "
+            "sklearn, xgboost, lightgbm, onnx, python_function it has)."
+        ),
+    ] = None,
+    alias: Annotated[str | None, typer.Option(help="Point this alias at the new version.")] = None,
+    trust_pickle: Annotated[
+        bool, typer.Option(help="Allow a pickled model (it runs code when loaded).")
+    ] = False,
+    trust_type: Annotated[
+        list[str], typer.Option(help="A type the skops artifact may contain; repeat.")
+    ] = [],  # noqa: B006
+    trust_code: Annotated[
+        bool, typer.Option(help="Allow a python_function model (its code runs when loaded).")
+    ] = False,
+    description: Annotated[str, typer.Option()] = "",
+    tag: Annotated[list[str], typer.Option(help="key=value; repeat.")] = [],  # noqa: B006
+    approval: Annotated[
+        Literal["approved", "pending"] | None,
+        typer.Option(help="New version status (default: MMSERVE_REGISTRY__DEFAULT_APPROVAL)."),
+    ] = None,
+    force: Annotated[
+        bool, typer.Option(help="Point a protected alias at an unapproved version.")
+    ] = False,
+) -> None:
+    """Register a model of an MLflow tracking server (its registry, or a run) as the next
+    version of NAME; the version's tags record the source, its run and its version."""
+    from rich.markup import escape
+
+    from serving.imports.mlflow import import_model
+
+    mv = import_model(
+        load_registry(),
+        source,
+        name,
+        tracking_uri=tracking_uri,
+        mlflow_flavor=mlflow_flavor,
+        alias=alias,
+        trust_pickle=trust_pickle,
+        trust_code=trust_code,
+        trusted_types=trust_type,
+        description=description,
+        tags=dict(t.split("=", 1) for t in tag if "=" in t),
+        approval=approval,
+        force=force,
+    )
+    out.print(
+        f"imported {escape(source)} as [bold]{mv.ref}[/bold] ({mv.flavor}, {mv.task}, sha256 "
+        f"{mv.sha256})",
+        soft_wrap=True,
+        highlight=False,
+    )
+
+
 @models_app.command("list")
 @reports_errors
 def list_models() -> None:
