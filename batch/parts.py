@@ -29,6 +29,7 @@ from batch import cells, files
 from batch.cells import Unread
 from batch.places import Roots
 from batch.spec import BatchSpec, Format, InputFile, filesystem, input_files
+from serving import tracing
 from serving.codecs import csv_table, json_safe
 from serving.errors import InputError, ObjectNotFound, UnreadableInput
 from serving.predictor import Scorer
@@ -37,6 +38,8 @@ from serving.store import Store
 
 _COLUMN = re.compile(r"column #(\d+)")  # which column a CSV reader's error is about
 _EXTENSIONS = {"parquet": "parquet", "csv": "csv", "jsonl": "jsonl"}
+PART = "mmserve.batch.part"
+REJECTED = "mmserve.batch.rejected"
 
 
 class BadRow(InputError):
@@ -140,7 +143,20 @@ def write_part(
     spec: BatchSpec, partition: Partition, scorer: Scorer, out: Store, settings: Settings
 ) -> PartResult:
     """Score one partition with ``scorer`` (a model, or a chain of them) into its part (and
-    its rejects), atomically; return its record."""
+    its rejects), atomically; return its record. With tracing on, in a span of its own."""
+    tracer = tracing.tracer(settings)
+    if tracer is None:
+        return _write_part(spec, partition, scorer, out, settings)
+    attributes = {**tracing.pinned(scorer.ref), PART: partition.name}
+    with tracer.start_as_current_span("batch part", attributes=attributes) as span:
+        result = _write_part(spec, partition, scorer, out, settings)
+        span.set_attributes({tracing.ROWS: result.rows, REJECTED: result.rejected})
+        return result
+
+
+def _write_part(
+    spec: BatchSpec, partition: Partition, scorer: Scorer, out: Store, settings: Settings
+) -> PartResult:
     started = time.perf_counter()
     fs, _ = filesystem(spec.input, settings.aws)
     rows = rejected = 0

@@ -318,8 +318,11 @@ class Settings(BaseSettings):
     api_key: SecretStr | None = None
     """Key that predict routes require (``Authorization: Bearer`` or ``X-API-Key``); unset: open."""
     opentelemetry: bool = False
-    """FastAPI's own OpenTelemetry tracing and metrics, for a configured OTel SDK; off, it
-    costs nothing (on, it looks the providers up on every request)."""
+    """OpenTelemetry traces of every mode: a span per request (fast lane too), async job (the
+    worker's continues its submit's trace), batch part and stream micro-batch, with model,
+    version and rows; W3C ``traceparent`` honoured. Exported as the ``OTEL_*`` variables say
+    (OTLP over HTTP by default; ``mmserve[otel]``), unless an SDK is set up already. Off, it
+    costs nothing."""
     grpc_port: int | None = Field(None, ge=1, le=65535)
     """Also serve the Open Inference Protocol over gRPC on this port (needs ``mmserve[grpc]``)."""
     grpc_host: str = "127.0.0.1"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from serving import tracing
 from serving.registry import Registry
 from serving.settings import Settings
 from workers.queue import LocalQueue, Queue, RedisQueue
@@ -18,7 +19,7 @@ def job_runner(settings: Settings, registry: Registry | None = None) -> Runner:
 
         url = settings.redis or settings.broker_url
         queue = RedisQueue(make_celery(settings), url, settings.jobs)
-        return Runner(registry, queue, settings.jobs)
+        return Runner(registry, queue, settings.jobs, tracing.tracer(settings))
     local = LocalQueue(lambda token: runner.run(token), notify=lambda t, n: runner.notify(t, n))
-    runner = Runner(registry, local, settings.jobs)
+    runner = Runner(registry, local, settings.jobs, tracing.tracer(settings))
     return runner

@@ -38,7 +38,7 @@ import pyarrow.parquet as pq
 
 from batch.parts import read_batches
 from batch.spec import Format, InputFile
-from serving import codecs
+from serving import codecs, tracing
 from serving.codecs import sagemaker
 from serving.errors import MMServeError, NullValue
 from serving.predictor import Scorer
@@ -72,6 +72,7 @@ def score(store: Store, job: Job, scorer: Scorer, batch_rows: int) -> bool:
                 answers.write(_predict(scorer, table, offset, job.passthrough))
                 offset += table.num_rows
             answers.close()
+    tracing.note_rows(offset)
     return True
 
 

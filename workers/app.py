@@ -29,6 +29,7 @@ from batch.places import Roots
 from batch.runner import start
 from batch.schedules import SCHEDULED_TASK, Schedule, fired_now, load
 from batch.spec import BatchSpec, confined
+from serving import tracing
 from serving.registry import Registry
 from serving.settings import Settings
 from workers.batch import RUN_TASK as BATCH_RUN_TASK
@@ -80,7 +81,7 @@ def make_celery(settings: Settings) -> Celery:
         # Built on first use in each worker process (after the fork): no S3 client or
         # Redis connection is shared between processes.
         queue = RedisQueue(app, settings.redis_url or broker, jobs)
-        return Runner(Registry.from_settings(settings), queue, jobs)
+        return Runner(Registry.from_settings(settings), queue, jobs, tracing.tracer(settings))
 
     schedules = load(settings.schedules) if settings.schedules else []
     for schedule in schedules:

@@ -106,6 +106,9 @@ class Job(BaseModel):
     answered_as: str | None = None
     """The answer's media type, when ``accept`` left it to the model (a file's input, whose
     answer is the model's binary output as it is, ``image/png``, or JSON)."""
+    trace_context: dict[str, str] = {}
+    """The submit's trace context as W3C headers (``traceparent``...), which the worker's span
+    continues: empty unless tracing is on (:mod:`serving.tracing`)."""
 
     @property
     def output_type(self) -> str:

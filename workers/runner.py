@@ -23,8 +23,9 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+from opentelemetry.trace import SpanKind, StatusCode, Tracer
 
-from serving import codecs, scorers
+from serving import codecs, scorers, tracing
 from serving.codecs import Matrix, raw, sagemaker
 from serving.errors import AlreadyExists, JobNotFound, MMServeError, UnsupportedFormat
 from serving.predictor import Scorer
@@ -37,6 +38,8 @@ from workers.notify import Policy, deliver
 from workers.queue import Queue, backoff, latency_counts
 
 log = logging.getLogger("mmserve.jobs")
+
+ATTEMPT = "mmserve.job.attempt"
 
 TRANSIENT: tuple[type[BaseException], ...] = (OSError,)
 """Errors worth a retry besides the retryable mmserve errors: connections that failed."""
@@ -59,12 +62,20 @@ class SweepReport:
 class Runner:
     """Runs jobs from the store; shared by the Celery worker and the embedded queue."""
 
-    def __init__(self, registry: Registry, queue: Queue, settings: JobSettings):
+    def __init__(
+        self,
+        registry: Registry,
+        queue: Queue,
+        settings: JobSettings,
+        tracer: Tracer | None = None,
+    ):
         self.registry = registry
         self.store: Store = registry.store
         self.jobs = Jobs(self.store)
         self.queue = queue
         self.settings = settings
+        self.tracer = tracer
+        """With tracing on: a job runs in a span of the trace its submit began."""
 
     # -- one delivery ---------------------------------------------------------------------
 
@@ -79,7 +90,7 @@ class Runner:
         with lease:
             job = self.jobs.update(token, self._started)
             if not job.status.finished:
-                job = self._execute(job)
+                job = self._execute(job) if self.tracer is None else self._traced(job)
             if job.status.finished:
                 self._counted(job)  # its waiters told before the lease's release, not after
         if job.status.finished:
@@ -121,6 +132,23 @@ class Runner:
             return self.fail(job.id, _error_of(err, job))
         return self.jobs.update(job.id, finishing(Status.SUCCEEDED, answered_as=answered_as))
 
+    def _traced(self, job: Job) -> Job:
+        """:meth:`_execute` in the job's span, a child of its submit's (the record keeps
+        its context), with the model, version, rows and the job's outcome."""
+        assert self.tracer is not None
+        attributes = {**tracing.pinned(job.model), tracing.JOB: job.id, ATTEMPT: job.attempts}
+        with self.tracer.start_as_current_span(
+            "job run",
+            context=tracing.continued(job.trace_context),
+            kind=SpanKind.CONSUMER,
+            attributes=attributes,
+        ) as span:
+            job = self._execute(job)
+            if job.error is not None:
+                span.set_attribute("error.type", job.error.type)
+                span.set_status(StatusCode.ERROR, job.error.message)
+            return job
+
     def _score(self, job: Job) -> str | None:
         """Read the input, predict (with the model, or the chain of models, pinned at
         submit), write the output once. A table is read, scored and written a batch at a
@@ -138,7 +166,9 @@ class Runner:
             if job.passthrough and isinstance(rows, Matrix):
                 rows = rows.table()  # positional rows: a column to keep is missing, named
             header = not _job_batches.headerless(data, job.content_type, features)
-            answer = _job_batches.encode(scorer.predict(rows, job.passthrough), job.accept, header)
+            table = scorer.predict(rows, job.passthrough)
+            tracing.note_rows(table.num_rows)
+            answer = _job_batches.encode(table, job.accept, header)
             self.store.create(job.output_key, answer, content_type=job.accept)
         return None
 
@@ -147,6 +177,7 @@ class Runner:
         answer is the model's one binary output as it is when ``accept`` takes its media type
         (``*/*`` does), else the table in the format ``accept`` names (JSON for ``*/*``)."""
         table = self._predict_file(job, scorer)
+        tracing.note_rows(table.num_rows)
         found = raw.answer(table, scorer.outputs, scorer.output_content_types, job.accept)
         if found is not None:
             answer, media = found

@@ -39,8 +39,9 @@ from typing import Any, TypeVar
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from opentelemetry.trace import SpanKind, Tracer
 
-from serving import scorers
+from serving import scorers, tracing
 from serving.errors import (
     EntryTrimmed,
     InputError,
@@ -66,6 +67,9 @@ T = TypeVar("T")
 _POLL_S = 0.001
 """How often a batch that has begun looks for more events (Redis times blocking reads out
 in steps of its ``hz``, 100 ms by default: too coarse to wait a few ms with)."""
+SOURCE = "mmserve.stream.source"
+EVENTS = "mmserve.stream.events"
+DEAD = "mmserve.stream.dead_letters"
 
 
 class Consumer:
@@ -79,8 +83,11 @@ class Consumer:
         metrics: StreamMetrics | None = None,
         source: str = "the source",
         max_file_bytes: int = BatchSettings().max_file_bytes,
+        tracer: Tracer | None = None,
     ):
         self.log = log
+        self.tracer = tracer
+        """With tracing on: a span a batch."""
         self.model = model
         self.settings = settings
         self.metrics = metrics or StreamMetrics()
@@ -128,11 +135,24 @@ class Consumer:
         return len(events)
 
     def _process(self, events: list[Event]) -> None:
+        if self.tracer is None:
+            self._commit(events)
+            return
+        attributes: dict[str, Any] = {SOURCE: self._source, EVENTS: len(events)}
+        with self.tracer.start_as_current_span(
+            "stream batch", kind=SpanKind.CONSUMER, attributes=attributes
+        ) as span:
+            batch, dead, ref = self._commit(events)
+            span.set_attributes({**tracing.pinned(ref, len(batch)), DEAD: len(dead)})
+
+    def _commit(self, events: list[Event]) -> tuple[Outputs, list[DeadLetter], str]:
+        """Score the batch and commit it; its outputs, dead letters and model version."""
         batch, dead, ref = self._score(events)
         # Committed however long Redis is away, even once asked to stop: the work is done.
         committed = self._retrying(lambda: self.log.commit(batch, dead), None)
         assert committed is not None  # never given up on without a stop event
         self._account(events, batch, dead, committed, ref)
+        return batch, dead, ref
 
     # -- gathering -------------------------------------------------------------------------
 
@@ -301,7 +321,8 @@ def serve(
     )
     metrics = StreamMetrics()
     limit = settings.batch.max_file_bytes
-    consumer = Consumer(entries, model, options, metrics, names.source, limit)
+    tracer = tracing.tracer(settings)
+    consumer = Consumer(entries, model, options, metrics, names.source, limit, tracer)
     if options.metrics_port is not None:
         metrics.serve(options.metrics_host, options.metrics_port)
     try:

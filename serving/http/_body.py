@@ -80,10 +80,11 @@ async def score(
 ) -> Scored:
     """Score the rows ``decode(features)`` gives with the model ``ref``, through the
     data plane (load on first use, limits, micro-batching). What it learns about the
-    request (model, cold start) goes to ``request.state`` for headers, metrics and logs."""
+    request (model, rows, cold start) goes to ``request.state`` for headers, metrics and logs."""
     dataplane: DataPlane = request.app.state.dataplane
     scored = await dataplane.predict(ref, decode, body_bytes, as_rows)
     version = scored.predictor.version
     request.state.model = (version.name, version.version)
+    request.state.rows = scored.table.num_rows
     request.state.load_seconds = scored.load_seconds
     return scored

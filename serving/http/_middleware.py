@@ -1,5 +1,6 @@
 """What every request gets: an id (``X-Request-ID``), the API-key check, metrics, a
-structured access log, and the cold-start headers of a request that waited for its model.
+structured access log, the cold-start headers of a request that waited for its model, and
+with tracing on, the server span of a request the fast lane answers.
 
 A plain ASGI middleware: Starlette's ``BaseHTTPMiddleware`` would cost more per request
 than the rest of this module.
@@ -7,6 +8,7 @@ than the rest of this module.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import re
@@ -18,9 +20,11 @@ from typing import Any
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from serving import tracing
 from serving.http._auth import NO_KEY, has_key, needs_key
 from serving.http._fastlane import FastLane
 from serving.http._metrics import Metrics
+from serving.http._tracing import traced
 from serving.settings import Settings
 
 REQUEST_ID = "x-request-id"
@@ -52,6 +56,7 @@ class RequestContext:
         self.metrics = metrics
         self.settings = settings
         self.lane = lane
+        self.tracer = tracing.tracer(settings)  # None when off: the lane as if it did not exist
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -83,7 +88,11 @@ class RequestContext:
             if self.settings.api_key is not None and _refused(scope, self.settings):
                 await _unauthorized(scope, receive, send_with_headers)
             elif (route := self.lane.match(scope)) is not None:
-                await self.lane.handle(route, scope, receive, send_with_headers)
+                if self.tracer is None:
+                    await self.lane.handle(route, scope, receive, send_with_headers)
+                else:
+                    lane = functools.partial(self.lane.handle, route, scope, receive)
+                    await traced(self.tracer, route, scope, lane, send_with_headers)
             else:
                 await self.app(scope, receive, send_with_headers)
         finally:

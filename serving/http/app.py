@@ -17,6 +17,7 @@ from starlette.types import Receive, Scope, Send
 
 import serving
 import serving.grpc
+from serving import tracing
 from serving.endpoints.catalog import Endpoints
 from serving.errors import MissingPackage, MMServeError
 from serving.http import (
@@ -62,8 +63,11 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
         title="mmserve",
         version=serving.__version__,
         lifespan=_lifespan,
-        telemetry={"tracing": otel, "metrics": otel, "logs": otel},
+        # Exporters are set up by serving.tracing, once: FastAPI's own (FASTAPI_OTEL_AUTO_CONFIGURE)
+        # would add a second to the same provider, and every span would be sent twice.
+        telemetry={"tracing": otel, "metrics": otel, "logs": otel, "auto_configure": False},
     )
+    app.state.tracer = tracing.tracer(settings)
     app.state.settings = settings
     app.state.registry = registry
     app.state.metrics = metrics

@@ -48,11 +48,12 @@ from typing import Annotated, Any
 import anyio
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
+from opentelemetry.trace import SpanKind, Tracer
 from pydantic import BaseModel, Field, ValidationError
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 from starlette.datastructures import URLPath
 
-from serving import codecs, scorers
+from serving import codecs, scorers, tracing
 from serving.codecs import DecodeError, media_type, media_type_of, raw, sagemaker
 from serving.endpoints.pipeline import inputs_of
 from serving.errors import (
@@ -268,7 +269,22 @@ async def _accept(
 ) -> Job:
     """Pin the model version (each step's, for a chain), store the input (the body, if
     ``upload``) and the record, publish; the job submitted earlier with the same idempotency
-    key by the same credential, if that was the same request (``asked``, and the input)."""
+    key by the same credential, if that was the same request (``asked``, and the input).
+    With tracing on, in the job's submit span, whose context the record keeps: the worker's
+    span continues it."""
+    tracer: Tracer | None = request.app.state.tracer
+    if tracer is None:
+        return await _accepted(runner, job, request, upload, asked)
+    with tracer.start_as_current_span("job submit", kind=SpanKind.PRODUCER) as span:
+        job.trace_context = tracing.carrier()
+        job = await _accepted(runner, job, request, upload, asked)
+        span.set_attributes({**tracing.pinned(job.model), tracing.JOB: job.id})
+        return job
+
+
+async def _accepted(
+    runner: Runner, job: Job, request: Request, upload: bool, asked: dict[str, str]
+) -> Job:
     who = credential(request.scope["headers"], request.app.state.settings)
     if upload and (body := await _small_body(request, runner)) is not None:
         # A small body, read here: the rest is one hop off the loop, not one a step.
@@ -526,6 +542,7 @@ def _view(request: Request, runner: Runner, job: Job) -> dict[str, Any]:
             "input_key": True,
             "callback_url": True,
             "notification": {"detail"},  # may name addresses inside the deployment
+            "trace_context": True,
         },
     )
     return view
