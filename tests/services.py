@@ -1,6 +1,7 @@
 """Real services for the tests: a Redis that answers, and moto's S3 server over HTTP.
 
-``python -m tests.services ensure-redis`` is what ``make test`` runs first.
+``python -m tests.services ensure-redis`` and ``ensure-chromium`` are what ``make test`` runs
+first.
 """
 
 from __future__ import annotations
@@ -72,6 +73,26 @@ def ensure_redis(url: str | None = None) -> str:
     )
     _wait(lambda: _answers(host, port), f"redis-server on port {port}")
     return url
+
+
+def ensure_chromium() -> str:
+    """The path of Debian's ``chromium`` (the console's browser tests drive it through
+    Playwright, which downloads no browser of its own), installing it if it is missing."""
+    if shutil.which("chromium") is None:
+        apt_install("chromium")
+    path = shutil.which("chromium")
+    if path is None:
+        raise RuntimeError("chromium is not installed, and apt-get did not install it")
+    return path
+
+
+def apt_install(package: str) -> None:
+    """``apt-get install`` a package, reading the package lists first if they are missing
+    or stale (a fresh machine has none)."""
+    install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", package]
+    if subprocess.run(install).returncode != 0:
+        subprocess.run(["apt-get", "update", "-q"], check=True)
+        subprocess.run(install, check=True)
 
 
 @contextmanager
@@ -235,5 +256,7 @@ def kill_group(proc: subprocess.Popen[bytes], sig: int) -> None:
 if __name__ == "__main__":
     if sys.argv[1:] == ["ensure-redis"]:
         print(f"redis answers at {ensure_redis()}")
+    elif sys.argv[1:] == ["ensure-chromium"]:
+        print(f"chromium: {ensure_chromium()}")
     else:
-        sys.exit("usage: python -m tests.services ensure-redis")
+        sys.exit("usage: python -m tests.services ensure-redis | ensure-chromium")

@@ -29,9 +29,10 @@ from starlette.exceptions import HTTPException
 from serving.errors import ManagementDisabled, Unauthorized
 from serving.settings import Settings
 
-# Paths anyone may call, key or not: probes (``/`` is KServe V1's), metrics, the docs.
-OPEN_PATHS = frozenset(["/", "/ping", "/v2", "/metrics", "/openapi.json", "/docs", "/redoc"])
-OPEN_PREFIXES = ("/v2/health/", "/docs/")
+# Paths anyone may call, key or not: probes (``/`` is KServe V1's), metrics, the docs and
+# the console's pages (which hold no data: they ask for a token to read any).
+OPEN_PATHS = frozenset(["/", "/ping", "/v2", "/metrics", "/openapi.json", "/docs", "/redoc", "/ui"])
+OPEN_PREFIXES = ("/v2/health/", "/docs/", "/ui/")
 
 NO_KEY = Unauthorized("API key", "'Authorization: Bearer <key>' or 'X-API-Key: <key>'")
 SECURITY_SCHEMES: dict[str, Any] = {

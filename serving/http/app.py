@@ -22,6 +22,7 @@ from serving.endpoints.catalog import Endpoints
 from serving.errors import MissingPackage, MMServeError
 from serving.http import (
     batch,
+    console,
     endpoints,
     health,
     jobs,
@@ -38,9 +39,11 @@ from serving.http._endpoints import EndpointPlane
 from serving.http._errors import error_response, unexpected_response
 from serving.http._fastlane import FastLane
 from serving.http._follow import EndpointCollector, Follower
+from serving.http._history import History
 from serving.http._metrics import Metrics
 from serving.http._middleware import RequestContext
 from serving.http._openapi import declare_errors
+from serving.http._overview import RecentJobs
 from serving.registry import Registry
 from serving.settings import Settings
 from workers import job_runner
@@ -78,6 +81,8 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
     app.state.endpoints = EndpointPlane(dataplane, Endpoints(registry.store), settings, metrics)
     app.state.endpoint_follower = Follower(app.state.endpoints)
     metrics.watch(EndpointCollector(app.state.endpoints))
+    app.state.history = History(metrics)  # the console's plots
+    app.state.recent_jobs = RecentJobs(app.state.jobs.jobs, app.state.jobs.queue)
     lane = FastLane(
         [
             *v1.router.routes,
@@ -98,11 +103,12 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
     )
     app.front = RequestContext(app.inner, metrics=metrics, settings=settings, lane=lane)
     routers = [health, v1, v2, sagemaker, jobs, batch, precomputed, repository, multimodel]
-    routers.append(endpoints)
+    routers += [endpoints, console]
     for router in (module.router for module in routers):
         # The routes themselves, not include_router: FastAPI re-checks every included
         # router's routes on each request, which cost the predict path ~40 us.
         app.router.routes.extend(router.routes)
+    console.mount(app)
     _document(app, api_key=settings.api_key is not None)
     _add_error_handlers(app)
     return app
@@ -156,6 +162,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     tasks = [
         asyncio.create_task(dataplane.provision()),
         asyncio.create_task(dataplane.unload_idle_forever()),
+        asyncio.create_task(app.state.history.sample_forever()),
     ]
     if isinstance(runner.queue, LocalQueue):  # embedded mode: this process sweeps its jobs
         tasks.append(asyncio.create_task(_sweep_forever(runner)))

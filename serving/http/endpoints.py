@@ -163,12 +163,16 @@ async def list_endpoints(request: Request) -> dict[str, Any]:
 )
 async def describe(name: str, request: Request) -> dict[str, Any]:
     plane = plane_of(request)
-    served = await plane.served(name)
+    return described(plane, await plane.served(name))
+
+
+def described(plane: EndpointPlane, served: Served) -> dict[str, Any]:
+    """An endpoint's config, live state and this process's figures of each variant."""
     view = _summary(served)
     view["config"] = served.config.model_dump(mode="json", exclude_none=True)
     view["state"] = served.state.model_dump(mode="json")
     for variant in view["variants"]:
-        stats = plane.stats.get((name, variant["name"]))
+        stats = plane.stats.get((served.name, variant["name"]))
         variant["stats"] = stats.view() if stats is not None else None
     return view
 

@@ -1,7 +1,7 @@
 """Model repository control over HTTP: the Open Inference Protocol repository extension
 (``POST /v2/repository/index``, ``POST /v2/repository/models/{name}/load|unload``) and
 registry aliases (``PUT|DELETE /v1/models/{name}/aliases/{alias}``) and versions
-(``DELETE /v1/models/{name}/versions/{version}``).
+(``DELETE /v1/models/{name}/versions/{version}``, ``PUT …/{version}/approval``).
 
 Every route here needs the admin token (and is off without one): they load, change or list
 what is served; the index lists it, like ``GET /v1/models``. SageMaker's multi-model routes
@@ -21,6 +21,7 @@ from serving.errors import MMServeError, ModelNotFound
 from serving.http import _openapi
 from serving.http._auth import require_admin
 from serving.http._body import json_body, parsed, registry_of
+from serving.metadata import Approval
 from serving.refs import ModelRef, validate_name
 from serving.registry import Registry
 
@@ -217,3 +218,45 @@ async def delete_version(name: str, version: str, request: Request) -> Versions:
         return registry.version_numbers(ref.name)
 
     return Versions(name=name, versions=await run_in_threadpool(delete))
+
+
+class ApprovalChange(BaseModel):
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
+    approval: Approval
+    """``approved``, ``rejected`` or ``pending``."""
+    force: bool = False
+    """Take the approval from a version a protected alias (``production``) points at."""
+
+
+class VersionApproval(BaseModel):
+    name: str
+    version: int
+    approval: Approval
+
+
+@router.put(
+    "/v1/models/{name}/versions/{version}/approval",
+    tags=["registry"],
+    summary="Approve or reject a version",
+    dependencies=_ADMIN,
+    openapi_extra=json_body(ApprovalChange),
+    responses={
+        409: _openapi.error(
+            "A protected alias points at the version (unless forced).",
+            "churn:2 is the target of alias 'production': move the alias first, or force",
+        )
+    },
+)
+async def set_approval(name: str, version: str, request: Request) -> VersionApproval:
+    """Set a version's approval (``mmserve models approve|reject``): only an approved
+    version may be aliased ``production`` (unless forced)."""
+    change = await parsed(request, ApprovalChange)
+    registry = registry_of(request)
+
+    def approve() -> VersionApproval:
+        ref = ModelRef.parse(f"{validate_name(name)}:{version}")
+        mv = registry.set_approval(str(ref), change.approval, force=change.force)
+        return VersionApproval(name=mv.name, version=mv.version, approval=mv.approval)
+
+    return await run_in_threadpool(approve)

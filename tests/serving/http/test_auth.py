@@ -124,6 +124,18 @@ def test_management_routes_need_the_admin_token(
         assert response.headers["www-authenticate"] == "Bearer"
 
 
+def test_the_consoles_pages_are_open_and_its_data_needs_the_key(secured: httpx.Client) -> None:
+    page = secured.get("/ui/")
+    assert (page.status_code, page.headers["content-type"]) == (200, "text/html; charset=utf-8")
+    assert secured.get("/ui/app.js").status_code == 200
+    data = secured.get("/v1/console/models")
+    assert (data.status_code, data.json()) == (401, {"error": NO_KEY})
+    session = secured.get("/v1/console/session", headers=KEY)
+    assert session.json() == {"credential": "api-key", "management": True}
+    session = secured.get("/v1/console/session", headers=ADMIN)
+    assert session.json() == {"credential": "admin", "management": True}
+
+
 def test_the_admin_token_opens_management_routes(secured: httpx.Client) -> None:
     response = secured.get("/models", headers={"authorization": f"bearer {ADMIN_TOKEN}"})
     assert (response.status_code, response.json()) == (200, {"models": []})
@@ -251,6 +263,10 @@ ROUTES: dict[tuple[str, str], Call] = {
         KEYED, f"/v2/endpoints/{GHOST}/infer", 404, V2_BODY
     ),
     ("POST", "/v1/endpoints/{name}/async"): _call(KEYED, f"/v1/endpoints/{GHOST}/async", 404, "1"),
+    # the console's models and endpoints pages: what a key holder reads of each already
+    ("GET", "/v1/console/session"): _call(KEYED, "/v1/console/session", 200),
+    ("GET", "/v1/console/models"): _call(KEYED, "/v1/console/models", 200),
+    ("GET", "/v1/console/endpoints"): _call(KEYED, "/v1/console/endpoints", 200),
     # what loads, changes or lists state, and batch runs (data at scale): the admin token
     ("GET", "/v1/models"): _call(MANAGED, "/v1/models", 200),
     ("POST", "/v2/repository/index"): _call(MANAGED, "/v2/repository/index", 200),
@@ -278,6 +294,13 @@ ROUTES: dict[tuple[str, str], Call] = {
     ("DELETE", "/v1/endpoints/{name}"): _call(MANAGED, f"/v1/endpoints/{GHOST}"),
     ("POST", "/v1/endpoints:reload"): _call(MANAGED, "/v1/endpoints:reload", 400),
     ("POST", "/v1/batch-jobs"): _call(MANAGED, "/v1/batch-jobs", 422, {}),
+    ("GET", "/v1/batch-jobs"): _call(MANAGED, "/v1/batch-jobs", 200),
+    ("GET", "/v1/jobs"): _call(MANAGED, "/v1/jobs", 200),
+    ("GET", "/v1/streams"): _call(MANAGED, "/v1/streams", 200),
+    ("GET", "/v1/endpoints/{name}/compare"): _call(MANAGED, f"/v1/endpoints/{GHOST}/compare"),
+    ("PUT", "/v1/models/{name}/versions/{version}/approval"): _call(
+        MANAGED, f"/v1/models/{GHOST}/versions/1/approval", 404, {"approval": "approved"}
+    ),
     ("GET", "/v1/batch-jobs/{run_id}"): _call(MANAGED, f"/v1/batch-jobs/{GHOST}"),
 }
 

@@ -1,0 +1,158 @@
+"""The web console at ``/ui``, and the JSON routes its pages read that no other route answers.
+
+The console is static files shipped in the package (``serving/ui/static``: HTML, CSS and
+JavaScript modules, no build step, nothing fetched from elsewhere) that read these routes and
+the existing ones (aliases, endpoints, jobs' results). Who may read what:
+
+- the API key (when one is set): ``GET /v1/console/session`` (which credential a request
+  carries), ``/v1/console/models`` (every version's metadata, as ``GET /v1/models/{ref}``
+  answers each) and ``/v1/console/endpoints`` (variants, weights, the rollout and its
+  decisions, per-variant figures and their short history): so the models and endpoints pages
+  are readable, and read-only, without the admin token;
+- the admin token: what lists jobs, batch runs and streams (``GET /v1/jobs``,
+  ``/v1/batch-jobs``, ``/v1/streams``: a job's token reads its result, a run names its
+  output), and the shadow report (``GET /v1/endpoints/{name}/compare``: it reads the whole
+  capture), as every management route; the actions (approve, reject, move an alias) are the
+  registry's admin routes.
+
+The pages themselves (``/ui``) are open, as ``/docs`` is: they hold no data, and ask for a
+token once, kept in the browser's session storage.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.staticfiles import StaticFiles
+from starlette.concurrency import run_in_threadpool
+
+from serving.endpoints.compare import compare
+from serving.http import _openapi
+from serving.http._auth import credential, require_admin
+from serving.http._history import History
+from serving.http._overview import RecentJobs, batch_runs, streams
+from serving.http.endpoints import described, plane_of
+from serving.metadata import ModelVersion
+from serving.registry import Registry
+from serving.settings import Settings
+
+STATIC = Path(__file__).resolve().parent.parent / "ui" / "static"
+router = APIRouter(tags=["console"])
+_ADMIN = [Depends(require_admin)]
+
+
+def mount(app: FastAPI) -> None:
+    """Serve the console's files at ``/ui`` (``/ui`` itself redirects to ``/ui/``)."""
+    app.mount("/ui", StaticFiles(directory=STATIC, html=True), name="ui")
+
+
+@router.get("/v1/console/session", summary="Which credential this request carries")
+async def session(request: Request) -> dict[str, Any]:
+    """``credential``: ``admin``, ``api-key`` or ``none``; ``management``: whether the
+    admin routes are on (``MMSERVE_ADMIN_TOKEN`` set). The console offers its actions only to
+    ``admin``."""
+    settings: Settings = request.app.state.settings
+    return {
+        "credential": credential(request.scope["headers"], settings),
+        "management": settings.admin_token is not None,
+    }
+
+
+@router.get("/v1/console/models", summary="Every model with its versions' metadata")
+async def models(request: Request) -> dict[str, Any]:
+    """Per model: its aliases and every version's runtime, approval, sha256, input schema,
+    outputs and creation time (newest version first)."""
+    registry: Registry = request.app.state.registry
+    return {"models": await run_in_threadpool(_models, registry)}
+
+
+def _models(registry: Registry) -> list[dict[str, Any]]:
+    return [
+        {
+            "name": name,
+            "aliases": registry.aliases(name),
+            "versions": [_version(v) for v in reversed(registry.versions(name))],
+        }
+        for name in registry.models()
+    ]
+
+
+def _version(mv: ModelVersion) -> dict[str, Any]:
+    return {
+        "version": mv.version,
+        "runtime": mv.flavor,
+        "task": mv.task,
+        "approval": mv.approval,
+        "sha256": mv.sha256,
+        "size_bytes": mv.size_bytes,
+        "created": mv.created.isoformat(),
+        "inputs": [{"name": f.name, "dtype": f.dtype, "nullable": f.nullable} for f in mv.inputs],
+        "outputs": mv.outputs,
+        "description": mv.description,
+    }
+
+
+@router.get("/v1/console/endpoints", summary="Every endpoint with its figures' history")
+async def endpoints(request: Request) -> dict[str, Any]:
+    """Each endpoint as ``GET /v1/endpoints/{name}`` describes it, with ``history``: per
+    variant, requests per second, error rate and p50/p99 (ms) of the last minutes, a point
+    every few seconds (the server's own counters, kept in memory)."""
+    plane = plane_of(request)
+    history: History = request.app.state.history
+    views = []
+    for _, served in sorted(plane.snapshot.items()):
+        view = described(plane, served)
+        view["history"] = history.series(served.name)
+        views.append(view)
+    return {"endpoints": views}
+
+
+@router.get(
+    "/v1/endpoints/{name}/compare",
+    summary="An endpoint's shadow report (mmserve endpoints compare)",
+    dependencies=_ADMIN,
+)
+async def shadow_report(name: str, request: Request) -> dict[str, Any]:
+    """Primary and shadow answers joined by inference id and row, from the capture: the
+    share of labels they agree on, score deltas, each side's requests, errors and latency."""
+    plane = plane_of(request)
+    served = await plane.served(name)  # 404 for an endpoint this server does not know
+    return await run_in_threadpool(compare, plane.endpoints.store, served.name)
+
+
+@router.get("/v1/jobs", summary="Recent async jobs", dependencies=_ADMIN)
+async def jobs(request: Request) -> dict[str, Any]:
+    """Every job not finished yet and the last ones this server heard finish (since its
+    first listing), newest first, each with its result's path once it succeeded; ``counts``
+    of them by status."""
+    recent: RecentJobs = request.app.state.recent_jobs
+    listed = await run_in_threadpool(recent.listing)
+    counts: dict[str, int] = {}
+    for job in listed:
+        counts[job["status"]] = counts.get(job["status"], 0) + 1
+    return {"jobs": listed, "counts": counts}
+
+
+@router.get("/v1/batch-jobs", summary="Recent batch runs", dependencies=_ADMIN)
+async def batch_jobs(request: Request) -> dict[str, Any]:
+    """The newest batch runs' progress (as ``GET /v1/batch-jobs/{run_id}``), newest first."""
+    registry: Registry = request.app.state.registry
+    settings: Settings = request.app.state.settings
+    return {"runs": await run_in_threadpool(batch_runs, registry, settings)}
+
+
+@router.get(
+    "/v1/streams",
+    summary="Redis streams and their consumer groups",
+    dependencies=_ADMIN,
+    responses={503: _openapi.error("Redis is away.", "Redis at 127.0.0.1:6379/0 is unavailable")},
+)
+async def stream_groups(request: Request) -> dict[str, Any]:
+    """Every stream of ``MMSERVE_REDIS_URL`` (else the broker's Redis): its length and its
+    consumer groups' consumers, pending entries and lag; ``dead_letters`` marks a
+    dead-letter stream (``*-dlq``), whose length is its dead letters. ``redis`` is false
+    when no Redis is configured."""
+    settings: Settings = request.app.state.settings
+    return await run_in_threadpool(streams, settings.redis)

@@ -1,0 +1,70 @@
+// The console's shell: the token, the session (which credential it is), and the pages.
+import { api, ApiError, setToken, token } from "./api.js";
+import * as endpoints from "./endpoints.js";
+import * as jobs from "./jobs.js";
+import * as models from "./models.js";
+import * as streams from "./streams.js";
+
+const PAGES = { models, endpoints, jobs, streams };
+const root = document.getElementById("page");
+let stop = null; // the shown page's cleanup (its refresh timer)
+
+/** Which credential the token is; null when the server wants one it was not given. */
+async function session() {
+  try {
+    return await api("GET", "/v1/console/session");
+  } catch (err) {
+    if (err instanceof ApiError && err.status === 401) return null;
+    throw err;
+  }
+}
+
+export function notice(message, kind = "error") {
+  const el = document.getElementById("notice");
+  el.hidden = !message;
+  el.textContent = message || "";
+  el.className = kind;
+}
+
+async function show() {
+  const name = location.hash.replace(/^#\//, "") || "models";
+  const page = PAGES[name] ?? models;
+  for (const link of document.querySelectorAll("nav a")) {
+    link.classList.toggle("active", link.dataset.page === name);
+  }
+  if (stop) stop();
+  stop = null;
+  root.replaceChildren();
+  notice("");
+  let current;
+  try {
+    current = await session();
+  } catch (err) {
+    notice(`cannot reach the server: ${err.message}`);
+    return;
+  }
+  const label = document.getElementById("session");
+  label.textContent = current ? (current.credential === "none" ? "no token" : current.credential) : "token needed";
+  label.className = `badge ${current?.credential ?? "unknown"}`;
+  if (!current) {
+    notice("This server needs its API key (or the admin token): enter it above.", "info");
+    return;
+  }
+  document.title = `mmserve · ${name}`;
+  stop = page.render(root, { admin: current.credential === "admin", management: current.management, notice });
+}
+
+document.getElementById("token-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  const input = document.getElementById("token");
+  setToken(input.value.trim());
+  input.value = ""; // never left on screen
+  show();
+});
+document.getElementById("forget").addEventListener("click", () => {
+  setToken(null);
+  show();
+});
+window.addEventListener("hashchange", show);
+document.getElementById("token").placeholder = token() ? "token kept for this session" : "API key or admin token";
+show();
