@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import os
 import random
 import re
@@ -34,6 +35,8 @@ NOTIFY_TASK = "mmserve.jobs.notify"
 SWEEP_TASK = "mmserve.jobs.sweep"
 FINISHED_CHANNEL = "mmserve:jobs:finished"
 """Redis channel on which a worker publishes the token of each job it finished."""
+SENT_HEADER = "mmserve_sent_at"
+"""Message header: when the message was sent (Unix time), read back by :meth:`Queue.age`."""
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0, 3600.0)
 
 
@@ -57,6 +60,10 @@ class Queue(Protocol):
 
     def depth(self) -> int:
         """Messages waiting."""
+
+    def age(self) -> float:
+        """Seconds the oldest message waiting has waited (0 when none waits): a queue whose
+        workers are too few or stuck grows old before it grows long."""
 
     def count(self, amounts: dict[str, float]) -> None:
         """Add to job counters (``succeeded``, ``failed:<type>``, ``retries``...), at once."""
@@ -131,6 +138,7 @@ class RedisQueue:
                 args=args,
                 task_id=f"{unit}.{uuid.uuid4().hex[:12]}",
                 queue=self.settings.queue,
+                headers={SENT_HEADER: time.time()},
                 retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5},
                 **options,
             )
@@ -167,6 +175,17 @@ class RedisQueue:
 
     def depth(self) -> int:
         return int(self.redis.llen(self.settings.queue))
+
+    def age(self) -> float:
+        # Kombu pushes on the left and takes from the right: the oldest is the last.
+        oldest = self.redis.lindex(self.settings.queue, -1)
+        if oldest is None:
+            return 0.0
+        try:
+            sent = float(json.loads(oldest)["headers"][SENT_HEADER])
+        except (ValueError, KeyError, TypeError):  # sent by an mmserve without the header
+            return 0.0
+        return max(0.0, time.time() - sent)
 
     def count(self, amounts: dict[str, float]) -> None:
         with self.redis.pipeline(transaction=False) as pipe:
@@ -246,14 +265,14 @@ class LocalQueue:
         self._notifier = ThreadPoolExecutor(threads, thread_name_prefix="mmserve-notify")
         self._closed = threading.Event()
         self._lock = threading.Lock()
-        self._queued: set[str] = set()
+        self._queued: dict[str, float] = {}  # token: when it was queued (monotonic)
         self._leased: set[str] = set()
         self._counters: dict[str, float] = {}
         self._listeners: list[Callable[[str, str], None]] = []
 
     def enqueue(self, job: Job) -> None:
         with self._lock:
-            self._queued.add(job.id)
+            self._queued.setdefault(job.id, time.monotonic())
         self._pool.submit(self._run_logged, job.id)
 
     def _run_logged(self, token: str) -> None:
@@ -265,7 +284,7 @@ class LocalQueue:
             logging.getLogger("mmserve.jobs").exception("job %s", token)
         finally:
             with self._lock:
-                self._queued.discard(token)
+                self._queued.pop(token, None)
 
     def notify(self, token: str) -> None:
         if self._notify is not None:
@@ -287,7 +306,7 @@ class LocalQueue:
             if token in self._leased:
                 return None
             self._leased.add(token)
-            self._queued.discard(token)
+            self._queued.pop(token, None)
         return self._held(token)
 
     @contextlib.contextmanager
@@ -309,6 +328,11 @@ class LocalQueue:
     def depth(self) -> int:
         with self._lock:
             return len(self._queued)
+
+    def age(self) -> float:
+        with self._lock:
+            oldest = min(self._queued.values(), default=None)
+        return 0.0 if oldest is None else time.monotonic() - oldest
 
     def count(self, amounts: dict[str, float]) -> None:
         with self._lock:

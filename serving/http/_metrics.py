@@ -208,10 +208,15 @@ class _JobsCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         try:
-            depth, counters = self.queue.depth(), self.queue.counters()
+            depth, age, counters = self.queue.depth(), self.queue.age(), self.queue.counters()
         except Exception:  # the broker is away: no job figures this scrape
             return
         yield GaugeMetricFamily("mmserve_jobs_queued", "Job messages waiting in the queue.", depth)
+        yield GaugeMetricFamily(
+            "mmserve_jobs_queue_age_seconds",
+            "How long the oldest message waiting in the queue has waited (0: none waits).",
+            age,
+        )
         finished = CounterMetricFamily(
             "mmserve_jobs_finished",
             "Jobs finished, by status and kind of error.",
