@@ -21,6 +21,7 @@ demo: install
 
 test: dev
 	$(BIN)/python -m tests.services ensure-redis
+	$(BIN)/python -m tests.services ensure-promtool
 	$(BIN)/python -m tests.services ensure-chromium
 	$(BIN)/python -m pytest
 

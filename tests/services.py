@@ -1,7 +1,7 @@
 """Real services for the tests: a Redis that answers, and moto's S3 server over HTTP.
 
-``python -m tests.services ensure-redis`` and ``ensure-chromium`` are what ``make test`` runs
-first.
+``python -m tests.services ensure-redis``, ``ensure-promtool`` and ``ensure-chromium`` are what
+``make test`` runs first.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def ensure_redis(url: str | None = None) -> str:
     if host not in ("127.0.0.1", "localhost"):
         raise RuntimeError(f"Redis at {url} does not answer, and it is not local to start")
     if shutil.which("redis-server") is None:
-        subprocess.run(["apt-get", "install", "-y", "-q", "redis-server"], check=True)
+        apt_install("redis-server")
     subprocess.run(
         [
             "redis-server",
@@ -73,6 +73,17 @@ def ensure_redis(url: str | None = None) -> str:
     )
     _wait(lambda: _answers(host, port), f"redis-server on port {port}")
     return url
+
+
+def ensure_promtool() -> str | None:
+    """The path of ``promtool`` (Prometheus's rule checker), installing Debian's
+    ``prometheus`` package if it is missing; ``None`` (and why, on stderr) where apt cannot."""
+    if shutil.which("promtool") is None and shutil.which("apt-get") is not None:
+        try:
+            apt_install("prometheus")
+        except (subprocess.CalledProcessError, OSError) as err:
+            print(f"cannot install promtool (Debian's prometheus package): {err}", file=sys.stderr)
+    return shutil.which("promtool")
 
 
 def ensure_chromium() -> str:
@@ -258,5 +269,7 @@ if __name__ == "__main__":
         print(f"redis answers at {ensure_redis()}")
     elif sys.argv[1:] == ["ensure-chromium"]:
         print(f"chromium: {ensure_chromium()}")
+    elif sys.argv[1:] == ["ensure-promtool"]:  # where apt cannot, the rule tests skip
+        print(f"promtool: {ensure_promtool() or 'not installed'}")
     else:
-        sys.exit("usage: python -m tests.services ensure-redis | ensure-chromium")
+        sys.exit("usage: python -m tests.services ensure-redis | ensure-promtool | ensure-chromium")

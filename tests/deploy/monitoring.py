@@ -1,0 +1,125 @@
+"""What the Grafana dashboard and the Prometheus alert rules are checked against: the
+metric names their PromQL expressions select (parsed by a PromQL parser, so functions,
+labels, keywords and durations are never taken for names), and the names a scrape of
+``/metrics`` exposes."""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import promql_parser
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+DASHBOARD = DEPLOY / "grafana" / "mmserve.json"
+ALERTS = DEPLOY / "prometheus" / "alerts.yml"
+ALERT_TESTS = DEPLOY / "prometheus" / "alerts.test.yml"
+
+# Grafana's interval variables stand for a duration, the others (ours) for a label value.
+_INTERVAL = re.compile(
+    r"\$(__rate_interval|__interval|__range)\b|\$\{(__rate_interval|__interval|__range)\}"
+)
+_VARIABLE = re.compile(r"\$\{\w+\}|\$\w+")
+_LABEL_VALUES = re.compile(r"^label_values\((?:(.+),\s*)?(\w+)\)$")
+# The samples each type of metric family exposes, by suffix of its name.
+_SUFFIXES = {
+    "counter": ("_total", "_created"),
+    "histogram": ("_bucket", "_sum", "_count", "_created"),
+    "summary": ("", "_sum", "_count", "_created"),
+    "gauge": ("",),
+    "info": ("_info",),
+}
+
+
+@functools.cache
+def dashboard() -> dict[str, Any]:
+    return dict(json.loads(DASHBOARD.read_text()))
+
+
+@functools.cache
+def alerts() -> dict[str, Any]:
+    return dict(yaml.safe_load(ALERTS.read_text()))
+
+
+def panels(board: dict[str, Any] | None = None) -> Iterator[dict[str, Any]]:
+    """Every panel, those inside collapsed rows too (rows themselves are not panels)."""
+    for panel in (board or dashboard())["panels"]:
+        if panel["type"] == "row":
+            yield from panels({"panels": panel.get("panels", [])})
+        else:
+            yield panel
+
+
+def dashboard_queries() -> list[tuple[str, str]]:
+    """(where, PromQL) of every panel target and every query variable, as Prometheus gets
+    it once Grafana has put its variables in."""
+    found = [
+        (f"panel {p['title']!r} target {t['refId']}", promql(t["expr"]))
+        for p in panels()
+        for t in p["targets"]
+    ]
+    for variable in dashboard()["templating"]["list"]:
+        if variable["type"] == "query":
+            query = variable["query"]
+            text = query["query"] if isinstance(query, dict) else query
+            match = _LABEL_VALUES.match(text)
+            assert match, f"variable {variable['name']}: not label_values(...): {text}"
+            if match[1]:
+                found.append((f"variable {variable['name']}", promql(match[1])))
+    return found
+
+
+def alert_queries() -> list[tuple[str, str]]:
+    return [
+        (f"alert {rule['alert']}", rule["expr"])
+        for group in alerts()["groups"]
+        for rule in group["rules"]
+    ]
+
+
+def promql(grafana_expr: str) -> str:
+    """A panel's expression with Grafana's variables replaced by what they stand for."""
+    return _VARIABLE.sub(".*", _INTERVAL.sub("5m", grafana_expr))
+
+
+def metric_names(expr: str) -> set[str]:
+    """The metric names ``expr`` selects: its vector selectors' names (``{__name__="x"}``
+    too)."""
+    names: set[str] = set()
+
+    def visit(node: Any) -> None:
+        if isinstance(node, promql_parser.VectorSelector):
+            if node.name:
+                names.add(node.name)
+            for matcher in node.matchers.matchers:
+                if matcher.name == "__name__" and matcher.op == promql_parser.MatchOp.Equal:
+                    names.add(matcher.value)
+
+    promql_parser.walk(promql_parser.parse(expr), visit)
+    return names
+
+
+def exposed(text: str) -> set[str]:
+    """The sample names a ``/metrics`` answer exposes: those it has samples of, and those
+    its families' types give (a family with labels has no sample until it is first used)."""
+    names: set[str] = set()
+    for family in text_string_to_metric_families(text):
+        names |= {sample.name for sample in family.samples}
+        names |= {family.name + suffix for suffix in _SUFFIXES.get(family.type, ("",))}
+    return names
+
+
+def unknown(queries: list[tuple[str, str]], known: set[str]) -> list[str]:
+    """``where: name`` of every metric a query names that is not in ``known``."""
+    return [
+        f"{where}: {name}"
+        for where, expr in queries
+        for name in sorted(metric_names(expr))
+        if name not in known
+    ]
