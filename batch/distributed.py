@@ -29,7 +29,7 @@ from batch.parts import Partition, PartResult, done_part, write_part
 from batch.places import Roots
 from batch.runner import Run, failure_message
 from batch.spec import BatchSpec, InputFile, confined, filesystem
-from serving import scorers
+from serving import scorers, tracing
 from serving.errors import InvalidName, MMServeError, ObjectNotFound
 from serving.predictor import Predictor, Scorer
 from serving.settings import Settings
@@ -59,11 +59,14 @@ def execute(run: Run, todo: list[Partition], settings: Settings) -> Iterator[Par
     queue = RedisQueue(make_celery(settings), settings.redis_url or broker, settings.jobs)
     sent: dict[str, float] = {}
     sends: dict[str, int] = {}
+    trace = tracing.carrier() if settings.opentelemetry else {}
 
     def send(partition: Partition) -> None:
         run.out.delete(f"_failed/{partition.name}.json")
         run.out.delete(f"_failed/{partition.name}.deaths")
-        args = [run.spec.model_dump_json(), run.run_id, run.model, asdict(partition)]
+        # The run's trace context travels with the partition (a worker before it ignores it).
+        fields = {**asdict(partition), "trace_context": trace}
+        args = [run.spec.model_dump_json(), run.run_id, run.model, fields]
         queue.publish(PART_TASK, _unit(run.run_id, partition), args)
         sent[partition.name] = time.monotonic()
         sends[partition.name] = sends.get(partition.name, 0) + 1
@@ -130,9 +133,10 @@ def run_part(
     with lease:  # written, or failed until the coordinator sends it again: nothing to do
         if done_part(out, partition.name) is not None or _failure(out, partition) is not None:
             return
-        failure = _attempt(
-            spec, partition, lambda: scorers.assemble(model, predictor_of), out, settings
-        )
+        with tracing.within(partition_fields.get("trace_context", {})):
+            failure = _attempt(
+                spec, partition, lambda: scorers.assemble(model, predictor_of), out, settings
+            )
         if failure is not None:  # recorded for the coordinator, which decides on a resend
             log.error("batch part %s of run %s failed: %s", partition.name, run_id, failure)
             out.write(f"_failed/{partition.name}.json", json.dumps(failure).encode())

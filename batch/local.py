@@ -23,7 +23,7 @@ from batch import _lifeline
 from batch.parts import Partition, PartResult, write_part
 from batch.runner import Run
 from batch.spec import BatchSpec
-from serving import scorers
+from serving import scorers, tracing
 from serving.predictor import Scorer
 from serving.registry import Registry
 from serving.settings import Settings
@@ -47,12 +47,14 @@ def execute(
     ends = _Ends(len(todo))
     futures: list[Future[PartResult]] = []
     slots = threading.Semaphore(helpers + 1)  # each helper busy, and one part queued
+    trace = tracing.carrier() if settings.opentelemetry else {}  # the helpers' parts join it
 
     def feed() -> None:  # a thread: the first submit waits for the fork server's imports
         while slots.acquire() and (index := ends.front()) is not None:
             future: Future[PartResult] = Future()
             try:
-                future = pool.submit(_part_in_worker, spec, run.model, todo[index], settings)
+                part = todo[index]
+                future = pool.submit(_part_in_worker, spec, run.model, part, settings, trace)
             except Exception as err:  # no helper could start: the part fails the run
                 future.set_exception(err)
                 ends.close()
@@ -143,13 +145,17 @@ def _reported(
 
 
 def _part_in_worker(
-    spec_json: str, model: str, partition: Partition, settings: Settings
+    spec_json: str, model: str, partition: Partition, settings: Settings, trace: dict[str, str]
 ) -> PartResult:
     """A helper's part, with the settings of the process that started the run (not the
-    environment the fork server happened to start with)."""
+    environment the fork server happened to start with), in the run's trace (``trace``)."""
     spec = BatchSpec.model_validate_json(spec_json)
     out = Store.from_url(spec.output, settings.aws)
-    return write_part(spec, partition, _scorer(model, settings), out, settings)
+    with tracing.within(trace):
+        result = write_part(spec, partition, _scorer(model, settings), out, settings)
+    if settings.opentelemetry:
+        tracing.flush()  # a helper ends without its exit hooks: its spans would be lost
+    return result
 
 
 _loaded: dict[str, Scorer] = {}  # a helper's model (or chain), loaded with its first part

@@ -30,7 +30,7 @@ from batch.parts import (
 )
 from batch.places import Roots
 from batch.spec import BatchSpec
-from serving import scorers
+from serving import scorers, tracing
 from serving.errors import (
     AlreadyExists,
     InputError,
@@ -45,6 +45,8 @@ from serving.store import Store
 RUN = "_run.json"
 MANIFEST = "_manifest.json"
 ERROR = "_error.json"  # why a run started elsewhere (API, schedule) stopped
+RUN_ID = "mmserve.batch.run"
+PARTS = "mmserve.batch.parts"
 
 
 class RunConflict(MMServeError):
@@ -125,7 +127,30 @@ def run_batch(
     roots: Roots | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) the batch; returns the manifest once every part is written.
-    ``roots``: where a confined run may read (see :func:`start`)."""
+    ``roots``: where a confined run may read (see :func:`start`). With tracing on, in a
+    span whose children are its parts', wherever they are written."""
+    with tracing.span(tracing.tracer(settings), "batch run") as span:
+        manifest = _run(
+            spec, registry, settings, run_id, resume, workers, distributed, on_plan, on_part, roots
+        )
+        if span is not None:
+            run = {RUN_ID: manifest["run_id"], PARTS: len(manifest["parts"])}
+            span.set_attributes({**tracing.pinned(manifest["model"], manifest["rows"]), **run})
+        return manifest
+
+
+def _run(
+    spec: BatchSpec,
+    registry: Registry,
+    settings: Settings,
+    run_id: str | None,
+    resume: bool,
+    workers: int,
+    distributed: bool,
+    on_plan: Callable[[Run, int, int], None] | None,
+    on_part: Callable[[PartResult], None] | None,
+    roots: Roots | None,
+) -> dict[str, Any]:
     started = time.perf_counter()
     if workers > 1 and not distributed:
         from batch.local import fork_server

@@ -23,13 +23,14 @@ the extra ``mmserve[otel]``.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from opentelemetry import context, propagate, trace
-from opentelemetry.trace import Tracer
+from opentelemetry.trace import Span, Tracer
 
 import serving
 from serving import scorers
@@ -72,6 +73,34 @@ def carrier() -> dict[str, str]:
 def continued(headers: Mapping[str, str]) -> context.Context:
     """The trace context :func:`carrier` kept (an empty one starts a new trace)."""
     return propagate.extract(headers)
+
+
+@contextlib.contextmanager
+def within(headers: Mapping[str, str]) -> Iterator[None]:
+    """The trace context :func:`carrier` kept made current meanwhile: what another process
+    does for this one joins its trace."""
+    token = context.attach(continued(headers))
+    try:
+        yield
+    finally:
+        context.detach(token)
+
+
+def span(
+    tracer: Tracer | None, name: str, **options: Any
+) -> contextlib.AbstractContextManager[Span | None]:
+    """``tracer``'s span ``name``, current meanwhile; with no tracer (off), nothing."""
+    if tracer is None:
+        return contextlib.nullcontext()
+    return tracer.start_as_current_span(name, **options)
+
+
+def flush() -> None:
+    """Export the spans still buffered: before a process that skips its exit hooks ends (a
+    Celery or multiprocessing child)."""
+    force_flush = getattr(trace.get_tracer_provider(), "force_flush", None)
+    if force_flush is not None:
+        force_flush()
 
 
 def note_rows(rows: int) -> None:

@@ -3,8 +3,9 @@
 to a collector in this test (the protobuf decoded by ``opentelemetry-proto``). A fast-lane
 predict is a server span with the model, version and rows, under the ``traceparent`` the
 client sent; an async job's worker span is a child of its submit's span, in the client's
-trace; a batch run's parts are a span each. A stream consumer's micro-batches are spans too
-(in this process, with the SDK's in-memory exporter)."""
+trace; a batch run is a span, and each of its parts is one in its trace, on any worker. A
+stream consumer's micro-batches are spans too (in this process, with the SDK's in-memory
+exporter)."""
 
 from __future__ import annotations
 
@@ -139,7 +140,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             env["MMSERVE_BROKER_URL"] = broker.url
             worker_env = {**env, "OTEL_SERVICE_NAME": "mmserve-worker"}
             with (
-                mmserve_worker(worker_env, str(tmp / "worker.log"), "--concurrency", "1"),
+                # Two slots: a distributed batch run's own task, and its parts'.
+                mmserve_worker(worker_env, str(tmp / "worker.log"), "--concurrency", "2"),
                 mmserve_process(env) as (url, _),
                 httpx.Client(base_url=url, timeout=30) as client,
             ):
@@ -225,16 +227,31 @@ def test_an_async_jobs_worker_span_is_a_child_of_its_submit_in_the_callers_trace
 
 
 @pytest.mark.slow
-def test_each_part_of_a_batch_run_is_a_span_with_its_model_and_rows(stack: Stack) -> None:
-    spec = {"model": "lr", "input": str(stack.tmp / "in.parquet"),
+def test_a_distributed_batch_runs_parts_are_spans_in_the_runs_trace(stack: Stack) -> None:
+    spec = {"model": "lr", "input": str(stack.tmp / "in.parquet"), "distributed": True,
             "output": str(stack.tmp / "out"), "id_column": "id", "partition_rows": 100}  # fmt: skip
     started = stack.client.post("/v1/batch-jobs", json=spec, headers=ADMIN)
     assert started.status_code == 202, started.text
+    run_id = started.json()["run_id"]
+    (run,) = stack.collector.wait(lambda s: s.attributes.get("mmserve.batch.run") == run_id)
+    assert (run.service, run.name) == ("mmserve-worker", "batch run")
+    assert run.attributes == {
+        "mmserve.model": "lr",
+        "mmserve.version": "1",
+        "mmserve.rows": 200,
+        "mmserve.batch.run": run_id,
+        "mmserve.batch.parts": 2,
+    }
+    # Each part a task of its own, sent over the broker with the run's trace context.
     parts = stack.collector.wait(lambda s: s.name == "batch part", count=2)
     by_name = {s.attributes["mmserve.batch.part"]: s for s in parts}
     assert sorted(by_name) == ["part-00000", "part-00001"]
     for name, span in by_name.items():
-        assert span.service == "mmserve-worker"
+        assert (span.service, span.trace_id, span.parent) == (
+            "mmserve-worker",
+            run.trace_id,
+            run.span_id,
+        )
         assert span.attributes == {
             "mmserve.model": "lr",
             "mmserve.version": "1",

@@ -22,7 +22,7 @@ from typing import Any
 
 from celery import Celery, Task
 from celery.beat import BeatLazyFunc
-from celery.signals import beat_embedded_init, worker_process_init
+from celery.signals import beat_embedded_init, worker_process_init, worker_process_shutdown
 
 from batch.distributed import PART_TASK, run_part
 from batch.places import Roots
@@ -98,6 +98,11 @@ def make_celery(settings: Settings) -> Celery:
     @worker_process_init.connect(weak=False)
     def warm(**_: Any) -> None:
         runner()  # imports, the store and Redis clients: before the first job, not during it
+
+    @worker_process_shutdown.connect(weak=False)
+    def flush(**_: Any) -> None:
+        if settings.opentelemetry:
+            tracing.flush()  # a pool process ends without its exit hooks: spans would be lost
 
     @app.task(name=RUN_TASK, bind=True, max_retries=jobs.retries)
     def run_job(task: Task, token: str) -> None:
