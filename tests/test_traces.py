@@ -28,8 +28,9 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
+from serving.http.app import create_app
 from serving.registry import Registry
-from serving.settings import StreamSettings
+from serving.settings import Settings, StreamSettings
 from serving.store import Store
 from tests import fixtures
 from tests.batch.test_runner import dataset
@@ -295,3 +296,13 @@ def test_a_stream_micro_batch_is_a_span_with_its_model_rows_and_dead_letters(
         "mmserve.rows": 3,
         "mmserve.stream.dead_letters": 1,
     }
+
+
+def test_off_no_tracer_exists_and_the_fast_lane_takes_its_old_path(tmp_path: Path) -> None:
+    app = create_app(Settings(store_url=str(tmp_path / "store")))
+    try:
+        assert app.state.tracer is None
+        assert app.front.tracer is None  # RequestContext calls the lane as before
+        assert app.state.jobs.tracer is None
+    finally:
+        app.state.jobs.queue.close()

@@ -84,7 +84,10 @@ async def score(
     dataplane: DataPlane = request.app.state.dataplane
     scored = await dataplane.predict(ref, decode, body_bytes, as_rows)
     version = scored.predictor.version
-    request.state.model = (version.name, version.version)
-    request.state.rows = scored.table.num_rows
-    request.state.load_seconds = scored.load_seconds
+    # One update of the middleware's dict, not a State.__setattr__ a field (~0.15 us each).
+    request.scope.setdefault("state", {}).update(
+        model=(version.name, version.version),
+        rows=scored.table.num_rows,
+        load_seconds=scored.load_seconds,
+    )
     return scored

@@ -224,9 +224,9 @@ async def _invoke(request: Request, name: str, decode: Decode, body_bytes: int) 
     served, variant, refs = await plane.choose(name, request.headers)
     request.state.variant = (variant.name, plane.label(refs))  # named in answers, failed or not
     answer = await plane.invoke(served, variant, refs, request.headers, decode, body_bytes)
-    request.state.model = answer.last
-    request.state.rows = answer.table.num_rows
-    request.state.load_seconds = answer.load_seconds
+    request.scope.setdefault("state", {}).update(  # one update, not a State.__setattr__ a field
+        model=answer.last, rows=answer.table.num_rows, load_seconds=answer.load_seconds
+    )
     return answer
 
 
