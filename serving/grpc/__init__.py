@@ -1,15 +1,16 @@
 """The Open Inference Protocol (V2) over gRPC: ``mmserve serve --grpc-port 8081``.
 
 ``inference.GRPCInferenceService`` (KServe's and Triton's), served beside HTTP by the same
-process, on the same event loop, through the same data plane: batching, limits, endpoints
-and errors do not depend on the protocol that brought the rows. Needs the ``grpc`` extra
+process, answered on the same event loop, through the same data plane: batching, limits,
+endpoints and errors do not depend on the protocol that brought the rows. Needs the ``grpc`` extra
 (``pip install 'mmserve[grpc]'``); nothing else in mmserve imports grpc.
 
     _proto     the messages and the service, built at import time into a private pool
     _tensors   ModelInferRequest/Response <-> the V2 codec's tensors
     _status    mmserve's errors as gRPC status codes
     service    the RPCs
-    server     the grpc.aio server the app's lifespan starts and stops
+    server     the gRPC server the app's lifespan starts and stops: grpcio's threads
+               take the calls, the event loop answers them
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
+from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
@@ -60,9 +61,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     registry.register(fixtures.logistic(), "lr")
     registry.register(fixtures.regressor(), "price")
     x, y = fixtures.numeric_data(10)
-    registry.register(
-        fixtures.ErrorModel().fit(x, y), "broken", flavor="sklearn-pickle", trust_pickle=True
-    )
+    pickled: dict[str, Any] = {"flavor": "sklearn-pickle", "trust_pickle": True}
+    registry.register(fixtures.ErrorModel().fit(x, y), "broken", **pickled)
+    registry.register(fixtures.SlowModel(1.0).fit(x, y), "sleepy", **pickled)
     register_file_models(registry, root, "mirror")
     (root / "endpoints.yaml").write_text(ENDPOINTS)
     env = {
@@ -328,6 +329,53 @@ def test_a_model_failure_is_internal_with_its_message_and_an_error_id(server: Se
     assert len(trailers["error-id"]) == 32
 
 
+def test_concurrent_calls_each_get_the_answer_to_their_own_row(server: Server) -> None:
+    """Calls in flight together share micro-batches: each still gets its own row's answer."""
+    x, _ = fixtures.numeric_data(48, seed=24)
+    key = tuple(WITH_KEY.items())
+    calls = [
+        server.stub.ModelInfer.future(_matrix_request("lr", row[None, :]), metadata=key)
+        for row in x
+    ]
+    answers = [call.result(timeout=30) for call in calls]
+    expected = server.registry.load("lr").predict(fixtures.numeric_table(x))
+    got = [np.frombuffer(answer.raw_output_contents[2], "<f8")[0] for answer in answers]
+    np.testing.assert_array_equal(got, expected["proba_1"].to_numpy())
+
+
+def test_a_call_past_its_deadline_is_counted_as_the_client_gone(server: Server) -> None:
+    x, _ = fixtures.numeric_data(1)
+    with pytest.raises(grpc.RpcError) as caught:
+        server.stub.ModelInfer(
+            _matrix_request("sleepy", x), metadata=tuple(WITH_KEY.items()), timeout=0.2
+        )
+    assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    for _ in range(100):  # the server learns of the deadline a moment after the client
+        if _client_gone(server) != 0:
+            break
+        time.sleep(0.05)
+    assert _client_gone(server) == 1
+
+
+def _client_gone(server: Server) -> float:
+    """How many ModelInfer calls the server counted as their client gone (499)."""
+    labels = {"route": "/inference.GRPCInferenceService/ModelInfer", "code": "499"}
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(server.http.get("/metrics").text)
+        for sample in family.samples
+        if sample.name == "mmserve_requests_total" and labels.items() <= sample.labels.items()
+    )
+
+
+def _matrix_request(model: str, x: np.ndarray) -> Any:
+    """A ModelInferRequest of ``x`` as one raw FP64 matrix."""
+    request = service_pb2.ModelInferRequest(model_name=model)
+    request.inputs.add(name="input__0", datatype="FP64", shape=list(x.shape))
+    request.raw_input_contents.append(np.ascontiguousarray(x, "<f8").tobytes())
+    return request
+
+
 def test_a_message_over_the_payload_limit_is_resource_exhausted(server: Server) -> None:
     x = np.zeros((PAYLOAD_LIMIT // 40 + 1, 5))
     tensor = grpcclient.InferInput("input__0", list(x.shape), "FP64")
@@ -374,7 +422,8 @@ def test_the_repository_index_load_and_unload(server: Server) -> None:
         "reason": "unloaded",
     }
     http = server.http.post("/v2/repository/index", headers=ADMIN).json()
-    assert sorted(index) == sorted(m["name"] for m in http) == ["broken", "lr", "mirror", "price"]
+    names = ["broken", "lr", "mirror", "price", "sleepy"]
+    assert sorted(index) == sorted(m["name"] for m in http) == names
     triton.load_model("price", headers=ADMIN)
     ready = triton.get_model_repository_index(ADMIN, as_json=True)["models"]
     assert {"name": "price", "version": "1", "state": "READY"} in ready
