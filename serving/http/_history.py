@@ -17,7 +17,7 @@ import math
 import os
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,9 +57,10 @@ class _Sample:
 class History:
     """The ring of samples of one server, and each variant's series read from it."""
 
-    def __init__(self, metrics: Metrics, kept: int = KEPT):
+    def __init__(self, metrics: Metrics, kept: int = KEPT, clock: Callable[[], float] = time.time):
         self._metrics = metrics
         self._samples: deque[_Sample] = deque(maxlen=kept)
+        self._clock = clock
 
     async def sample_forever(self, every_s: float = SAMPLE_S) -> None:
         """Take a sample now and every ``every_s`` after (a task of the server's life)."""
@@ -71,7 +72,7 @@ class History:
             await asyncio.sleep(every_s)
 
     def sample(self) -> None:
-        self._samples.append(_Sample(time.time(), _totals(self._families())))
+        self._samples.append(_Sample(self._clock(), _totals(self._families())))
 
     def series(self, endpoint: str) -> dict[str, list[dict[str, Any]]]:
         """Per variant of ``endpoint``, one point per pair of neighbouring samples: ``t``

@@ -7,7 +7,7 @@
   as ``GET /v1/batch-jobs/{run}`` answers it;
 - streams: every Redis stream of ``MMSERVE_REDIS_URL`` (or the broker's) with its consumer
   groups (``XINFO GROUPS``: consumers, pending, lag); a stream named ``*-dlq`` is a
-  dead-letter stream, its length the dead letters.
+  dead-letter stream, its length the dead letters, shown with the newest one's error.
 
 No secret leaves: locations are shown without a user or password, Redis without its URL.
 """
@@ -158,9 +158,23 @@ def _stream(client: Any, key: str) -> dict[str, Any]:
         }
         for g in client.xinfo_groups(key)
     ]
-    return {
+    view = {
         "name": key,
         "length": client.xlen(key),
         "dead_letters": key.endswith(DEAD_LETTERS),
         "groups": groups,
     }
+    if view["dead_letters"]:
+        view["latest"] = _latest_dead_letter(client, key)
+    return view
+
+
+def _latest_dead_letter(client: Any, key: str) -> dict[str, str] | None:
+    """The newest dead letter's id, kind of error and reason (never the event's fields)."""
+    for entry_id, fields in client.xrevrange(key, count=1):
+        return {
+            "id": entry_id,
+            "error": fields.get("error", ""),
+            "reason": fields.get("reason", ""),
+        }
+    return None

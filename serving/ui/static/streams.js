@@ -28,7 +28,8 @@ export function render(root, ctx) {
           : h("p", { class: "empty" }, "No stream has a consumer group.")),
       h("section", { class: "card", id: "dead-letters" }, h("h2", {}, "Dead letters"),
         dead.length
-          ? table(["stream", "num:dead letters"], dead.map((s) => [h("code", {}, s.name), s.length]))
+          ? table(["stream", "num:dead letters", "newest", "error", "reason"], dead.map((s) => [
+            h("code", {}, s.name), s.length, h("code", {}, s.latest?.id ?? "–"), s.latest?.error ?? "–", s.latest?.reason ?? "–"]))
           : h("p", { class: "empty" }, "No dead-letter stream.")),
     );
   }, ctx.notice);
