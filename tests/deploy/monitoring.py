@@ -1,20 +1,26 @@
 """What the Grafana dashboard and the Prometheus alert rules are checked against: the
 metric names their PromQL expressions select (parsed by a PromQL parser, so functions,
-labels, keywords and durations are never taken for names), and the names a scrape of
-``/metrics`` exposes."""
+labels, keywords and durations are never taken for names), the names a scrape of
+``/metrics`` exposes, and a real Prometheus scraping live processes."""
 
 from __future__ import annotations
 
 import functools
 import json
 import re
+import subprocess
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
 import promql_parser
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
+
+from tests.services import free_port, stop
+from tests.workers.streams import wait_for
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 DASHBOARD = DEPLOY / "grafana" / "mmserve.json"
@@ -123,3 +129,57 @@ def unknown(queries: list[tuple[str, str]], known: set[str]) -> list[str]:
         for name in sorted(metric_names(expr))
         if name not in known
     ]
+
+
+PROMETHEUS_CONFIG = DEPLOY / "prometheus" / "prometheus.yml"
+
+
+def live_config(targets: dict[str, str]) -> dict[str, Any]:
+    """deploy/prometheus/prometheus.yml with each job's target replaced by ``targets[job]``,
+    its rule files found beside it from anywhere, and a scrape and an evaluation every
+    half second (a test cannot wait the 15 s of the file)."""
+
+    config = dict(yaml.safe_load(PROMETHEUS_CONFIG.read_text()))
+    config["global"] = {"scrape_interval": "500ms", "evaluation_interval": "500ms"}
+    config["rule_files"] = [str(PROMETHEUS_CONFIG.parent / f) for f in config["rule_files"]]
+    for job in config["scrape_configs"]:
+        job["static_configs"] = [{"targets": [targets.pop(job["job_name"])]}]
+    assert not targets, f"no scrape job in {PROMETHEUS_CONFIG.name} for {sorted(targets)}"
+    return config
+
+
+@contextmanager
+def prometheus(binary: str, config: dict[str, Any], folder: Path) -> Iterator[str]:
+    """A real Prometheus on ``config`` on a free loopback port, once it has scraped every
+    target three times (rate() needs two samples); yields its base URL."""
+    (folder / "prometheus.yml").write_text(yaml.safe_dump(config))
+    base = f"http://127.0.0.1:{free_port()}"
+    argv = [binary, f"--config.file={folder / 'prometheus.yml'}"]
+    argv += [f"--storage.tsdb.path={folder / 'data'}", f"--web.listen-address={base[7:]}"]
+    with (folder / "prometheus.log").open("wb") as log:
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: scraped(base, proc) >= 3, "prometheus scraping every target 3 times")
+        yield base
+    finally:
+        stop(proc)
+
+
+def scraped(base: str, proc: subprocess.Popen[bytes]) -> float:
+    """Scrapes of the target scraped least (0 before Prometheus is ready)."""
+    if proc.poll() is not None:
+        raise RuntimeError(f"prometheus exited with {proc.returncode}")
+    try:
+        if httpx.get(f"{base}/-/ready", timeout=5).status_code != 200:
+            return 0  # starting: its API answers 503, not JSON
+    except httpx.HTTPError:
+        return 0
+    result = query(base, "min(count_over_time(up[1m]))")
+    return float(result[0]["value"][1]) if result else 0
+
+
+def query(base: str, expr: str) -> list[dict[str, Any]]:
+    """The instant vector ``expr`` gives now; an error Prometheus names fails the test."""
+    answer = httpx.get(f"{base}/api/v1/query", params={"query": expr}, timeout=10).json()
+    assert answer["status"] == "success", f"{expr}: {answer.get('error')}"
+    return list(answer["data"]["result"])

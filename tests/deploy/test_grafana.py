@@ -1,11 +1,13 @@
-"""deploy/grafana/mmserve.json and deploy/prometheus/alerts.yml against real processes:
-every metric an expression names is on the ``/metrics`` of a live ``mmserve serve`` (with
-a broker, an endpoint with variants and a shadow) or of a live ``mmserve stream
---metrics-port``, after a little traffic; the rules pass ``promtool check rules`` and
-their unit tests (``promtool test rules``)."""
+"""deploy/grafana/mmserve.json and deploy/prometheus/ against real processes: every metric
+an expression names is on the ``/metrics`` of a live ``mmserve serve`` (with a broker, an
+endpoint with variants, a shadow and capture) or of a live ``mmserve stream
+--metrics-port``, after a little traffic; a real Prometheus on prometheus.yml scrapes both,
+evaluates every rule and answers every panel's query; the files pass ``promtool check``
+and the rules their unit tests (``promtool test rules``)."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -25,13 +27,17 @@ from tests import fixtures
 from tests.deploy.monitoring import (
     ALERT_TESTS,
     ALERTS,
+    PROMETHEUS_CONFIG,
     alert_queries,
     alerts,
     dashboard,
     dashboard_queries,
     exposed,
+    live_config,
     metric_names,
     panels,
+    prometheus,
+    query,
     unknown,
 )
 from tests.services import ensure_promtool, free_port, mmserve_server, redis_server
@@ -44,6 +50,7 @@ endpoints:
       - {name: blue, model: lr:1, weight: 50}
       - {name: green, model: lr:2, weight: 50}
     shadow: {model: lr:2, sample: 1.0}
+    capture: {sample: 1.0}
     seed: 7
 """
 CSV = "0.5,-1.25,2.0,0.0,3.5\n1.0,0.0,-2.0,0.5,1.5\n"
@@ -53,19 +60,22 @@ CSV = "0.5,-1.25,2.0,0.0,3.5\n1.0,0.0,-2.0,0.5,1.5\n"
 class Scrapes:
     server: str
     stream: str
+    targets: dict[str, str]
+    """The processes' ``host:port`` by the scrape job of deploy/prometheus/prometheus.yml."""
 
 
 @pytest.fixture(scope="module")
 def scrapes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scrapes]:
     """One scrape of each process after its traffic: 6 requests to an endpoint (each
-    shadowed), a model's request, a refused one, an async job left queued (no worker), and
-    4 events of which one is bad."""
+    shadowed and captured), a model's request, a refused one, an async job left queued (no
+    worker), and 4 events of which one is bad."""
     tmp = tmp_path_factory.mktemp("grafana")
     store = str(tmp / "store")
     registry = Registry(Store.from_url(store))
     registry.register(fixtures.logistic(), "lr")
     registry.register(fixtures.logistic(), "lr")
     (tmp / "endpoints.yaml").write_text(ENDPOINTS)
+    endpoints = {"MMSERVE_ENDPOINTS": str(tmp / "endpoints.yaml")}
     with redis_server() as broker, redis.Redis.from_url(broker.url) as r, ExitStack() as up:
         env = {"MMSERVE_STORE_URL": store, "MMSERVE_BROKER_URL": broker.url}
         port = free_port()
@@ -73,7 +83,7 @@ def scrapes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scrapes]:
         args += ["--start", "0", "--id-field", "id", "--metrics-port", str(port)]
         url, _ = together(
             up,
-            mmserve_server({**env, "MMSERVE_ENDPOINTS": str(tmp / "endpoints.yaml")}),
+            mmserve_server({**env, **endpoints, "MMSERVE_DEPLOYMENT__CAPTURE_FLUSH_S": "0.1"}),
             mmserve_stream(env, tmp / "stream.log", *args),
         )
         with httpx.Client(base_url=url, timeout=30) as client:
@@ -82,7 +92,8 @@ def scrapes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scrapes]:
             produce(r, "events", [*events, {"id": "bad", "f0": "abc"}])
             wait_for(lambda: r.xlen("scores") == 3 and r.xlen("scores-dlq") == 1, "scored")
             stream = httpx.get(f"http://127.0.0.1:{port}/metrics").text
-            yield Scrapes(client.get("/metrics").text, stream)
+            targets = {"mmserve-api": url[7:], "mmserve-stream": f"127.0.0.1:{port}"}
+            yield Scrapes(client.get("/metrics").text, stream, targets)
 
 
 def together(stack: ExitStack, *processes: AbstractContextManager[Any]) -> list[Any]:
@@ -108,10 +119,12 @@ def drive(client: httpx.Client) -> None:
     job = client.post("/v1/models/lr/async", content=CSV, headers=csv)
     assert job.status_code == 202, job.text
 
-    def shadowed() -> bool:
-        return value(client.get("/metrics").text, "mmserve_shadow_requests_total") == 6
+    def settled() -> bool:  # the shadow scores and the capture writes after the answer
+        text = client.get("/metrics").text
+        shadowed = value(text, "mmserve_shadow_requests_total")
+        return shadowed == 6 and value(text, "mmserve_capture_rows_total") == 24
 
-    wait_for(shadowed, "6 shadow requests")  # scored after their answers were sent
+    wait_for(settled, "6 shadow requests, and their 24 rows captured (2 a call of each side)")
 
 
 def value(text: str, name: str, **labels: str) -> float:
@@ -146,6 +159,7 @@ def test_the_traffic_is_what_the_panels_show(scrapes: Scrapes) -> None:
     assert by_variant == {"blue": 1, "green": 5}  # the endpoint's seed fixes the split
     assert value(server, "mmserve_endpoint_request_seconds_count") == 6
     assert value(server, "mmserve_shadow_requests_total", outcome="ok") == 6
+    assert value(server, "mmserve_capture_rows_total", endpoint="churn") == 24
     assert value(server, "mmserve_requests_total", route="/v1/models/{ref}:predict") == 2
     assert value(server, "mmserve_requests_total", code="404") == 1
     assert value(server, "mmserve_errors_total") == 1
@@ -190,8 +204,7 @@ def test_every_panel_queries_the_datasource_variable() -> None:
 
 
 def test_the_dashboard_shows_what_operators_look_for() -> None:
-    used = {(p["title"], n) for p in panels() for t in p["targets"] for n in metric_names_of(t)}
-    shown = {name for _, name in used}
+    shown = set().union(*(metric_names(expr) for _, expr in dashboard_queries()))
     assert {
         "mmserve_endpoint_requests_total",  # requests by variant
         "mmserve_request_seconds_bucket",  # latency quantiles
@@ -208,12 +221,6 @@ def test_the_dashboard_shows_what_operators_look_for() -> None:
     } <= shown
     quantiles = [t["expr"] for p in panels() for t in p["targets"] if "quantile" in t["expr"]]
     assert all(e.startswith("histogram_quantile(") and "_bucket" in e for e in quantiles)
-
-
-def metric_names_of(target: dict[str, str]) -> set[str]:
-    from tests.deploy.monitoring import promql
-
-    return metric_names(promql(target["expr"]))
 
 
 def test_every_alert_waits_and_says_how_bad_and_why() -> None:
@@ -242,10 +249,15 @@ def promtool() -> str:
     return path
 
 
-def test_promtool_checks_the_rules(promtool: str) -> None:
+def test_promtool_checks_the_rules_and_the_config(promtool: str) -> None:
     checked = subprocess.run([promtool, "check", "rules", str(ALERTS)], capture_output=True)
     assert checked.returncode == 0, checked.stdout.decode() + checked.stderr.decode()
     assert b"SUCCESS: 8 rules found" in checked.stdout
+    config = subprocess.run(
+        [promtool, "check", "config", str(PROMETHEUS_CONFIG)], capture_output=True
+    )
+    assert config.returncode == 0, config.stdout.decode() + config.stderr.decode()
+    assert b"SUCCESS: 1 rule files found" in config.stdout
 
 
 def test_the_rules_fire_as_their_unit_tests_say(promtool: str) -> None:
@@ -259,3 +271,45 @@ def test_promtool_refuses_a_broken_rule(promtool: str, tmp_path: Path) -> None:
     checked = subprocess.run([promtool, "check", "rules", str(broken)], capture_output=True)
     assert checked.returncode == 1
     assert b'not a valid duration string: "5 minutes"' in checked.stderr + checked.stdout
+
+
+# -- a real Prometheus ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def prometheus_url(
+    scrapes: Scrapes, promtool: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """Prometheus (Debian's package has it beside promtool) on deploy/prometheus/prometheus.yml,
+    scraping the live processes."""
+    binary = shutil.which("prometheus")
+    if binary is None:
+        pytest.skip("prometheus is not installed (Debian's prometheus package)")
+    config = live_config(dict(scrapes.targets))
+    with prometheus(binary, config, tmp_path_factory.mktemp("prometheus")) as url:
+        yield url
+
+
+@pytest.mark.slow
+def test_a_real_prometheus_scrapes_both_processes_and_evaluates_every_rule(
+    prometheus_url: str,
+) -> None:
+    targets = httpx.get(f"{prometheus_url}/api/v1/targets").json()["data"]["activeTargets"]
+    assert sorted((t["labels"]["job"], t["health"]) for t in targets) == [
+        ("mmserve-api", "up"),
+        ("mmserve-stream", "up"),
+    ]
+    groups = httpx.get(f"{prometheus_url}/api/v1/rules").json()["data"]["groups"]
+    rules = [rule for group in groups for rule in group["rules"]]
+    assert len(rules) == 8
+    assert [(r["name"], r["lastError"]) for r in rules if r["health"] != "ok"] == []
+    assert [r["name"] for r in rules if r["state"] != "inactive"] == []  # nothing is wrong
+
+
+@pytest.mark.slow
+def test_every_panel_query_gives_series_on_a_real_prometheus(prometheus_url: str) -> None:
+    empty = [where for where, expr in dashboard_queries() if not query(prometheus_url, expr)]
+    assert empty == [  # no 5xx answer, no row dropped: series a busier server would have
+        "panel 'Error ratio (5xx) by model' target A",
+        "panel 'Captured and dropped rows' target B",
+    ]

@@ -34,24 +34,24 @@ def job() -> Job:
 def test_the_age_is_that_of_the_oldest_message_sent(broker: RedisServer) -> None:
     settings = Settings(_env_file=None, broker_url=broker.url, jobs=JobSettings(queue="ages"))
     queue = RedisQueue(make_celery(settings), broker.url, settings.jobs)
-    client = redis.Redis.from_url(broker.url, decode_responses=True)
-    client.delete("ages")
-    assert queue.age() == 0.0
-    before = time.time()
-    queue.enqueue(job())
-    queue.enqueue(job())
-    sent = [float(json.loads(m)["headers"][SENT_HEADER]) for m in client.lrange("ages", 0, -1)]
-    second, first = sent  # pushed on the left, taken from the right
-    assert before <= first <= second
-    assert queue.depth() == 2
-    assert within(queue, first)  # the oldest's, not the newest's
-    client.rpop("ages")
-    assert within(queue, second)
-    client.rpop("ages")
-    assert queue.age() == 0.0
-    client.lpush("ages", '{"headers": {}}')  # sent by an mmserve before the header: unknown
-    assert queue.age() == 0.0
-    client.delete("ages")
+    with redis.Redis.from_url(broker.url, decode_responses=True) as client:
+        client.delete("ages")
+        assert queue.age() == 0.0
+        before = time.time()
+        queue.enqueue(job())
+        queue.enqueue(job())
+        sent = [float(json.loads(m)["headers"][SENT_HEADER]) for m in client.lrange("ages", 0, -1)]
+        second, first = sent  # pushed on the left, taken from the right
+        assert before <= first <= second
+        assert queue.depth() == 2
+        assert within(queue, first)  # the oldest's, not the newest's
+        client.rpop("ages")
+        assert within(queue, second)
+        client.rpop("ages")
+        assert queue.age() == 0.0
+        client.lpush("ages", '{"headers": {}}')  # sent by an mmserve before the header: unknown
+        assert queue.age() == 0.0
+        client.delete("ages")
 
 
 def test_the_embedded_queue_ages_a_job_until_it_is_taken() -> None:
