@@ -63,12 +63,17 @@ def panels(board: dict[str, Any] | None = None) -> Iterator[dict[str, Any]]:
 
 
 def dashboard_queries() -> list[tuple[str, str]]:
-    """(where, PromQL) of every panel target and every query variable, as Prometheus gets
-    it once Grafana has put its variables in."""
+    """(where, PromQL) of every panel target, annotation and query variable, as Prometheus
+    gets it once Grafana has put its variables in."""
     found = [
         (f"panel {p['title']!r} target {t['refId']}", promql(t["expr"]))
         for p in panels()
         for t in p["targets"]
+    ]
+    found += [
+        (f"annotation {a['name']!r}", promql(a["expr"]))
+        for a in dashboard()["annotations"]["list"]
+        if "expr" in a
     ]
     for variable in dashboard()["templating"]["list"]:
         if variable["type"] == "query":

@@ -201,6 +201,9 @@ def test_every_panel_queries_the_datasource_variable() -> None:
         assert panel["targets"], panel["title"]
         for target in panel["targets"]:
             assert target["datasource"] == panel["datasource"], panel["title"]
+    for annotation in dashboard()["annotations"]["list"]:
+        if "expr" in annotation:
+            assert annotation["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
 
 
 def test_the_dashboard_shows_what_operators_look_for() -> None:
@@ -309,7 +312,9 @@ def test_a_real_prometheus_scrapes_both_processes_and_evaluates_every_rule(
 @pytest.mark.slow
 def test_every_panel_query_gives_series_on_a_real_prometheus(prometheus_url: str) -> None:
     empty = [where for where, expr in dashboard_queries() if not query(prometheus_url, expr)]
-    assert empty == [  # no 5xx answer, no row dropped: series a busier server would have
+    assert empty == [  # no 5xx, no rollout, no row dropped: series a busier server has
         "panel 'Error ratio (5xx) by model' target A",
+        "panel 'Rollout in progress' target B",
         "panel 'Captured and dropped rows' target B",
+        "annotation 'Rollout decisions'",
     ]
