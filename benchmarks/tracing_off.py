@@ -2,7 +2,7 @@
 over ASGI in this process (no sockets, no load generator: on a busy machine, throughput
 under wrk moves by more than the few hundred nanoseconds in question; CPU time moves less).
 
-    .venv/bin/python benchmarks/tracing_off.py [--requests 4000] [--rounds 7] [--on]
+    .venv/bin/python benchmarks/tracing_off.py [--requests 4000] [--rounds 7] [--on] [--calls]
 
 Run it against two trees to compare them (the one on ``PYTHONPATH`` is measured)::
 
@@ -12,24 +12,28 @@ Run it against two trees to compare them (the one on ``PYTHONPATH`` is measured)
 It prints the best round's microseconds of CPU per request (the least disturbed), and the
 median. ``--on`` turns MMSERVE_OPENTELEMETRY on, spans made and dropped
 (``OTEL_TRACES_EXPORTER=none``): what a traced request costs over an untraced one.
+``--calls`` counts the function calls a request makes on the event loop's thread instead
+(cProfile): a figure that does not move with the machine's load.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
 import os
+import pstats
 import statistics
 import sys
 import tempfile
 import time
 from typing import Any
 
-import numpy as np
-from sklearn.linear_model import LogisticRegression
-
 # This folder first on the path would make benchmarks/batch.py the package ``batch``.
 sys.path.pop(0)
+# One BLAS thread, as the real-time benchmark's servers: idle BLAS threads spin, on the CPU
+# clock, and moved every figure by hundreds of microseconds.
+os.environ.update(OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
 
 BODY = b'{"instances": [[0.5, -1.25, 2.0, 0.0, 3.5]]}'
 
@@ -39,8 +43,12 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=4000)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--on", action="store_true", help="MMSERVE_OPENTELEMETRY=true")
+    parser.add_argument("--calls", action="store_true", help="count calls (cProfile) instead")
     args = parser.parse_args()
     os.environ["OTEL_TRACES_EXPORTER"] = "none"
+    import numpy as np  # after the BLAS settings above
+    from sklearn.linear_model import LogisticRegression
+
     import serving
     from serving.http.app import create_app
     from serving.registry import Registry
@@ -53,6 +61,11 @@ def main() -> None:
         x = rng.normal(size=(400, 5))
         Registry(store).register(LogisticRegression().fit(x, x[:, 0] > 0), "lr")
         app = create_app(Settings(store_url=folder, opentelemetry=args.on))
+        if args.calls:
+            calls = asyncio.run(_calls(app, args.requests))
+            print(f"{serving.__file__.rsplit('/', 2)[0]}  tracing {'on' if args.on else 'off'}: "
+                  f"{calls:.2f} function calls a request on the event loop's thread")  # fmt: skip
+            return
         per_request = asyncio.run(_rounds(app, args.requests, args.rounds))
     print(
         f"{serving.__file__.rsplit('/', 2)[0]}  tracing {'on' if args.on else 'off'}: "
@@ -72,6 +85,20 @@ async def _rounds(app: Any, requests: int, rounds: int) -> list[float]:
             await _predict(app)
         measured.append((time.process_time() - started) / requests * 1e6)
     return measured
+
+
+async def _calls(app: Any, requests: int) -> float:
+    """Function calls (Python and built-in) a request makes on this thread, as cProfile
+    counts them: the same figure run after run, where CPU time moves by tens of percent on
+    a shared machine."""
+    for _ in range(200):
+        await _predict(app)
+    profile = cProfile.Profile()
+    profile.enable()
+    for _ in range(requests):
+        await _predict(app)
+    profile.disable()
+    return pstats.Stats(profile).total_calls / requests  # type: ignore[attr-defined, no-any-return]
 
 
 async def _predict(app: Any) -> None:
