@@ -30,8 +30,21 @@ from serving.errors import ManagementDisabled, Unauthorized
 from serving.settings import Settings
 
 # Paths anyone may call, key or not: probes (``/`` is KServe V1's), metrics, the docs and
-# the console's pages (which hold no data: they ask for a token to read any).
-OPEN_PATHS = frozenset(["/", "/ping", "/v2", "/metrics", "/openapi.json", "/docs", "/redoc", "/ui"])
+# the console's pages (which hold no data: they ask for a token to read any) with what it
+# asks first, which credential a request carries.
+OPEN_PATHS = frozenset(
+    [
+        "/",
+        "/ping",
+        "/v2",
+        "/metrics",
+        "/openapi.json",
+        "/docs",
+        "/redoc",
+        "/ui",
+        "/v1/console/session",
+    ]
+)
 OPEN_PREFIXES = ("/v2/health/", "/docs/", "/ui/")
 
 NO_KEY = Unauthorized("API key", "'Authorization: Bearer <key>' or 'X-API-Key: <key>'")

@@ -4,11 +4,12 @@ The console is static files shipped in the package (``serving/ui/static``: HTML,
 JavaScript modules, no build step, nothing fetched from elsewhere) that read these routes and
 the existing ones (aliases, endpoints, jobs' results). Who may read what:
 
-- the API key (when one is set): ``GET /v1/console/session`` (which credential a request
-  carries), ``/v1/console/models`` (every version's metadata, as ``GET /v1/models/{ref}``
-  answers each) and ``/v1/console/endpoints`` (variants, weights, the rollout and its
-  decisions, per-variant figures and their short history): so the models and endpoints pages
-  are readable, and read-only, without the admin token;
+- anyone: ``GET /v1/console/session``, which credential a request carries (the console asks
+  it first: it tells whether a key is wanted, which any refused request tells too);
+- the API key (when one is set): ``/v1/console/models`` (every version's metadata, as
+  ``GET /v1/models/{ref}`` answers each) and ``/v1/console/endpoints`` (variants, weights,
+  the rollout and its decisions, per-variant figures and their short history): so the models
+  and endpoints pages are readable, and read-only, without the admin token;
 - the admin token: what lists jobs, batch runs and streams (``GET /v1/jobs``,
   ``/v1/batch-jobs``, ``/v1/streams``: a job's token reads its result, a run names its
   output), and the shadow report (``GET /v1/endpoints/{name}/compare``: it reads the whole
@@ -50,12 +51,13 @@ def mount(app: FastAPI) -> None:
 
 @router.get("/v1/console/session", summary="Which credential this request carries")
 async def session(request: Request) -> dict[str, Any]:
-    """``credential``: ``admin``, ``api-key`` or ``none``; ``management``: whether the
-    admin routes are on (``MMSERVE_ADMIN_TOKEN`` set). The console offers its actions only to
-    ``admin``."""
+    """``credential``: ``admin``, ``api-key`` or ``none``; ``api_key``: whether the other
+    routes want a key (``MMSERVE_API_KEY`` set); ``management``: whether the admin routes are
+    on (``MMSERVE_ADMIN_TOKEN`` set). The console offers its actions only to ``admin``."""
     settings: Settings = request.app.state.settings
     return {
         "credential": credential(request.scope["headers"], settings),
+        "api_key": settings.api_key is not None,
         "management": settings.admin_token is not None,
     }
 

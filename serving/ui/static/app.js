@@ -1,5 +1,5 @@
 // The console's shell: the token, the session (which credential it is), and the pages.
-import { api, ApiError, setToken, token } from "./api.js";
+import { api, setToken, token } from "./api.js";
 import * as endpoints from "./endpoints.js";
 import * as jobs from "./jobs.js";
 import * as models from "./models.js";
@@ -9,14 +9,9 @@ const PAGES = { models, endpoints, jobs, streams };
 const root = document.getElementById("page");
 let stop = null; // the shown page's cleanup (its refresh timer)
 
-/** Which credential the token is; null when the server wants one it was not given. */
+/** Which credential the token is, and whether the server wants one. */
 async function session() {
-  try {
-    return await api("GET", "/v1/console/session");
-  } catch (err) {
-    if (err instanceof ApiError && err.status === 401) return null;
-    throw err;
-  }
+  return api("GET", "/v1/console/session");
 }
 
 export function notice(message, kind = "error") {
@@ -44,10 +39,13 @@ async function show() {
     return;
   }
   const label = document.getElementById("session");
-  label.textContent = current ? (current.credential === "none" ? "no token" : current.credential) : "token needed";
-  label.className = `badge ${current?.credential ?? "unknown"}`;
-  if (!current) {
-    notice("This server needs its API key (or the admin token): enter it above.", "info");
+  const given = token() !== null;
+  label.textContent = current.credential === "none" ? (given ? "unknown token" : "no token") : current.credential;
+  label.className = `badge ${current.credential === "none" && given ? "unknown" : current.credential}`;
+  if (current.credential === "none" && current.api_key) {
+    notice(given
+      ? "That token is neither this server's API key nor its admin token: enter another above."
+      : "This server needs its API key (or the admin token): enter it above.", "info");
     return;
   }
   document.title = `mmserve · ${name}`;

@@ -25,6 +25,7 @@ pytestmark = pytest.mark.slow
 playwright = pytest.importorskip("playwright.sync_api")
 
 TOKEN = "console-admin-3b9e"
+API_KEY = "console-key-51c0"
 ADMIN = {"authorization": f"Bearer {TOKEN}"}
 ENDPOINTS = """\
 endpoints:
@@ -72,10 +73,15 @@ def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
         env = {
             "MMSERVE_STORE_URL": str(root / "store"),
             "MMSERVE_ADMIN_TOKEN": TOKEN,
+            "MMSERVE_API_KEY": API_KEY,
             "MMSERVE_ENDPOINTS": str(root / "endpoints.yaml"),
             "MMSERVE_REDIS_URL": events.url,
         }
-        with mmserve_server(env) as url, httpx.Client(base_url=url, timeout=30) as client:
+        key = {"x-api-key": API_KEY}
+        with (
+            mmserve_server(env) as url,
+            httpx.Client(base_url=url, headers=key, timeout=30) as client,
+        ):
             _traffic(client)
             yield Console(url, store, client)
 
@@ -139,11 +145,12 @@ def page(browser: Any, console: Console) -> Iterator[Any]:
 
 
 def _open(page: Any, console: Console, name: str, token: str | None = None) -> None:
+    """Open the console at page ``name`` and, given one, enter ``token``."""
     page.goto(f"{console.url}/ui/#/{name}")
     if token is not None:
         page.fill("#token", token)
         page.click("#token-form button[type=submit]")
-        page.wait_for_selector("#session.admin")
+        page.wait_for_selector("#session.admin" if token == TOKEN else "#session.api-key")
 
 
 def test_every_page_loads_without_console_errors(
@@ -188,7 +195,11 @@ def test_the_pages_show_what_the_server_holds(page: Any, console: Console) -> No
 def test_the_models_page_shows_a_registered_model_read_only_without_the_token(
     page: Any, console: Console
 ) -> None:
-    _open(page, console, "models")
+    _open(page, console, "models")  # no token: this server wants its API key first
+    notice = page.wait_for_selector("#notice:not([hidden])").inner_text()
+    assert notice == "This server needs its API key (or the admin token): enter it above."
+    assert page.locator("section").count() == 0
+    _open(page, console, "models", API_KEY)
     card = page.wait_for_selector("section[data-model=lr]")
     rows = page.locator("section[data-model=lr] tbody tr")
     assert rows.count() == 3
@@ -197,11 +208,12 @@ def test_the_models_page_shows_a_registered_model_read_only_without_the_token(
     assert "Read-only: actions need the admin token." in card.inner_text()
     assert page.locator("button", has_text="Move alias").count() == 0
     assert page.locator("button", has_text="Approve").count() == 0
-    # ... and the route behind the action refuses a request without the token
+    # ... and the route behind the action refuses the API key
     status = page.evaluate(
-        """() => fetch('/v1/models/lr/aliases/staging', {method: 'PUT',
-             headers: {'content-type': 'application/json'}, body: '{"version": 2}'})
-           .then(r => r.status)"""
+        """key => fetch('/v1/models/lr/aliases/staging', {method: 'PUT',
+             headers: {'content-type': 'application/json', 'x-api-key': key},
+             body: '{"version": 2}'}).then(r => r.status)""",
+        API_KEY,
     )
     assert status == 401
     assert Registry(console.store).aliases("lr") == {"champion": 1}
@@ -210,7 +222,7 @@ def test_the_models_page_shows_a_registered_model_read_only_without_the_token(
 
 
 def test_the_endpoints_page_shows_a_live_endpoints_weights(page: Any, console: Console) -> None:
-    _open(page, console, "endpoints")
+    _open(page, console, "endpoints", API_KEY)
     blue = page.wait_for_selector("[data-endpoint=churn] .weights [data-variant=blue]")
     green = page.wait_for_selector("[data-endpoint=churn] .weights [data-variant=green]")
     assert (blue.inner_text(), green.inner_text()) == ("blue 80%", "green 20%")
