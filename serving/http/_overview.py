@@ -25,6 +25,7 @@ from batch.runner import status as run_status
 from serving.errors import MMServeError, RedisUnavailable
 from serving.registry import Registry
 from serving.settings import Settings
+from serving.store import Store
 from workers.jobs import OPEN, Job, Jobs
 from workers.queue import Queue
 
@@ -45,7 +46,7 @@ class RecentJobs:
     def listing(self) -> list[dict[str, Any]]:
         """Newest first, at most ``kept`` open ones and ``kept`` finished ones."""
         self._subscribe()
-        open_jobs = [j for j in map(self._read, self._jobs.store.list(OPEN)[-LISTED:]) if j]
+        open_jobs = [j for j in map(self._read, _newest(self._jobs.store, OPEN, "")) if j]
         with self._lock:
             finished = list(self._finished)
         seen = {j.id for j in open_jobs}
@@ -63,7 +64,10 @@ class RecentJobs:
             self._subscribed = False
 
     def _heard(self, token: str, record: str) -> None:
-        job = Job.model_validate_json(record)
+        try:
+            job = Job.model_validate_json(record)
+        except ValueError:  # not a record this version reads: the store still has it
+            return
         with self._lock:
             self._finished.appendleft(job)
 
@@ -94,7 +98,7 @@ def batch_runs(registry: Registry, settings: Settings) -> list[dict[str, Any]]:
     """The newest runs' progress, newest first; a run whose output cannot be read is
     listed with its error (the others still are)."""
     runs = []
-    for run_id in _newest_runs(registry):
+    for run_id in _newest(registry.store, "batch", ".json"):
         try:
             run = run_status(registry, settings, run_id)
         except MMServeError as err:
@@ -105,16 +109,19 @@ def batch_runs(registry: Registry, settings: Settings) -> list[dict[str, Any]]:
     return runs
 
 
-def _newest_runs(registry: Registry) -> list[str]:
-    store = registry.store
-    selector = pafs.FileSelector(store.path("batch"), allow_not_found=True)
-    infos = store.filesystem.get_file_info(selector)
+def _newest(store: Store, prefix: str, suffix: str) -> list[str]:
+    """The names of the :data:`LISTED` newest objects directly under ``prefix`` that end in
+    ``suffix`` and have no other dot (``<run>.json``, not ``<run>.refused.json``), without
+    it, newest first (one listing call, with the objects' times)."""
+    selector = pafs.FileSelector(store.path(prefix), allow_not_found=True)
     named = [
-        (info.mtime_ns or 0, info.base_name.removesuffix(".json"))
-        for info in infos
-        if info.base_name.endswith(".json") and info.base_name.count(".") == 1
+        (info.mtime_ns or 0, info.base_name.removesuffix(suffix))
+        for info in store.filesystem.get_file_info(selector)
+        if info.type == pafs.FileType.File
+        and info.base_name.endswith(suffix)
+        and info.base_name.count(".") == suffix.count(".")
     ]
-    return [run for _, run in sorted(named, reverse=True)[:LISTED]]
+    return [name for _, name in sorted(named, reverse=True)[:LISTED]]
 
 
 def without_password(url: str) -> str:
