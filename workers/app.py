@@ -138,7 +138,8 @@ def make_celery(settings: Settings) -> Celery:
     @app.task(name=BATCH_RUN_TASK)
     def batch_run(spec: str, run_id: str, distributed: bool) -> None:
         registry = runner().registry
-        run_recorded(settings, registry, BatchSpec.model_validate_json(spec), run_id, distributed)
+        batch = BatchSpec.model_validate_json(spec)
+        run_recorded(settings, registry, batch, run_id, distributed, runner().queue.count)
 
     @app.task(name=SCHEDULED_TASK)
     def scheduled(schedule_json: str, fired: str | None = None) -> None:
@@ -148,7 +149,7 @@ def make_celery(settings: Settings) -> Celery:
         roots = Roots.of(settings)  # a schedule comes over the queue: confined as any run
         spec = confined(spec, roots)
         start(spec, registry, settings, run_id, False, roots)  # again: the same run, resumed
-        run_recorded(settings, registry, spec, run_id, distributed=False)
+        run_recorded(settings, registry, spec, run_id, False, runner().queue.count)
 
     @app.task(name=SWEEP_TASK)
     def sweep() -> dict[str, Any]:

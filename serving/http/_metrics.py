@@ -232,6 +232,7 @@ class _JobsCollector(Collector):
             "Job runs retried after a transient error.",
             counters.get("retries", 0),
         )
+        yield from _batch_runs(counters)
         buckets = [(str(bound), counters.get(f"latency_le:{bound}", 0)) for bound in JOB_BUCKETS]
         count = counters.get("latency_count", 0)
         yield HistogramMetricFamily(
@@ -240,3 +241,24 @@ class _JobsCollector(Collector):
             buckets=[*buckets, ("+Inf", count)],
             sum_value=counters.get("latency_sum", 0),
         )
+
+
+def _batch_runs(counters: dict[str, float]) -> Iterator[Metric]:
+    """The outcomes of the batch runs workers (or, without a broker, this server) wrote:
+    those started over HTTP or by a schedule (``mmserve batch run`` counts nowhere)."""
+    runs = CounterMetricFamily(
+        "mmserve_batch_runs", "Batch runs finished, by status.", labels=["status"]
+    )
+    for status in ("succeeded", "failed"):
+        runs.add_metric([status], counters.get(f"batch_runs:{status}", 0))
+    yield runs
+    yield CounterMetricFamily(
+        "mmserve_batch_rows",
+        "Rows scored by the batch runs that succeeded.",
+        counters.get("batch_rows", 0),
+    )
+    yield CounterMetricFamily(
+        "mmserve_batch_rejected_rows",
+        "Rows the batch runs that succeeded set aside as rejects.",
+        counters.get("batch_rejected_rows", 0),
+    )

@@ -38,6 +38,27 @@ def spec(tmp_path: Path, output: str, **more: object) -> dict:
 ADMIN = {"Authorization": "Bearer admin-secret"}
 
 
+def counted(client: httpx.Client) -> dict[str, float]:
+    """The batch runs' counters on ``/metrics``, once a run is counted (just after its
+    manifest, which its status reads, is written)."""
+    names = {
+        'mmserve_batch_runs_total{status="succeeded"}': "succeeded",
+        'mmserve_batch_runs_total{status="failed"}': "failed",
+        "mmserve_batch_rows_total": "rows",
+        "mmserve_batch_rejected_rows_total": "rejected",
+    }
+    deadline = time.monotonic() + 30
+    while True:
+        found: dict[str, float] = {}
+        for line in client.get("/metrics").text.splitlines():
+            name, _, number = line.rpartition(" ")
+            if name in names:
+                found[names[name]] = float(number)
+        if found.get("succeeded", 0) + found.get("failed", 0) > 0 or time.monotonic() > deadline:
+            return found
+        time.sleep(0.05)
+
+
 def env(store: Store, tmp_path: Path, **more: str) -> dict[str, str]:
     """The server's: the admin token, an API key, and ``tmp_path`` as an allowed root."""
     roots = json.dumps([str(tmp_path)])
@@ -66,6 +87,7 @@ def test_a_batch_run_started_over_http(store: Store, tmp_path: Path) -> None:
         state = follow(client, body["status_url"])
         assert (state["status"], state["parts_done"], state["parts"]) == ("succeeded", 5, 5)
         assert (state["rows"], state["rejected"], state["error"]) == (500, 0, None)
+        assert counted(client) == {"succeeded": 1, "failed": 0, "rows": 500, "rejected": 0}
         again = client.post("/v1/batch-jobs", json=spec(tmp_path, "out"))
         assert again.status_code == 409
         assert "resume it" in again.json()["error"]
@@ -92,6 +114,7 @@ def test_with_a_broker_a_worker_writes_the_run(store: Store, tmp_path: Path) -> 
             started = client.post("/v1/batch-jobs", json=spec(tmp_path, "out"))
             assert started.status_code == 202, started.text
             state = follow(client, started.json()["status_url"])
+            assert counted(client) == {"succeeded": 1, "failed": 0, "rows": 500, "rejected": 0}
     assert (state["status"], state["rows"]) == ("succeeded", 500)
 
 
@@ -168,6 +191,7 @@ def test_a_run_that_fails_is_a_200_saying_so_and_the_cli_exits_4(
         assert started.status_code == 202, started.text
         state = follow(client, started.json()["status_url"])
         again = client.get(started.json()["status_url"])
+        assert counted(client) == {"succeeded": 0, "failed": 1, "rows": 0, "rejected": 0}
     assert again.status_code == 200
     assert again.json() == state
     assert (state["status"], state["error"]) == (

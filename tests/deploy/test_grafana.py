@@ -168,6 +168,7 @@ def test_the_traffic_is_what_the_panels_show(scrapes: Scrapes) -> None:
     assert value(server, "mmserve_jobs_queued") == 1
     assert value(server, "mmserve_jobs_queue_age_seconds") > 0
     assert value(server, "mmserve_jobs_finished_total") == 0
+    assert value(server, "mmserve_batch_runs_total") == 0
     assert value(stream, "mmserve_stream_events_total", model="lr", version="2") == 3
     assert value(stream, "mmserve_stream_lag_seconds_count") == 3
     assert value(stream, "mmserve_stream_dead_lettered_total") == 1
@@ -221,6 +222,8 @@ def test_the_dashboard_shows_what_operators_look_for() -> None:
         "mmserve_stream_lag_seconds_bucket",
         "mmserve_stream_dead_lettered_total",
         "mmserve_shadow_requests_total",
+        "mmserve_batch_runs_total",  # batch runs by status, and their rows
+        "mmserve_batch_rows_total",
     } <= shown
     quantiles = [t["expr"] for p in panels() for t in p["targets"] if "quantile" in t["expr"]]
     assert all(e.startswith("histogram_quantile(") and "_bucket" in e for e in quantiles)
@@ -229,6 +232,7 @@ def test_the_dashboard_shows_what_operators_look_for() -> None:
 def test_every_alert_waits_and_says_how_bad_and_why() -> None:
     rules = [r for g in alerts()["groups"] for r in g["rules"]]
     assert sorted(r["alert"] for r in rules) == [
+        "MmserveBatchRunFailed",
         "MmserveErrorRateHigh",
         "MmserveJobQueueOld",
         "MmserveJobQueueStuck",
@@ -255,7 +259,7 @@ def promtool() -> str:
 def test_promtool_checks_the_rules_and_the_config(promtool: str) -> None:
     checked = subprocess.run([promtool, "check", "rules", str(ALERTS)], capture_output=True)
     assert checked.returncode == 0, checked.stdout.decode() + checked.stderr.decode()
-    assert b"SUCCESS: 8 rules found" in checked.stdout
+    assert b"SUCCESS: 9 rules found" in checked.stdout
     config = subprocess.run(
         [promtool, "check", "config", str(PROMETHEUS_CONFIG)], capture_output=True
     )
@@ -304,7 +308,7 @@ def test_a_real_prometheus_scrapes_both_processes_and_evaluates_every_rule(
     ]
     groups = httpx.get(f"{prometheus_url}/api/v1/rules").json()["data"]["groups"]
     rules = [rule for group in groups for rule in group["rules"]]
-    assert len(rules) == 8
+    assert len(rules) == 9
     assert [(r["name"], r["lastError"]) for r in rules if r["health"] != "ok"] == []
     assert [r["name"] for r in rules if r["state"] != "inactive"] == []  # nothing is wrong
 
