@@ -141,8 +141,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             env["MMSERVE_BROKER_URL"] = broker.url
             worker_env = {**env, "OTEL_SERVICE_NAME": "mmserve-worker"}
             with (
-                # Two slots: a distributed batch run's own task, and its parts'.
-                mmserve_worker(worker_env, str(tmp / "worker.log"), "--concurrency", "2"),
+                # Two slots: a distributed batch run's own task, and its parts' (threads: one
+                # process to start, not a parent and two children).
+                mmserve_worker(
+                    worker_env, str(tmp / "worker.log"), "--pool", "threads", "--concurrency", "2"
+                ),
                 mmserve_process(env) as (url, _),
                 httpx.Client(base_url=url, timeout=30) as client,
             ):
