@@ -36,6 +36,33 @@ models_app = typer.Typer(
 )
 app.add_typer(models_app, name="models")
 
+# Options both ``register`` and ``import`` take.
+NewAlias = Annotated[
+    str | None, typer.Option("--alias", help="Point this alias at the new version.")
+]
+TrustTypes = Annotated[
+    list[str], typer.Option("--trust-type", help="A type the skops artifact may contain; repeat.")
+]
+Description = Annotated[str, typer.Option("--description")]
+Tags = Annotated[list[str], typer.Option("--tag", help="key=value; repeat.")]
+NewApproval = Annotated[
+    Literal["approved", "pending"] | None,
+    typer.Option(
+        "--approval", help="New version status (default: MMSERVE_REGISTRY__DEFAULT_APPROVAL)."
+    ),
+]
+Force = Annotated[
+    bool, typer.Option("--force", help="Point a protected alias at an unapproved version.")
+]
+
+
+def _tags(pairs: list[str]) -> dict[str, str]:
+    """``--tag key=value`` options as a dict; one without ``=`` is refused, not dropped."""
+    for pair in pairs:
+        if "=" not in pair:
+            raise typer.BadParameter(f"{pair!r} is not key=value", param_hint="--tag")
+    return dict(pair.split("=", 1) for pair in pairs)
+
 
 @models_app.command("register")
 @reports_errors
@@ -53,13 +80,11 @@ def register(
         Flavor | None,
         typer.Option(help="The model's runtime, when its file name and content do not tell."),
     ] = None,
-    alias: Annotated[str | None, typer.Option(help="Point this alias at the new version.")] = None,
+    alias: NewAlias = None,
     trust_pickle: Annotated[
         bool, typer.Option(help="Allow a pickle/joblib artifact (it runs code when loaded).")
     ] = False,
-    trust_type: Annotated[
-        list[str], typer.Option(help="A type the skops artifact may contain; repeat.")
-    ] = [],  # noqa: B006
+    trust_type: TrustTypes = [],  # noqa: B006
     trust_code: Annotated[
         bool, typer.Option(help="Allow a folder of Python code (it runs when loaded).")
     ] = False,
@@ -70,15 +95,10 @@ def register(
     nullable: Annotated[
         list[str], typer.Option(help="A feature that may be null/NaN (the model copes); repeat.")
     ] = [],  # noqa: B006
-    description: Annotated[str, typer.Option()] = "",
-    tag: Annotated[list[str], typer.Option(help="key=value; repeat.")] = [],  # noqa: B006
-    approval: Annotated[
-        Literal["approved", "pending"] | None,
-        typer.Option(help="New version status (default: MMSERVE_REGISTRY__DEFAULT_APPROVAL)."),
-    ] = None,
-    force: Annotated[
-        bool, typer.Option(help="Point a protected alias at an unapproved version.")
-    ] = False,
+    description: Description = "",
+    tag: Tags = [],  # noqa: B006
+    approval: NewApproval = None,
+    force: Force = False,
     compile: Annotated[
         Literal["onnx"] | None,
         typer.Option(
@@ -92,7 +112,6 @@ def register(
     ] = None,
 ) -> None:
     """Register a model artifact as the next version of NAME."""
-    tags = dict(t.split("=", 1) for t in tag if "=" in t)
     mv = load_registry().register(
         path,
         name,
@@ -104,7 +123,7 @@ def register(
         input_example=input_example,
         nullable=nullable,
         description=description,
-        tags=tags,
+        tags=_tags(tag),
         approval=approval,
         force=force,
         compile=compile,
@@ -153,25 +172,18 @@ def import_from_mlflow(
             "sklearn, xgboost, lightgbm, onnx, python_function it has)."
         ),
     ] = None,
-    alias: Annotated[str | None, typer.Option(help="Point this alias at the new version.")] = None,
+    alias: NewAlias = None,
     trust_pickle: Annotated[
         bool, typer.Option(help="Allow a pickled model (it runs code when loaded).")
     ] = False,
-    trust_type: Annotated[
-        list[str], typer.Option(help="A type the skops artifact may contain; repeat.")
-    ] = [],  # noqa: B006
+    trust_type: TrustTypes = [],  # noqa: B006
     trust_code: Annotated[
         bool, typer.Option(help="Allow a python_function model (its code runs when loaded).")
     ] = False,
-    description: Annotated[str, typer.Option()] = "",
-    tag: Annotated[list[str], typer.Option(help="key=value; repeat.")] = [],  # noqa: B006
-    approval: Annotated[
-        Literal["approved", "pending"] | None,
-        typer.Option(help="New version status (default: MMSERVE_REGISTRY__DEFAULT_APPROVAL)."),
-    ] = None,
-    force: Annotated[
-        bool, typer.Option(help="Point a protected alias at an unapproved version.")
-    ] = False,
+    description: Description = "",
+    tag: Tags = [],  # noqa: B006
+    approval: NewApproval = None,
+    force: Force = False,
 ) -> None:
     """Register a model of an MLflow tracking server (its registry, or a run) as the next
     version of NAME; the version's tags record the source, its run and its version."""
@@ -190,7 +202,7 @@ def import_from_mlflow(
         trust_code=trust_code,
         trusted_types=trust_type,
         description=description,
-        tags=dict(t.split("=", 1) for t in tag if "=" in t),
+        tags=_tags(tag),
         approval=approval,
         force=force,
     )
