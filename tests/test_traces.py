@@ -3,15 +3,17 @@
 to a collector in this test (the protobuf decoded by ``opentelemetry-proto``). A fast-lane
 predict is a server span with the model, version and rows, under the ``traceparent`` the
 client sent; an async job's worker span is a child of its submit's span, in the client's
-trace; a batch run is a span, and each of its parts is one in its trace, on any worker. A
-stream consumer's micro-batches are spans too (in this process, with the SDK's in-memory
-exporter)."""
+trace; a batch run is a span, and each of its parts is one in its trace, on any worker. In
+this process, with the SDK's in-memory exporter: a server under uvicorn without a broker,
+whose own job threads continue their submits' traces, and a stream consumer's micro-batches."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -21,6 +23,8 @@ import httpx
 import pyarrow.parquet as pq
 import pytest
 import redis
+import uvicorn
+from opentelemetry import trace
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.sdk.trace import TracerProvider
@@ -136,22 +140,23 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{collector.port}",
         "OTEL_BSP_SCHEDULE_DELAY": "50",
     }
-    try:
-        with redis_server() as broker:
-            env["MMSERVE_BROKER_URL"] = broker.url
-            worker_env = {**env, "OTEL_SERVICE_NAME": "mmserve-worker"}
-            with (
-                # Two slots: a distributed batch run's own task, and its parts' (threads: one
-                # process to start, not a parent and two children).
-                mmserve_worker(
-                    worker_env, str(tmp / "worker.log"), "--pool", "threads", "--concurrency", "2"
-                ),
-                mmserve_process(env) as (url, _),
-                httpx.Client(base_url=url, timeout=30) as client,
-            ):
-                yield Stack(client, collector, tmp)
-    finally:
-        collector.close()
+    with contextlib.ExitStack() as started:
+        started.callback(collector.close)
+        env["MMSERVE_BROKER_URL"] = started.enter_context(redis_server()).url
+        worker_env = {**env, "OTEL_SERVICE_NAME": "mmserve-worker"}
+        # Two slots: a distributed batch run's own task, and its parts' (threads: one
+        # process to start, not a parent and two children).
+        worker = mmserve_worker(
+            worker_env, str(tmp / "worker.log"), "--pool", "threads", "--concurrency", "2"
+        )
+        with ThreadPoolExecutor(2) as pool:  # the two start side by side
+            processes = [
+                pool.submit(started.enter_context, cm) for cm in (mmserve_process(env), worker)
+            ]
+            url, _ = processes[0].result()
+            processes[1].result()
+        client = started.enter_context(httpx.Client(base_url=url, timeout=30))
+        yield Stack(client, collector, tmp)
 
 
 def traceparent(parent: str = CALLER) -> dict[str, str]:
@@ -299,6 +304,70 @@ def test_a_stream_micro_batch_is_a_span_with_its_model_rows_and_dead_letters(
         "mmserve.rows": 3,
         "mmserve.stream.dead_letters": 1,
     }
+
+
+def test_in_embedded_mode_the_servers_own_job_thread_continues_the_submits_trace(
+    tmp_path: Path,
+) -> None:
+    """No broker: the server runs its jobs on threads of its own (uvicorn in this process,
+    spans to the SDK's in-memory exporter); the record still carries the trace."""
+    exporter = InMemorySpanExporter()
+    _sdk_provider().add_span_processor(SimpleSpanProcessor(exporter))
+    store = Store.from_url(str(tmp_path / "store"))
+    Registry(store).register(fixtures.logistic(), "lr")
+    app = create_app(Settings(store_url=store.url, opentelemetry=True))
+    try:
+        with _uvicorn(app) as url, httpx.Client(base_url=url, timeout=30) as client:
+            submitted = client.post(
+                "/v1/models/lr/async",
+                content="0.5,-1.25,2.0,0.0,3.5\n",
+                headers={"content-type": "text/csv", **traceparent()},
+            )
+            assert submitted.status_code == 202, submitted.text
+            job = submitted.json()["job_id"]
+            done = client.get(f"/v1/jobs/{job}", params={"wait": 20}).json()
+            assert done["status"] == "succeeded", done
+    finally:
+        exporter.shutdown()
+    spans = {
+        s.name: s for s in exporter.get_finished_spans() if s.context.trace_id == int(TRACE, 16)
+    }
+    run, submit = spans["job run"], spans["job submit"]
+    assert run.parent is not None and run.parent.span_id == submit.context.span_id
+    assert dict(run.attributes or {}) == {
+        "mmserve.model": "lr",
+        "mmserve.version": "1",
+        "mmserve.rows": 1,
+        "mmserve.job.id": job,
+        "mmserve.job.attempt": 1,
+    }
+
+
+def _sdk_provider() -> TracerProvider:
+    """This process's tracer provider, an SDK one (set once: OpenTelemetry allows no other)."""
+    provider = trace.get_tracer_provider()
+    if not isinstance(provider, TracerProvider):
+        provider = TracerProvider()
+        trace.set_tracer_provider(provider)
+    return provider
+
+
+@contextlib.contextmanager
+def _uvicorn(app: Any) -> Iterator[str]:
+    """``app`` served by uvicorn on a thread of this process; its URL."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 20
+        while not server.started:
+            assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+            time.sleep(0.01)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
 
 
 def test_off_no_tracer_exists_and_the_fast_lane_takes_its_old_path(tmp_path: Path) -> None:
