@@ -124,6 +124,7 @@ async def _infer(name: str, request: Request) -> Response:
     decoded = await off_loop_if_large(
         len(body), v2_codec.decode, body, request.headers.get(v2_codec.HEADER_LENGTH)
     )
+
     def decode(features: list[Feature]) -> Rows:
         return v2_codec.to_rows(decoded, names(features), v2_codec.declared(features))
 
