@@ -6,6 +6,7 @@ the test's tmp dir."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,6 +75,7 @@ def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
             "MMSERVE_STORE_URL": str(root / "store"),
             "MMSERVE_ADMIN_TOKEN": TOKEN,
             "MMSERVE_API_KEY": API_KEY,
+            "MMSERVE_DEPLOYMENT__CAPTURE_FLUSH_S": "0.2",  # the shadow's answers, soon in the store
             "MMSERVE_ENDPOINTS": str(root / "endpoints.yaml"),
             "MMSERVE_REDIS_URL": events.url,
         }
@@ -112,7 +114,18 @@ def _traffic(client: httpx.Client) -> None:
     done = client.get(f"/v1/jobs/{job.json()['job_id']}", params={"wait": 20}).json()
     assert done["status"] == "succeeded", done
     run = {"model": "lr:1", "input": "in/rows.parquet", "output": "out/run"}
-    assert client.post("/v1/batch-jobs", json=run, headers=ADMIN).status_code == 202
+    started = client.post("/v1/batch-jobs", json=run, headers=ADMIN)
+    assert started.status_code == 202, started.text
+    for _ in range(200):  # the run is a thread of the server's: its 40 rows take a moment
+        status = client.get(started.headers["location"], headers=ADMIN).json()["status"]
+        if status != "running":
+            break
+        time.sleep(0.05)
+    assert status == "succeeded"
+    for _ in range(200):  # every request answered by both sides, in the capture
+        if client.get("/v1/endpoints/churn/compare", headers=ADMIN).json()["pairs"] == 12:
+            break
+        time.sleep(0.05)
 
 
 @pytest.fixture(scope="module")
