@@ -8,6 +8,7 @@ the batch runner writes it into rejects, the stream consumer dead-letters it.
     ├── InvalidReference (400)          a model reference that does not parse
     ├── InvalidEndpoints (400)          an endpoints file refused: its line and the reason
     ├── InvalidSchedules (400)          a schedules file refused: the schedule and the reason
+    ├── InvalidFeatures (400)           a features file refused: the feature, field and reason
     ├── UnsupportedOperation (400)      something an endpoint of that kind cannot do
     ├── CompileRefused (422)            a model ``--compile`` does not register as a graph
     │   ├── NotCompilable               no input example, or no converter for the model
@@ -215,6 +216,14 @@ class InvalidEndpoints(MMServeError):
 
 
 class InvalidSchedules(MMServeError):
+    status = HTTPStatus.BAD_REQUEST
+
+    def __init__(self, source: str, reason: str) -> None:
+        super().__init__(f"{source}: {reason}")
+        self.source, self.reason = source, reason
+
+
+class InvalidFeatures(MMServeError):
     status = HTTPStatus.BAD_REQUEST
 
     def __init__(self, source: str, reason: str) -> None:

@@ -1,0 +1,233 @@
+"""Window features, computed: a batch of events and the state before it in, each event's
+features and what it adds to the state out. Pure (no Redis), so the stream consumer and a
+real-time request compute alike, and tests hold it against pandas.
+
+What an event ``e`` (event time ``t``, key value ``k`` of a feature's key field) sees:
+
+- the key's *prior* events: the earlier events of the stream (by entry id, so a batch's
+  earlier events too) of the same key value that were added (not late);
+- its *watermark*: the latest event time among them; ``e`` is **late** when ``t`` is more
+  than ``allowed_lateness`` behind the watermark of any of its keys. A late event is
+  scored (or dead-lettered, by choice) but added to no window;
+- a feature over window ``w``: its aggregate over the prior events with time in
+  ``(t - w, t]`` (and not older than the watermark minus the key's horizon, the longest
+  window plus the lateness: state older than that is expired), and ``e`` itself.
+
+Sums are exact (``math.fsum``), so neither the order state comes back in nor the order
+events were added changes a bit of them.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from serving.errors import InvalidField, MissingField, MMServeError
+from serving.features.spec import Feature, FeatureSpec
+
+Group = tuple[str, str]
+"""A key field and one of its values: ``("card_id", "c42")``, one window state."""
+Value = float | str
+_NUMERIC = {"sum", "mean", "min", "max"}
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    """An event as a key's state holds it: its time, entry id and aggregated fields."""
+
+    time_ms: int
+    entry: str
+    values: Mapping[str, Value]
+
+
+class _Window:
+    """One key's members in stream order, with what an event asks of them fast: the
+    members before it (a prefix) and their latest time (a running maximum)."""
+
+    __slots__ = ("marks", "members", "orders", "times")
+
+    def __init__(self, members: Sequence[Member]):
+        self.members: list[Member] = []
+        self.orders: list[tuple[int, int]] = []
+        self.times: list[int] = []
+        self.marks: list[int] = []
+        for member in sorted(members, key=lambda m: entry_order(m.entry)):
+            self.add(member)
+
+    def add(self, member: Member) -> None:
+        """Append ``member``, which comes after every member held (stream order)."""
+        self.members.append(member)
+        self.orders.append(entry_order(member.entry))
+        self.times.append(member.time_ms)
+        self.marks.append(max(self.marks[-1], member.time_ms) if self.marks else member.time_ms)
+
+    def before(self, order: tuple[int, int]) -> int:
+        """How many members come before the entry ``order``."""
+        if not self.orders or self.orders[-1] < order:
+            return len(self.orders)
+        return bisect.bisect_left(self.orders, order)
+
+
+@dataclass(slots=True)
+class Computed:
+    """A batch's features and the state it adds."""
+
+    columns: dict[str, list[float | int | None]]
+    """Each feature's value for each event (``None``: the event is in ``bad``)."""
+    late: list[bool]
+    added: list[list[tuple[Group, Member]]]
+    """What each event adds to the state (nothing when late or bad)."""
+    bad: dict[int, list[MMServeError]] = field(default_factory=dict)
+    """Events whose key, time or aggregated field is missing or unreadable."""
+
+
+def entry_order(entry: str) -> tuple[int, int]:
+    """A stream entry id (``1700000000000-3``) as what orders it."""
+    ms, _, seq = entry.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def compute(
+    spec: FeatureSpec,
+    state: Mapping[Group, Sequence[Member]],
+    events: Sequence[tuple[str, Mapping[str, Any]]],
+) -> Computed:
+    """The features of ``events`` (entry id and fields, in stream order) given the ``state``
+    of their keys before the batch (see the module docstring)."""
+    names = list(spec.features)
+    out = Computed({n: [None] * len(events) for n in names}, [False] * len(events), [])
+    working: dict[Group, _Window] = {}
+    kinds = _kinds(spec)
+    for i, (entry, fields) in enumerate(events):
+        out.added.append([])
+        try:
+            time_ms, groups, values = _read(spec, kinds, entry, fields)
+        except _Bad as bad:
+            out.bad[i] = bad.errors
+            continue
+        order = entry_order(entry)
+        prior: dict[str, tuple[_Window, int]] = {}
+        late = False
+        for key, group in groups.items():
+            window = working.get(group)
+            if window is None:
+                window = working[group] = _Window(state.get(group, ()))
+            prior[key] = (window, n := window.before(order))
+            late = late or (n > 0 and time_ms < window.marks[n - 1] - spec.time.allowed_lateness)
+        for name, feature in spec.features.items():
+            own = values[feature.field] if feature.field else 0.0
+            window, n = prior[feature.key]
+            out.columns[name][i] = _aggregate(spec, feature, window, n, time_ms, own)
+        out.late[i] = late
+        if not late:
+            for key, group in groups.items():
+                member = Member(time_ms, entry, {f: values[f] for f in spec.fields(key)})
+                working[group].add(member)
+                out.added[i].append((group, member))
+    return out
+
+
+def _aggregate(
+    spec: FeatureSpec, feature: Feature, window: _Window, n: int, time_ms: int, own: Value
+) -> float | int:
+    """``feature`` of an event at ``time_ms`` over the first ``n`` members of ``window``."""
+    mark = window.marks[n - 1] if n else time_ms
+    low = max(time_ms - feature.window, mark - spec.horizon(feature.key))
+    times = window.times
+    start = bisect.bisect_right(window.marks, low, 0, n)  # every member before: at or below low
+    inside = [j for j in range(start, n) if low < times[j] <= time_ms]
+    if feature.agg == "count":
+        return len(inside) + 1
+    members = window.members
+    values = [members[j].values[feature.field] for j in inside]  # type: ignore[index]
+    values.append(own)
+    if feature.agg == "count_distinct":
+        return len(set(values))
+    numbers = [float(v) for v in values]
+    if feature.agg == "sum":
+        return math.fsum(numbers)
+    if feature.agg == "mean":
+        return math.fsum(numbers) / len(numbers)
+    return min(numbers) if feature.agg == "min" else max(numbers)
+
+
+class _Bad(Exception):
+    def __init__(self, errors: list[MMServeError]):
+        self.errors = errors
+
+
+def _kinds(spec: FeatureSpec) -> dict[str, str]:
+    """Each aggregated field: ``number`` when a sum, mean, min or max reads it, else text."""
+    kinds: dict[str, str] = {}
+    for feature in spec.features.values():
+        if feature.field:
+            numeric = feature.agg in _NUMERIC or kinds.get(feature.field) == "number"
+            kinds[feature.field] = "number" if numeric else "text"
+    return kinds
+
+
+def _read(
+    spec: FeatureSpec, kinds: Mapping[str, str], entry: str, fields: Mapping[str, Any]
+) -> tuple[int, dict[str, Group], dict[str, Value]]:
+    """An event's time, its groups (by key field) and aggregated values; :class:`_Bad`
+    naming every field that is missing or unreadable."""
+    errors: list[MMServeError] = []
+    time_ms = entry_order(entry)[0]
+    if spec.time.field is not None:
+        given = fields.get(spec.time.field)
+        if given is None:
+            errors.append(MissingField(spec.time.field))
+        else:
+            try:
+                time_ms = event_time_ms(given)
+            except ValueError:
+                wanted = "a time (seconds since the epoch, or ISO 8601)"
+                errors.append(InvalidField(spec.time.field, given, wanted))
+    groups: dict[str, Group] = {}
+    for key in spec.by_key():
+        value = fields.get(key)
+        if value is None:
+            errors.append(MissingField(key))
+        else:
+            groups[key] = (key, str(value))
+    values: dict[str, Value] = {}
+    for name, kind in kinds.items():
+        raw = fields.get(name)
+        if raw is None:
+            errors.append(MissingField(name))
+        elif kind == "text":
+            values[name] = str(raw)
+        else:
+            try:
+                number = float(raw)
+            except (TypeError, ValueError):
+                number = math.nan
+            if not math.isfinite(number) or isinstance(raw, bool):
+                errors.append(InvalidField(name, raw, "a finite number"))
+            values[name] = number
+    if errors:
+        raise _Bad(errors)
+    return time_ms, groups, values
+
+
+def event_time_ms(value: Any) -> int:
+    """An event time as ms since the epoch: a number of seconds (or its text), or an ISO
+    8601 time (UTC when it names no zone). ``ValueError`` when it is neither."""
+    if isinstance(value, bool):
+        raise ValueError(value)
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        if not isinstance(value, str):
+            raise ValueError(value) from None
+        moment = datetime.fromisoformat(value)
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        return round(moment.timestamp() * 1000)
+    if not math.isfinite(seconds):
+        raise ValueError(value)
+    return round(seconds * 1000)

@@ -1,0 +1,166 @@
+"""Window features without Redis: the features file's refusals, and the computation held
+against an offline pandas reference over a generated stream, whatever its batches."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from serving.errors import InvalidFeatures
+from serving.features import spec as specs
+from serving.features.windows import Group, Member, compute
+from tests.windows import SPEC_YAML, reference, transactions
+
+ISSUE_YAML = """
+features:
+  card_txn_count_60s: {key: card_id, agg: count, window: 60s}
+  card_amount_sum_10m: {key: card_id, field: amount, agg: sum, window: 10m}
+  account_distinct_payees_1h: {key: account_id, field: payee, agg: count_distinct, window: 1h}
+time: {field: ts, allowed_lateness: 30s}
+"""
+
+
+def test_the_issues_features_file_reads_as_written(tmp_path: Path) -> None:
+    path = tmp_path / "features.yaml"
+    path.write_text(ISSUE_YAML)
+    spec = specs.load(path)
+    assert spec.features["card_amount_sum_10m"] == specs.Feature(
+        key="card_id", field="amount", agg="sum", window="10m"
+    )
+    assert spec.time == specs.Time(field="ts", allowed_lateness="30s")
+    assert spec.by_key() == {
+        "card_id": ["card_txn_count_60s", "card_amount_sum_10m"],
+        "account_id": ["account_distinct_payees_1h"],
+    }
+    assert spec.horizon("card_id") == 630_000 and spec.fields("account_id") == ["payee"]
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        (
+            "features: {s: {key: card_id, agg: sum, window: 10m}}",
+            "features.s.field: agg 'sum' needs a field",
+        ),
+        (
+            "features: {c: {key: card_id, agg: count, field: amount, window: 1m}}",
+            "features.c.field: agg 'count' takes no field",
+        ),
+        (
+            "features: {c: {key: card_id, agg: count, window: soon}}",
+            "features.c.window: not a duration (such as 30s, 10m, 1h): 'soon'",
+        ),
+        (
+            "features: {c: {key: card_id, agg: median, window: 1m}}",
+            "features.c.agg: Input should be 'count', 'sum', 'mean', 'min', 'max' or "
+            "'count_distinct'",
+        ),
+        (
+            "features: {c: {key: card_id, agg: count, window: 1m, colour: red}}",
+            "features.c.colour: unknown key",
+        ),
+        (
+            "features: {c: {agg: count, window: 1m}}",
+            "features.c.key: Field required",
+        ),
+        (
+            "features: {c: {key: k, agg: count, window: 1m}}\ntime: {allowed_lateness: -1}",
+            "time.allowed_lateness: Input should be greater than or equal to 0",
+        ),
+        (
+            "features: {}",
+            "features: Dictionary should have at least 1 item after validation, not 0",
+        ),
+        (
+            "features: {1st: {key: k, agg: count, window: 1m}}",
+            "features.1st: a feature's name is a letter or '_', then letters, digits or '_'",
+        ),
+    ],
+)
+def test_a_bad_features_file_is_refused_naming_the_feature_and_field(
+    text: str, reason: str
+) -> None:
+    with pytest.raises(InvalidFeatures) as caught:
+        specs.parse(text, "features.yaml")
+    assert caught.value.message == f"features.yaml: {reason}"
+
+
+def batched(
+    spec: specs.FeatureSpec, events: list[dict[str, str]], sizes: Sequence[int]
+) -> tuple[list[dict[str, float | int | None]], list[bool]]:
+    """Every event's features and lateness, computed batch by batch (batches of ``sizes``,
+    in turn), each batch given the state the earlier ones added."""
+    state: dict[Group, list[Member]] = {}
+    features: list[dict[str, float | int | None]] = []
+    late: list[bool] = []
+    start, turn = 0, 0
+    while start < len(events):
+        chunk = events[start : start + sizes[turn % len(sizes)]]
+        batch = [(f"{start + k + 1}-0", e) for k, e in enumerate(chunk)]
+        out = compute(spec, state, batch)
+        assert not out.bad
+        for k in range(len(chunk)):
+            features.append({n: out.columns[n][k] for n in spec.features})
+        late += out.late
+        for added in out.added:
+            for group, member in added:
+                state.setdefault(group, []).append(member)
+        start, turn = start + len(chunk), turn + 1
+    return features, late
+
+
+@pytest.mark.parametrize("sizes", [[1], [7, 256, 3], [5000]])
+def test_features_equal_the_pandas_reference_whatever_the_batches(sizes: list[int]) -> None:
+    more = (
+        "  card_amount_mean_2m: {key: card_id, field: amount, agg: mean, window: 2m}\n"
+        "  card_amount_min_5s: {key: card_id, field: amount, agg: min, window: 5s}\ntime:"
+    )
+    spec = specs.parse(SPEC_YAML.replace("time:", more))
+    events = transactions(2000, seed=3)
+    expected = reference(spec, events)
+    features, late = batched(spec, events, sizes)
+    assert late == expected["late"].tolist() and 15 < sum(late) < 100
+    for name in spec.features:
+        got = np.array([f[name] for f in features], dtype=float)
+        np.testing.assert_array_equal(got, expected[name].to_numpy(), err_msg=name)
+
+
+def test_an_event_sees_the_earlier_events_of_its_batch_and_a_late_one_adds_nothing() -> None:
+    spec = specs.parse(
+        "features:\n  n: {key: card, agg: count, window: 60s}\n"
+        "  s: {key: card, field: amount, agg: sum, window: 60s}\n"
+        "time: {field: ts, allowed_lateness: 10s}"
+    )
+    events = [
+        {"card": "a", "amount": "1", "ts": "100"},
+        {"card": "a", "amount": "2", "ts": "130"},
+        {"card": "b", "amount": "4", "ts": "131"},
+        {"card": "a", "amount": "8", "ts": "115"},  # 15 s behind a's 130: late
+        {"card": "a", "amount": "16", "ts": "125"},  # 5 s behind: in time
+        {"card": "a", "amount": "32", "ts": "170"},  # 100 has left the window
+    ]
+    out = compute(spec, {}, [(f"{k + 1}-0", e) for k, e in enumerate(events)])
+    assert out.columns == {"n": [1, 2, 1, 2, 2, 3], "s": [1.0, 3.0, 4.0, 9.0, 17.0, 50.0]}
+    assert out.late == [False, False, False, True, False, False]
+    assert [len(a) for a in out.added] == [1, 1, 1, 0, 1, 1]
+
+
+def test_an_event_without_its_key_time_or_a_number_is_bad_naming_the_field() -> None:
+    spec = specs.parse(ISSUE_YAML)
+    good = {"card_id": "c", "account_id": "a", "amount": "1.5", "payee": "p", "ts": "10"}
+    events = [
+        {k: v for k, v in good.items() if k != "card_id"},
+        {**good, "amount": "lots"},
+        {**good, "ts": "yesterday"},
+        good,
+    ]
+    out = compute(spec, {}, [(f"{k + 1}-0", e) for k, e in enumerate(events)])
+    assert {i: [e.message for e in errs] for i, errs in out.bad.items()} == {
+        0: ["missing field 'card_id'"],
+        1: ["field 'amount' is not a finite number: 'lots'"],
+        2: ["field 'ts' is not a time (seconds since the epoch, or ISO 8601): 'yesterday'"],
+    }
+    assert out.columns["card_txn_count_60s"] == [None, None, None, 1]
