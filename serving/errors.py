@@ -54,6 +54,7 @@ the batch runner writes it into rejects, the stream consumer dead-letters it.
     │   │   └── OutOfTypeRange          a value its column's type cannot hold (1e400, 2**70)
     │   ├── MissingField                a stream event without a feature (or the id field)
     │   ├── InvalidField                a stream event's field that is not a number, not JSON...
+    │   ├── LateEvent                   a stream event too late for its windows (if so chosen)
     │   ├── UnreadableInput             a batch input file its format cannot read (never its bytes)
     │   └── UnsupportedFormat (415)
     ├── IntegrityError (500)
@@ -466,6 +467,14 @@ class InvalidField(InputError):
         detail = f" ({why})" if why else ""
         super().__init__(f"field {field!r} is not {wanted}{detail}: {shown}")
         self.field, self.wanted = field, wanted
+
+
+class LateEvent(InputError):
+    def __init__(self, allowed_ms: int) -> None:
+        super().__init__(
+            f"event time more than the allowed lateness ({allowed_ms} ms) behind its key's latest"
+        )
+        self.allowed_ms = allowed_ms
 
 
 class UnsupportedFormat(InputError):

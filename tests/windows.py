@@ -5,6 +5,7 @@ pandas, over the whole stream in its order, independently of ``serving.features`
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -112,3 +113,34 @@ def reference(spec: FeatureSpec, events: list[dict[str, str]]) -> pd.DataFrame:
                     results.append(min(window) if feature.agg == "min" else max(window))
             out.loc[group.index, name] = results
     return out
+
+
+def echo_model(folder: Path, spec: FeatureSpec) -> Path:
+    """A ``python`` model (register with ``trust_code``) whose inputs are ``spec``'s features
+    (counts as int64, the others double) and whose outputs are the same values, each named
+    ``seen_<feature>``: what the model saw, read back from the sink."""
+    inputs = "\n".join(f'{name} = "{_type(spec, name)}"' for name in spec.features)
+    outputs = "\n".join(f'seen_{name} = "{_type(spec, name)}"' for name in spec.features)
+    manifest = f'model = "echo:Echo"\n\n[inputs]\n{inputs}\n\n[outputs]\n{outputs}\n'
+    code = (
+        "class Echo:\n"
+        "    def load(self, path):\n"
+        "        pass\n\n"
+        "    def predict(self, table):\n"
+        '        return {f"seen_{n}": table[n].to_numpy() for n in table.column_names}\n'
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "mmserve.toml").write_text(manifest)
+    (folder / "echo.py").write_text(code)
+    return folder
+
+
+def _type(spec: FeatureSpec, name: str) -> str:
+    return "int64" if spec.features[name].agg in ("count", "count_distinct") else "double"
+
+
+def seen(outputs: list[dict[str, str]], spec: FeatureSpec) -> pd.DataFrame:
+    """The features each output's model saw, as numbers, one row per output."""
+    return pd.DataFrame(
+        {name: [float(o[f"seen_{name}"]) for o in outputs] for name in spec.features}
+    )

@@ -13,6 +13,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from serving.features.state import Changes
+
 
 @dataclass(frozen=True, slots=True)
 class Names:
@@ -156,9 +158,12 @@ class EventLog(Protocol):
         fields) and acknowledged in the same atomic step."""
         ...
 
-    def commit(self, outputs: Outputs, dead: Sequence[DeadLetter]) -> Committed:
+    def commit(
+        self, outputs: Outputs, dead: Sequence[DeadLetter], changes: Changes | None = None
+    ) -> Committed:
         """In one atomic step, for the source entries still pending on this consumer: write
-        their outputs and dead letters, and acknowledge them."""
+        their outputs and dead letters (and their window ``changes``), and acknowledge
+        them."""
         ...
 
     def pending(self) -> int:

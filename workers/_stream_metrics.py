@@ -22,7 +22,8 @@ LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 
 
 
 class StreamMetrics:
-    """Events scored, batch sizes, lag, pending entries, dead letters, Redis retries."""
+    """Events scored, batch sizes, lag, pending entries, dead letters, late events, Redis
+    retries."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -53,6 +54,13 @@ class StreamMetrics:
             "mmserve_stream_dead_lettered",
             "Events written to the dead-letter stream, by kind of error.",
             ["error"],
+            registry=self.registry,
+        )
+        self.late = Counter(
+            "mmserve_stream_late_events",
+            "Events later than the features' allowed lateness: added to no window, and "
+            "scored or dead-lettered (outcome).",
+            ["outcome"],
             registry=self.registry,
         )
         self.retries = Counter(

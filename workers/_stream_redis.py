@@ -10,7 +10,8 @@ Three Lua scripts do the work, each one atomic step on the Redis server:
   delivery counts; the entries it reports deleted (trimmed from the stream while pending)
   are written to the dead-letter stream in the same step, so none is silently dropped.
 - ``_COMMIT``: for each entry of the batch still pending on THIS consumer (XPENDING of
-  what the consumer holds), XADD its output or dead letter, then XACK them all. An entry another
+  what the consumer holds), XADD its output or dead letter (and ZADD its window state
+  members, ``serving/features/state.py``), then XACK them all. An entry another
   consumer claimed meanwhile is skipped: its owner's commit writes it. So an output
   exists iff its input was acknowledged, and never twice, even when a commit is retried
   after a lost reply. (A Lua script is as atomic as MULTI/EXEC, and can check first.)
@@ -30,12 +31,14 @@ from typing import Any, Literal
 import redis
 
 from serving.errors import RedisUnavailable
+from serving.features.state import Changes
 from workers._stream_log import Claimed, Committed, DeadLetter, Event, Names, Outputs
 
 log = logging.getLogger("mmserve.stream")
 
 _CHECK_STREAMS = """
-for _, key in ipairs(KEYS) do
+for n = 1, math.min(#KEYS, 3) do
+  local key = KEYS[n]
   local kind = redis.call('TYPE', key)['ok']
   if kind ~= 'stream' and kind ~= 'none' then
     return redis.error_reply('WRONGTYPE ' .. key .. ' holds a ' .. kind .. ', not a stream')
@@ -93,6 +96,18 @@ local function mine(id)
   return #redis.call('XPENDING', KEYS[1], group, id, id, 1, me) == 1
 end
 for _, entry in ipairs(pending) do held[entry[1]] = true end
+-- Window state (KEYS[4...]): an acknowledged entry's members are added with it; then each
+-- key touched loses what is older than its latest event time minus its horizon.
+local members, horizons = cjson.decode(ARGV[8]), cjson.decode(ARGV[9])
+local touched = {}
+local function add_state(id)
+  local added = members[id]
+  if not added then return end
+  for _, m in ipairs(added) do
+    redis.call('ZADD', KEYS[4 + m[1]], m[2], m[3])
+    touched[m[1] + 1] = true
+  end
+end
 local acks, skipped, width = {}, {}, #names
 local entry = {}  -- one output's XADD arguments, refilled for each
 for j = 1, width do entry[2 * j - 1] = names[j] end
@@ -102,6 +117,7 @@ for _, values in ipairs(outputs) do
     for j = 1, width do entry[2 * j] = values[j] end
     redis.call('XADD', KEYS[2], '*', unpack(entry))
     acks[#acks + 1] = values[1]
+    add_state(values[1])
   else
     skipped[#skipped + 1] = values[1]
   end
@@ -110,19 +126,28 @@ for _, letter in ipairs(dead) do
   if mine(letter[1]) then
     redis.call('XADD', KEYS[3], '*', unpack(letter, 2))
     acks[#acks + 1] = letter[1]
+    add_state(letter[1])
   else
     skipped[#skipped + 1] = letter[1]
   end
 end
 if #acks > 0 then redis.call('XACK', KEYS[1], group, unpack(acks)) end
+for k in pairs(touched) do
+  local name = KEYS[3 + k]
+  local latest = redis.call('ZRANGE', name, -1, -1, 'WITHSCORES')[2]
+  redis.call('ZREMRANGEBYSCORE', name, '-inf', string.format('%d', tonumber(latest) - horizons[k]))
+  redis.call('PEXPIRE', name, ARGV[10])
+end
 local now = redis.call('TIME')
 return {skipped, now[1], now[2]}
 """
 )
-"""KEYS: source, sink, dead letters. ARGV: group, consumer, how many of the consumer's
-pending entries to look at (a few more than the batch holds); then, as JSON: the output
-field names (``source_id`` first), the constant fields' pairs, each output's values (in the
-names' order), each dead letter (its source id, then its fields' pairs). JSON, decoded by
+"""KEYS: source, sink, dead letters, then the window state's keys. ARGV: group, consumer,
+how many of the consumer's pending entries to look at (a few more than the batch holds);
+then, as JSON: the output field names (``source_id`` first), the constant fields' pairs,
+each output's values (in the names' order), each dead letter (its source id, then its
+fields' pairs), each entry's state members (``{id: [[key index from 0, time, member]]}``),
+each state key's horizon (ms); then the state keys' idle TTL (ms). JSON, decoded by
 the server's cjson, because redis-py packs each argument of a command in Python: a batch of
 256 outputs as 1,300 arguments cost more than the model call."""
 
@@ -219,8 +244,11 @@ class RedisEventLog:
             )  # fmt: skip
         return Claimed(events, len(gone), cursor == "0-0")
 
-    def commit(self, outputs: Outputs, dead: Sequence[DeadLetter]) -> Committed:
+    def commit(
+        self, outputs: Outputs, dead: Sequence[DeadLetter], changes: Changes | None = None
+    ) -> Committed:
         n = self.names
+        changes = changes or Changes()
         rows = zip(outputs.source_ids, *outputs.columns.values(), strict=True)
         ids = [*outputs.source_ids, *(d.source_id for d in dead)]
         if not ids:
@@ -233,8 +261,11 @@ class RedisEventLog:
             _json(_flat(outputs.constant)),
             _json(list(rows)),
             _json([[d.source_id, *_flat(d.fields)] for d in dead]),
+            _json(changes.members) if changes.members else "{}",
+            _json(changes.horizons),
+            changes.idle_ttl_ms,
         ]
-        keys = [n.source, n.sink, n.dead_letter]
+        keys = [n.source, n.sink, n.dead_letter, *changes.keys]
         try:
             if self._ahead is None:
                 with self._errors():

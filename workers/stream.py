@@ -50,9 +50,11 @@ from serving.errors import (
     RedisUnavailable,
     TooManyDeliveries,
 )
+from serving.features.spec import FeatureSpec
 from serving.registry import Registry
 from serving.settings import BatchSettings, Settings, StreamSettings
 from workers._stream_codec import dead_letter, decode, outputs
+from workers._stream_features import Featured, StreamFeatures
 from workers._stream_files import Files
 from workers._stream_log import Committed, DeadLetter, Event, EventLog, Names, Outputs
 from workers._stream_metrics import StreamMetrics
@@ -84,8 +86,11 @@ class Consumer:
         source: str = "the source",
         max_file_bytes: int = BatchSettings().max_file_bytes,
         tracer: Tracer | None = None,
+        features: StreamFeatures | None = None,
     ):
         self.log = log
+        self.features = features
+        """With window features: computed before the model sees the batch."""
         self.tracer = tracer
         """With tracing on: a span a batch."""
         self.model = model
@@ -147,11 +152,19 @@ class Consumer:
 
     def _commit(self, events: list[Event]) -> tuple[Outputs, list[DeadLetter], str]:
         """Score the batch and commit it; its outputs, dead letters and model version."""
-        batch, dead, ref = self._score(events)
+        batch, dead, ref, featured = self._score(events)
+
+        def commit() -> Committed:
+            if featured is None:
+                return self.log.commit(batch, dead)
+            return self.log.commit(batch, dead, featured.changes)
+
         # Committed however long Redis is away, even once asked to stop: the work is done.
-        committed = self._retrying(lambda: self.log.commit(batch, dead), None)
+        committed = self._retrying(commit, None)
         assert committed is not None  # never given up on without a stop event
         self._account(events, batch, dead, committed, ref)
+        if featured is not None and featured.late:
+            self._account_late(featured.late, dead, committed)
         return batch, dead, ref
 
     # -- gathering -------------------------------------------------------------------------
@@ -198,12 +211,18 @@ class Consumer:
 
     # -- scoring ---------------------------------------------------------------------------
 
-    def _score(self, events: Sequence[Event]) -> tuple[Outputs, list[DeadLetter], str]:
-        """The batch's outputs and dead letters, and the model version (a chain: each
-        step's) that scored it."""
+    def _score(
+        self, events: Sequence[Event]
+    ) -> tuple[Outputs, list[DeadLetter], str, Featured | None]:
+        """The batch's outputs and dead letters, the model version (a chain: each step's)
+        that scored it, and its window features (if any)."""
         scorer = self.model.current()
         id_field = self.settings.id_field
         live, dead = self._unscorable(events)
+        featured = self._featured(live) if live else None
+        if featured is not None:
+            live = featured.events
+            dead += [self._letter(e, errs, _given(e, id_field)) for e, errs in featured.bad]
         decoded = decode(live, scorer.inputs, self.settings.json_field, id_field, self._files)
         for i, errs in decoded.bad.items():
             if any(e.retryable for e in errs) and live[i].deliveries < self.settings.max_deliveries:
@@ -226,7 +245,17 @@ class Consumer:
         # outputs() takes "name:version"; a chain's is "prep,fraud:1,7", its fields step by step.
         name, version = scorers.labels(scorer.ref)
         batch = outputs(scored.table, scored_events, ids, id_field, f"{name}:{version}")
-        return batch, dead, scorer.ref
+        return batch, dead, scorer.ref, featured
+
+    def _featured(self, events: list[Event]) -> Featured | None:
+        """The window features of ``events`` (their state read from Redis, however long it
+        is away: the batch is in hand); ``None`` without features."""
+        features = self.features
+        if features is None:
+            return None
+        featured = self._retrying(lambda: features.apply(events), None)
+        assert featured is not None  # never given up on without a stop event
+        return featured
 
     def _unscorable(self, events: Sequence[Event]) -> tuple[list[Event], list[DeadLetter]]:
         """The events to score, and the dead letters of those trimmed from the log or
@@ -238,10 +267,8 @@ class Consumer:
             if event.trimmed:
                 dead.append(self._letter(event, [EntryTrimmed(self._source)]))
             elif event.deliveries > limit:
-                given = event.fields.get(id_field) if id_field and event.fields else None
-                dead.append(
-                    self._letter(event, [TooManyDeliveries(event.deliveries, limit)], given)
-                )
+                error = TooManyDeliveries(event.deliveries, limit)
+                dead.append(self._letter(event, [error], _given(event, id_field)))
             else:
                 live.append(event)
         return live, dead
@@ -269,6 +296,13 @@ class Consumer:
         if skipped:
             log.info("%d entries of the batch were claimed by another consumer first", len(skipped))
 
+    def _account_late(
+        self, late: set[str], dead: Sequence[DeadLetter], committed: Committed
+    ) -> None:
+        lettered = {letter.source_id for letter in dead}
+        for entry in late - committed.skipped:
+            self.metrics.late.labels("dead_lettered" if entry in lettered else "scored").inc()
+
     # -- Redis away ------------------------------------------------------------------------
 
     def _retrying(self, call: Callable[[], T], stop: threading.Event | None) -> T | None:
@@ -290,6 +324,11 @@ class Consumer:
                     return None
 
 
+def _given(event: Event, id_field: str | None) -> str | None:
+    """The event's id field, if asked for and given."""
+    return event.fields.get(id_field) if id_field and event.fields else None
+
+
 def _entry_times_s(ids: Sequence[str]) -> np.ndarray:
     """When the entries ``ids`` were written (seconds since the epoch): their ids' ms part,
     read in one Arrow call rather than an int() per event."""
@@ -300,10 +339,16 @@ def _entry_times_s(ids: Sequence[str]) -> np.ndarray:
 
 
 def serve(
-    settings: Settings, options: StreamSettings, names: Names, ref: str, stop: threading.Event
+    settings: Settings,
+    options: StreamSettings,
+    names: Names,
+    ref: str,
+    stop: threading.Event,
+    features: FeatureSpec | None = None,
 ) -> None:
     """Run a consumer of ``names`` with the model ``ref`` on ``settings.redis`` until
-    ``stop`` is set; the batch begun when it is set is committed first."""
+    ``stop`` is set; the batch begun when it is set is committed first. With ``features``,
+    each event's window features are computed before the model sees it."""
     import redis
 
     url = str(settings.redis)
@@ -322,7 +367,10 @@ def serve(
     metrics = StreamMetrics()
     limit = settings.batch.max_file_bytes
     tracer = tracing.tracer(settings)
-    consumer = Consumer(entries, model, options, metrics, names.source, limit, tracer)
+    windows = None
+    if features is not None:
+        windows = StreamFeatures(features, client, url, options.json_field)
+    consumer = Consumer(entries, model, options, metrics, names.source, limit, tracer, windows)
     if options.metrics_port is not None:
         metrics.serve(options.metrics_host, options.metrics_port)
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Literal
 
 import typer
@@ -63,6 +64,13 @@ def stream(
     json_field: Annotated[
         str | None, typer.Option(help="Event field holding a JSON object of the features.")
     ] = None,
+    features: Annotated[
+        Path | None,
+        typer.Option(
+            help="Features file: per-key window aggregates computed before the model sees "
+            "each event, kept in Redis and committed with the outputs.",
+        ),
+    ] = None,
     log_level: Annotated[str, typer.Option(help="Log level.")] = "info",
 ) -> None:
     """Score a Redis stream's events as they arrive, in micro-batches, each output written
@@ -73,10 +81,12 @@ def stream(
     import socket
     import threading
 
+    from serving.features import spec
     from serving.logs import JsonFormatter
     from serving.settings import StreamSettings
     from workers.stream import Names, serve
 
+    declared = spec.load(features) if features is not None else None
     settings = Settings()
     if settings.redis is None:
         fail("MMSERVE_REDIS_URL (or MMSERVE_BROKER_URL) is not set: streaming needs Redis", 2)
@@ -104,4 +114,4 @@ def stream(
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    serve(settings, options, names, model, stop)
+    serve(settings, options, names, model, stop, declared)

@@ -1,0 +1,99 @@
+"""Window features in a stream consumer (``mmserve stream --features features.yaml``): a
+batch's features computed from the state in Redis before the model sees it, added to each
+event as fields (the model's input schema names them like any other), and the state the
+batch adds handed to the commit, which writes it with the outputs and acknowledgements.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from serving.errors import LateEvent, MMServeError
+from serving.features import state, windows
+from serving.features.spec import FeatureSpec
+from workers._stream_log import Event
+
+
+@dataclass(slots=True)
+class Featured:
+    """A batch with its features."""
+
+    events: list[Event]
+    """The events to score, each with its features added to its fields."""
+    bad: list[tuple[Event, list[MMServeError]]]
+    """Events to dead-letter: a key, time or aggregated field missing or unreadable, or
+    late (when late events are dead-lettered)."""
+    changes: state.Changes
+    late: set[str] = field(default_factory=set)
+    """The entry ids of the late events (scored or dead-lettered)."""
+
+
+class StreamFeatures:
+    """The features of a features file, over the state on ``client``'s Redis."""
+
+    def __init__(self, spec: FeatureSpec, client: Any, url: str, json_field: str):
+        self.spec = spec
+        self.client = client
+        self.url = url
+        self.json_field = json_field
+
+    def apply(self, events: Sequence[Event]) -> Featured:
+        """Read the state of the batch's keys, compute the features (see
+        ``serving/features/windows.py``); :class:`RedisUnavailable` if Redis is away."""
+        spec = self.spec
+        rows = [(e.id, self._fields(e)) for e in events]
+        keys = spec.by_key()
+        groups = [(k, str(f[k])) for _, f in rows for k in keys if f.get(k) is not None]
+        before = state.read(self.client, spec, groups, self.url)
+        computed = windows.compute(spec, before, rows)
+        out = Featured([], [], state.changes(spec, {}))
+        late_error = LateEvent(spec.time.allowed_lateness)
+        for i, event in enumerate(events):
+            if i in computed.bad:
+                out.bad.append((event, computed.bad[i]))
+                continue
+            if computed.late[i]:
+                out.late.add(event.id)
+                if spec.time.late == "dead_letter":
+                    out.bad.append((event, [late_error]))
+                    continue
+            values = [(n, _text(computed.columns[n][i])) for n in spec.features]
+            out.events.append(_with(event, values))
+            out.changes.add(spec, event.id, computed.added[i])
+        return out
+
+    def _fields(self, event: Event) -> dict[str, Any]:
+        """An event's fields, with those of its JSON document (unreadable: left to the
+        decoder, which names the problem)."""
+        fields: dict[str, Any] = dict(event.fields or {})
+        document = fields.get(self.json_field)
+        if document is not None:
+            try:
+                parsed = json.loads(document)
+            except ValueError:
+                return fields
+            if isinstance(parsed, dict):
+                fields.update(parsed)
+        return fields
+
+
+def _text(value: float | int | None) -> str:
+    """A feature as an event field: an integer as such, a float in its shortest form that
+    reads back to the same bits."""
+    return str(value) if isinstance(value, int) else repr(value)
+
+
+def _with(event: Event, values: list[tuple[str, str]]) -> Event:
+    """``event`` with the fields ``values`` added (after its own, which they replace)."""
+    names = {n for n, _ in values}
+    flat = event.flat
+    if flat is None:
+        flat = [x for pair in (event.fields or {}).items() for x in pair]
+    if names.intersection(flat[::2]):
+        kept = [(n, v) for n, v in zip(flat[::2], flat[1::2], strict=True) if n not in names]
+        flat = [x for pair in kept for x in pair]
+    added = [x for pair in values for x in pair]
+    return Event(event.id, None, event.deliveries, flat=[*flat, *added])
