@@ -17,7 +17,7 @@ features:
   card_txn_count_60s: {key: card_id, agg: count, window: 60s}
   card_amount_sum_10m: {key: card_id, field: amount, agg: sum, window: 10m}
   card_amount_max_60s: {key: card_id, field: amount, agg: max, window: 60s}
-  account_distinct_payees_1h: {key: account_id, field: payee, agg: count_distinct, window: 1h}
+  account_distinct_payees_5m: {key: account_id, field: payee, agg: count_distinct, window: 5m}
 time: {field: ts, allowed_lateness: 30s}
 """
 START_S = 1_765_000_000.0

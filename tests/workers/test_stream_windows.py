@@ -5,6 +5,7 @@ expired."""
 
 from __future__ import annotations
 
+import signal
 import threading
 from pathlib import Path
 from typing import Any
@@ -18,8 +19,9 @@ from serving.features.windows import Member
 from serving.registry import Registry
 from serving.settings import StreamSettings
 from serving.store import Store
+from tests.services import RedisServer, kill_group
 from tests.windows import SPEC_YAML, echo_model, reference, seen, transactions
-from tests.workers.streams import entries, produce
+from tests.workers.streams import entries, mmserve_stream, produce, wait_for
 from workers._stream_features import StreamFeatures
 from workers._stream_log import Outputs
 from workers.stream import Consumer, LiveModel, Names, RedisEventLog
@@ -139,5 +141,66 @@ def test_state_older_than_the_longest_window_and_the_lateness_is_expired(
     # card_id's horizon: 10 min + 30 s; at 700 s, the event at 0 s has left it
     times = [t for _, t in client.zrange("mmserve:features:card_id:c1", 0, -1, withscores=True)]
     assert times == [100_000.0, 700_000.0]
-    # account_id's horizon is 1 h + 30 s: all three are kept
-    assert client.zcard("mmserve:features:account_id:a1") == 3
+    # account_id's horizon is 5 min + 30 s: only the last is kept
+    assert client.zcard("mmserve:features:account_id:a1") == 1
+
+
+# -- real mmserve stream processes -----------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_20000_card_payments_through_killed_and_cut_off_consumers_get_the_reference_features(
+    broker: RedisServer, client: Any, registry: Registry, tmp_path: Path
+) -> None:
+    """The issue's test: one consumer SIGKILLed mid-way, its entries taken over by another
+    whose Redis connections are cut once; every event has one output, with the features
+    pandas computes over the whole stream in its order, and none is left pending."""
+    (tmp_path / "features.yaml").write_text(SPEC_YAML)
+    env = {
+        "MMSERVE_STORE_URL": registry.store.url,
+        "MMSERVE_REDIS_URL": broker.url,
+        "MMSERVE_STREAM__CLAIM_IDLE_MS": "1000",
+        "OMP_NUM_THREADS": "1",
+        "OPENBLAS_NUM_THREADS": "1",
+    }
+    args = ["--model", "echo", "--source", "events", "--sink", "scores", "--group", "scorers"]
+    args += ["--start", "0", "--id-field", "txn_id", "--features", str(tmp_path / "features.yaml")]
+    events = transactions(20_000, seed=11)
+    ids = produce(client, "events", events)
+    with mmserve_stream(env, tmp_path / "a.log", *args, "--consumer", "a") as a:
+        wait_for(lambda: client.xlen("scores") >= 6000, "6,000 outputs")
+        kill_group(a, signal.SIGKILL)
+        a.wait(10)
+    held = client.xpending_range("events", "scorers", "-", "+", 2000, consumername="a")
+    assert held, "consumer a died holding no batch"
+    # taken over in order: a's entries idle past claim_idle_ms before b looks
+    wait_for(
+        lambda: all(
+            e["time_since_delivered"] > 1000
+            for e in client.xpending_range("events", "scorers", "-", "+", 2000)
+        ),
+        "a's entries idle past claim_idle_ms",
+    )
+    with mmserve_stream(env, tmp_path / "b.log", *args, "--consumer", "b") as b:
+        wait_for(lambda: client.xlen("scores") >= 12_000, "12,000 outputs")
+        # every connection but this one's: a command in flight is lost with it and sent
+        # again (redis-py's retry, or the consumer's), a commit's as well
+        assert client.client_kill_filter(_type="normal", skipme=True) > 0
+        wait_for(
+            lambda: (
+                client.xlen("scores") >= len(events)
+                and client.xpending("events", "scorers")["pending"] == 0
+            ),
+            "every event scored",
+        )
+        kill_group(b, signal.SIGTERM)
+        assert b.wait(20) == 0
+    outputs = entries(client, "scores")
+    assert sorted(o["source_id"] for o in outputs) == sorted(ids)
+    assert client.xlen("scores-dlq") == 0
+    by_id = {o["source_id"]: o for o in outputs}
+    got = seen([by_id[i] for i in ids], SPEC)
+    expected = reference(SPEC, events)
+    assert 200 < int(expected["late"].sum()) < 600
+    for name in SPEC.features:
+        np.testing.assert_array_equal(got[name].to_numpy(), expected[name].to_numpy(), name)
