@@ -120,6 +120,9 @@ class ModelServing(BaseModel):
     """Serverless: unload the model after this long unused (None: the server's default)."""
     provisioned: bool = False
     """Serverless: keep the model loaded (warm) however long it is idle."""
+    features: Path | None = None
+    """A features file: each request row gets the model's window features, computed from
+    the stream's state in Redis as of now (``mmserve stream --features``); set per model."""
 
 
 class ServerlessSettings(BaseModel):
@@ -175,6 +178,7 @@ class JobSettings(BaseModel):
             if "/" in entry:
                 ipaddress.ip_network(entry, strict=False)  # ValueError: refused at start
         return entries
+
     queue: str = "mmserve.jobs"
     """Celery queue of the jobs."""
 

@@ -91,13 +91,19 @@ def entry_order(entry: str) -> tuple[int, int]:
     return int(ms), int(seq or 0)
 
 
+LAST = "18446744073709551615-18446744073709551615"
+"""The entry id of a real-time request's row: after every event of the state."""
+
+
 def compute(
     spec: FeatureSpec,
     state: Mapping[Group, Sequence[Member]],
     events: Sequence[tuple[str, Mapping[str, Any]]],
+    now_ms: int | None = None,
 ) -> Computed:
     """The features of ``events`` (entry id and fields, in stream order) given the ``state``
-    of their keys before the batch (see the module docstring)."""
+    of their keys before the batch (see the module docstring). ``now_ms``: the time of an
+    event that gives none (a real-time request's row, entry id :data:`LAST`)."""
     names = list(spec.features)
     out = Computed({n: [None] * len(events) for n in names}, [False] * len(events), [])
     working: dict[Group, _Window] = {}
@@ -105,7 +111,7 @@ def compute(
     for i, (entry, fields) in enumerate(events):
         out.added.append([])
         try:
-            time_ms, groups, values = _read(spec, kinds, entry, fields)
+            time_ms, groups, values = _read(spec, kinds, entry, fields, now_ms)
         except _Bad as bad:
             out.bad[i] = bad.errors
             continue
@@ -171,15 +177,21 @@ def _kinds(spec: FeatureSpec) -> dict[str, str]:
 
 
 def _read(
-    spec: FeatureSpec, kinds: Mapping[str, str], entry: str, fields: Mapping[str, Any]
+    spec: FeatureSpec,
+    kinds: Mapping[str, str],
+    entry: str,
+    fields: Mapping[str, Any],
+    now_ms: int | None,
 ) -> tuple[int, dict[str, Group], dict[str, Value]]:
     """An event's time, its groups (by key field) and aggregated values; :class:`_Bad`
     naming every field that is missing or unreadable."""
     errors: list[MMServeError] = []
-    time_ms = entry_order(entry)[0]
+    time_ms = entry_order(entry)[0] if now_ms is None else now_ms
     if spec.time.field is not None:
         given = fields.get(spec.time.field)
-        if given is None:
+        if given is None and now_ms is not None:
+            pass  # a request of now
+        elif given is None:
             errors.append(MissingField(spec.time.field))
         else:
             try:

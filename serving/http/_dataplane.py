@@ -14,13 +14,22 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeAlias, TypeVar, cast
 
 import pyarrow as pa
+from starlette.concurrency import run_in_threadpool
 
-from serving.codecs import Rows
+from serving.codecs import Matrix, Records, Rows
 from serving.codecs.raw import Raw
-from serving.errors import ModelLoading, Overloaded, RequestTimeout, StoreUnavailable
+from serving.errors import (
+    ModelLoading,
+    Overloaded,
+    RequestTimeout,
+    StoreUnavailable,
+    UnsupportedOperation,
+)
+from serving.features.online import OnlineFeatures, open_features
 from serving.http._batching import Deadlines, MicroBatcher
 from serving.http._metrics import Metrics
 from serving.http._middleware import note_stale
@@ -43,6 +52,15 @@ _PROVISION_RETRY_S = 2.0
 # Bodies up to this size are decoded and checked on the event loop: a thread hop would
 # cost more than the work. Larger ones are decoded in a worker thread.
 _INLINE_BYTES = 32 * 1024
+
+
+def _table(rows: Rows | Raw) -> pa.Table:
+    """A request's rows as a table (window features read fields by name)."""
+    if isinstance(rows, Records | Matrix):
+        return rows.table()
+    if isinstance(rows, Raw):
+        raise UnsupportedOperation("window features", "a raw body has no fields to key them by")
+    return rows
 
 
 async def off_loop_if_large(body_bytes: int, fn: Callable[..., T], *args: Any) -> T:
@@ -72,6 +90,7 @@ class DataPlane:
         self._in_flight: defaultdict[str, int] = defaultdict(int)
         self._total_in_flight = 0
         self._loads: dict[str, asyncio.Future[tuple[Predictor, float | None]]] = {}
+        self._features: dict[Path, OnlineFeatures] = {}
         self.provisioned = not any(p.provisioned for p in settings.models.values())
         self.store_check = StoreCheck(registry.store, max(settings.registry.alias_ttl_s, 1.0))
 
@@ -82,9 +101,11 @@ class DataPlane:
         the answer's rows as Python dicts too, where a shared call made them (a JSON answer)."""
         name = ModelRef.parse(ref).name
         policy = self.policy(name)
+        features = self._online(policy)
         with self._admitted(name, policy):
             predictor = self._loaded(ref)
-            if predictor is not None and policy.batching and body_bytes <= _INLINE_BYTES:
+            inline = features is None and body_bytes <= _INLINE_BYTES
+            if predictor is not None and policy.batching and inline:
                 # The common case: a loaded model, a small body, a batch. The rows are checked
                 # now, on the loop, and the batcher fails the request at its deadline: one
                 # timer for all requests (asyncio.timeout's, one per request, was 4% of a
@@ -96,7 +117,7 @@ class DataPlane:
             try:
                 async with asyncio.timeout(self.settings.request_timeout_s):
                     predictor, load_seconds = await self.predictor(ref)
-                    prepared = await self._prepare(predictor, decode, body_bytes, as_rows)
+                    prepared = await self._prepare(predictor, decode, body_bytes, as_rows, features)
                     answer = await self._run(predictor, policy, prepared)
             except TimeoutError:
                 raise RequestTimeout(self.settings.request_timeout_s) from None
@@ -246,13 +267,33 @@ class DataPlane:
             self._total_in_flight -= 1
 
     async def _prepare(
-        self, predictor: Predictor, decode: Decode, body_bytes: int, as_rows: bool
+        self,
+        predictor: Predictor,
+        decode: Decode,
+        body_bytes: int,
+        as_rows: bool,
+        features: OnlineFeatures | None = None,
     ) -> Prepared:
         def prepare() -> Prepared:
             rows = decode(predictor.version.inputs)
+            if features is not None:  # reads Redis: off the loop
+                names = [f.name for f in predictor.version.inputs]
+                rows = features.table(_table(rows), names)
             return predictor.prepare(rows, as_rows=as_rows)
 
+        if features is not None:
+            return await run_in_threadpool(prepare)
         return await off_loop_if_large(body_bytes, prepare)
+
+    def _online(self, policy: ModelServing) -> OnlineFeatures | None:
+        """The window features of a model served with a features file (read once)."""
+        if policy.features is None:
+            return None
+        found = self._features.get(policy.features)
+        if found is None:
+            redis_url = None if self.settings.redis is None else str(self.settings.redis)
+            found = self._features[policy.features] = open_features(policy.features, redis_url)
+        return found
 
     async def _run(self, predictor: Predictor, policy: ModelServing, prepared: Prepared) -> Answer:
         if not policy.batching:

@@ -5,11 +5,13 @@ expired."""
 
 from __future__ import annotations
 
+import json
 import signal
 import threading
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 
@@ -19,9 +21,10 @@ from serving.features.windows import Member
 from serving.registry import Registry
 from serving.settings import StreamSettings
 from serving.store import Store
-from tests.services import RedisServer, kill_group
+from tests.services import RedisServer, kill_group, mmserve_server
 from tests.windows import SPEC_YAML, echo_model, reference, seen, transactions
 from tests.workers.streams import entries, mmserve_stream, produce, wait_for
+from tests.workers.test_stream import drain
 from workers._stream_features import StreamFeatures
 from workers._stream_log import Outputs
 from workers.stream import Consumer, LiveModel, Names, RedisEventLog
@@ -51,13 +54,6 @@ def consumer(
     c = Consumer(log, LiveModel(registry, "echo"), settings, features=features)
     assert c.open(threading.Event())
     return c
-
-
-def drain(c: Consumer) -> int:
-    total = 0
-    while n := c.step():
-        total += n
-    return total
 
 
 def test_the_model_sees_each_events_window_features_as_the_reference_computes_them(
@@ -204,3 +200,39 @@ def test_20000_card_payments_through_killed_and_cut_off_consumers_get_the_refere
     assert 200 < int(expected["late"].sum()) < 600
     for name in SPEC.features:
         np.testing.assert_array_equal(got[name].to_numpy(), expected[name].to_numpy(), name)
+
+
+@pytest.mark.slow
+def test_a_real_time_request_gets_the_features_the_stream_gives_its_event_and_adds_nothing(
+    broker: RedisServer, client: Any, registry: Registry, tmp_path: Path
+) -> None:
+    (tmp_path / "features.yaml").write_text(SPEC_YAML)
+    events = transactions(501, seed=2)
+    history, payment = events[:500], events[500]
+    produce(client, "events", history)
+    c = consumer(client, registry)
+    assert drain(c) == 500
+    env = {
+        "MMSERVE_STORE_URL": registry.store.url,
+        "MMSERVE_REDIS_URL": broker.url,
+        "MMSERVE_MODELS": json.dumps({"echo": {"features": str(tmp_path / "features.yaml")}}),
+    }
+    keys = sorted(client.keys("mmserve:features:*"))
+    members = {k: client.zcard(k) for k in keys}
+    row = {k: v for k, v in payment.items() if k != "txn_id"}
+    with mmserve_server(env) as url, httpx.Client(base_url=url, timeout=30) as http:
+        answer = http.post("/v1/models/echo/predict", json={"instances": [row]})
+        assert answer.status_code == 200, answer.text
+        (online,) = answer.json()["predictions"]
+        missing = http.post("/v1/models/echo/predict", json={"instances": [row, {"ts": "1"}]})
+    assert {k: client.zcard(k) for k in sorted(client.keys("mmserve:features:*"))} == members
+    produce(client, "events", [payment])
+    assert drain(c) == 1
+    streamed = entries(client, "scores")[-1]
+    assert streamed["txn_id"] == payment["txn_id"]
+    assert {k: float(v) for k, v in online.items()} == {
+        f"seen_{name}": float(streamed[f"seen_{name}"]) for name in SPEC.features
+    }
+    assert online["seen_card_txn_count_60s"] > 1
+    assert missing.status_code == 422
+    assert missing.json()["error"] == "missing field 'card_id' at row 1"

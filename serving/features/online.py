@@ -1,0 +1,72 @@
+"""The same window features for real-time requests: a model served with a features file
+(``MMSERVE_MODELS='{"fraud": {"features": "features.yaml"}}'``) gets them computed for each
+request row from the stream's state in Redis as of now, without adding the row, so a
+payment scored over HTTP and the same payment scored from the stream see one history.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from serving.errors import MMServeError, UnsupportedOperation
+from serving.features import spec as specs
+from serving.features import state, windows
+
+
+class OnlineFeatures:
+    """A features file's features over the state on ``client``'s Redis (``url`` names it
+    in errors)."""
+
+    def __init__(self, spec: specs.FeatureSpec, client: Any, url: str):
+        self.spec = spec
+        self.client = client
+        self.url = url
+
+    def table(self, rows: pa.Table, inputs: Sequence[str]) -> pa.Table:
+        """``rows`` with their features as columns, computed as of now (a row's time field,
+        if it gives one); the fields only the features read (key, time, aggregated) that
+        are not among the model's ``inputs`` are dropped. A row without a key, or with a
+        field that does not read, is refused naming the field (422)."""
+        spec = self.spec
+        records = rows.to_pylist()
+        keys = spec.by_key()
+        groups = [(k, str(r[k])) for r in records for k in keys if r.get(k) is not None]
+        before = state.read(self.client, spec, groups, self.url)
+        now_ms = round(time.time() * 1000)
+        events = [(windows.LAST, r) for r in records]
+        computed = windows.compute(spec, before, events, now_ms)
+        if computed.bad:
+            row, errors = min(computed.bad.items())
+            raise _at_row(errors[0], row)
+        for name, feature in spec.features.items():
+            counted = feature.agg in ("count", "count_distinct")
+            values = pa.array(computed.columns[name], pa.int64() if counted else pa.float64())
+            if name in rows.column_names:
+                rows = rows.drop_columns([name])
+            rows = rows.append_column(name, values)
+        read = {*keys, *(f.field for f in spec.features.values() if f.field)}
+        if spec.time.field is not None:
+            read.add(spec.time.field)
+        dropped = [c for c in rows.column_names if c in read and c not in inputs]
+        return rows.drop_columns(dropped)
+
+
+def _at_row(error: MMServeError, row: int) -> MMServeError:
+    error.message = f"{error.message} at row {row}"
+    return error
+
+
+def open_features(path: Path, redis_url: str | None) -> OnlineFeatures:
+    """The online features of the features file ``path`` on ``redis_url``."""
+    if redis_url is None:
+        why = "MMSERVE_REDIS_URL (or MMSERVE_BROKER_URL) is not set: the state is in Redis"
+        raise UnsupportedOperation(f"window features of {path}", why)
+    import redis
+
+    client = redis.Redis.from_url(redis_url, decode_responses=True, socket_timeout=5)
+    return OnlineFeatures(specs.load(path), client, redis_url)
