@@ -20,6 +20,7 @@ events were added changes a bit of them.
 from __future__ import annotations
 
 import bisect
+import itertools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -51,12 +52,14 @@ class _Window:
     __slots__ = ("marks", "members", "orders", "times")
 
     def __init__(self, members: Sequence[Member]):
-        self.members: list[Member] = []
-        self.orders: list[tuple[int, int]] = []
-        self.times: list[int] = []
-        self.marks: list[int] = []
-        for member in sorted(members, key=lambda m: entry_order(m.entry)):
-            self.add(member)
+        orders = [entry_order(m.entry) for m in members]
+        if any(a > b for a, b in itertools.pairwise(orders)):  # out of order
+            ranks = sorted(range(len(orders)), key=orders.__getitem__)
+            members, orders = [members[k] for k in ranks], [orders[k] for k in ranks]
+        self.members: list[Member] = list(members)
+        self.orders: list[tuple[int, int]] = orders
+        self.times: list[int] = [m.time_ms for m in self.members]
+        self.marks: list[int] = list(itertools.accumulate(self.times, max))
 
     def add(self, member: Member) -> None:
         """Append ``member``, which comes after every member held (stream order)."""
@@ -108,6 +111,8 @@ def compute(
     out = Computed({n: [None] * len(events) for n in names}, [False] * len(events), [])
     working: dict[Group, _Window] = {}
     kinds = _kinds(spec)
+    horizons = {key: spec.horizon(key) for key in spec.by_key()}
+    kept = {key: spec.fields(key) for key in spec.by_key()}
     for i, (entry, fields) in enumerate(events):
         out.added.append([])
         try:
@@ -127,22 +132,24 @@ def compute(
         for name, feature in spec.features.items():
             own = values[feature.field] if feature.field else 0.0
             window, n = prior[feature.key]
-            out.columns[name][i] = _aggregate(spec, feature, window, n, time_ms, own)
+            horizon = horizons[feature.key]
+            out.columns[name][i] = _aggregate(feature, horizon, window, n, time_ms, own)
         out.late[i] = late
         if not late:
             for key, group in groups.items():
-                member = Member(time_ms, entry, {f: values[f] for f in spec.fields(key)})
+                member = Member(time_ms, entry, {f: values[f] for f in kept[key]})
                 working[group].add(member)
                 out.added[i].append((group, member))
     return out
 
 
 def _aggregate(
-    spec: FeatureSpec, feature: Feature, window: _Window, n: int, time_ms: int, own: Value
+    feature: Feature, horizon: int, window: _Window, n: int, time_ms: int, own: Value
 ) -> float | int:
-    """``feature`` of an event at ``time_ms`` over the first ``n`` members of ``window``."""
+    """``feature`` of an event at ``time_ms`` over the first ``n`` members of ``window``
+    (``horizon``: its key's, see :meth:`FeatureSpec.horizon`)."""
     mark = window.marks[n - 1] if n else time_ms
-    low = max(time_ms - feature.window, mark - spec.horizon(feature.key))
+    low = max(time_ms - feature.window, mark - horizon)
     times = window.times
     start = bisect.bisect_right(window.marks, low, 0, n)  # every member before: at or below low
     inside = [j for j in range(start, n) if low < times[j] <= time_ms]
