@@ -1,8 +1,9 @@
 """Window state in Redis: one sorted set per key value, ``<prefix>:<key field>:<value>``,
-each member an event added to it (``["<entry id>",<time ms>,{"amount":12.5}]``, scored by
-its event time in ms). A member is named by its entry id, so adding it again (a commit retried after
-a lost reply, another consumer group) adds nothing. The stream's commit writes members
-(``workers/_stream_redis.py``); this module names keys, encodes members and reads state.
+each member an event added to it, ``[<entry id's ms>,<its sequence>,<event time ms>,
+{"amount":12.5}]``, scored by its event time in ms. A member is named by its entry id, so
+adding it again (a commit retried after a lost reply, another consumer group) adds nothing.
+The stream's commit writes members (``workers/_stream_redis.py``); this module names keys,
+encodes members and reads state.
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ most of a windowed batch's time."""
 
 
 def encode(member: Member) -> str:
-    return json.dumps([member.entry, member.time_ms, member.values], separators=(",", ":"))
+    ms, sequence = member.order
+    return json.dumps([ms, sequence, member.time_ms, member.values], separators=(",", ":"))
 
 
 def read(
@@ -52,7 +54,7 @@ def read(
     except (redis.ConnectionError, redis.TimeoutError) as err:
         raise RedisUnavailable(url, err) from err
     return {
-        group: [Member(t, entry, values) for entry, t, values in members]
+        group: [Member(t, (ms, sequence), values) for ms, sequence, t, values in members]
         for group, members in zip(wanted, json.loads(reply), strict=True)
     }
 

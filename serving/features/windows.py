@@ -41,8 +41,17 @@ class Member:
     """An event as a key's state holds it: its time, entry id and aggregated fields."""
 
     time_ms: int
-    entry: str
+    order: tuple[int, int]
+    """Its entry id, as what orders it: ``(ms, sequence)``."""
     values: Mapping[str, Value]
+
+    @classmethod
+    def of(cls, time_ms: int, entry: str, values: Mapping[str, Value]) -> Member:
+        return cls(time_ms, entry_order(entry), values)
+
+    @property
+    def entry(self) -> str:
+        return f"{self.order[0]}-{self.order[1]}"
 
 
 class _Window:
@@ -52,7 +61,7 @@ class _Window:
     __slots__ = ("marks", "members", "orders", "times")
 
     def __init__(self, members: Sequence[Member]):
-        orders = [entry_order(m.entry) for m in members]
+        orders = [m.order for m in members]
         if any(a > b for a, b in itertools.pairwise(orders)):  # out of order
             ranks = sorted(range(len(orders)), key=orders.__getitem__)
             members, orders = [members[k] for k in ranks], [orders[k] for k in ranks]
@@ -64,7 +73,7 @@ class _Window:
     def add(self, member: Member) -> None:
         """Append ``member``, which comes after every member held (stream order)."""
         self.members.append(member)
-        self.orders.append(entry_order(member.entry))
+        self.orders.append(member.order)
         self.times.append(member.time_ms)
         self.marks.append(max(self.marks[-1], member.time_ms) if self.marks else member.time_ms)
 
@@ -137,7 +146,7 @@ def compute(
         out.late[i] = late
         if not late:
             for key, group in groups.items():
-                member = Member(time_ms, entry, {f: values[f] for f in kept[key]})
+                member = Member(time_ms, order, {f: values[f] for f in kept[key]})
                 working[group].add(member)
                 out.added[i].append((group, member))
     return out

@@ -86,7 +86,7 @@ def test_a_retried_commit_adds_nothing_twice_and_a_commit_of_entries_not_pending
     log.open()
     assert [e.id for e in log.read(2, 0)] == ids[:2]  # the third is not pending on c1
     members = {
-        i: [(("card_id", "c"), Member(1000 + k, i, {"amount": 1.0}))] for k, i in enumerate(ids)
+        i: [(("card_id", "c"), Member.of(1000 + k, i, {"amount": 1.0}))] for k, i in enumerate(ids)
     }
     changes = state.changes(SPEC, members)
     outputs = Outputs(ids, {"x": ["1", "2", "3"]}, {"model": "m", "version": "1"})
