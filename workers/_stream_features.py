@@ -7,6 +7,8 @@ batch adds handed to the commit, which writes it with the outputs and acknowledg
 from __future__ import annotations
 
 import json
+import uuid
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,7 +16,7 @@ from typing import Any
 from serving.errors import LateEvent, MMServeError
 from serving.features import state, windows
 from serving.features.spec import FeatureSpec
-from workers._stream_log import Event
+from workers._stream_log import Committed, Event
 
 
 @dataclass(slots=True)
@@ -29,16 +31,27 @@ class Featured:
     changes: state.Changes
     late: set[str] = field(default_factory=set)
     """The entry ids of the late events (scored or dead-lettered)."""
+    added: dict[str, list[tuple[str, windows.Member]]] = field(default_factory=dict)
+    """State key -> the members the batch adds to it, with their entry ids."""
 
 
 class StreamFeatures:
-    """The features of a features file, over the state on ``client``'s Redis."""
+    """The features of a features file, over the state on ``client``'s Redis.
 
-    def __init__(self, spec: FeatureSpec, client: Any, url: str, json_field: str):
+    It keeps a copy of the state of the keys it saw last (up to ``held_keys``), each with
+    its version: a batch reads only the keys whose version changed since (another consumer
+    wrote them), not every member of every key it touches; and a commit that finds a key
+    as it was read tells it that its copy plus the batch's members is the state."""
+
+    def __init__(
+        self, spec: FeatureSpec, client: Any, url: str, json_field: str, held_keys: int = 100_000
+    ):
         self.spec = spec
         self.client = client
         self.url = url
         self.json_field = json_field
+        self.held_keys = held_keys
+        self._held: OrderedDict[str, state.Fetched] = OrderedDict()
 
     def apply(self, events: Sequence[Event]) -> Featured:
         """Read the state of the batch's keys, compute the features (see
@@ -47,9 +60,13 @@ class StreamFeatures:
         rows = [(e.id, self._fields(e)) for e in events]
         keys = spec.by_key()
         groups = [(k, str(f[k])) for _, f in rows for k in keys if f.get(k) is not None]
-        before = state.read(self.client, spec, groups, self.url)
+        before = self._state(groups)
         computed = windows.compute(spec, before, rows)
         out = Featured([], [], state.changes(spec, {}))
+        out.changes.token = uuid.uuid4().hex
+        out.changes.versions = {
+            state.key(spec, g): self._held[state.key(spec, g)][0] for g in before
+        }
         late_error = LateEvent(spec.time.allowed_lateness)
         for i, event in enumerate(events):
             if i in computed.bad:
@@ -63,7 +80,44 @@ class StreamFeatures:
             values = [(n, _text(computed.columns[n][i])) for n in spec.features]
             out.events.append(_with(event, values))
             out.changes.add(spec, event.id, computed.added[i])
+            for group, member in computed.added[i]:
+                out.added.setdefault(state.key(spec, group), []).append((event.id, member))
         return out
+
+    def committed(self, featured: Featured, committed: Committed) -> None:
+        """Bring the copy of each key the commit changed up to date (the commit found it
+        as read: the copy plus the members of the entries it acknowledged, expired as the
+        commit expires them) or drop it (another consumer changed it meanwhile)."""
+        changes = featured.changes
+        for name, horizon in zip(changes.keys, changes.horizons, strict=True):
+            held = self._held.pop(name, None)
+            if held is None or name not in committed.fresh:
+                continue
+            ours = [
+                m for entry, m in featured.added.get(name, ()) if entry not in committed.skipped
+            ]
+            members = [*held[1], *ours]
+            latest = max(m.time_ms for m in members)
+            kept = [m for m in members if m.time_ms > latest - horizon]
+            self._held[name] = (changes.token, kept)
+        while len(self._held) > self.held_keys:
+            self._held.popitem(last=False)
+
+    def _state(self, groups: list[windows.Group]) -> dict[windows.Group, list[windows.Member]]:
+        """The state of ``groups``: the copies held where still current, else read."""
+        spec = self.spec
+        names = {group: state.key(spec, group) for group in groups}
+        held = {g: self._held[n][0] for g, n in names.items() if n in self._held}
+        fetched = state.fetch(self.client, spec, names, self.url, held)
+        before: dict[windows.Group, list[windows.Member]] = {}
+        for group, got in fetched.items():
+            name = names[group]
+            if got is None:
+                self._held.move_to_end(name)
+            else:
+                self._held[name] = got
+            before[group] = self._held[name][1]
+        return before
 
     def _fields(self, event: Event) -> dict[str, Any]:
         """An event's fields, with those of its JSON document (unreadable: left to the

@@ -115,6 +115,9 @@ class Committed:
     them): nothing was written for them here; the other consumer's commit counts."""
     time_s: float
     """The log's clock when the commit ran (seconds since the epoch)."""
+    fresh: frozenset[str] = frozenset()
+    """Window state keys the commit changed that no one else had changed since the batch
+    read them: the consumer's copy of each, plus what it added, is the state."""
 
 
 @dataclass(frozen=True, slots=True)

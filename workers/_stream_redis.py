@@ -31,7 +31,7 @@ from typing import Any, Literal
 import redis
 
 from serving.errors import RedisUnavailable
-from serving.features.state import Changes
+from serving.features.state import Changes, version
 from workers._stream_log import Claimed, Committed, DeadLetter, Event, Names, Outputs
 
 log = logging.getLogger("mmserve.stream")
@@ -132,14 +132,21 @@ for _, letter in ipairs(dead) do
   end
 end
 if #acks > 0 then redis.call('XACK', KEYS[1], group, unpack(acks)) end
+-- Each key changed gets a new version (KEYS after the state keys); it was "fresh" if its
+-- version was still the one the batch was computed from: the consumer's copy plus what
+-- this commit added is the state.
+local based, fresh, count = cjson.decode(ARGV[11]), {}, #horizons
 for k in pairs(touched) do
   local name = KEYS[3 + k]
   local latest = redis.call('ZRANGE', name, -1, -1, 'WITHSCORES')[2]
   redis.call('ZREMRANGEBYSCORE', name, '-inf', string.format('%d', tonumber(latest) - horizons[k]))
   redis.call('PEXPIRE', name, ARGV[10])
+  local version = KEYS[3 + count + k]
+  if (redis.call('GET', version) or '') == based[k] then fresh[#fresh + 1] = k - 1 end
+  redis.call('SET', version, ARGV[12], 'PX', ARGV[10])
 end
 local now = redis.call('TIME')
-return {skipped, now[1], now[2]}
+return {skipped, now[1], now[2], fresh}
 """
 )
 """KEYS: source, sink, dead letters, then the window state's keys. ARGV: group, consumer,
@@ -147,7 +154,8 @@ how many of the consumer's pending entries to look at (a few more than the batch
 then, as JSON: the output field names (``source_id`` first), the constant fields' pairs,
 each output's values (in the names' order), each dead letter (its source id, then its
 fields' pairs), each entry's state members (``{id: [[key index from 0, time, member]]}``),
-each state key's horizon (ms); then the state keys' idle TTL (ms). JSON, decoded by
+each state key's horizon (ms); then the state keys' idle TTL (ms), as JSON the version
+each state key was read at, and the version the keys changed get. JSON, decoded by
 the server's cjson, because redis-py packs each argument of a command in Python: a batch of
 256 outputs as 1,300 arguments cost more than the model call."""
 
@@ -264,8 +272,11 @@ class RedisEventLog:
             _json(changes.members) if changes.members else "{}",
             _json(changes.horizons),
             changes.idle_ttl_ms,
+            _json(changes.based_on),
+            changes.token,
         ]
-        keys = [n.source, n.sink, n.dead_letter, *changes.keys]
+        versions = [version(k) for k in changes.keys]
+        keys = [n.source, n.sink, n.dead_letter, *changes.keys, *versions]
         try:
             if self._ahead is None:
                 with self._errors():
@@ -274,8 +285,9 @@ class RedisEventLog:
                 reply = self._commit_reading_ahead(keys, args)
         except _GroupLost:  # the batch went with the group
             return Committed(frozenset(ids), 0.0)
-        skipped, seconds, micros = reply
-        return Committed(frozenset(skipped), int(seconds) + int(micros) / 1e6)
+        skipped, seconds, micros, fresh = reply
+        current = frozenset(changes.keys[k] for k in fresh)
+        return Committed(frozenset(skipped), int(seconds) + int(micros) / 1e6, current)
 
     def pending(self) -> int:
         try:

@@ -163,8 +163,11 @@ class Consumer:
         committed = self._retrying(commit, None)
         assert committed is not None  # never given up on without a stop event
         self._account(events, batch, dead, committed, ref)
-        if featured is not None and featured.late:
-            self._account_late(featured.late, dead, committed)
+        if featured is not None:
+            assert self.features is not None
+            self.features.committed(featured, committed)
+            if featured.late:
+                self._account_late(featured.late, dead, committed)
         return batch, dead, ref
 
     # -- gathering -------------------------------------------------------------------------

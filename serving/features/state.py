@@ -25,16 +25,33 @@ def key(spec: FeatureSpec, group: Group) -> str:
     return f"{spec.prefix}:{group[0]}:{group[1]}"
 
 
+def version(name: str) -> str:
+    """The key of the version of the state ``name``: a token each commit that changes the
+    state sets anew, so a consumer knows whether its copy is still the state."""
+    prefix, _, rest = name.partition(":")
+    return f"{prefix}#v:{rest}"
+
+
 _READ = """
-local parts = {}
-for n, key in ipairs(KEYS) do
-  parts[n] = '[' .. table.concat(redis.call('ZRANGE', key, 0, -1), ',') .. ']'
+local parts, n = {}, #KEYS / 2
+for i = 1, n do
+  local token = redis.call('GET', KEYS[n + i]) or ''
+  if token ~= '' and token == ARGV[i] then
+    parts[i] = 'null'
+  else
+    local members = table.concat(redis.call('ZRANGE', KEYS[i], 0, -1), ',')
+    parts[i] = '[' .. cjson.encode(token) .. ',[' .. members .. ']]'
+  end
 end
 return '[' .. table.concat(parts, ',') .. ']'
 """
-"""KEYS: state keys. Their members (JSON documents themselves) joined into one JSON
-document, read in one ``json.loads``: redis-py's own parser costs ~10 µs of Python a member,
-most of a windowed batch's time."""
+"""KEYS: state keys, then their versions' keys. ARGV: the version of each that the caller
+holds a copy of ('' none). For each key, ``null`` when the caller's copy is current, else
+its version and members (JSON documents themselves) joined into one JSON document, read in
+one ``json.loads``: redis-py's own parser costs ~10 µs of Python a member."""
+
+Fetched = tuple[str, list[Member]]
+"""A key's version ('' never written, or expired) and members."""
 
 
 def encode(member: Member) -> str:
@@ -46,17 +63,32 @@ def read(
     client: Any, spec: FeatureSpec, groups: Iterable[Group], url: str
 ) -> dict[Group, list[Member]]:
     """The state of ``groups``, in one round trip; :class:`RedisUnavailable` if Redis is away."""
+    fetched = fetch(client, spec, groups, url, {})
+    return {group: got[1] for group, got in fetched.items() if got is not None}
+
+
+def fetch(
+    client: Any, spec: FeatureSpec, groups: Iterable[Group], url: str, held: Mapping[Group, str]
+) -> dict[Group, Fetched | None]:
+    """The version and members of each of ``groups``, or ``None`` for those whose version
+    is the one ``held`` (the caller's copy is current); one round trip."""
     wanted = list(dict.fromkeys(groups))
     if not wanted:
         return {}
+    names = [key(spec, g) for g in wanted]
+    tokens = [held.get(g, "") for g in wanted]
     try:
-        reply = client.eval(_READ, len(wanted), *(key(spec, g) for g in wanted))
+        reply = client.eval(_READ, 2 * len(names), *names, *map(version, names), *tokens)
     except (redis.ConnectionError, redis.TimeoutError) as err:
         raise RedisUnavailable(url, err) from err
-    return {
-        group: [Member(t, (ms, sequence), values) for ms, sequence, t, values in members]
-        for group, members in zip(wanted, json.loads(reply), strict=True)
-    }
+    found: dict[Group, Fetched | None] = {}
+    for group, got in zip(wanted, json.loads(reply), strict=True):
+        if got is None:
+            found[group] = None
+            continue
+        token, members = got
+        found[group] = (token, [Member(t, (ms, seq), values) for ms, seq, t, values in members])
+    return found
 
 
 @dataclass(slots=True)
@@ -71,6 +103,10 @@ class Changes:
     members: dict[str, list[tuple[int, str, str]]] = field(default_factory=dict)
     """Entry id -> its members: (index in ``keys``, event time in ms as text, member)."""
     idle_ttl_ms: int = 0
+    based_on: list[str] = field(default_factory=list)
+    """For each key, the version its members were computed from ('' none)."""
+    token: str = ""
+    """The version each key this commit changes gets."""
 
     def add(self, spec: FeatureSpec, entry: str, added: Sequence[tuple[Group, Member]]) -> None:
         for group, member in added:
@@ -80,10 +116,13 @@ class Changes:
                 index = self._index[name] = len(self.keys)
                 self.keys.append(name)
                 self.horizons.append(spec.horizon(group[0]))
+                self.based_on.append(self.versions.get(name, ""))
             item = (index, str(member.time_ms), encode(member))
             self.members.setdefault(entry, []).append(item)
 
     _index: dict[str, int] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
+    """The version each key was read at (by name)."""
 
     def __bool__(self) -> bool:
         return bool(self.members)

@@ -78,6 +78,28 @@ def test_the_model_sees_each_events_window_features_as_the_reference_computes_th
     assert 0 < ttl <= 86_400_000
 
 
+def test_consumers_taking_turns_on_the_same_keys_each_see_the_others_commits(
+    client: Any, registry: Registry
+) -> None:
+    """Each consumer keeps a copy of the keys' state it saw; a key another consumer changed
+    since is read again (its version moved), so turns in stream order give the reference."""
+    events = transactions(600, seed=4, cards=3)
+    one, two = (consumer(client, registry, name=n, batch_size=40) for n in ("c1", "c2"))
+    for turn, start in enumerate(range(0, 600, 40)):  # each batch produced, then scored
+        produce(client, "events", events[start : start + 40])
+        assert (one, two)[turn % 2].step() == 40
+    outputs = entries(client, "scores")
+    expected = reference(SPEC, events)
+    got = seen(outputs, SPEC)
+    for name in SPEC.features:
+        np.testing.assert_array_equal(got[name].to_numpy(), expected[name].to_numpy(), name)
+    assert one.features is not None and two.features is not None
+    key = "mmserve:features:card_id:c0"
+    current = client.get(state.version(key))
+    assert one.features._held[key][0] == current  # the last turn's: its copy is the state
+    assert key not in two.features._held or two.features._held[key][0] != current
+
+
 def test_a_retried_commit_adds_nothing_twice_and_a_commit_of_entries_not_pending_adds_none(
     client: Any, registry: Registry
 ) -> None:
