@@ -20,12 +20,11 @@ events were added changes a bit of them.
 from __future__ import annotations
 
 import bisect
-import itertools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from serving.errors import InvalidField, MissingField, MMServeError
 from serving.features.spec import Feature, FeatureSpec
@@ -55,33 +54,47 @@ class Member:
 
 
 class _Window:
-    """One key's members in stream order, with what an event asks of them fast: the
-    members before it (a prefix) and their latest time (a running maximum)."""
+    """One key's members: the state from before the batch (``base``, by event time, each
+    aggregated field's values beside it, so a window over it is a slice of a list) and the
+    batch's own (``added``, in stream order, each with the running latest time)."""
 
-    __slots__ = ("marks", "members", "orders", "times")
+    __slots__ = ("added", "base", "base_last", "base_mark", "columns", "fields", "marks", "orders")
 
-    def __init__(self, members: Sequence[Member]):
-        orders = [m.order for m in members]
-        if any(a > b for a, b in itertools.pairwise(orders)):  # out of order
-            ranks = sorted(range(len(orders)), key=orders.__getitem__)
-            members, orders = [members[k] for k in ranks], [orders[k] for k in ranks]
-        self.members: list[Member] = list(members)
-        self.orders: list[tuple[int, int]] = orders
-        self.times: list[int] = [m.time_ms for m in self.members]
-        self.marks: list[int] = list(itertools.accumulate(self.times, max))
+    def __init__(self, members: Sequence[Member], fields: Sequence[str]):
+        self.fields = fields
+        self.base = sorted(members, key=_time)
+        self.columns = {f: [m.values[f] for m in self.base] for f in fields}
+        self.columns[""] = [m.time_ms for m in self.base]
+        self.base_last = max((m.order for m in self.base), default=(-1, -1))
+        self.base_mark = self.base[-1].time_ms if self.base else None
+        self.added: list[Member] = []
+        self.orders: list[tuple[int, int]] = []
+        self.marks: list[int] = []
 
     def add(self, member: Member) -> None:
-        """Append ``member``, which comes after every member held (stream order)."""
-        self.members.append(member)
+        """Add a member of the batch, which comes after every one added before."""
+        self.added.append(member)
         self.orders.append(member.order)
-        self.times.append(member.time_ms)
         self.marks.append(max(self.marks[-1], member.time_ms) if self.marks else member.time_ms)
 
-    def before(self, order: tuple[int, int]) -> int:
-        """How many members come before the entry ``order``."""
-        if not self.orders or self.orders[-1] < order:
-            return len(self.orders)
-        return bisect.bisect_left(self.orders, order)
+    def before(self, order: tuple[int, int]) -> tuple[_Window, int, int | None]:
+        """What an entry ``order`` sees: a window whose base it follows, how many of its
+        added members come before it, and their latest time (``None``: none)."""
+        if self.base_last < order:  # the rule: the state is older than the batch
+            n = len(self.orders)
+            if n and self.orders[-1] >= order:
+                n = bisect.bisect_left(self.orders, order)
+            marks = [m for m in (self.base_mark, self.marks[n - 1] if n else None) if m is not None]
+            return self, n, max(marks, default=None)
+        # An entry older than some of the state (a batch claimed after later ones were
+        # committed): the members before it, as a window of its own.
+        prior = [m for m in (*self.base, *self.added) if m.order < order]
+        window = _Window(prior, self.fields)
+        return window, 0, window.base_mark
+
+
+def _time(member: Member) -> int:
+    return member.time_ms
 
 
 @dataclass(slots=True)
@@ -130,19 +143,19 @@ def compute(
             out.bad[i] = bad.errors
             continue
         order = entry_order(entry)
-        prior: dict[str, tuple[_Window, int]] = {}
+        prior: dict[str, tuple[_Window, int, int | None]] = {}
         late = False
         for key, group in groups.items():
             window = working.get(group)
             if window is None:
-                window = working[group] = _Window(state.get(group, ()))
-            prior[key] = (window, n := window.before(order))
-            late = late or (n > 0 and time_ms < window.marks[n - 1] - spec.time.allowed_lateness)
+                window = working[group] = _Window(state.get(group, ()), kept[key])
+            prior[key] = seen = window.before(order)
+            mark = seen[2]
+            late = late or (mark is not None and time_ms < mark - spec.time.allowed_lateness)
         for name, feature in spec.features.items():
             own = values[feature.field] if feature.field else 0.0
-            window, n = prior[feature.key]
             horizon = horizons[feature.key]
-            out.columns[name][i] = _aggregate(feature, horizon, window, n, time_ms, own)
+            out.columns[name][i] = _aggregate(feature, horizon, *prior[feature.key], time_ms, own)
         out.late[i] = late
         if not late:
             for key, group in groups.items():
@@ -153,23 +166,33 @@ def compute(
 
 
 def _aggregate(
-    feature: Feature, horizon: int, window: _Window, n: int, time_ms: int, own: Value
+    feature: Feature,
+    horizon: int,
+    window: _Window,
+    n: int,
+    mark: int | None,
+    time_ms: int,
+    own: Value,
 ) -> float | int:
-    """``feature`` of an event at ``time_ms`` over the first ``n`` members of ``window``
-    (``horizon``: its key's, see :meth:`FeatureSpec.horizon`)."""
-    mark = window.marks[n - 1] if n else time_ms
-    low = max(time_ms - feature.window, mark - horizon)
-    times = window.times
-    start = bisect.bisect_right(window.marks, low, 0, n)  # every member before: at or below low
-    inside = [j for j in range(start, n) if low < times[j] <= time_ms]
+    """``feature`` of an event at ``time_ms`` over ``window``'s base and its first ``n``
+    added members, whose latest time is ``mark`` (``horizon``: its key's, see
+    :meth:`FeatureSpec.horizon`). The base's members in the window are a slice of its
+    lists (found by bisection, copied and aggregated in C); the batch's, a few, are scanned."""
+    low = (
+        time_ms - feature.window if mark is None else max(time_ms - feature.window, mark - horizon)
+    )
+    times = window.columns[""]
+    lo, hi = bisect.bisect_right(times, low), bisect.bisect_right(times, time_ms)
+    extra = [m for m in window.added[:n] if low < m.time_ms <= time_ms]
     if feature.agg == "count":
-        return len(inside) + 1
-    members = window.members
-    values = [members[j].values[feature.field] for j in inside]  # type: ignore[index]
+        return max(hi - lo, 0) + len(extra) + 1  # a late event's low may pass its time
+    name = feature.field or ""
+    values = window.columns[name][lo:hi]
+    values.extend(m.values[name] for m in extra)
     values.append(own)
     if feature.agg == "count_distinct":
         return len(set(values))
-    numbers = [float(v) for v in values]
+    numbers = cast("list[float]", values)  # a sum's, mean's, min's or max's field: numbers
     if feature.agg == "sum":
         return math.fsum(numbers)
     if feature.agg == "mean":

@@ -164,3 +164,26 @@ def test_an_event_without_its_key_time_or_a_number_is_bad_naming_the_field() -> 
         2: ["field 'ts' is not a time (seconds since the epoch, or ISO 8601): 'yesterday'"],
     }
     assert out.columns["card_txn_count_60s"] == [None, None, None, 1]
+
+
+def test_an_event_older_than_some_of_the_state_sees_only_the_members_before_it() -> None:
+    """A batch claimed after later events were committed: each of its events sees the
+    state's members of earlier entries only, their watermark too."""
+    spec = specs.parse(
+        "features:\n  n: {key: card, agg: count, window: 60s}\n"
+        "  s: {key: card, field: amount, agg: sum, window: 60s}\n"
+        "time: {field: ts, allowed_lateness: 10s}"
+    )
+    state = {
+        ("card", "a"): [
+            Member.of(100_000, "10-0", {"amount": 1.0}),
+            Member.of(200_000, "30-0", {"amount": 4.0}),  # later in the stream
+        ]
+    }
+    events = [
+        (f"{k}-0", {"card": "a", "amount": "2", "ts": t})
+        for k, t in ((20, "120"), (40, "120"), (50, "20"))
+    ]
+    out = compute(spec, state, events)
+    assert out.columns == {"n": [2, 1, 1], "s": [3.0, 2.0, 2.0]}
+    assert out.late == [False, True, True]  # 80 s, then 180 s behind 30-0's 200 s
