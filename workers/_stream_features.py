@@ -51,7 +51,7 @@ class StreamFeatures:
         self.url = url
         self.json_field = json_field
         self.held_keys = held_keys
-        self._held: OrderedDict[str, state.Fetched] = OrderedDict()
+        self._held: OrderedDict[str, tuple[str, windows.Base]] = OrderedDict()
 
     def apply(self, events: Sequence[Event]) -> Featured:
         """Read the state of the batch's keys, compute the features (see
@@ -96,26 +96,25 @@ class StreamFeatures:
             ours = [
                 m for entry, m in featured.added.get(name, ()) if entry not in committed.skipped
             ]
-            members = [*held[1], *ours]
-            latest = max(m.time_ms for m in members)
-            kept = [m for m in members if m.time_ms > latest - horizon]
-            self._held[name] = (changes.token, kept)
+            held[1].merge(ours, horizon)
+            self._held[name] = (changes.token, held[1])
         while len(self._held) > self.held_keys:
             self._held.popitem(last=False)
 
-    def _state(self, groups: list[windows.Group]) -> dict[windows.Group, list[windows.Member]]:
+    def _state(self, groups: list[windows.Group]) -> dict[windows.Group, windows.Base]:
         """The state of ``groups``: the copies held where still current, else read."""
         spec = self.spec
         names = {group: state.key(spec, group) for group in groups}
         held = {g: self._held[n][0] for g, n in names.items() if n in self._held}
         fetched = state.fetch(self.client, spec, names, self.url, held)
-        before: dict[windows.Group, list[windows.Member]] = {}
+        before: dict[windows.Group, windows.Base] = {}
         for group, got in fetched.items():
             name = names[group]
             if got is None:
                 self._held.move_to_end(name)
             else:
-                self._held[name] = got
+                token, members = got
+                self._held[name] = (token, windows.Base(members, spec.fields(group[0])))
             before[group] = self._held[name][1]
         return before
 

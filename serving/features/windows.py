@@ -53,20 +53,52 @@ class Member:
         return f"{self.order[0]}-{self.order[1]}"
 
 
-class _Window:
-    """One key's members: the state from before the batch (``base``, by event time, each
-    aggregated field's values beside it, so a window over it is a slice of a list) and the
-    batch's own (``added``, in stream order, each with the running latest time)."""
+class Base:
+    """A key's state from before a batch, by event time, each aggregated field's values in
+    a list beside the times: a window over it is a slice, found by bisection. A consumer
+    may keep one across batches (:meth:`merge`), as the commit changes the state."""
 
-    __slots__ = ("added", "base", "base_last", "base_mark", "columns", "fields", "marks", "orders")
+    __slots__ = ("columns", "fields", "last", "members", "times")
 
     def __init__(self, members: Sequence[Member], fields: Sequence[str]):
         self.fields = fields
-        self.base = sorted(members, key=_time)
-        self.columns = {f: [m.values[f] for m in self.base] for f in fields}
-        self.columns[""] = [m.time_ms for m in self.base]
-        self.base_last = max((m.order for m in self.base), default=(-1, -1))
-        self.base_mark = self.base[-1].time_ms if self.base else None
+        self.members = sorted(members, key=_time)
+        self.times = [m.time_ms for m in self.members]
+        self.columns = {f: [m.values[f] for m in self.members] for f in fields}
+        self.last = max((m.order for m in self.members), default=(-1, -1))
+        """The latest entry among the members (or one expired since: never earlier)."""
+
+    @property
+    def mark(self) -> int | None:
+        """The latest event time (``None``: no member)."""
+        return self.times[-1] if self.times else None
+
+    def merge(self, added: Sequence[Member], horizon: int) -> None:
+        """Add ``added`` and expire what is at or past ``horizon`` behind the latest time, as
+        the commit does in Redis."""
+        times = self.times
+        for member in added:
+            k = bisect.bisect_right(times, member.time_ms)
+            self.members.insert(k, member)
+            times.insert(k, member.time_ms)
+            for name, column in self.columns.items():
+                column.insert(k, member.values[name])
+            self.last = max(self.last, member.order)
+        cut = bisect.bisect_right(times, times[-1] - horizon) if times else 0
+        if cut:
+            del self.members[:cut], times[:cut]
+            for column in self.columns.values():
+                del column[:cut]
+
+
+class _Window:
+    """One key's members in a batch: the state from before it (``base``) and the batch's
+    own (``added``, in stream order, each with the running latest time)."""
+
+    __slots__ = ("added", "base", "marks", "orders")
+
+    def __init__(self, base: Base):
+        self.base = base
         self.added: list[Member] = []
         self.orders: list[tuple[int, int]] = []
         self.marks: list[int] = []
@@ -80,17 +112,18 @@ class _Window:
     def before(self, order: tuple[int, int]) -> tuple[_Window, int, int | None]:
         """What an entry ``order`` sees: a window whose base it follows, how many of its
         added members come before it, and their latest time (``None``: none)."""
-        if self.base_last < order:  # the rule: the state is older than the batch
+        base = self.base
+        if base.last < order:  # the rule: the state is older than the batch
             n = len(self.orders)
             if n and self.orders[-1] >= order:
                 n = bisect.bisect_left(self.orders, order)
-            marks = [m for m in (self.base_mark, self.marks[n - 1] if n else None) if m is not None]
+            marks = [m for m in (base.mark, self.marks[n - 1] if n else None) if m is not None]
             return self, n, max(marks, default=None)
         # An entry older than some of the state (a batch claimed after later ones were
         # committed): the members before it, as a window of its own.
-        prior = [m for m in (*self.base, *self.added) if m.order < order]
-        window = _Window(prior, self.fields)
-        return window, 0, window.base_mark
+        prior = [m for m in (*base.members, *self.added) if m.order < order]
+        window = _Window(Base(prior, base.fields))
+        return window, 0, window.base.mark
 
 
 def _time(member: Member) -> int:
@@ -122,7 +155,7 @@ LAST = "18446744073709551615-18446744073709551615"
 
 def compute(
     spec: FeatureSpec,
-    state: Mapping[Group, Sequence[Member]],
+    state: Mapping[Group, Sequence[Member] | Base],
     events: Sequence[tuple[str, Mapping[str, Any]]],
     now_ms: int | None = None,
 ) -> Computed:
@@ -148,7 +181,9 @@ def compute(
         for key, group in groups.items():
             window = working.get(group)
             if window is None:
-                window = working[group] = _Window(state.get(group, ()), kept[key])
+                given = state.get(group, ())
+                base = given if isinstance(given, Base) else Base(given, kept[key])
+                window = working[group] = _Window(base)
             prior[key] = seen = window.before(order)
             mark = seen[2]
             late = late or (mark is not None and time_ms < mark - spec.time.allowed_lateness)
@@ -181,13 +216,13 @@ def _aggregate(
     low = (
         time_ms - feature.window if mark is None else max(time_ms - feature.window, mark - horizon)
     )
-    times = window.columns[""]
+    times = window.base.times
     lo, hi = bisect.bisect_right(times, low), bisect.bisect_right(times, time_ms)
     extra = [m for m in window.added[:n] if low < m.time_ms <= time_ms]
     if feature.agg == "count":
         return max(hi - lo, 0) + len(extra) + 1  # a late event's low may pass its time
-    name = feature.field or ""
-    values = window.columns[name][lo:hi]
+    name = feature.field or ""  # set for every agg but count
+    values = window.base.columns[name][lo:hi]
     values.extend(m.values[name] for m in extra)
     values.append(own)
     if feature.agg == "count_distinct":
