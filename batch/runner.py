@@ -273,18 +273,23 @@ def status(registry: Registry, settings: Settings, run_id: str) -> dict[str, Any
     output = json.loads(registry.store.read(f"batch/{run_id}.json"))["output"]
     out = Store.from_url(output, settings.aws)
     record = json.loads(out.read(RUN))
-    # The manifest first: it is written once every part is, so the parts listed after it
-    # are all of them (listed before it, a run finishing meanwhile was 'succeeded' with the
-    # rows of the parts done before).
+    # The manifest first: it is written once every part is, and names them all (so a
+    # finished run's status reads no part's record: the console lists 50 runs every few
+    # seconds); without it, the parts listed after it are all there are (listed before it, a
+    # run finishing meanwhile was 'succeeded' with the rows of the parts done before).
     try:
         manifest = json.loads(out.read(MANIFEST))
     except ObjectNotFound:
         manifest = None
-    parts = [
-        PartResult(**json.loads(out.read(f"_parts/{name}")))
-        for name in out.list("_parts")
-        if name.endswith(".json")
-    ]
+    parts = (
+        [PartResult(**part) for part in manifest["parts"]]  # all of them, in one read
+        if manifest
+        else [
+            PartResult(**json.loads(out.read(f"_parts/{name}")))
+            for name in out.list("_parts")
+            if name.endswith(".json")
+        ]
+    )
     # The plan recorded at the start: a status never lists the input (None: an older run).
     total = len(record["plan"]["partitions"]) if "plan" in record else None
     error = _error(out) or _error(registry.store, refusal(run_id))

@@ -5,7 +5,8 @@
   first listing on), newest first;
 - batch runs: the newest runs the store records (``batch/<run>.json``), each one's progress
   as ``GET /v1/batch-jobs/{run}`` answers it;
-- streams: every Redis stream of ``MMSERVE_REDIS_URL`` (or the broker's) with its consumer
+- streams: the Redis streams of ``MMSERVE_REDIS_URL`` (or the broker's; those among the
+  first :data:`SCANNED` keys of a SCAN, so a listing stays cheap) with their consumer
   groups (``XINFO GROUPS``: consumers, pending, lag); a stream named ``*-dlq`` is a
   dead-letter stream, its length the dead letters, shown with the newest one's error.
 
@@ -14,6 +15,7 @@ No secret leaves: locations are shown without a user or password, Redis without 
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import deque
 from typing import Any
@@ -29,8 +31,13 @@ from serving.store import Store
 from workers.jobs import OPEN, Job, Jobs
 from workers.queue import Queue
 
+log = logging.getLogger("mmserve.http")
+
 LISTED = 50
 """Most jobs, batch runs or streams one listing reads."""
+SCANNED = 10_000
+"""Most Redis keys one streams listing looks at."""
+_SCAN_COUNT = 1_000
 DEAD_LETTERS = "-dlq"
 
 
@@ -95,14 +102,18 @@ def _job_view(job: Job) -> dict[str, Any]:
 
 
 def batch_runs(registry: Registry, settings: Settings) -> list[dict[str, Any]]:
-    """The newest runs' progress, newest first; a run whose output cannot be read is
-    listed with its error (the others still are)."""
+    """The newest runs' progress, newest first; a run whose records cannot be read (gone,
+    not JSON, an output store that refuses us) is listed with its error, and the others
+    still are: an mmserve error's message, else only the error's type (its text may name
+    what a caller must not see; the log has it)."""
     runs = []
     for run_id in _newest(registry.store, "batch", ".json"):
         try:
             run = run_status(registry, settings, run_id)
-        except MMServeError as err:
-            run = {"run_id": run_id, "status": "unknown", "error": {"message": err.message}}
+        except Exception as err:
+            log.debug("batch run %s: its status cannot be read", run_id, exc_info=True)
+            message = err.message if isinstance(err, MMServeError) else type(err).__name__
+            run = {"run_id": run_id, "status": "unknown", "error": {"message": message}}
         if isinstance(run.get("output"), str):
             run["output"] = without_password(run["output"])
         runs.append(run)
@@ -135,8 +146,9 @@ def without_password(url: str) -> str:
 
 
 def streams(url: str | None) -> dict[str, Any]:
-    """Every stream of the Redis at ``url`` (at most :data:`LISTED`) with its groups;
-    ``{"redis": false}`` when there is none to read."""
+    """The streams of the Redis at ``url`` (at most :data:`LISTED`, among the first
+    :data:`SCANNED` keys) with their groups; ``complete`` is false when Redis holds more keys
+    than one listing looks at; ``{"redis": false}`` when there is none to read."""
     if url is None:
         return {"redis": False, "streams": []}
     import redis
@@ -146,39 +158,71 @@ def streams(url: str | None) -> dict[str, Any]:
         url, decode_responses=True, socket_connect_timeout=2, socket_timeout=5
     )
     try:
-        keys = sorted(client.scan_iter(_type="stream", count=1000))[:LISTED]
-        return {"redis": True, "streams": [_stream(client, key) for key in keys]}
+        keys, complete = _stream_keys(client)
+        return {"redis": True, "complete": complete, "streams": _described(client, keys)}
     except RedisError as err:
         raise RedisUnavailable(url, err) from err
     finally:
         client.close()
 
 
-def _stream(client: Any, key: str) -> dict[str, Any]:
-    groups = [
-        {
-            "name": g["name"],
-            "consumers": g["consumers"],
-            "pending": g["pending"],
-            "lag": g.get("lag"),
-            "last_delivered_id": g["last-delivered-id"],
-        }
-        for g in client.xinfo_groups(key)
-    ]
-    view = {
+def _stream_keys(client: Any) -> tuple[list[str], bool]:
+    """The first :data:`LISTED` stream keys by name among those a SCAN finds in its first
+    :data:`SCANNED` keys, and whether that was every key. A broker's Redis may hold millions
+    of keys (results, features' state): a listing a few seconds apart must not walk them all."""
+    found: list[str] = []
+    cursor = 0
+    for _ in range(SCANNED // _SCAN_COUNT):
+        cursor, keys = client.scan(cursor, count=_SCAN_COUNT, _type="stream")
+        found += keys
+        if cursor == 0:
+            return sorted(found)[:LISTED], True
+    return sorted(found)[:LISTED], False
+
+
+def _described(client: Any, keys: list[str]) -> list[dict[str, Any]]:
+    """Each stream's length, groups and newest entry in one round trip; a stream deleted
+    since the scan is left out (its replies are errors), not taken for Redis being away."""
+    with client.pipeline(transaction=False) as pipe:
+        for key in keys:
+            pipe.xlen(key)
+            pipe.xinfo_groups(key)
+            pipe.xrevrange(key, count=1)
+        replies = pipe.execute(raise_on_error=False)
+    views = []
+    for i, key in enumerate(keys):
+        length, groups, newest = replies[3 * i : 3 * i + 3]
+        if not any(isinstance(r, Exception) for r in (length, groups, newest)):
+            views.append(_stream(key, length, groups, newest))
+    return views
+
+
+def _stream(
+    key: str, length: int, groups: list[dict[str, Any]], newest: list[Any]
+) -> dict[str, Any]:
+    view: dict[str, Any] = {
         "name": key,
-        "length": client.xlen(key),
+        "length": length,
         "dead_letters": key.endswith(DEAD_LETTERS),
-        "groups": groups,
+        "groups": [
+            {
+                "name": g["name"],
+                "consumers": g["consumers"],
+                "pending": g["pending"],
+                "lag": g.get("lag"),
+                "last_delivered_id": g["last-delivered-id"],
+            }
+            for g in groups
+        ],
     }
     if view["dead_letters"]:
-        view["latest"] = _latest_dead_letter(client, key)
+        view["latest"] = _dead_letter(newest)
     return view
 
 
-def _latest_dead_letter(client: Any, key: str) -> dict[str, str] | None:
+def _dead_letter(newest: list[tuple[str, dict[str, str]]]) -> dict[str, str] | None:
     """The newest dead letter's id, kind of error and reason (never the event's fields)."""
-    for entry_id, fields in client.xrevrange(key, count=1):
+    for entry_id, fields in newest:
         return {
             "id": entry_id,
             "error": fields.get("error", ""),

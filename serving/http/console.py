@@ -152,9 +152,10 @@ async def batch_jobs(request: Request) -> dict[str, Any]:
     responses={503: _openapi.error("Redis is away.", "Redis at 127.0.0.1:6379/0 is unavailable")},
 )
 async def stream_groups(request: Request) -> dict[str, Any]:
-    """Every stream of ``MMSERVE_REDIS_URL`` (else the broker's Redis): its length and its
-    consumer groups' consumers, pending entries and lag; ``dead_letters`` marks a
-    dead-letter stream (``*-dlq``), whose length is its dead letters. ``redis`` is false
-    when no Redis is configured."""
+    """The streams of ``MMSERVE_REDIS_URL`` (else the broker's Redis): each one's length and
+    its consumer groups' consumers, pending entries and lag; ``dead_letters`` marks a
+    dead-letter stream (``*-dlq``), whose length is its dead letters. One listing looks at
+    the first 10,000 keys at most: ``complete`` is false when Redis holds more. ``redis`` is
+    false when no Redis is configured."""
     settings: Settings = request.app.state.settings
     return await run_in_threadpool(streams, settings.redis)

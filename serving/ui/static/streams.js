@@ -22,6 +22,8 @@ export function render(root, ctx) {
     const groups = live.flatMap((s) => s.groups.map((g) => [h("code", {}, s.name), s.length, h("code", {}, g.name),
       g.consumers, g.pending, g.lag ?? "–", h("code", {}, g.last_delivered_id)]));
     root.replaceChildren(
+      ...(answer.complete ? [] : [h("p", { class: "sub", id: "partial" },
+        "Redis holds more keys than one listing looks at (10,000): streams beyond them are not shown.")]),
       h("section", { class: "card", id: "groups" }, h("h2", {}, "Consumer groups"),
         groups.length
           ? table(["stream", "num:length", "group", "num:consumers", "num:pending", "num:lag", "last delivered"], groups)

@@ -230,8 +230,9 @@ def test_the_models_page_shows_a_registered_model_read_only_without_the_token(
     )
     assert status == 401
     assert Registry(console.store).aliases("lr") == {"champion": 1}
-    page.click("nav a[data-page=jobs]")
-    assert "needs the admin token" in page.inner_text("main")
+    page.click("nav a[data-page=jobs]")  # drawn once the session is read: wait for it
+    refusal = page.wait_for_selector("main p.empty").inner_text()
+    assert refusal == "Listing jobs and batch runs needs the admin token: enter it above."
 
 
 def test_the_endpoints_page_shows_a_live_endpoints_weights(page: Any, console: Console) -> None:
