@@ -54,9 +54,12 @@ Fetched = tuple[str, list[Member]]
 """A key's version ('' never written, or expired) and members."""
 
 
+_JSON = json.JSONEncoder(separators=(",", ":"))  # one encoder: json.dumps makes one a call
+
+
 def encode(member: Member) -> str:
     ms, sequence = member.order
-    return json.dumps([ms, sequence, member.time_ms, member.values], separators=(",", ":"))
+    return _JSON.encode([ms, sequence, member.time_ms, member.values])
 
 
 def read(
