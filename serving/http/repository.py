@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from serving.endpoints.catalog import Endpoints
-from serving.errors import MMServeError, ModelNotFound
+from serving.errors import InvalidReference, MMServeError, ModelNotFound
 from serving.http import _openapi
 from serving.http._auth import require_admin
 from serving.http._body import json_body, parsed, registry_of
@@ -211,7 +211,7 @@ async def delete_version(name: str, version: str, request: Request) -> Versions:
     endpoints: Endpoints = request.app.state.endpoints.endpoints
 
     def delete() -> list[int]:
-        ref = ModelRef.parse(f"{validate_name(name)}:{version}")
+        ref = _version_ref(name, version)
         assert ref.version is not None
         users = endpoints.naming(ref.name, ref.version)
         registry.delete_version(ref.name, ref.version, users=users)
@@ -255,8 +255,19 @@ async def set_approval(name: str, version: str, request: Request) -> VersionAppr
     registry = registry_of(request)
 
     def approve() -> VersionApproval:
-        ref = ModelRef.parse(f"{validate_name(name)}:{version}")
-        mv = registry.set_approval(str(ref), change.approval, force=change.force)
+        mv = registry.set_approval(
+            str(_version_ref(name, version)), change.approval, force=change.force
+        )
         return VersionApproval(name=mv.name, version=mv.version, approval=mv.approval)
 
     return await run_in_threadpool(approve)
+
+
+def _version_ref(name: str, version: str) -> ModelRef:
+    """The version a route's path names (``/v1/models/{name}/versions/{version}``): anything
+    but a number is refused as the reference it makes (``1@x`` would be read as an alias of
+    a model named ``lr:1``, and refused for that name)."""
+    ref = f"{validate_name(name)}:{version}"
+    if not version.isdigit():
+        raise InvalidReference(ref)
+    return ModelRef.parse(ref)

@@ -342,6 +342,22 @@ def test_a_protected_alias_needs_an_approved_version_unless_forced(served: Serve
     assert served.predict(GATED, x)["version"] == 2
 
 
+def test_a_versions_approval_is_set_unless_a_protected_alias_points_at_it(
+    served: Served,
+) -> None:
+    rejected = served.admin("PUT", "/v1/models/price/versions/1/approval", {"approval": "rejected"})
+    assert rejected.json() == {"name": "price", "version": 1, "approval": "rejected"}
+    assert served.registry.get("price:1").approval == "rejected"
+    approved = served.admin("PUT", "/v1/models/price/versions/1/approval", {"approval": "approved"})
+    assert approved.json() == {"name": "price", "version": 1, "approval": "approved"}
+    protected = served.admin("PUT", "/v1/models/lr/versions/1/approval", {"approval": "rejected"})
+    assert (protected.status_code, protected.json()) == (
+        409,
+        {"error": "lr:1 is the target of alias 'production': move the alias first, or force"},
+    )
+    assert served.registry.get("lr:1").approval == "approved"
+
+
 def test_removing_an_alias(served: Served) -> None:
     x, _ = fixtures.numeric_data(2, seed=37)
     assert served.predict(DROPPED, x)["version"] == 1
@@ -394,6 +410,34 @@ def test_removing_an_alias(served: Served) -> None:
             {"version": 0},
             422,
             "body.version: Input should be greater than or equal to 1",
+        ),
+        (
+            "PUT",
+            "/v1/models/lr/versions/1@x/approval",  # a version, never an alias
+            {"approval": "approved"},
+            400,
+            "invalid model reference 'lr:1@x': expected 'name', 'name:<version>' or 'name@<alias>'",
+        ),
+        (
+            "PUT",
+            "/v1/models/lr/versions/1/approval",
+            {"approval": "maybe"},
+            422,
+            "body.approval: Input should be 'pending', 'approved' or 'rejected'",
+        ),
+        (
+            "PUT",
+            "/v1/models/lr/versions/9/approval",
+            {"approval": "approved"},
+            404,
+            "model 'lr' has no version 9",
+        ),
+        (
+            "DELETE",
+            "/v1/models/lr/versions/1@x",
+            None,
+            400,
+            "invalid model reference 'lr:1@x': expected 'name', 'name:<version>' or 'name@<alias>'",
         ),
     ],
 )
