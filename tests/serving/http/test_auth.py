@@ -127,6 +127,8 @@ def test_management_routes_need_the_admin_token(
 def test_the_consoles_pages_are_open_and_its_data_needs_the_key(secured: httpx.Client) -> None:
     page = secured.get("/ui/")
     assert (page.status_code, page.headers["content-type"]) == (200, "text/html; charset=utf-8")
+    assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
+    assert page.headers["x-frame-options"] == "DENY"
     assert secured.get("/ui/app.js").status_code == 200
     data = secured.get("/v1/console/models")
     assert (data.status_code, data.json()) == (401, {"error": NO_KEY})
