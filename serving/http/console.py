@@ -22,6 +22,7 @@ token once, kept in the browser's session storage.
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -155,15 +156,12 @@ async def shadow_report(name: str, request: Request) -> dict[str, Any]:
 
 @router.get("/v1/jobs", summary="Recent async jobs", dependencies=_ADMIN)
 async def jobs(request: Request) -> dict[str, Any]:
-    """Every job not finished yet and the last ones this server heard finish (since its
-    first listing), newest first, each with its result's path once it succeeded; ``counts``
-    of them by status."""
+    """The newest jobs not finished yet (50 at most) and the last ones this server heard
+    finish (since its first listing), newest first, each with its result's path once it
+    succeeded; ``counts`` of them by status."""
     recent: RecentJobs = request.app.state.recent_jobs
     listed = await run_in_threadpool(recent.listing)
-    counts: dict[str, int] = {}
-    for job in listed:
-        counts[job["status"]] = counts.get(job["status"], 0) + 1
-    return {"jobs": listed, "counts": counts}
+    return {"jobs": listed, "counts": dict(Counter(job["status"] for job in listed))}
 
 
 @router.get("/v1/batch-jobs", summary="Recent batch runs", dependencies=_ADMIN)

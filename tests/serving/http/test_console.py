@@ -187,6 +187,7 @@ def test_every_page_loads_without_console_errors(
 def test_the_pages_show_what_the_server_holds(page: Any, console: Console) -> None:
     _open(page, console, "jobs", TOKEN)
     assert page.inner_text("#jobs tbody").count("succeeded") == 1
+    assert console.client.get("/v1/jobs", headers=ADMIN).json()["counts"] == {"succeeded": 1}
     batch = page.inner_text("#batch tbody")
     assert "lr:1" in batch and "1 of 1" in batch and "40" in batch
     page.click("nav a[data-page=streams]")
