@@ -25,6 +25,10 @@ input was acknowledged, and exists once. What becomes of an event:
 
 Redis away: each call is tried again with backoff, and the batch in hand is committed when
 Redis is back (a commit repeated after a lost reply writes nothing twice).
+
+With ``--features features.yaml``, each event's per-key window features are computed from
+the window state in Redis (and the batch's earlier events) before the model sees it, and the
+state the batch adds is written by the same commit (``workers/_stream_features.py``).
 """
 
 from __future__ import annotations
