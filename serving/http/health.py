@@ -7,6 +7,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
 
 import serving
 from serving.errors import without_credentials
@@ -86,5 +87,8 @@ async def server_metadata() -> dict[str, object]:
 
 @router.get("/metrics", include_in_schema=False)
 async def metrics(request: Request) -> Response:
-    """Prometheus metrics."""
-    return Response(request.app.state.metrics.render(), media_type=_metrics.CONTENT_TYPE)
+    """Prometheus metrics, gathered off the event loop: the jobs' figures are Redis round
+    trips (a broker that hangs would stall every request for its timeouts) and, with
+    ``--workers``, every process's counters are files to read."""
+    body = await run_in_threadpool(request.app.state.metrics.render)
+    return Response(body, media_type=_metrics.CONTENT_TYPE)
