@@ -246,6 +246,17 @@ def test_a_real_time_request_gets_the_features_the_stream_gives_its_event_and_ad
         answer = http.post("/v1/models/echo/predict", json={"instances": [row]})
         assert answer.status_code == 200, answer.text
         (online,) = answer.json()["predictions"]
+        tensors = [
+            {"name": k, "shape": [1], "datatype": "BYTES", "data": [v]}
+            for k, v in row.items()
+            if k not in ("amount", "ts")
+        ] + [
+            {"name": k, "shape": [1], "datatype": "FP64", "data": [float(row[k])]}
+            for k in ("amount", "ts")
+        ]
+        v2 = http.post("/v2/models/echo/infer", json={"inputs": tensors})
+        assert v2.status_code == 200, v2.text
+        assert {o["name"]: o["data"][0] for o in v2.json()["outputs"]} == online
         missing = http.post("/v1/models/echo/predict", json={"instances": [row, {"ts": "1"}]})
     assert {k: client.zcard(k) for k in sorted(client.keys("mmserve:features:*"))} == members
     produce(client, "events", [payment])
