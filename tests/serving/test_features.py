@@ -187,3 +187,9 @@ def test_an_event_older_than_some_of_the_state_sees_only_the_members_before_it()
     out = compute(spec, state, events)
     assert out.columns == {"n": [2, 1, 1], "s": [3.0, 2.0, 2.0]}
     assert out.late == [False, True, True]  # 80 s, then 180 s behind 30-0's 200 s
+
+
+def test_without_a_time_field_an_events_time_is_its_entry_ids() -> None:
+    spec = specs.parse("features: {n: {key: card, agg: count, window: 10s}}")
+    events = [(f"{ms}-0", {"card": "a"}) for ms in (1_000, 5_000, 12_000, 14_999)]
+    assert compute(spec, {}, events).columns == {"n": [1, 2, 2, 3]}
