@@ -108,15 +108,18 @@ def write(store: Store, records: list[Record]) -> dict[str, int]:
     return dict(written)
 
 
-def read(store: Store, endpoint: str) -> pa.Table:
-    """Every row captured for ``endpoint`` (every variant, every hour)."""
+def read(store: Store, endpoint: str, columns: list[str] | None = None) -> pa.Table:
+    """Every row captured for ``endpoint`` (every variant, every hour): of ``columns`` only,
+    when given (a report that needs no inputs, often the bulk of the rows, keeps none)."""
     prefix = f"{ROOT}/{endpoint}"
     tables = [
-        pq.read_table(pa.BufferReader(store.read(f"{prefix}/{key}")))
+        pq.read_table(pa.BufferReader(store.read(f"{prefix}/{key}")), columns=columns)
         for key in store.walk(prefix)
         if key.endswith(".parquet")
     ]
-    return pa.concat_tables(tables) if tables else SCHEMA.empty_table()
+    if tables:
+        return pa.concat_tables(tables)
+    return SCHEMA.empty_table() if columns is None else SCHEMA.empty_table().select(columns)
 
 
 def _rows(record: Record) -> list[dict[str, object]]:

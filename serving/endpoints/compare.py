@@ -18,10 +18,14 @@ import pyarrow.compute as pc
 from serving.endpoints import capture
 from serving.store import Store
 
+COLUMNS = ["inference_id", "row", "role", "model", "output", "error", "latency_ms"]
+"""What the report reads of the capture: not the inputs (the server answers it over HTTP,
+and inputs, images or documents among them, are most of a capture)."""
+
 
 def compare(store: Store, endpoint: str) -> dict[str, Any]:
     """The report of ``endpoint``'s captured primary and shadow answers."""
-    rows = capture.read(store, endpoint)
+    rows = capture.read(store, endpoint, COLUMNS)
     primary = rows.filter(pc.equal(rows["role"], "primary"))
     shadow = rows.filter(pc.equal(rows["role"], "shadow"))
     keys = ["inference_id", "row"]

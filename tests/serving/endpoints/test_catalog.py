@@ -10,7 +10,7 @@ import pytest
 
 from serving.endpoints import capture, files
 from serving.endpoints.catalog import Endpoints
-from serving.endpoints.compare import compare
+from serving.endpoints.compare import COLUMNS, compare
 from serving.endpoints.rollout import rollback
 from serving.endpoints.state import Decision
 from serving.errors import EndpointNotFound, UnsupportedOperation
@@ -116,3 +116,7 @@ def test_capture_is_partitioned_by_variant_and_hour_and_compared_by_inference_id
     assert report["primary"]["models"] == ["churn:1"] and report["shadow"]["models"] == ["churn:2"]
     assert report["primary"]["latency_ms"] == {"p50": 2.0, "p99": 2.0}
     assert report["shadow"]["requests"] == 1 and report["shadow"]["rows"] == 2
+    # the report reads no inputs (over HTTP, they would all be in the server's memory)
+    assert capture.read(store, "churn", COLUMNS).column_names == COLUMNS
+    assert capture.read(store, "none", COLUMNS).column_names == COLUMNS
+    assert compare(store, "none")["pairs"] == 0
