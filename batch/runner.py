@@ -266,6 +266,25 @@ def _error(store: Store, key: str = ERROR) -> dict[str, Any] | None:
     return error
 
 
+_read_parts: dict[tuple[str, str], PartResult] = {}
+"""Part records this process has read, by run id and name: a record is written once, when
+its part is, so the status of a running or failed run (which the console asks for every
+few seconds, for up to 50 runs) reads only the records new since it last asked."""
+READ_PARTS = 100_000
+"""Most part records kept (then the memo starts over)."""
+
+
+def _part(out: Store, run_id: str, name: str) -> PartResult:
+    """The record ``_parts/<name>`` of run ``run_id`` (whose output is ``out``)."""
+    part = _read_parts.get((run_id, name))
+    if part is None:
+        part = PartResult(**json.loads(out.read(f"_parts/{name}")))
+        if len(_read_parts) >= READ_PARTS:
+            _read_parts.clear()
+        _read_parts[(run_id, name)] = part
+    return part
+
+
 def status(registry: Registry, settings: Settings, run_id: str) -> dict[str, Any]:
     """A run's progress, from its output alone: parts done of all, rows, rejects."""
     if not run_id.isalnum():
@@ -284,11 +303,7 @@ def status(registry: Registry, settings: Settings, run_id: str) -> dict[str, Any
     parts = (
         [PartResult(**part) for part in manifest["parts"]]  # all of them, in one read
         if manifest
-        else [
-            PartResult(**json.loads(out.read(f"_parts/{name}")))
-            for name in out.list("_parts")
-            if name.endswith(".json")
-        ]
+        else [_part(out, run_id, name) for name in out.list("_parts") if name.endswith(".json")]
     )
     # The plan recorded at the start: a status never lists the input (None: an older run).
     total = len(record["plan"]["partitions"]) if "plan" in record else None

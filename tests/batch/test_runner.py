@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from batch.parts import BadRow
-from batch.runner import RunConflict, run_batch, status
+from batch.runner import MANIFEST, RunConflict, run_batch, status
 from batch.spec import BatchSpec
 from serving.errors import TamperedArtifact
 from serving.registry import Registry
@@ -85,6 +85,10 @@ def test_every_row_is_scored_exactly_once_in_input_order(
         data = out.read(f"{part['name']}.parquet")
         assert hashlib.sha256(data).hexdigest() == part["sha256"]
     assert status(registry, settings, manifest["run_id"])["parts_done"] == 5
+    out.delete(MANIFEST)  # as if still running: the status reads each part's record
+    assert status(registry, settings, manifest["run_id"])["rows"] == ROWS
+    out.write("_parts/part-00000.json", b"not read again")  # a record is written once
+    assert status(registry, settings, manifest["run_id"])["rows"] == ROWS
 
 
 def test_a_run_is_resumed_not_restarted(
