@@ -103,21 +103,26 @@ def _job_view(job: Job) -> dict[str, Any]:
 
 def batch_runs(registry: Registry, settings: Settings) -> list[dict[str, Any]]:
     """The newest runs' progress, newest first; a run whose records cannot be read (gone,
-    not JSON, an output store that refuses us) is listed with its error, and the others
-    still are: an mmserve error's message, else only the error's type (its text may name
-    what a caller must not see; the log has it)."""
+    not JSON, an output store that refuses us) is listed with its error (:func:`unreadable`),
+    and the others still are."""
     runs = []
     for run_id in _newest(registry.store, "batch", ".json"):
         try:
             run = run_status(registry, settings, run_id)
         except Exception as err:
             log.debug("batch run %s: its status cannot be read", run_id, exc_info=True)
-            message = err.message if isinstance(err, MMServeError) else type(err).__name__
-            run = {"run_id": run_id, "status": "unknown", "error": {"message": message}}
+            run = {"run_id": run_id, "status": "unknown", "error": {"message": unreadable(err)}}
         if isinstance(run.get("output"), str):
             run["output"] = without_password(run["output"])
         runs.append(run)
     return runs
+
+
+def unreadable(err: Exception) -> str:
+    """Why a record could not be read, for a listing that shows the others anyway: an
+    mmserve error's message (which names keys, never their bytes), else only the error's
+    type (its text may quote what it read; the log has it)."""
+    return err.message if isinstance(err, MMServeError) else type(err).__name__
 
 
 def _newest(store: Store, prefix: str, suffix: str) -> list[str]:

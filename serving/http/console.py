@@ -22,6 +22,7 @@ token once, kept in the browser's session storage.
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -35,12 +36,13 @@ from serving.endpoints.compare import compare
 from serving.http import _openapi
 from serving.http._auth import credential, require_admin
 from serving.http._history import History
-from serving.http._overview import RecentJobs, batch_runs, streams
+from serving.http._overview import RecentJobs, batch_runs, streams, unreadable
 from serving.http.endpoints import described, plane_of
 from serving.metadata import ModelVersion
 from serving.registry import Registry
 from serving.settings import Settings
 
+log = logging.getLogger("mmserve.http")
 STATIC = Path(__file__).resolve().parent.parent / "ui" / "static"
 router = APIRouter(tags=["console"])
 _ADMIN = [Depends(require_admin)]
@@ -95,20 +97,25 @@ async def session(request: Request) -> dict[str, Any]:
 @router.get("/v1/console/models", summary="Every model with its versions' metadata")
 async def models(request: Request) -> dict[str, Any]:
     """Per model: its aliases and every version's runtime, approval, sha256, input schema,
-    outputs and creation time (newest version first)."""
+    outputs and creation time (newest version first); ``error`` instead, for a model whose
+    records cannot be read."""
     registry: Registry = request.app.state.registry
     return {"models": await run_in_threadpool(_models, registry)}
 
 
 def _models(registry: Registry) -> list[dict[str, Any]]:
-    return [
-        {
-            "name": name,
-            "aliases": registry.aliases(name),
-            "versions": [_version(v) for v in reversed(registry.versions(name))],
-        }
-        for name in registry.models()
-    ]
+    return [_model(registry, name) for name in registry.models()]
+
+
+def _model(registry: Registry, name: str) -> dict[str, Any]:
+    """A model whose records cannot be read is listed with its ``error``, and the others
+    still are (one bad ``model.json`` is no reason to show none)."""
+    try:
+        versions = [_version(v) for v in reversed(registry.versions(name))]
+        return {"name": name, "aliases": registry.aliases(name), "versions": versions}
+    except Exception as err:
+        log.debug("model %s: its records cannot be read", name, exc_info=True)
+        return {"name": name, "aliases": {}, "versions": [], "error": unreadable(err)}
 
 
 def _version(mv: ModelVersion) -> dict[str, Any]:

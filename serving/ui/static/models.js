@@ -15,6 +15,10 @@ export function render(root, ctx) {
 }
 
 function card(model, ctx, redraw) {
+  if (model.error) {
+    return h("section", { class: "card", "data-model": model.name },
+      h("h2", {}, model.name), h("p", { class: "error" }, `cannot be read: ${model.error}`));
+  }
   const aliases = Object.entries(model.aliases).sort();
   const aliased = (v) => aliases.filter(([, target]) => target === v).map(([a]) => a);
   const rows = model.versions.map((v) => [

@@ -3,17 +3,21 @@ exact views, the bound on the work of one listing, and records that cannot be re
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import redis
 
 from serving.http._overview import SCANNED, _described, batch_runs, streams, without_password
+from serving.http.app import create_app
 from serving.registry import Registry
 from serving.settings import Settings
 from serving.store import Store
+from tests import fixtures
 from tests.services import redis_server
 
 
@@ -107,3 +111,26 @@ def test_locations_are_shown_without_their_user_and_password() -> None:
     assert without_password("s3://AKIA:s3cret@bucket/out/") == "s3://bucket/out/"
     assert without_password("redis://:pw@redis:6379/0") == "redis://redis:6379/0"
     assert without_password("/data/out") == "/data/out"
+
+
+def test_a_model_whose_records_cannot_be_read_is_listed_with_its_error(tmp_path: Path) -> None:
+    store = Store.from_url(str(tmp_path / "store"))
+    registry = Registry(store)
+    registry.register(fixtures.logistic(), "lr")
+    store.write("registry/zz/1/model.json", b"{not json")
+    app = create_app(Settings(store_url=store.url), registry)
+    try:
+        listed = asyncio.run(_get(app, "/v1/console/models"))
+    finally:
+        app.state.jobs.queue.close()
+    assert listed.status_code == 200
+    models = {m["name"]: m for m in listed.json()["models"]}
+    assert [v["version"] for v in models["lr"]["versions"]] == [1]
+    assert models["zz"] == {"name": "zz", "aliases": {}, "versions": [], "error": "ValidationError"}
+
+
+async def _get(app: Any, path: str) -> httpx.Response:
+    """``GET path`` of ``app`` in this process (no server, no lifespan: routes alone)."""
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://mmserve") as client:
+        return await client.get(path)
