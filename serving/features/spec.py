@@ -72,8 +72,8 @@ class Time(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     field: str | None = Field(None, min_length=1)
-    """The event field holding its time (seconds since the epoch, or ISO 8601); none: the
-    entry id's time."""
+    """The event field holding its time (seconds since the epoch, or ISO 8601; from 1970 to
+    9999); none: the entry id's time."""
     allowed_lateness: Millis = 0
     """How far behind its key's watermark (the latest event time seen) an event may be and
     still be added to the windows."""

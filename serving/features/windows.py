@@ -271,7 +271,7 @@ def _read(
             try:
                 time_ms = event_time_ms(given)
             except ValueError:
-                wanted = "a time (seconds since the epoch, or ISO 8601)"
+                wanted = "a time from 1970 to 9999 (seconds since the epoch, or ISO 8601)"
                 errors.append(InvalidField(spec.time.field, given, wanted))
     groups: dict[str, Group] = {}
     for key in spec.by_key():
@@ -290,7 +290,7 @@ def _read(
         else:
             try:
                 number = float(raw)
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, OverflowError):  # OverflowError: a huge int
                 number = math.nan
             if not math.isfinite(number) or isinstance(raw, bool):
                 errors.append(InvalidField(name, raw, "a finite number"))
@@ -300,20 +300,27 @@ def _read(
     return time_ms, groups, values
 
 
+LATEST_MS = 253_402_300_799_999
+"""The last ms of the year 9999: an event time must lie from 1970 to it. A time past it
+(ms read as seconds, 1e300) would become its key's watermark, so every later event would be
+late, and it is no longer an exact integer to Redis's scores and Lua."""
+
+
 def event_time_ms(value: Any) -> int:
     """An event time as ms since the epoch: a number of seconds (or its text), or an ISO
-    8601 time (UTC when it names no zone). ``ValueError`` when it is neither."""
+    8601 time (UTC when it names no zone), from 1970 to 9999. ``ValueError`` when it is
+    none of these."""
     if isinstance(value, bool):
         raise ValueError(value)
     try:
         seconds = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an int past a float's
         if not isinstance(value, str):
             raise ValueError(value) from None
         moment = datetime.fromisoformat(value)
         if moment.tzinfo is None:
             moment = moment.replace(tzinfo=UTC)
-        return round(moment.timestamp() * 1000)
-    if not math.isfinite(seconds):
+        seconds = moment.timestamp()
+    if not 0 <= seconds * 1000 <= LATEST_MS:  # NaN too
         raise ValueError(value)
     return round(seconds * 1000)

@@ -161,7 +161,10 @@ def test_an_event_without_its_key_time_or_a_number_is_bad_naming_the_field() -> 
     assert {i: [e.message for e in errs] for i, errs in out.bad.items()} == {
         0: ["missing field 'card_id'"],
         1: ["field 'amount' is not a finite number: 'lots'"],
-        2: ["field 'ts' is not a time (seconds since the epoch, or ISO 8601): 'yesterday'"],
+        2: [
+            "field 'ts' is not a time from 1970 to 9999 (seconds since the epoch, or ISO 8601): "
+            "'yesterday'"
+        ],
     }
     assert out.columns["card_txn_count_60s"] == [None, None, None, 1]
 
@@ -193,3 +196,38 @@ def test_without_a_time_field_an_events_time_is_its_entry_ids() -> None:
     spec = specs.parse("features: {n: {key: card, agg: count, window: 10s}}")
     events = [(f"{ms}-0", {"card": "a"}) for ms in (1_000, 5_000, 12_000, 14_999)]
     assert compute(spec, {}, events).columns == {"n": [1, 2, 2, 3]}
+
+
+def test_an_event_time_from_1970_to_9999_counts_and_any_other_is_bad_naming_the_field() -> None:
+    """A time past 9999 (ms read as seconds, 1e300) or before 1970 would become its key's
+    watermark, every later event late: it is refused; so is an int a float cannot hold."""
+    spec = specs.parse(
+        "features: {n: {key: card, agg: count, window: 10s}, "
+        "s: {key: card, field: amount, agg: sum, window: 10s}}\ntime: {field: ts}"
+    )
+    times: list[object] = [
+        "1765000000000",  # ms, read as seconds: the year 57,900
+        "1e300",
+        10**400,
+        "-1",
+        "nan",
+        "0001-01-01T00:00:00Z",
+        "1765000000.5",
+        "2025-12-06T06:46:42+01:00",  # 1765000002 s
+        "2025-12-06T05:46:45",  # no zone: UTC, 1765000005 s
+    ]
+    events = [(f"{k + 1}-0", {"card": "a", "amount": "1", "ts": t}) for k, t in enumerate(times)]
+    events.append(("20-0", {"card": "a", "amount": 10**400, "ts": "1765000006"}))
+    out = compute(spec, {}, events)
+    wanted = "a time from 1970 to 9999 (seconds since the epoch, or ISO 8601)"
+    messages = {i: [e.message[:110] for e in errs] for i, errs in out.bad.items()}
+    assert messages == {
+        **{i: [f"field 'ts' is not {wanted}: {times[i]!r}"[:110]] for i in range(6)},
+        9: [f"field 'amount' is not a finite number: {10**400!r}"[:110]],
+    }  # a value's text is cut short in the message
+    assert out.columns["n"][6:9] == [1, 2, 3]
+    assert [m.time_ms for ((_, m),) in out.added[6:9]] == [
+        1_765_000_000_500,
+        1_765_000_002_000,
+        1_765_000_005_000,
+    ]
