@@ -22,8 +22,9 @@ export function notice(message, kind = "error") {
 }
 
 async function show() {
-  const name = location.hash.replace(/^#\//, "") || "models";
-  const page = PAGES[name] ?? models;
+  const asked = location.hash.replace(/^#\//, "");
+  const name = Object.hasOwn(PAGES, asked) ? asked : "models"; // not "#/constructor"
+  const page = PAGES[name];
   for (const link of document.querySelectorAll("nav a")) {
     link.classList.toggle("active", link.dataset.page === name);
   }

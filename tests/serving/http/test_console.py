@@ -273,3 +273,9 @@ def test_an_alias_moved_in_the_console_moves_it_in_the_registry(
     assert registry.aliases("lr") == {"champion": 1, "production": 3, "staging": 2}
     assert registry.get("lr:3").approval == "approved"
     assert [e for e in page.errors if "409" not in e] == []  # the refusal's own log line
+
+
+def test_a_page_the_console_does_not_have_shows_the_models(page: Any, console: Console) -> None:
+    _open(page, console, "constructor", API_KEY)  # a name every object has: not a page
+    page.wait_for_selector("section[data-model=lr]")
+    assert page.errors == []
