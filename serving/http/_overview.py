@@ -143,11 +143,9 @@ def _newest(store: Store, prefix: str, suffix: str) -> list[str]:
 def without_password(url: str) -> str:
     """``url`` without the user and password it may carry."""
     parts = urlsplit(url)
-    if parts.password is None and parts.username is None:
+    if "@" not in parts.netloc:
         return url
-    host = parts.hostname or ""
-    netloc = f"{host}:{parts.port}" if parts.port else host
-    return urlunsplit(parts._replace(netloc=netloc))
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
 
 
 def streams(url: str | None) -> dict[str, Any]:

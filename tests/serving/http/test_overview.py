@@ -111,6 +111,7 @@ def test_locations_are_shown_without_their_user_and_password() -> None:
     assert without_password("s3://AKIA:s3cret@bucket/out/") == "s3://bucket/out/"
     assert without_password("redis://:pw@redis:6379/0") == "redis://redis:6379/0"
     assert without_password("/data/out") == "/data/out"
+    assert without_password("s3://u:p@Bucket:port/out") == "s3://Bucket:port/out"  # as it is
 
 
 def test_a_model_whose_records_cannot_be_read_is_listed_with_its_error(tmp_path: Path) -> None:
