@@ -84,18 +84,22 @@ class StreamFeatures:
                 out.added.setdefault(state.key(spec, group), []).append((event.id, member))
         return out
 
-    def committed(self, featured: Featured, committed: Committed) -> None:
+    def committed(self, featured: Featured, committed: Committed, written: set[str]) -> None:
         """Bring the copy of each key the commit changed up to date (the commit found it
         as read: the copy plus the members of the entries it acknowledged, expired as the
-        commit expires them) or drop it (another consumer changed it meanwhile)."""
+        commit expires them) or drop it (another consumer changed it meanwhile).
+
+        ``written``: the entries the commit was given an output or dead letter for. An
+        entry left pending (a model's error, a file's store away) added nothing to Redis,
+        so nothing to the copy: it adds its members when it is delivered again, and the
+        copy must not then hold them twice."""
         changes = featured.changes
+        acknowledged = written - committed.skipped
         for name, horizon in zip(changes.keys, changes.horizons, strict=True):
             held = self._held.pop(name, None)
             if held is None or name not in committed.fresh:
                 continue
-            ours = [
-                m for entry, m in featured.added.get(name, ()) if entry not in committed.skipped
-            ]
+            ours = [m for entry, m in featured.added.get(name, ()) if entry in acknowledged]
             held[1].merge(ours, horizon)
             self._held[name] = (changes.token, held[1])
         while len(self._held) > self.held_keys:

@@ -169,7 +169,8 @@ class Consumer:
         self._account(events, batch, dead, committed, ref)
         if featured is not None:
             assert self.features is not None
-            self.features.committed(featured, committed)
+            written = {*batch.source_ids, *(letter.source_id for letter in dead)}
+            self.features.committed(featured, committed, written)
             if featured.late:
                 self._account_late(featured.late, dead, committed)
         return batch, dead, ref

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import signal
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -119,6 +120,43 @@ def test_a_retried_commit_adds_nothing_twice_and_a_commit_of_entries_not_pending
         (state.encode(members[i][0][1]), 1000.0 + k) for k, i in enumerate(ids[:2])
     ]
     assert client.xlen("scores") == 2
+
+
+def test_an_entry_left_pending_by_a_models_error_adds_its_state_once_when_scored_again(
+    client: Any, registry: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The commit writes no state for an entry left pending, so the consumer's copy must
+    not hold it either: it is added when the entry is scored again, and counted once."""
+    folder = echo_model(tmp_path / "flaky", SPEC)
+    code = (
+        (folder / "echo.py")
+        .read_text()
+        .replace(
+            "    def predict(self, table):\n",
+            "    def predict(self, table):\n"
+            "        import os\n"
+            '        if os.environ.get("FLAKY") and 2 in table["card_txn_count_60s"].to_pylist():\n'
+            '            raise RuntimeError("flaky")\n',
+        )
+    )
+    (folder / "echo.py").write_text(code)
+    registry.register(folder, "echo", trust_code=True)  # a new version: the flaky one
+    base = {"card_id": "c1", "account_id": "a1", "payee": "p", "amount": "1.00"}
+    events = [{**base, "txn_id": f"t{i}", "ts": str(1000 + i)} for i in range(4)]
+    produce(client, "events", events[:3])
+    monkeypatch.setenv("FLAKY", "1")
+    c = consumer(client, registry, claim_idle_ms=5)
+    assert c.step() == 3  # t1 (its count 2) fails: left pending
+    assert client.xpending("events", "scorers")["pending"] == 1
+    monkeypatch.delenv("FLAKY")
+    produce(client, "events", events[3:])
+    time.sleep(0.01)  # t1 idle past claim_idle_ms
+    assert drain(c) == 2
+    counts = {o["txn_id"]: o["seen_card_txn_count_60s"] for o in entries(client, "scores")}
+    assert counts == {"t0": "1", "t1": "2", "t2": "3", "t3": "4"}
+    assert client.zcard("mmserve:features:card_id:c1") == 4
+    held = c.features._held["mmserve:features:card_id:c1"][1] if c.features else None
+    assert held is not None and len(held.members) == 4
 
 
 def test_late_events_are_dead_lettered_when_so_chosen_and_counted(
