@@ -8,7 +8,8 @@ the existing ones (aliases, endpoints, jobs' results). Who may read what:
   it first: it tells whether a key is wanted, which any refused request tells too);
 - the API key (when one is set): ``/v1/console/models`` (every version's metadata, as
   ``GET /v1/models/{ref}`` answers each) and ``/v1/console/endpoints`` (variants, weights,
-  the rollout and its decisions, per-variant figures and their short history): so the models
+  the rollout and its decisions, per-variant figures and their short history; the config
+  and the rollout's owner only to the admin token): so the models
   and endpoints pages are readable, and read-only, without the admin token;
 - the admin token: what lists jobs, batch runs and streams (``GET /v1/jobs``,
   ``/v1/batch-jobs``, ``/v1/streams``: a job's token reads its result, a run names its
@@ -34,7 +35,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from serving.endpoints.compare import compare
 from serving.http import _openapi
-from serving.http._auth import credential, require_admin
+from serving.http._auth import ADMIN, credential, require_admin
 from serving.http._history import History
 from serving.http._overview import RecentJobs, batch_runs, streams, unreadable
 from serving.http.endpoints import described, plane_of
@@ -141,11 +142,24 @@ async def endpoints(request: Request) -> dict[str, Any]:
     plane = plane_of(request)
     history: History = request.app.state.history
     views = [described(plane, served) for _, served in sorted(plane.snapshot.items())]
+    if credential(request.scope["headers"], request.app.state.settings) != ADMIN:
+        views = [_for_key_holders(view) for view in views]
     # Off the loop: ten minutes of points of every variant of every endpoint add up.
     series = await run_in_threadpool(lambda: [history.series(v["name"]) for v in views])
     for view, points in zip(views, series, strict=True):
         view["history"] = points
     return {"endpoints": views}
+
+
+def _for_key_holders(view: dict[str, Any]) -> dict[str, Any]:
+    """What the API key reads of an endpoint: its variants, weights, rollout, decisions and
+    figures. Its config (the traffic seed, capture and serverless settings) and who runs its
+    rollout (``host:pid``) are the admin's, as ``GET /v1/endpoints/{name}`` is."""
+    view = {key: value for key, value in view.items() if key != "config"}
+    view["state"] = {"history": view["state"].get("history", [])}
+    if view["rollout"] is not None:
+        view["rollout"] = {k: v for k, v in view["rollout"].items() if k != "owner"}
+    return view
 
 
 @router.get(

@@ -244,6 +244,16 @@ def test_the_endpoints_page_shows_a_live_endpoints_weights(page: Any, console: C
     assert blue.get_attribute("style").startswith("width:80%")
     assert green.get_attribute("style").startswith("width:20%")
     assert page.errors == []
+    # The key reads weights and figures; the endpoint's config is the admin's.
+    keyed = console.client.get("/v1/console/endpoints", headers={"x-api-key": API_KEY}).json()
+    admin = console.client.get("/v1/console/endpoints", headers=ADMIN).json()
+    assert [sorted(e) for e in keyed["endpoints"]] == [
+        sorted(set(e) - {"config"}) for e in admin["endpoints"]
+    ]
+    assert [e["state"] for e in keyed["endpoints"]] == [
+        {"history": e["state"]["history"]} for e in admin["endpoints"]
+    ]
+    assert "config" in admin["endpoints"][0]
 
 
 def test_an_alias_moved_in_the_console_moves_it_in_the_registry(
