@@ -48,7 +48,13 @@ def serve(
     import uvicorn
 
     from serving import grpc, logs
+    from serving.errors import MMServeError
+    from serving.features.online import served
 
+    try:
+        served(Settings())  # a features file that cannot serve: said once, before the workers
+    except MMServeError as err:
+        fail(err.message, 2)
     if serverless:  # read by the Settings each server process builds
         os.environ["MMSERVE_SERVERLESS__ENABLED"] = "true"
     if grpc_port is not None:

@@ -16,6 +16,7 @@ import pyarrow as pa
 from serving.errors import MMServeError, UnsupportedOperation
 from serving.features import spec as specs
 from serving.features import state, windows
+from serving.settings import Settings
 
 
 class OnlineFeatures:
@@ -61,6 +62,16 @@ def _at_row(error: MMServeError, row: int) -> MMServeError:
     return error
 
 
+def served(settings: Settings) -> dict[Path, OnlineFeatures]:
+    """The online features of each features file the models are served with (the default
+    policy's and each model's), read now: a file missing or refused, or no Redis for the
+    state, raises naming the file and the reason, so that the server does not start rather
+    than answer each request of the model with a 400 that blames its caller."""
+    policies = [settings.serving, *(settings.serving_of(name) for name in settings.models)]
+    paths = dict.fromkeys(p.features for p in policies if p.features is not None)
+    return {path: open_features(path, settings.redis) for path in paths}
+
+
 def open_features(path: Path, redis_url: str | None) -> OnlineFeatures:
     """The online features of the features file ``path`` on ``redis_url``."""
     if redis_url is None:
@@ -68,5 +79,7 @@ def open_features(path: Path, redis_url: str | None) -> OnlineFeatures:
         raise UnsupportedOperation(f"window features of {path}", why)
     import redis
 
-    client = redis.Redis.from_url(redis_url, decode_responses=True, socket_timeout=5)
+    client = redis.Redis.from_url(
+        redis_url, decode_responses=True, socket_connect_timeout=2, socket_timeout=5
+    )  # Redis away: a 503 within seconds, well inside the request's timeout
     return OnlineFeatures(specs.load(path), client, redis_url)

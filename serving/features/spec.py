@@ -119,7 +119,7 @@ def load(path: Path) -> FeatureSpec:
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as err:
         raise InvalidFeatures(str(path), f"cannot read it: {err}") from None
-    return parse(text, path.name)
+    return parse(text, str(path))
 
 
 def parse(text: str, source: str = "features file") -> FeatureSpec:

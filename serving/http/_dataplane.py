@@ -29,7 +29,7 @@ from serving.errors import (
     StoreUnavailable,
     UnsupportedOperation,
 )
-from serving.features.online import OnlineFeatures, open_features
+from serving.features.online import OnlineFeatures, open_features, served
 from serving.http._batching import Deadlines, MicroBatcher
 from serving.http._metrics import Metrics
 from serving.http._middleware import note_stale
@@ -90,7 +90,7 @@ class DataPlane:
         self._in_flight: defaultdict[str, int] = defaultdict(int)
         self._total_in_flight = 0
         self._loads: dict[str, asyncio.Future[tuple[Predictor, float | None]]] = {}
-        self._features: dict[Path, OnlineFeatures] = {}
+        self._features: dict[Path, OnlineFeatures] = served(settings)
         self.provisioned = not any(p.provisioned for p in settings.models.values())
         self.store_check = StoreCheck(registry.store, max(settings.registry.alias_ttl_s, 1.0))
 
@@ -286,7 +286,8 @@ class DataPlane:
         return await off_loop_if_large(body_bytes, prepare)
 
     def _online(self, policy: ModelServing) -> OnlineFeatures | None:
-        """The window features of a model served with a features file (read once)."""
+        """The window features of a model served with a features file (each read when the
+        data plane is made, :func:`served`)."""
         if policy.features is None:
             return None
         found = self._features.get(policy.features)

@@ -3,6 +3,10 @@ against an offline pandas reference over a generated stream, whatever its batche
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -231,3 +235,34 @@ def test_an_event_time_from_1970_to_9999_counts_and_any_other_is_bad_naming_the_
         1_765_000_002_000,
         1_765_000_005_000,
     ]
+
+
+def test_a_server_whose_features_file_cannot_serve_does_not_start_and_says_why(
+    tmp_path: Path,
+) -> None:
+    """Not a 400 to each request of the model, which would blame its callers."""
+    bad, good = tmp_path / "bad.yaml", tmp_path / "features.yaml"
+    bad.write_text("features: {x: {key: card_id, agg: sum, window: 1m}}")
+    good.write_text(ISSUE_YAML)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MMSERVE_")}
+    env["MMSERVE_STORE_URL"] = str(tmp_path / "store")
+    mmserve = os.path.join(os.path.dirname(sys.executable), "mmserve")
+
+    def serve(features: Path, **more: str) -> tuple[int, str]:
+        models = json.dumps({"fraud": {"features": str(features)}})
+        run = [mmserve, "serve", "--port", "1"]
+        done = subprocess.run(
+            run, env={**env, "MMSERVE_MODELS": models, **more}, capture_output=True, timeout=60
+        )
+        return done.returncode, done.stderr.decode()
+
+    redis = {"MMSERVE_REDIS_URL": "redis://127.0.0.1:1/0"}  # never connected to at start
+    assert serve(bad, **redis) == (2, f"error: {bad}: features.x.field: agg 'sum' needs a field\n")
+    assert serve(tmp_path / "none.yaml", **redis)[1].startswith(
+        f"error: {tmp_path / 'none.yaml'}: cannot read it: [Errno 2]"
+    )
+    assert serve(good) == (
+        2,
+        f"error: window features of {good}: MMSERVE_REDIS_URL (or MMSERVE_BROKER_URL) is not "
+        "set: the state is in Redis\n",
+    )
