@@ -58,9 +58,7 @@ class StreamFeatures:
         ``serving/features/windows.py``); :class:`RedisUnavailable` if Redis is away."""
         spec = self.spec
         rows = [(e.id, self._fields(e)) for e in events]
-        keys = spec.by_key()
-        groups = [(k, str(f[k])) for _, f in rows for k in keys if f.get(k) is not None]
-        before = self._state(groups)
+        before = self._state(windows.groups(spec, (fields for _, fields in rows)))
         computed = windows.compute(spec, before, rows)
         out = Featured([], [], state.changes(spec, {}))
         out.changes.token = uuid.uuid4().hex

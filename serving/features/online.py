@@ -35,9 +35,7 @@ class OnlineFeatures:
         field that does not read, is refused naming the field (422)."""
         spec = self.spec
         records = rows.to_pylist()
-        keys = spec.by_key()
-        groups = [(k, str(r[k])) for r in records for k in keys if r.get(k) is not None]
-        before = state.read(self.client, spec, groups, self.url)
+        before = state.read(self.client, spec, windows.groups(spec, records), self.url)
         now_ms = round(time.time() * 1000)
         events = [(windows.LAST, r) for r in records]
         computed = windows.compute(spec, before, events, now_ms)
@@ -50,7 +48,7 @@ class OnlineFeatures:
             if name in rows.column_names:
                 rows = rows.drop_columns([name])
             rows = rows.append_column(name, values)
-        read = {*keys, *(f.field for f in spec.features.values() if f.field)}
+        read = {*spec.by_key(), *(f.field for f in spec.features.values() if f.field)}
         if spec.time.field is not None:
             read.add(spec.time.field)
         dropped = [c for c in rows.column_names if c in read and c not in inputs]

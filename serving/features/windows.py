@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -279,14 +279,14 @@ def _read(
         if value is None:
             errors.append(MissingField(key))
         else:
-            groups[key] = (key, str(value))
+            groups[key] = (key, text(value))
     values: dict[str, Value] = {}
     for name, kind in kinds.items():
         raw = fields.get(name)
         if raw is None:
             errors.append(MissingField(name))
         elif kind == "text":
-            values[name] = str(raw)
+            values[name] = text(raw)
         else:
             try:
                 number = float(raw)
@@ -304,6 +304,21 @@ LATEST_MS = 253_402_300_799_999
 """The last ms of the year 9999: an event time must lie from 1970 to it. A time past it
 (ms read as seconds, 1e300) would become its key's watermark, so every later event would be
 late, and it is no longer an exact integer to Redis's scores and Lua."""
+
+
+def groups(spec: FeatureSpec, rows: Iterable[Mapping[str, Any]]) -> list[Group]:
+    """The groups of the keys ``rows`` give: the state to read for them."""
+    keys = spec.by_key()
+    return [(k, text(row[k])) for row in rows for k in keys if row.get(k) is not None]
+
+
+def text(value: Any) -> str:
+    """A key's value, or a distinct-counted field's, as text that is the same however it
+    came: a stream field's "42", a JSON document's 42 or 42.0, a V2 FP64 tensor's 42.0 are
+    one card (``str`` made "42.0" of the float, a key of its own with no history)."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
 
 
 def event_time_ms(value: Any) -> int:

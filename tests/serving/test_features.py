@@ -15,6 +15,7 @@ import pytest
 
 from serving.errors import InvalidFeatures
 from serving.features import spec as specs
+from serving.features import windows
 from serving.features.windows import Group, Member, compute
 from tests.windows import SPEC_YAML, reference, transactions
 
@@ -266,3 +267,18 @@ def test_a_server_whose_features_file_cannot_serve_does_not_start_and_says_why(
         f"error: window features of {good}: MMSERVE_REDIS_URL (or MMSERVE_BROKER_URL) is not "
         "set: the state is in Redis\n",
     )
+
+
+def test_a_key_or_distinct_value_is_one_whether_it_came_as_text_an_int_or_a_float() -> None:
+    """A card 42 from a stream's field ("42"), a JSON document (42) or a V2 FP64 tensor
+    (42.0) has one history; a payee 7 likewise counts once."""
+    spec = specs.parse(
+        "features: {n: {key: card, agg: count, window: 60s}, "
+        "d: {key: card, field: payee, agg: count_distinct, window: 60s}}"
+    )
+    state = {("card", "42"): [Member.of(1_000, "1000-0", {"payee": "7"})]}
+    events = [("2000-0", {"card": 42, "payee": 7.0}), ("3000-0", {"card": 42.0, "payee": "7"})]
+    out = compute(spec, state, events)
+    assert out.columns == {"n": [2, 3], "d": [1, 1]}
+    assert windows.groups(spec, [e for _, e in events]) == [("card", "42"), ("card", "42")]
+    assert windows.text(0.5) == "0.5" and windows.text(-3.0) == "-3"
