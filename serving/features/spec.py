@@ -59,6 +59,10 @@ class Feature(BaseModel):
     def _field_matches_agg(self) -> Feature:
         if self.window <= 0:
             raise ValueError("window: must be longer than 0")
+        if ":" in self.key:  # card:id's 'x' and card's 'id:x' would share one state
+            raise ValueError(
+                "key: a key field's name holds no ':' (the state's keys are split by it)"
+            )
         if self.agg == "count" and self.field is not None:
             raise ValueError("field: agg 'count' takes no field")
         if self.agg != "count" and self.field is None:

@@ -15,7 +15,7 @@ import pytest
 
 from serving.errors import InvalidFeatures
 from serving.features import spec as specs
-from serving.features import windows
+from serving.features import state, windows
 from serving.features.windows import Group, Member, compute
 from tests.windows import SPEC_YAML, reference, transactions
 
@@ -70,6 +70,10 @@ def test_the_issues_features_file_reads_as_written(tmp_path: Path) -> None:
         (
             "features: {c: {agg: count, window: 1m}}",
             "features.c.key: Field required",
+        ),
+        (
+            "features: {c: {key: 'card:id', agg: count, window: 1m}}",
+            "features.c.key: a key field's name holds no ':' (the state's keys are split by it)",
         ),
         (
             "features: {c: {key: k, agg: count, window: 1m}}\ntime: {allowed_lateness: -1}",
@@ -282,3 +286,15 @@ def test_a_key_or_distinct_value_is_one_whether_it_came_as_text_an_int_or_a_floa
     assert out.columns == {"n": [2, 3], "d": [1, 1]}
     assert windows.groups(spec, [e for _, e in events]) == [("card", "42"), ("card", "42")]
     assert windows.text(0.5) == "0.5" and windows.text(-3.0) == "-3"
+
+
+def test_a_key_value_of_any_text_has_a_state_of_its_own_under_the_prefix() -> None:
+    """The key field's name holds no ':' (refused above), so a value's text, whatever it
+    holds, cannot make another key's state key, nor one outside the prefix."""
+    spec = specs.parse(ISSUE_YAML)
+    values = ["a:b", "a", "b", "a:b:", "{tag}", "a b", "", ":", "x" * 10_000, "../..", "\n"]
+    names = [state.key(spec, (k, v)) for k in ("card_id", "account_id") for v in values]
+    assert len(set(names)) == len(names)
+    assert all(n.startswith("mmserve:features:card_id:") for n in names[: len(values)])
+    versions = {state.version(n) for n in names}
+    assert len(versions) == len(names) and not versions & set(names)
