@@ -5,6 +5,7 @@ expired."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import threading
@@ -19,8 +20,9 @@ import pytest
 from serving.features import spec as specs
 from serving.features import state
 from serving.features.windows import Member
+from serving.http import create_app
 from serving.registry import Registry
-from serving.settings import StreamSettings
+from serving.settings import Settings, StreamSettings
 from serving.store import Store
 from tests.services import RedisServer, kill_group, mmserve_server
 from tests.windows import SPEC_YAML, echo_model, reference, seen, transactions
@@ -307,3 +309,30 @@ def test_a_real_time_request_gets_the_features_the_stream_gives_its_event_and_ad
     assert online["seen_card_txn_count_60s"] > 1
     assert missing.status_code == 422
     assert missing.json()["error"] == "missing field 'card_id' at row 1"
+
+
+def test_a_real_time_request_with_redis_away_is_answered_503_naming_it(
+    registry: Registry, tmp_path: Path
+) -> None:
+    """The state is in Redis: without it the features, and so the answer, cannot be had."""
+    (tmp_path / "features.yaml").write_text(SPEC_YAML)
+    settings = Settings(
+        store_url=registry.store.url,
+        redis_url="redis://127.0.0.1:1/0",  # nothing listens there
+        models={"echo": {"features": str(tmp_path / "features.yaml")}},
+    )
+    app = create_app(settings, registry)
+    row = {"card_id": "c1", "account_id": "a1", "payee": "p", "amount": 1.0, "ts": 1765000000}
+
+    async def predict() -> httpx.Response:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://mmserve") as http:
+            return await http.post("/v1/models/echo/predict", json={"instances": [row]})
+
+    try:
+        answer = asyncio.run(predict())
+    finally:
+        app.state.jobs.queue.close()
+    assert answer.status_code == 503
+    assert answer.headers["retry-after"] == "5"
+    assert answer.json()["error"].startswith("Redis at 127.0.0.1:1/0 is unavailable: ")
