@@ -64,7 +64,10 @@ class Base:
         self.fields = fields
         self.members = sorted(members, key=_time)
         self.times = [m.time_ms for m in self.members]
-        self.columns = {f: [m.values[f] for m in self.members] for f in fields}
+        # A member written under an earlier features file may lack a field aggregated now
+        # (None), or hold it as text where it is summed now: it counts, but is left out of
+        # that field's aggregates (see _aggregate), never stopping the consumer.
+        self.columns = {f: [m.values.get(f) for m in self.members] for f in fields}
         self.last = max((m.order for m in self.members), default=(-1, -1))
         """The latest entry among the members (or one expired since: never earlier)."""
 
@@ -226,13 +229,23 @@ def _aggregate(
     values.extend(m.values[name] for m in extra)
     values.append(own)
     if feature.agg == "count_distinct":
-        return len(set(values))
+        distinct = set(values)
+        distinct.discard(None)  # a member from before the field was counted (see Base)
+        return len(distinct)
     numbers = cast("list[float]", values)  # a sum's, mean's, min's or max's field: numbers
-    if feature.agg == "sum":
+    try:
+        return _numeric(feature.agg, numbers)
+    except TypeError:  # a member from before the field was summed (see Base): left out
+        return _numeric(feature.agg, [v for v in numbers if isinstance(v, float)])
+
+
+def _numeric(agg: str, numbers: list[float]) -> float:
+    """A sum, mean, min or max of ``numbers`` (never empty: the event's own is there)."""
+    if agg == "sum":
         return math.fsum(numbers)
-    if feature.agg == "mean":
+    if agg == "mean":
         return math.fsum(numbers) / len(numbers)
-    return min(numbers) if feature.agg == "min" else max(numbers)
+    return min(numbers) if agg == "min" else max(numbers)
 
 
 class _Bad(Exception):

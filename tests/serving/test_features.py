@@ -298,3 +298,25 @@ def test_a_key_value_of_any_text_has_a_state_of_its_own_under_the_prefix() -> No
     assert all(n.startswith("mmserve:features:card_id:") for n in names[: len(values)])
     versions = {state.version(n) for n in names}
     assert len(versions) == len(names) and not versions & set(names)
+
+
+def test_state_written_under_an_earlier_features_file_counts_but_is_left_out_of_new_fields() -> (
+    None
+):
+    """A features file that now sums a field (or sums one it counted as text) meets members
+    without it: they count, are left out of that field's aggregates, and stop nothing."""
+    spec = specs.parse(
+        "features: {n: {key: card, agg: count, window: 60s}, "
+        "s: {key: card, field: amount, agg: sum, window: 60s}, "
+        "lo: {key: card, field: amount, agg: min, window: 60s}, "
+        "d: {key: card, field: payee, agg: count_distinct, window: 60s}}"
+    )
+    state = {
+        ("card", "a"): [
+            Member.of(1_000, "1000-0", {}),  # a count's member only
+            Member.of(1_500, "1500-0", {"amount": "3", "payee": "p"}),  # amount was text
+            Member.of(1_800, "1800-0", {"amount": 2.0, "payee": "p"}),
+        ]
+    }
+    out = compute(spec, state, [("2000-0", {"card": "a", "amount": "5", "payee": "q"})])
+    assert out.columns == {"n": [4], "s": [7.0], "lo": [2.0], "d": [2]}
