@@ -95,8 +95,19 @@ class FeatureSpec(BaseModel):
     prefix: str = Field("mmserve:features", min_length=1)
     """The Redis keys of the state begin with it (a cluster: put a hash tag in it)."""
     idle_ttl: Millis = 86_400_000
-    """A key's state with no event for this long (wall time) is dropped; keep it above the
-    longest window plus the lateness."""
+    """A key's state with no event for this long (wall time) is dropped; no shorter than
+    the longest window plus the lateness (refused), or a quiet key's windows would lose
+    events they still hold."""
+
+    @model_validator(mode="after")
+    def _idle_ttl_outlasts_windows(self) -> FeatureSpec:
+        longest = max(self.horizon(key) for key in self.by_key())
+        if self.idle_ttl < longest:  # a quiet card's state gone while its windows need it
+            raise ValueError(
+                f"idle_ttl: {self.idle_ttl} ms is shorter than the longest window plus the "
+                f"lateness ({longest} ms)"
+            )
+        return self
 
     def by_key(self) -> dict[str, list[str]]:
         """Each key field, and the names of the features grouped by it, in the file's order."""

@@ -72,6 +72,11 @@ def test_the_issues_features_file_reads_as_written(tmp_path: Path) -> None:
             "features.c.key: Field required",
         ),
         (
+            "features: {c: {key: k, agg: count, window: 2d}}\ntime: {allowed_lateness: 1h}",
+            "idle_ttl: 86400000 ms is shorter than the longest window plus the lateness "
+            "(176400000 ms)",
+        ),
+        (
             "features: {c: {key: 'card:id', agg: count, window: 1m}}",
             "features.c.key: a key field's name holds no ':' (the state's keys are split by it)",
         ),
