@@ -60,11 +60,12 @@ class StreamFeatures:
         rows = [(e.id, self._fields(e)) for e in events]
         before = self._state(windows.groups(spec, (fields for _, fields in rows)))
         computed = windows.compute(spec, before, rows)
-        out = Featured([], [], state.changes(spec, {}))
-        out.changes.token = uuid.uuid4().hex
-        out.changes.versions = {
-            state.key(spec, g): self._held[state.key(spec, g)][0] for g in before
-        }
+        names = [state.key(spec, group) for group in before]
+        versions = {name: self._held[name][0] for name in names}
+        changes = state.Changes(
+            idle_ttl_ms=spec.idle_ttl, token=uuid.uuid4().hex, versions=versions
+        )
+        out = Featured([], [], changes)
         late_error = LateEvent(spec.time.allowed_lateness)
         for i, event in enumerate(events):
             if i in computed.bad:

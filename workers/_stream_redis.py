@@ -36,6 +36,9 @@ from workers._stream_log import Claimed, Committed, DeadLetter, Event, Names, Ou
 
 log = logging.getLogger("mmserve.stream")
 
+_NO_CHANGES = Changes()
+"""A stream without window features: its commits change no state."""
+
 _CHECK_STREAMS = """
 for n = 1, math.min(#KEYS, 3) do
   local key = KEYS[n]
@@ -256,7 +259,7 @@ class RedisEventLog:
         self, outputs: Outputs, dead: Sequence[DeadLetter], changes: Changes | None = None
     ) -> Committed:
         n = self.names
-        changes = changes or Changes()
+        changes = changes if changes is not None else _NO_CHANGES
         rows = zip(outputs.source_ids, *outputs.columns.values(), strict=True)
         ids = [*outputs.source_ids, *(d.source_id for d in dead)]
         if not ids:

@@ -110,8 +110,12 @@ class Changes:
     """For each key, the version its members were computed from ('' none)."""
     token: str = ""
     """The version each key this commit changes gets."""
+    versions: dict[str, str] = field(default_factory=dict)
+    """The version each key was read at (by name): its ``based_on`` once it is touched."""
+    _index: dict[str, int] = field(default_factory=dict)
 
     def add(self, spec: FeatureSpec, entry: str, added: Sequence[tuple[Group, Member]]) -> None:
+        """The members ``added`` by the entry ``entry``, for the commit to write with it."""
         for group, member in added:
             name = key(spec, group)
             index = self._index.get(name)
@@ -122,13 +126,6 @@ class Changes:
                 self.based_on.append(self.versions.get(name, ""))
             item = (index, str(member.time_ms), encode(member))
             self.members.setdefault(entry, []).append(item)
-
-    _index: dict[str, int] = field(default_factory=dict)
-    versions: dict[str, str] = field(default_factory=dict)
-    """The version each key was read at (by name)."""
-
-    def __bool__(self) -> bool:
-        return bool(self.members)
 
 
 def changes(spec: FeatureSpec, added: Mapping[str, Sequence[tuple[Group, Member]]]) -> Changes:
