@@ -273,19 +273,7 @@ def _read(
     """An event's time, its groups (by key field) and aggregated values; :class:`_Bad`
     naming every field that is missing or unreadable."""
     errors: list[MMServeError] = []
-    time_ms = entry_order(entry)[0] if now_ms is None else now_ms
-    if spec.time.field is not None:
-        given = fields.get(spec.time.field)
-        if given is None and now_ms is not None:
-            pass  # a request of now
-        elif given is None:
-            errors.append(MissingField(spec.time.field))
-        else:
-            try:
-                time_ms = event_time_ms(given)
-            except ValueError:
-                wanted = "a time from 1970 to 9999 (seconds since the epoch, or ISO 8601)"
-                errors.append(InvalidField(spec.time.field, given, wanted))
+    time_ms = _event_time(spec.time.field, entry, fields, now_ms, errors)
     groups: dict[str, Group] = {}
     for key in spec.by_key():
         value = fields.get(key)
@@ -311,6 +299,31 @@ def _read(
     if errors:
         raise _Bad(errors)
     return time_ms, groups, values
+
+
+def _event_time(
+    field: str | None,
+    entry: str,
+    fields: Mapping[str, Any],
+    now_ms: int | None,
+    errors: list[MMServeError],
+) -> int:
+    """An event's time (ms): its time ``field``'s, else its entry id's, or ``now_ms`` for a
+    real-time request's row that gives none; a field missing or unreadable is added to
+    ``errors``."""
+    time_ms = entry_order(entry)[0] if now_ms is None else now_ms
+    given = None if field is None else fields.get(field)
+    if field is None or (given is None and now_ms is not None):
+        return time_ms
+    if given is None:
+        errors.append(MissingField(field))
+        return time_ms
+    try:
+        return event_time_ms(given)
+    except ValueError:
+        wanted = "a time from 1970 to 9999 (seconds since the epoch, or ISO 8601)"
+        errors.append(InvalidField(field, given, wanted))
+        return time_ms
 
 
 LATEST_MS = 253_402_300_799_999
