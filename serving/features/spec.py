@@ -39,7 +39,10 @@ def _ms(value: Any) -> Any:
     raise ValueError(f"not a duration (such as 30s, 10m, 1h): {value!r}")
 
 
-Millis = Annotated[int, BeforeValidator(_ms), Field(ge=0)]
+LONGEST_MS = 3650 * 86_400_000
+"""Ten years: a longer duration is no window a stream keeps, and past 2**63 ms Redis refuses
+the state's expiry (a commit that could never succeed)."""
+Millis = Annotated[int, BeforeValidator(_ms), Field(ge=0, le=LONGEST_MS)]
 
 
 class Feature(BaseModel):

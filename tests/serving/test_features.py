@@ -77,6 +77,10 @@ def test_the_issues_features_file_reads_as_written(tmp_path: Path) -> None:
             "(176400000 ms)",
         ),
         (
+            "features: {c: {key: k, agg: count, window: 999999999999d}}",
+            "features.c.window: Input should be less than or equal to 315360000000",
+        ),
+        (
             "features: {c: {key: 'card:id', agg: count, window: 1m}}",
             "features.c.key: a key field's name holds no ':' (the state's keys are split by it)",
         ),
