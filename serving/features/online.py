@@ -34,7 +34,11 @@ class OnlineFeatures:
         are not among the model's ``inputs`` are dropped. A row without a key, or with a
         field that does not read, is refused naming the field (422)."""
         spec = self.spec
-        records = rows.to_pylist()
+        read = {*spec.by_key(), *(f.field for f in spec.features.values() if f.field)}
+        if spec.time.field is not None:
+            read.add(spec.time.field)
+        # Only the fields the features read become Python objects: not a row's image.
+        records = rows.select([c for c in rows.column_names if c in read]).to_pylist()
         before = state.read(self.client, spec, windows.groups(spec, records), self.url)
         now_ms = round(time.time() * 1000)
         events = [(windows.LAST, r) for r in records]
@@ -48,9 +52,6 @@ class OnlineFeatures:
             if name in rows.column_names:
                 rows = rows.drop_columns([name])
             rows = rows.append_column(name, values)
-        read = {*spec.by_key(), *(f.field for f in spec.features.values() if f.field)}
-        if spec.time.field is not None:
-            read.add(spec.time.field)
         dropped = [c for c in rows.column_names if c in read and c not in inputs]
         return rows.drop_columns(dropped)
 
