@@ -83,17 +83,16 @@ class StreamFeatures:
                 out.added.setdefault(state.key(spec, group), []).append((event.id, member))
         return out
 
-    def committed(self, featured: Featured, committed: Committed, written: set[str]) -> None:
+    def committed(self, featured: Featured, committed: Committed, acknowledged: set[str]) -> None:
         """Bring the copy of each key the commit changed up to date (the commit found it
         as read: the copy plus the members of the entries it acknowledged, expired as the
         commit expires them) or drop it (another consumer changed it meanwhile).
 
-        ``written``: the entries the commit was given an output or dead letter for. An
+        ``acknowledged``: the entries the commit wrote an output or dead letter for. An
         entry left pending (a model's error, a file's store away) added nothing to Redis,
         so nothing to the copy: it adds its members when it is delivered again, and the
         copy must not then hold them twice."""
         changes = featured.changes
-        acknowledged = written - committed.skipped
         for name, horizon in zip(changes.keys, changes.horizons, strict=True):
             held = self._held.pop(name, None)
             if held is None or name not in committed.fresh:

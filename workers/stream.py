@@ -170,9 +170,10 @@ class Consumer:
         if featured is not None:
             assert self.features is not None
             written = {*batch.source_ids, *(letter.source_id for letter in dead)}
-            self.features.committed(featured, committed, written)
+            acknowledged = written - committed.skipped  # not those left pending: see committed
+            self.features.committed(featured, committed, acknowledged)
             if featured.late:
-                self._account_late(featured.late, dead, committed)
+                self._account_late(featured.late & acknowledged, dead)
         return batch, dead, ref
 
     # -- gathering -------------------------------------------------------------------------
@@ -304,11 +305,10 @@ class Consumer:
         if skipped:
             log.info("%d entries of the batch were claimed by another consumer first", len(skipped))
 
-    def _account_late(
-        self, late: set[str], dead: Sequence[DeadLetter], committed: Committed
-    ) -> None:
+    def _account_late(self, late: set[str], dead: Sequence[DeadLetter]) -> None:
+        """Count the late events acknowledged (one left pending counts when scored again)."""
         lettered = {letter.source_id for letter in dead}
-        for entry in late - committed.skipped:
+        for entry in late:
             self.metrics.late.labels("dead_lettered" if entry in lettered else "scored").inc()
 
     # -- Redis away ------------------------------------------------------------------------

@@ -124,12 +124,10 @@ def test_a_retried_commit_adds_nothing_twice_and_a_commit_of_entries_not_pending
     assert client.xlen("scores") == 2
 
 
-def test_an_entry_left_pending_by_a_models_error_adds_its_state_once_when_scored_again(
-    client: Any, registry: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The commit writes no state for an entry left pending, so the consumer's copy must
-    not hold it either: it is added when the entry is scored again, and counted once."""
-    folder = echo_model(tmp_path / "flaky", SPEC)
+def flaky(registry: Registry, folder: Path, fails: str) -> None:
+    """A new version of ``echo`` that fails a batch holding a row where ``fails`` (a Python
+    condition on ``table``) holds, while the environment variable FLAKY is set."""
+    echo_model(folder, SPEC)
     code = (
         (folder / "echo.py")
         .read_text()
@@ -137,25 +135,40 @@ def test_an_entry_left_pending_by_a_models_error_adds_its_state_once_when_scored
             "    def predict(self, table):\n",
             "    def predict(self, table):\n"
             "        import os\n"
-            '        if os.environ.get("FLAKY") and 2 in table["card_txn_count_60s"].to_pylist():\n'
+            f'        if os.environ.get("FLAKY") and {fails}:\n'
             '            raise RuntimeError("flaky")\n',
         )
     )
     (folder / "echo.py").write_text(code)
-    registry.register(folder, "echo", trust_code=True)  # a new version: the flaky one
+    registry.register(folder, "echo", trust_code=True)
+
+
+def test_an_entry_left_pending_by_a_models_error_adds_its_state_once_when_scored_again(
+    client: Any, registry: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The commit writes no state for an entry left pending, so the consumer's copy must
+    not hold it either: it is added when the entry is scored again, and counted once; a
+    late one is counted late once."""
+    flaky(registry, tmp_path / "flaky", '7.0 in table["card_amount_sum_10m"].to_pylist()')
     base = {"card_id": "c1", "account_id": "a1", "payee": "p", "amount": "1.00"}
-    events = [{**base, "txn_id": f"t{i}", "ts": str(1000 + i)} for i in range(4)]
-    produce(client, "events", events[:3])
+    times, amounts = [1000, 1001, 900, 1002, 1003], ["1", "6", "7", "1", "1"]
+    events = [
+        {**base, "txn_id": f"t{i}", "ts": str(t), "amount": a}
+        for i, (t, a) in enumerate(zip(times, amounts, strict=True))
+    ]  # t1's sum is 7 (fails once), t2 is late (its own 7: fails once)
+    produce(client, "events", events[:4])
     monkeypatch.setenv("FLAKY", "1")
     c = consumer(client, registry, claim_idle_ms=5)
-    assert c.step() == 3  # t1 (its count 2) fails: left pending
-    assert client.xpending("events", "scorers")["pending"] == 1
+    assert c.step() == 4  # t1 and t2 fail: left pending
+    assert client.xpending("events", "scorers")["pending"] == 2
+    assert c.metrics.late.labels("scored")._value.get() == 0
     monkeypatch.delenv("FLAKY")
-    produce(client, "events", events[3:])
-    time.sleep(0.01)  # t1 idle past claim_idle_ms
-    assert drain(c) == 2
+    produce(client, "events", events[4:])
+    time.sleep(0.01)  # t1 and t2 idle past claim_idle_ms
+    assert drain(c) == 3
     counts = {o["txn_id"]: o["seen_card_txn_count_60s"] for o in entries(client, "scores")}
-    assert counts == {"t0": "1", "t1": "2", "t2": "3", "t3": "4"}
+    assert counts == {"t0": "1", "t1": "2", "t2": "1", "t3": "3", "t4": "4"}
+    assert c.metrics.late.labels("scored")._value.get() == 1
     assert client.zcard("mmserve:features:card_id:c1") == 4
     held = c.features._held["mmserve:features:card_id:c1"][1] if c.features else None
     assert held is not None and len(held.members) == 4
