@@ -38,20 +38,30 @@ class Featured:
 class StreamFeatures:
     """The features of a features file, over the state on ``client``'s Redis.
 
-    It keeps a copy of the state of the keys it saw last (up to ``held_keys``), each with
-    its version: a batch reads only the keys whose version changed since (another consumer
-    wrote them), not every member of every key it touches; and a commit that finds a key
-    as it was read tells it that its copy plus the batch's members is the state."""
+    It keeps a copy of the state of the keys it saw last (up to ``held_keys`` keys and
+    ``held_members`` members in all, ~0.5 KB each: the least recently used go first), each
+    with its version: a batch reads only the keys whose version changed since (another
+    consumer wrote them), not every member of every key it touches; and a commit that finds
+    a key as it was read tells it that its copy plus the batch's members is the state."""
 
     def __init__(
-        self, spec: FeatureSpec, client: Any, url: str, json_field: str, held_keys: int = 100_000
+        self,
+        spec: FeatureSpec,
+        client: Any,
+        url: str,
+        json_field: str,
+        held_keys: int = 100_000,
+        held_members: int = 1_000_000,
     ):
         self.spec = spec
         self.client = client
         self.url = url
         self.json_field = json_field
         self.held_keys = held_keys
+        self.held_members = held_members
         self._held: OrderedDict[str, tuple[str, windows.Base]] = OrderedDict()
+        self._members = 0
+        """How many members the copies hold in all."""
 
     def apply(self, events: Sequence[Event]) -> Featured:
         """Read the state of the batch's keys, compute the features (see
@@ -94,14 +104,30 @@ class StreamFeatures:
         copy must not then hold them twice."""
         changes = featured.changes
         for name, horizon in zip(changes.keys, changes.horizons, strict=True):
-            held = self._held.pop(name, None)
+            held = self._drop(name)
             if held is None or name not in committed.fresh:
                 continue
             ours = [m for entry, m in featured.added.get(name, ()) if entry in acknowledged]
-            held[1].merge(ours, horizon)
-            self._held[name] = (changes.token, held[1])
-        while len(self._held) > self.held_keys:
-            self._held.popitem(last=False)
+            held.merge(ours, horizon)
+            self._hold(name, changes.token, held)
+        while self._held and (
+            len(self._held) > self.held_keys or self._members > self.held_members
+        ):
+            self._drop(next(iter(self._held)))
+
+    def _hold(self, name: str, token: str, base: windows.Base) -> None:
+        """Keep ``base`` as the copy of ``name`` at version ``token`` (the most recent)."""
+        self._drop(name)
+        self._held[name] = (token, base)
+        self._members += len(base.times)
+
+    def _drop(self, name: str) -> windows.Base | None:
+        """Drop the copy of ``name``; it, if one was held."""
+        held = self._held.pop(name, None)
+        if held is None:
+            return None
+        self._members -= len(held[1].times)
+        return held[1]
 
     def _state(self, groups: list[windows.Group]) -> dict[windows.Group, windows.Base]:
         """The state of ``groups``: the copies held where still current, else read."""
@@ -116,7 +142,7 @@ class StreamFeatures:
                 self._held.move_to_end(name)
             else:
                 token, members = got
-                self._held[name] = (token, windows.Base(members, spec.fields(group[0])))
+                self._hold(name, token, windows.Base(members, spec.fields(group[0])))
             before[group] = self._held[name][1]
         return before
 

@@ -48,12 +48,15 @@ def consumer(
     registry: Registry,
     spec: specs.FeatureSpec = SPEC,
     name: str = "c1",
+    held_members: int = 1_000_000,
     **options: Any,
 ) -> Consumer:
     settings = StreamSettings(**{"start": "0", "block_ms": 20, "id_field": "txn_id", **options})
     names = Names("events", "scores", "scores-dlq", "scorers", name)
     log = RedisEventLog(client, names, start=settings.start, claim_idle_ms=settings.claim_idle_ms)
-    features = StreamFeatures(spec, client, "redis://", settings.json_field)
+    features = StreamFeatures(
+        spec, client, "redis://", settings.json_field, held_members=held_members
+    )
     c = Consumer(log, LiveModel(registry, "echo"), settings, features=features)
     assert c.open(threading.Event())
     return c
@@ -122,6 +125,24 @@ def test_a_retried_commit_adds_nothing_twice_and_a_commit_of_entries_not_pending
         (state.encode(members[i][0][1]), 1000.0 + k) for k, i in enumerate(ids[:2])
     ]
     assert client.xlen("scores") == 2
+
+
+def test_the_copy_of_the_state_a_consumer_keeps_is_bounded_in_members_and_features_hold(
+    client: Any, registry: Registry
+) -> None:
+    """A key past the bound (a hot card over a long window) is read again when needed,
+    not held: the features are the reference's all the same."""
+    events = transactions(600, seed=3, cards=3)
+    produce(client, "events", events)
+    c = consumer(client, registry, batch_size=50, held_members=40)
+    assert drain(c) == 600
+    got, expected = seen(entries(client, "scores"), SPEC), reference(SPEC, events)
+    for name in SPEC.features:
+        np.testing.assert_array_equal(got[name].to_numpy(), expected[name].to_numpy(), name)
+    assert c.features is not None
+    held = [base for _, base in c.features._held.values()]
+    assert c.features._members == sum(len(b.times) for b in held) <= 40
+    assert sum(client.zcard(k) for k in client.keys("mmserve:features:*")) > 400  # in Redis
 
 
 def flaky(registry: Registry, folder: Path, fails: str) -> None:
