@@ -206,29 +206,21 @@ def write_artifacts(models: dict[str, realistic.Fitted], folder: Path) -> None:
 # -- tools -----------------------------------------------------------------------------------
 
 
+def ensure_tool(command: str, package: str) -> str:
+    """``command``'s path, installing Debian's ``package`` with apt if it is missing."""
+    found = shutil.which(command)
+    if found:
+        return found
+    console.print(f"{command} not found: apt-get install -y {package}")
+    install = ["apt-get", "install", "-y", "-q", package]
+    if subprocess.run(install, capture_output=True).returncode != 0:
+        subprocess.run(["apt-get", "update", "-q"], capture_output=True)
+        subprocess.run(install, capture_output=True, check=True)
+    return shutil.which(command) or sys.exit(f"{command} is not on PATH after apt-get install")
+
+
 def ensure_wrk() -> str:
-    found = shutil.which("wrk")
-    if found:
-        return found
-    console.print("wrk not found: apt-get install -y wrk")
-    install = ["apt-get", "install", "-y", "-q", "wrk"]
-    if subprocess.run(install, capture_output=True).returncode != 0:
-        subprocess.run(["apt-get", "update", "-q"], capture_output=True)
-        subprocess.run(install, capture_output=True, check=True)
-    return shutil.which("wrk") or sys.exit("wrk is still not on PATH after apt-get install")
-
-
-def ensure_h2load() -> str:
-    """h2load (nghttp2's HTTP/2 load generator), which loads the gRPC port as wrk does HTTP."""
-    found = shutil.which("h2load")
-    if found:
-        return found
-    console.print("h2load not found: apt-get install -y nghttp2-client")
-    install = ["apt-get", "install", "-y", "-q", "nghttp2-client"]
-    if subprocess.run(install, capture_output=True).returncode != 0:
-        subprocess.run(["apt-get", "update", "-q"], capture_output=True)
-        subprocess.run(install, capture_output=True, check=True)
-    return shutil.which("h2load") or sys.exit("h2load is still not on PATH after apt-get install")
+    return ensure_tool("wrk", "wrk")
 
 
 def ensure_mlserver() -> Path | None:
@@ -889,7 +881,7 @@ def _names(given: str, known: tuple[str, ...], parser: argparse.ArgumentParser) 
 def run(options: Options, folder: Path) -> Bench:
     models = realistic.fit(options.models)
     expected = {name: fitted.expected() for name, fitted in models.items()}
-    h2load = ensure_h2load() if options.grpc else None
+    h2load = ensure_tool("h2load", "nghttp2-client") if options.grpc else None  # gRPC load
     bench = Bench(options, ensure_wrk(), h2load, models, expected, folder)
     write_artifacts(models, folder)
     for group in build_servers(bench):
